@@ -1,0 +1,254 @@
+"""Virtual keys, tenants and the admin key.
+
+A virtual key (``sk-sg-…``) is shown once, when it is created; the database keeps only its
+HMAC-SHA256 under a server pepper. The pepper comes from ``$SLUICEGATE_KEY_PEPPER`` or, on
+the embedded default, from ``.sluicegate/pepper`` (made on first use, mode 0600).
+
+With ``auth.require_keys`` off (the embedded default), every request belongs to the local
+development org and the ``Authorization`` header is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .calls import RequestContext
+from .config import DEFAULT_FEATURE, Settings
+from .errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
+from .store.tables import virtual_keys
+
+__all__ = [
+    "Authenticator",
+    "KeyRecord",
+    "KeyStore",
+    "hash_key",
+    "load_pepper",
+    "new_key",
+]
+
+KEY_PREFIX = "sk-sg-"
+_MAX_NAME = 128
+
+
+def new_key() -> str:
+    """A fresh virtual key: ``sk-sg-`` and 43 URL-safe characters (256 random bits)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(pepper: bytes, key: str) -> str:
+    """The stored form of ``key``: HMAC-SHA256 under the server's pepper, in hex."""
+    return hmac.new(pepper, key.encode(), hashlib.sha256).hexdigest()
+
+
+def load_pepper(settings: Settings) -> bytes:
+    """The server pepper, from the environment or the data folder (created on first use)."""
+    value = os.environ.get(settings.auth.pepper_env)
+    if value:
+        return value.encode()
+    path = pepper_path(settings)
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fresh = secrets.token_hex(32).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(fresh)
+    return fresh
+
+
+@dataclass(slots=True, frozen=True)
+class KeyRecord:
+    """A stored virtual key, without the key."""
+
+    id: str
+    prefix: str
+    org: str
+    user: str | None
+    name: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "id": self.id,
+            "prefix": self.prefix,
+            "org": self.org,
+            "user": self.user,
+            "name": self.name,
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+def _record(row: Any) -> KeyRecord:
+    return KeyRecord(row.id, row.prefix, row.org, row.user, row.name, row.created_at, row.revoked_at)
+
+
+def _check_label(what: str, value: str | None) -> None:
+    if value is not None and not 0 < len(value) <= _MAX_NAME:
+        raise InvalidRequest(f"{what} must be 1-{_MAX_NAME} characters", param=what)
+
+
+class KeyStore:
+    """Virtual keys in the SQL database."""
+
+    def __init__(self, engine: AsyncEngine, pepper: bytes) -> None:
+        self._engine = engine
+        self._pepper = pepper
+
+    async def create(self, org: str, *, user: str | None = None, name: str | None = None) -> tuple[str, KeyRecord]:
+        """Create a key for ``org``; return the key (shown only now) and its record."""
+        _check_label("org", org)
+        _check_label("user", user)
+        _check_label("name", name)
+        key = new_key()
+        record = KeyRecord(
+            secrets.token_hex(8), key[: len(KEY_PREFIX) + 6], org, user, name, datetime.now(UTC), None
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(virtual_keys).values(
+                    key_hash=hash_key(self._pepper, key), **{
+                        f: getattr(record, f) for f in ("id", "prefix", "org", "user", "name", "created_at")
+                    }
+                )
+            )
+        return key, record
+
+    async def list_keys(self, org: str | None = None, *, include_revoked: bool = False) -> list[KeyRecord]:
+        """Keys, newest first, optionally of one org."""
+        query = select(virtual_keys).order_by(virtual_keys.c.created_at.desc())
+        if org is not None:
+            query = query.where(virtual_keys.c.org == org)
+        if not include_revoked:
+            query = query.where(virtual_keys.c.revoked_at.is_(None))
+        async with self._engine.connect() as conn:
+            return [_record(row) for row in await conn.execute(query)]
+
+    async def revoke(self, id_or_prefix: str) -> KeyRecord:
+        """Revoke the key with this id or prefix; `NotFound` when none or several match."""
+        match = or_(virtual_keys.c.id == id_or_prefix, virtual_keys.c.prefix == id_or_prefix)
+        async with self._engine.begin() as conn:
+            rows = list(await conn.execute(select(virtual_keys).where(match)))
+            if len(rows) != 1:
+                what = "no key" if not rows else f"{len(rows)} keys"
+                raise NotFound(f"{what} match {id_or_prefix!r}; use the id from `sluicegate keys list`")
+            now = datetime.now(UTC)
+            await conn.execute(
+                update(virtual_keys).where(virtual_keys.c.id == rows[0].id).values(revoked_at=now)
+            )
+        record = _record(rows[0])
+        return KeyRecord(record.id, record.prefix, record.org, record.user, record.name, record.created_at, now)
+
+    async def find(self, key: str) -> KeyRecord | None:
+        """The live record for ``key``, or None when unknown or revoked."""
+        query = select(virtual_keys).where(
+            virtual_keys.c.key_hash == hash_key(self._pepper, key), virtual_keys.c.revoked_at.is_(None)
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _record(row) if row is not None else None
+
+
+class Authenticator:
+    """Turns a request's key and headers into a `RequestContext`."""
+
+    def __init__(self, settings: Settings, store: KeyStore | None, *, clock: Any = time.monotonic) -> None:
+        self._require_keys = settings.auth.require_keys
+        self._dev_org = settings.auth.dev_org
+        self._features = frozenset(settings.features) | {DEFAULT_FEATURE}
+        self._store = store
+        self._ttl = settings.auth.key_cache_seconds
+        self._clock = clock
+        # Keys seen recently, so that the hot path does not query the database: revocation
+        # takes effect within `key_cache_seconds`.
+        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        admin = os.environ.get(settings.auth.admin_key_env)
+        self._admin_key = admin.encode() if admin else None
+        self._admin_env = settings.auth.admin_key_env
+
+    async def context(
+        self,
+        authorization: str | None,
+        feature: str | None,
+        user: str | None,
+        body: dict[str, Any] | None = None,
+    ) -> RequestContext:
+        """Resolve who the request is for; raise `AuthenticationFailed` or `InvalidRequest`."""
+        if body is not None:
+            metadata = body.get("metadata")
+            if isinstance(metadata, dict):
+                feature = feature or _str_or_none(metadata.get("feature"))
+                user = user or _str_or_none(metadata.get("user"))
+            user = user or _str_or_none(body.get("user"))
+        feature = feature or DEFAULT_FEATURE
+        if feature not in self._features:
+            known = ", ".join(sorted(self._features))
+            raise InvalidRequest(
+                f"unknown feature {feature!r}; configured features are: {known}", param="feature",
+                code="unknown_feature",
+            )
+        if not self._require_keys:
+            return RequestContext(self._dev_org, user, feature, None)
+        record = await self._lookup(_bearer(authorization))
+        return RequestContext(record.org, user or record.user, feature, record.id)
+
+    async def _lookup(self, key: str) -> KeyRecord:
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and cached[1] > now:
+            record = cached[0]
+        else:
+            assert self._store is not None
+            record = await self._store.find(key)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = (record, now + self._ttl)
+        if record is None:
+            raise AuthenticationFailed("the API key is unknown or revoked; create one with `sluicegate keys create`")
+        return record
+
+    def check_admin(self, authorization: str | None) -> None:
+        """Allow admin routes: with the admin key, or freely in local development mode."""
+        if self._admin_key is None:
+            if not self._require_keys:
+                return
+            raise PermissionDenied(f"admin routes are disabled: set {self._admin_env} to enable them")
+        given = _bearer(authorization).encode()
+        if not hmac.compare_digest(given, self._admin_key):
+            raise AuthenticationFailed("this route needs the admin key as the Bearer token")
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise AuthenticationFailed(
+            "missing API key: send it as `Authorization: Bearer sk-sg-…`", code="missing_api_key"
+        )
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationFailed("the Authorization header must be `Bearer <key>`")
+    return token
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def pepper_path(settings: Settings) -> Path:
+    """Where the embedded default keeps its pepper."""
+    return settings.data_dir / "pepper"

@@ -1,0 +1,116 @@
+"""What flows through the pipeline: a `Call` in, a `Reply` out, and who it is for.
+
+Validation checks only the fields sluicegate uses (``model``, ``messages``, ``stream``,
+``input``); every other field passes through to the upstream untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from .upstream.sse import SseRelay
+
+__all__ = ["Call", "CallKind", "ModelRoute", "Reply", "RequestContext", "Usage", "validate_body"]
+
+CallKind = Literal["chat", "embeddings"]
+
+
+@dataclass(slots=True, frozen=True)
+class RequestContext:
+    """Who a request is for: organisation, user, feature and the virtual key used."""
+
+    org: str
+    user: str | None = None
+    feature: str = "default"
+    key_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ModelRoute:
+    """Where a public model name is served: a provider and the provider's name for it."""
+
+    name: str
+    provider: str
+    upstream_model: str
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    """Tokens used by one call, as the upstream reported them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    @classmethod
+    def from_payload(cls, value: object) -> Usage | None:
+        """Read OpenAI's ``usage`` object; None when absent or malformed."""
+        if not isinstance(value, dict):
+            return None
+        prompt = value.get("prompt_tokens")
+        completion = value.get("completion_tokens", 0)
+        total = value.get("total_tokens")
+        if not isinstance(prompt, int) or not isinstance(completion, int):
+            return None
+        return cls(prompt, completion, total if isinstance(total, int) else prompt + completion)
+
+
+@dataclass(slots=True)
+class Call:
+    """One request on its way through the pipeline."""
+
+    kind: CallKind
+    body: dict[str, Any]
+    route: ModelRoute
+    context: RequestContext
+    request_id: str
+    stream: bool = False
+    started: float = 0.0
+
+
+@dataclass(slots=True)
+class Reply:
+    """The answer: the upstream's ``body`` as is, or a ``stream`` of client-ready SSE bytes."""
+
+    body: bytes = b""
+    usage: Usage | None = None
+    stream: SseRelay | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def validate_body(kind: CallKind, body: object) -> tuple[str, bool]:
+    """Check the fields sluicegate relies on; return the model name and whether to stream."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model must be a non-empty string", param="model", code="invalid_type")
+    if kind == "chat":
+        messages = body.get("messages")
+        if messages is None:
+            raise InvalidRequest(
+                "you must provide a messages parameter", param="messages", code="missing_required_parameter"
+            )
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequest("messages must be a non-empty array", param="messages", code="invalid_type")
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise InvalidRequest(
+                    f"messages[{index}] must be an object with a string role",
+                    param=f"messages[{index}]",
+                    code="invalid_type",
+                )
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool) and stream is not None:
+            raise InvalidRequest("stream must be a boolean", param="stream", code="invalid_type")
+        return model, bool(stream)
+    if body.get("input") is None:
+        raise InvalidRequest("you must provide an input parameter", param="input", code="missing_required_parameter")
+    return model, False

@@ -1,0 +1,245 @@
+"""The ``sluicegate`` command: serve, mock-upstream, keys."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import uvicorn
+import uvloop
+from rich.console import Console
+from rich.table import Table
+
+from ._version import __version__
+from .auth import KeyStore, load_pepper
+from .config import CONFIG_ENV, MockBehaviour, Settings, load_settings
+from .errors import SluicegateError
+from .store.db import create_engine, migrate
+from .upstream.mock import MockEngine
+from .upstream.mock_server import start_mock_server
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="sluicegate",
+    help="An AI gateway: an OpenAI-compatible proxy with caching, budgets, limits and resilience.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Manage virtual keys (stored as HMAC-SHA256, shown once).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console(stderr=True)
+out = Console()
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help=f"YAML config file (default: ${CONFIG_ENV}, then ./sluicegate.yaml).", show_default=False),
+]
+APP_TARGET = "sluicegate.server.app:app_from_environment"
+
+
+def _run(coroutine: Awaitable[T]) -> T:
+    async def wrapper() -> T:
+        return await coroutine
+
+    return uvloop.run(wrapper())
+
+
+def _settings(config: Path | None, **server: Any) -> Settings:
+    """Load settings; flags become ``SLUICEGATE_SERVER__*`` variables so server workers see them."""
+    if config is not None:
+        os.environ[CONFIG_ENV] = str(config.resolve())
+    for name, value in server.items():
+        if value is not None:
+            os.environ[f"SLUICEGATE_SERVER__{name.upper()}"] = str(value)
+    try:
+        return load_settings()
+    except SluicegateError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+
+
+async def _with_keys(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
+    engine = create_engine(settings.database.url)
+    try:
+        await migrate(engine)
+        return await action(KeyStore(engine, load_pepper(settings)))
+    finally:
+        await engine.dispose()
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default 4000).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
+    server: Annotated[
+        str | None, typer.Option("--server", help="HTTP server: uvicorn (default) or granian.")
+    ] = None,
+) -> None:
+    """Run the gateway."""
+    settings = _settings(config, host=host, port=port, workers=workers, implementation=server)
+    engine = create_engine(settings.database.url)
+
+    async def prepare() -> None:
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    _run(prepare())
+    cfg = settings.server
+    sources = ", ".join(f"{n} ({p.kind})" for n, p in settings.providers.items())
+    console.print(
+        f"sluicegate {__version__} on http://{cfg.host}:{cfg.port} with {cfg.worker_count} "
+        f"{cfg.implementation} worker(s); providers: {sources}; "
+        f"keys {'required' if settings.auth.require_keys else 'not required (local dev org)'}"
+    )
+    runners: dict[str, Callable[[Settings], None]] = {"uvicorn": _serve_uvicorn, "granian": _serve_granian}
+    runners[cfg.implementation](settings)
+
+
+def _serve_uvicorn(settings: Settings) -> None:
+    cfg = settings.server
+    uvicorn.run(
+        APP_TARGET,
+        factory=True,
+        host=cfg.host,
+        port=cfg.port,
+        workers=cfg.worker_count,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        date_header=False,
+        backlog=2048,
+    )
+
+
+def _serve_granian(settings: Settings) -> None:
+    try:
+        from granian import Granian  # noqa: PLC0415 - an optional extra
+        from granian.constants import Interfaces, Loops  # noqa: PLC0415
+        from granian.log import LogLevels  # noqa: PLC0415
+    except ImportError:
+        console.print("[red]error:[/red] granian is not installed: pip install 'sluicegate[granian]'")
+        raise typer.Exit(2) from None
+    cfg = settings.server
+    Granian(
+        APP_TARGET,
+        factory=True,
+        address=cfg.host,
+        port=cfg.port,
+        workers=cfg.worker_count,
+        interface=Interfaces.ASGI,
+        loop=Loops.uvloop,
+        log_level=LogLevels.warning,
+        backlog=2048,
+    ).serve()
+
+
+@app.command("mock-upstream")
+def mock_upstream(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind (0 picks a free one).")] = 9100,
+    latency_ms: Annotated[float, typer.Option(help="Fixed latency of a whole answer.")] = 0.0,
+    ttft_ms: Annotated[float, typer.Option(help="Streaming: delay before the first chunk.")] = 0.0,
+    chunk_interval_ms: Annotated[float, typer.Option(help="Streaming: delay between chunks.")] = 0.0,
+    chunks: Annotated[int | None, typer.Option(help="Streaming: content chunks (default one a word).")] = None,
+    error_rate: Annotated[float, typer.Option(help="Share of requests answered with --error-status.")] = 0.0,
+    error_status: Annotated[int, typer.Option(help="Status of injected errors.")] = 500,
+    rate_limit_rate: Annotated[float, typer.Option(help="Share of requests answered 429.")] = 0.0,
+    retry_after_s: Annotated[int, typer.Option(help="Retry-After sent with a 429.")] = 1,
+    hang_rate: Annotated[float, typer.Option(help="Share of requests never answered.")] = 0.0,
+    drop_after_chunks: Annotated[int | None, typer.Option(help="Streaming: cut every stream here.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the fault dice.")] = None,
+) -> None:
+    """Run the mock provider as an OpenAI-compatible HTTP server (for benchmarks and fault tests)."""
+    behaviour = MockBehaviour.model_validate(
+        {
+            "latency": latency_ms, "ttft_ms": ttft_ms, "chunk_interval_ms": chunk_interval_ms,
+            "chunks": chunks, "error_rate": error_rate, "error_status": error_status,
+            "rate_limit_rate": rate_limit_rate, "retry_after_s": retry_after_s,
+            "hang_rate": hang_rate, "drop_after_chunks": drop_after_chunks, "seed": seed,
+        }
+    )
+
+    async def run() -> None:
+        server = await start_mock_server(MockEngine(behaviour), host, port)
+        bound = server.sockets[0].getsockname()[1]
+        console.print(f"mock upstream on http://{host}:{bound}/v1")
+        async with server:
+            await server.serve_forever()
+
+    try:
+        _run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+@keys_app.command("create")
+def keys_create(
+    org: Annotated[str, typer.Option(help="The organisation the key belongs to.")],
+    user: Annotated[str | None, typer.Option(help="Default user for requests with this key.")] = None,
+    name: Annotated[str | None, typer.Option(help="A label to recognise the key by.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create a virtual key and print it (it is shown only this once)."""
+    settings = _settings(config)
+    key, record = _run(_with_keys(settings, lambda store: store.create(org, user=user, name=name)))
+    out.print(key, soft_wrap=True)
+    console.print(f"created key {record.id} for org {record.org}; store it now, it is not shown again")
+
+
+@keys_app.command("list")
+def keys_list(
+    org: Annotated[str | None, typer.Option(help="Only this organisation's keys.")] = None,
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """List virtual keys (never the keys themselves)."""
+    settings = _settings(config)
+    records = _run(_with_keys(settings, lambda store: store.list_keys(org, include_revoked=all_keys)))
+    table = Table("id", "prefix", "org", "user", "name", "created", "revoked")
+    for r in records:
+        table.add_row(
+            r.id, r.prefix + "…", r.org, r.user or "", r.name or "",
+            r.created_at.isoformat(timespec="seconds"),
+            r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else "",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id or prefix, from `sluicegate keys list`.")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a virtual key (running gateways notice within auth.key_cache_seconds)."""
+    settings = _settings(config)
+    try:
+        record = _run(_with_keys(settings, lambda store: store.revoke(key_id)))
+    except SluicegateError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    console.print(f"revoked key {record.id} of org {record.org}")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    app()
+

@@ -1,0 +1,296 @@
+"""Settings: one YAML file plus ``SLUICEGATE_*`` environment overrides, validated once at start-up.
+
+Every value object is frozen. Nothing here is read on the hot path except through the
+`Gateway`, which resolves models and features into dictionaries when it is built.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = [
+    "AuthConfig",
+    "DatabaseConfig",
+    "FeatureConfig",
+    "Latency",
+    "MockBehaviour",
+    "ModelConfig",
+    "ProviderConfig",
+    "RedisConfig",
+    "ServerConfig",
+    "Settings",
+    "Timeouts",
+    "load_settings",
+]
+
+CONFIG_ENV = "SLUICEGATE_CONFIG"
+DEFAULT_CONFIG_FILE = "sluicegate.yaml"
+DEFAULT_FEATURE = "default"
+MOCK_MODEL = "sluicegate-mock"
+# The OpenAI models the default config serves: from OpenAI when OPENAI_API_KEY is set,
+# from the built-in mock otherwise.
+DEFAULT_OPENAI_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "text-embedding-3-small")
+
+
+class Frozen(BaseModel):
+    """A frozen value object that rejects unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Timeouts(Frozen):
+    """Per-provider timeouts in seconds."""
+
+    connect: float = Field(5.0, gt=0)
+    first_byte: float = Field(60.0, gt=0, description="until the upstream's response headers")
+    total: float = Field(600.0, gt=0, description="the whole exchange, streams included")
+
+
+class Latency(Frozen):
+    """A latency: fixed, uniform between ``ms`` and ``max_ms``, or lognormal with median ``ms``."""
+
+    distribution: Literal["fixed", "uniform", "lognormal"] = "fixed"
+    ms: float = Field(0.0, ge=0)
+    max_ms: float | None = Field(None, ge=0)
+    sigma: float = Field(0.5, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_number(cls, value: Any) -> Any:
+        # `latency: 50` is shorthand for a fixed 50 ms.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return {"ms": value}
+        return value
+
+    @model_validator(mode="after")
+    def _check_uniform(self) -> Latency:
+        if self.distribution == "uniform" and (self.max_ms is None or self.max_ms < self.ms):
+            raise ValueError("a uniform latency needs max_ms >= ms")
+        return self
+
+
+class MockBehaviour(Frozen):
+    """How the built-in mock provider answers: timing, chunking and injected faults."""
+
+    latency: Latency = Latency()
+    ttft_ms: float = Field(0.0, ge=0, description="streaming: delay before the first chunk")
+    chunk_interval_ms: float = Field(0.0, ge=0, description="streaming: delay between chunks")
+    chunks: int | None = Field(None, ge=1, description="streaming: content chunks (default: one a word)")
+    answer_words: int | None = Field(None, ge=1, description="words per answer (default: from the prompt)")
+    error_rate: float = Field(0.0, ge=0, le=1)
+    error_status: int = Field(500, ge=400, le=599)
+    rate_limit_rate: float = Field(0.0, ge=0, le=1, description="share of requests answered 429")
+    retry_after_s: int = Field(1, ge=0)
+    hang_rate: float = Field(0.0, ge=0, le=1, description="share of requests never answered")
+    drop_after_chunks: int | None = Field(None, ge=0, description="streaming: cut the stream here")
+    seed: int | None = None
+
+
+class ProviderConfig(Frozen):
+    """An upstream: OpenAI-compatible over HTTP, or the in-process mock."""
+
+    kind: Literal["openai", "mock"] = "openai"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeouts: Timeouts = Timeouts()
+    max_connections: int = Field(1024, ge=1)
+    mock: MockBehaviour = MockBehaviour()
+
+    @model_validator(mode="after")
+    def _check_base_url(self) -> ProviderConfig:
+        if self.kind == "openai":
+            if not self.base_url:
+                raise ValueError("an openai provider needs base_url, e.g. https://api.openai.com/v1")
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        return self
+
+
+class ModelConfig(Frozen):
+    """A model clients may name, and the provider that serves it."""
+
+    provider: str
+    upstream_model: str | None = Field(None, description="the provider's name (default: the same)")
+    aliases: tuple[str, ...] = ()
+
+
+class FeatureConfig(Frozen):
+    """A named AI use case (``okr-template``, ``chat``, ``insights``)."""
+
+    description: str = ""
+    latency_target_ms: int | None = Field(None, ge=1)
+
+
+class ServerConfig(Frozen):
+    """The HTTP server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(4000, ge=0, le=65535)
+    workers: int = Field(0, ge=0, description="0 means one per core")
+    implementation: Literal["uvicorn", "granian"] = "uvicorn"
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    status_probe_interval_s: float = Field(5.0, gt=0)
+
+    @property
+    def worker_count(self) -> int:
+        """Workers to run: the configured number, or one per core."""
+        return self.workers or os.cpu_count() or 1
+
+
+class DatabaseConfig(Frozen):
+    """The SQL store: SQLite on the embedded default, PostgreSQL in production."""
+
+    url: str = "sqlite+aiosqlite:///./.sluicegate/sluicegate.db"
+
+
+class RedisConfig(Frozen):
+    """Redis; none on the embedded default."""
+
+    url: str | None = None
+
+
+class AuthConfig(Frozen):
+    """Virtual keys and the admin key."""
+
+    require_keys: bool = Field(False, description="off: every request is the local dev org")
+    dev_org: str = "local"
+    pepper_env: str = "SLUICEGATE_KEY_PEPPER"
+    admin_key_env: str = "SLUICEGATE_ADMIN_KEY"
+    key_cache_seconds: float = Field(30.0, ge=0)
+
+
+def default_catalog(
+    environ: Mapping[str, str],
+) -> tuple[dict[str, ProviderConfig], dict[str, ModelConfig]]:
+    """The providers and models used when the config names none."""
+    providers = {"mock": ProviderConfig(kind="mock")}
+    target = "mock"
+    if environ.get("OPENAI_API_KEY"):
+        providers["openai"] = ProviderConfig(
+            kind="openai", base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY"
+        )
+        target = "openai"
+    models = {MOCK_MODEL: ModelConfig(provider="mock")}
+    models.update({name: ModelConfig(provider=target) for name in DEFAULT_OPENAI_MODELS})
+    return providers, models
+
+
+def default_features() -> dict[str, FeatureConfig]:
+    """The brief's three features."""
+    return {
+        "okr-template": FeatureConfig(
+            description="OKR template generation", latency_target_ms=2000
+        ),
+        "chat": FeatureConfig(description="chat assistant", latency_target_ms=1500),
+        "insights": FeatureConfig(description="insights engine", latency_target_ms=5000),
+    }
+
+
+class Settings(BaseSettings):
+    """Everything sluicegate is configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICEGATE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Path(".sluicegate")
+    server: ServerConfig = ServerConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    redis: RedisConfig = RedisConfig()
+    auth: AuthConfig = AuthConfig()
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    features: dict[str, FeatureConfig] = Field(default_factory=default_features)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init arguments; the environment overrides it.
+        return (env_settings, init_settings)
+
+    @field_validator("features")
+    @classmethod
+    def _check_feature_names(cls, value: dict[str, FeatureConfig]) -> dict[str, FeatureConfig]:
+        for name in value:
+            if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"feature name {name!r} must be 1-64 letters, digits, - or _")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_and_check_catalog(self) -> Settings:
+        if not self.providers and not self.models:
+            providers, models = default_catalog(os.environ)
+            object.__setattr__(self, "providers", providers)
+            object.__setattr__(self, "models", models)
+        seen: dict[str, str] = {}
+        for name, model in self.models.items():
+            if model.provider not in self.providers:
+                known = ", ".join(sorted(self.providers)) or "none"
+                raise ValueError(
+                    f"models.{name}.provider: unknown provider {model.provider!r} (known: {known})"
+                )
+            for public in (name, *model.aliases):
+                if public in seen:
+                    raise ValueError(
+                        f"models.{name}: the name {public!r} is already used by models.{seen[public]}"
+                    )
+                seen[public] = name
+        return self
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``path``, ``$SLUICEGATE_CONFIG`` or ``./sluicegate.yaml``, then the environment.
+
+    With no file at all, the embedded defaults apply. ``overrides`` are top-level keys that
+    replace the file's (used by the CLI's flags); environment variables still win over both.
+    """
+    chosen = path or os.environ.get(CONFIG_ENV)
+    if chosen is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        chosen = DEFAULT_CONFIG_FILE
+    data: dict[str, Any] = {}
+    source = "the environment"
+    if chosen is not None:
+        source = str(chosen)
+        try:
+            raw = yaml.safe_load(Path(chosen).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {chosen} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {chosen} is not valid YAML: {exc}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {chosen} must hold a mapping at the top level")
+        data = raw
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from None

@@ -1,0 +1,191 @@
+"""Errors raised by sluicegate, all rooted at `SluicegateError`.
+
+Each error knows the HTTP status and the OpenAI-style ``type`` and ``code`` it is served with,
+so the HTTP layer and library users see the same thing::
+
+    SluicegateError
+    ├── ConfigError                 (startup only: a bad sluicegate.yaml or environment value)
+    ├── InvalidRequest              400 invalid_request_error
+    │   └── RequestTooLarge         413 invalid_request_error / request_too_large
+    ├── AuthenticationFailed        401 authentication_error / invalid_api_key
+    ├── PermissionDenied            403 permission_error
+    ├── NotFound                    404 invalid_request_error
+    │   └── ModelNotFound           404 invalid_request_error / model_not_found
+    └── UpstreamError               the upstream's own status, type and message
+        ├── UpstreamUnavailable     502 upstream_error / upstream_unavailable
+        ├── UpstreamTimeout         504 upstream_error / upstream_timeout
+        └── UpstreamStreamBroken    502 upstream_error / upstream_stream_broken
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+
+__all__ = [
+    "AuthenticationFailed",
+    "ConfigError",
+    "InvalidRequest",
+    "ModelNotFound",
+    "NotFound",
+    "PermissionDenied",
+    "RequestTooLarge",
+    "SluicegateError",
+    "UpstreamError",
+    "UpstreamStreamBroken",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
+class SluicegateError(Exception):
+    """The root of every error sluicegate raises on purpose."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "api_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = headers or {}
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status this error is served with."""
+        return self.status
+
+    @property
+    def error_type(self) -> str:
+        """The OpenAI error ``type`` this error is served with."""
+        return self.type
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def to_json(self) -> bytes:
+        """The OpenAI error body, serialised."""
+        return orjson.dumps(self.to_dict())
+
+
+class ConfigError(SluicegateError):
+    """The configuration file or an environment override is invalid; the message names the key."""
+
+    type = "config_error"
+
+
+class InvalidRequest(SluicegateError):
+    """The request is malformed; fix the named ``param`` and send it again."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class RequestTooLarge(InvalidRequest):
+    """The request body is larger than ``server.max_body_bytes``."""
+
+    status = 413
+    default_code = "request_too_large"
+
+
+class AuthenticationFailed(SluicegateError):
+    """The API key is missing, unknown or revoked."""
+
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(SluicegateError):
+    """The key is valid but may not do this."""
+
+    status = 403
+    type = "permission_error"
+    default_code = "permission_denied"
+
+
+class NotFound(SluicegateError):
+    """No such route or resource."""
+
+    status = 404
+    type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    """The requested model is not configured; ``GET /v1/models`` lists those that are."""
+
+    default_code = "model_not_found"
+
+
+class UpstreamError(SluicegateError):
+    """The upstream provider answered with an error, passed on with its status and message."""
+
+    type = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        error_type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code, headers=headers)
+        self._status = status
+        self._error_type = error_type or self.type
+
+    @property
+    def status_code(self) -> int:
+        return self._status
+
+    @property
+    def error_type(self) -> str:
+        return self._error_type
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream could not be reached (connection refused, reset or DNS failure)."""
+
+    default_code = "upstream_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=502)
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer within the provider's timeouts."""
+
+    default_code = "upstream_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=504)
+
+
+class UpstreamStreamBroken(UpstreamError):
+    """The upstream stream ended before ``[DONE]``; what was sent is incomplete."""
+
+    default_code = "upstream_stream_broken"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=502)

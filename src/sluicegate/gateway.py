@@ -1,0 +1,172 @@
+"""The `Gateway`: builds the request pipeline once and runs it, for the server and for libraries.
+
+The pipeline, outermost first (stages not yet built are marked with where they will plug in)::
+
+    RecordEvents            observe: one frozen event per call
+      [admit]               rate limit and budget reservation
+      [cache]               L1 → L2 → L3, single-flight
+      [fallback, breaker, retry]
+        SendToProvider      route the call to its provider's transport
+
+Build one with `create_gateway(settings)` and pass it explicitly; nothing here is global.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .auth import Authenticator, KeyStore, load_pepper
+from .calls import Call, CallKind, Reply, RequestContext, validate_body
+from .config import Settings
+from .errors import UpstreamError
+from .observe.events import Counters, EventSink, RecordEvents
+from .observe.health import HealthProbes
+from .store.db import create_engine, ping
+from .store.redis import create_redis
+from .upstream.providers import Provider, build_providers
+from .upstream.router import ModelCatalog, SendToProvider
+
+__all__ = ["Gateway", "create_gateway"]
+
+Send = Callable[[Call], Awaitable[Reply]]
+
+
+class Gateway:
+    """One gateway: its providers, its pipeline and its stores."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        providers: Mapping[str, Provider],
+        engine: AsyncEngine,
+        redis: Redis | None,
+        sink: EventSink | None = None,
+    ) -> None:
+        self.settings = settings
+        self.providers = providers
+        self.catalog = ModelCatalog(settings)
+        self.engine = engine
+        self.redis = redis
+        self.counters = Counters()
+        self._keys: KeyStore | None = None
+        if settings.auth.require_keys:
+            self._keys = KeyStore(engine, load_pepper(settings))
+        self.authenticator = Authenticator(settings, self._keys)
+        self._send: Send = RecordEvents(SendToProvider(providers), sink or self.counters)
+        probes: dict[str, Callable[[], Awaitable[Any]]] = {"database": lambda: ping(engine)}
+        if redis is not None:
+            probes["redis"] = redis.ping
+        self.probes = HealthProbes(probes, interval=settings.server.status_probe_interval_s)
+        self.started_at = time.time()
+        self._default_context = RequestContext(settings.auth.dev_org)
+
+    @property
+    def keys(self) -> KeyStore:
+        """The virtual key store (its pepper is loaded on first use)."""
+        if self._keys is None:
+            self._keys = KeyStore(self.engine, load_pepper(self.settings))
+        return self._keys
+
+    async def start(self) -> None:
+        """Start background work (dependency probes); optional for library use."""
+        await self.probes.check_once()
+        self.probes.start()
+
+    async def aclose(self) -> None:
+        """Stop background work and release connections."""
+        await self.probes.stop()
+        for provider in self.providers.values():
+            await provider.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # The pipeline
+
+    def new_call(self, kind: CallKind, body: Any, context: RequestContext | None = None) -> Call:
+        """Validate ``body`` and resolve its model; raise `InvalidRequest` or `ModelNotFound`."""
+        model, stream = validate_body(kind, body)
+        return Call(
+            kind,
+            body,
+            self.catalog.resolve(model),
+            context or self._default_context,
+            secrets.token_hex(12),
+            stream,
+            time.perf_counter(),
+        )
+
+    async def send(self, call: Call) -> Reply:
+        """Run ``call`` through the pipeline."""
+        return await self._send(call)
+
+    # The library face
+
+    async def chat(
+        self, *, model: str, messages: list[dict[str, Any]], context: RequestContext | None = None, **params: Any
+    ) -> dict[str, Any]:
+        """A chat completion, as OpenAI's JSON object."""
+        body = {**params, "model": model, "messages": messages, "stream": False}
+        reply = await self.send(self.new_call("chat", body, context))
+        return _object(reply.body)
+
+    async def stream_chat(
+        self, *, model: str, messages: list[dict[str, Any]], context: RequestContext | None = None, **params: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A streamed chat completion, chunk by chunk; raises `UpstreamError` if it breaks."""
+        body = {**params, "model": model, "messages": messages, "stream": True}
+        reply = await self.send(self.new_call("chat", body, context))
+        assert reply.stream is not None
+        async for data in reply.stream:
+            for event in data.split(b"\n\n"):
+                line = event.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    return
+                yield _object(payload)
+
+    async def embed(
+        self, *, model: str, input: str | list[str], context: RequestContext | None = None, **params: Any
+    ) -> dict[str, Any]:
+        """Embeddings, as OpenAI's JSON object."""
+        body = {**params, "model": model, "input": input}
+        reply = await self.send(self.new_call("embeddings", body, context))
+        return _object(reply.body)
+
+
+def _object(data: bytes) -> dict[str, Any]:
+    value = orjson.loads(data)
+    if not isinstance(value, dict):
+        raise UpstreamError("the upstream answered with something other than a JSON object")
+    return value
+
+
+def create_gateway(settings: Settings, *, sink: EventSink | None = None) -> Gateway:
+    """Build a `Gateway` from ``settings``; no I/O happens until it is used or started."""
+    return Gateway(
+        settings,
+        providers=build_providers(settings),
+        engine=create_engine(settings.database.url),
+        redis=create_redis(settings.redis.url) if settings.redis.url else None,
+        sink=sink,
+    )

@@ -1,0 +1,1 @@
+"""Observation: one event per request, counters, and dependency health."""

@@ -1,0 +1,119 @@
+"""One frozen event per request, and the stage that records it.
+
+The stage does no work on the request's behalf beyond building the event; sinks decide what
+to keep. Streams are recorded when they end, with their time to first chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..calls import Call, CallKind, Reply, Usage
+from ..errors import SluicegateError
+from ..upstream.sse import SseRelay
+
+__all__ = ["Counters", "EventSink", "RecordEvents", "RequestEvent"]
+
+
+@dataclass(slots=True, frozen=True)
+class RequestEvent:
+    """What happened to one request."""
+
+    request_id: str
+    kind: CallKind
+    org: str
+    user: str | None
+    feature: str
+    model: str
+    provider: str
+    stream: bool
+    status: int
+    error_code: str | None
+    latency_s: float
+    ttft_s: float | None
+    usage: Usage | None
+
+
+class EventSink(Protocol):
+    """Receives every request event; must not block or raise."""
+
+    def record(self, event: RequestEvent) -> None:
+        """Take one event."""
+        ...
+
+
+class Counters:
+    """An in-memory sink: totals since start, for the status route."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors: Counter[str] = Counter()
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.latency_s = 0.0
+
+    def record(self, event: RequestEvent) -> None:
+        self.requests += 1
+        self.latency_s += event.latency_s
+        if event.error_code is not None or event.status >= 400:
+            self.errors[event.error_code or str(event.status)] += 1
+        if event.usage is not None:
+            self.prompt_tokens += event.usage.prompt_tokens
+            self.completion_tokens += event.usage.completion_tokens
+
+    def snapshot(self) -> dict[str, object]:
+        """The totals as a JSON-ready mapping."""
+        return {
+            "requests": self.requests,
+            "errors": dict(self.errors),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "mean_latency_ms": round(1000 * self.latency_s / self.requests, 3) if self.requests else None,
+        }
+
+
+Send = Callable[[Call], Awaitable[Reply]]
+
+
+def _event(call: Call, status: int, code: str | None, usage: Usage | None, ttft: float | None) -> RequestEvent:
+    ctx = call.context
+    return RequestEvent(
+        call.request_id, call.kind, ctx.org, ctx.user, ctx.feature, call.route.name,
+        call.route.provider, call.stream, status, code, time.perf_counter() - call.started,
+        ttft, usage,
+    )
+
+
+class RecordEvents:
+    """The outermost stage: one `RequestEvent` per call, however it ends."""
+
+    def __init__(self, send: Send, sink: EventSink) -> None:
+        self._send = send
+        self._sink = sink
+
+    async def __call__(self, call: Call) -> Reply:
+        try:
+            reply = await self._send(call)
+        except SluicegateError as exc:
+            self._sink.record(_event(call, exc.status_code, exc.code, None, None))
+            raise
+        if reply.stream is None:
+            self._sink.record(_event(call, 200, None, reply.usage, None))
+        else:
+            reply.stream.on_close(lambda relay: self._record_stream(call, relay))
+        return reply
+
+    def _record_stream(self, call: Call, relay: SseRelay) -> None:
+        error = relay.error
+        if error is not None:
+            status, code = error.status_code, error.code
+        elif relay.done:
+            status, code = 200, None
+        else:
+            status, code = 499, "client_disconnected"
+        ttft = relay.first_chunk_at - call.started if relay.first_chunk_at is not None else None
+        self._sink.record(_event(call, status, code, relay.usage, ttft))

@@ -1,0 +1,76 @@
+"""The ``/api/ai/*`` routes: status (public) and key management (admin)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import orjson
+
+from .._version import __version__
+from ..errors import InvalidRequest
+from ..gateway import Gateway
+from .http import Request, read_json, send_json
+
+__all__ = ["create_key", "list_keys", "revoke_key", "status"]
+
+
+async def status(gateway: Gateway, request: Request) -> None:
+    """``GET /api/ai/status``: liveness, readiness and each dependency, from cached probes."""
+    snapshot = gateway.probes.snapshot()
+    required = {"redis"} if gateway.redis is not None else set()
+    if gateway.settings.auth.require_keys:
+        required.add("database")
+    dependencies: dict[str, Any] = {}
+    ready = True
+    degraded = False
+    for name, result in snapshot.items():
+        up = result is not None and result.up
+        degraded |= not up
+        ready &= up or name not in required
+        entry = result.to_dict() if result is not None else {"status": "unknown"}
+        dependencies[name] = {**entry, "required": name in required}
+    if gateway.redis is None:
+        dependencies["redis"] = {"status": "disabled", "required": False}
+    body = {
+        "status": "ok" if not degraded else ("degraded" if ready else "unavailable"),
+        "live": True,
+        "ready": ready,
+        "version": __version__,
+        "pid": os.getpid(),
+        "uptime_s": round(time.time() - gateway.started_at, 3),
+        "dependencies": dependencies,
+        "providers": {name: {"kind": p.kind} for name, p in gateway.settings.providers.items()},
+        "traffic": gateway.counters.snapshot(),
+    }
+    await send_json(request, 200 if ready else 503, orjson.dumps(body))
+
+
+async def list_keys(gateway: Gateway, request: Request) -> None:
+    """``GET /api/ai/keys``: the live virtual keys (admin)."""
+    gateway.authenticator.check_admin(request.authorization)
+    records = await gateway.keys.list_keys()
+    await send_json(request, 200, orjson.dumps({"data": [r.to_dict() for r in records]}))
+
+
+async def create_key(gateway: Gateway, request: Request) -> None:
+    """``POST /api/ai/keys`` with ``{"org", "user"?, "name"?}``: a new key, shown once (admin)."""
+    gateway.authenticator.check_admin(request.authorization)
+    body = await read_json(request, gateway.settings.server.max_body_bytes)
+    if not isinstance(body, dict) or not isinstance(body.get("org"), str):
+        raise InvalidRequest("send a JSON object with a string org", param="org")
+    fields = {f: body.get(f) for f in ("user", "name")}
+    for name, value in fields.items():
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"{name} must be a string", param=name)
+    key, record = await gateway.keys.create(body["org"], user=fields["user"], name=fields["name"])
+    await send_json(request, 201, orjson.dumps({"key": key, **record.to_dict()}))
+
+
+async def revoke_key(gateway: Gateway, request: Request) -> None:
+    """``DELETE /api/ai/keys/{id}``: revoke a key (admin)."""
+    gateway.authenticator.check_admin(request.authorization)
+    key_id = request.scope["path"].rsplit("/", 1)[-1]
+    record = await gateway.keys.revoke(key_id)
+    await send_json(request, 200, orjson.dumps(record.to_dict()))

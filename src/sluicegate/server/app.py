@@ -1,0 +1,102 @@
+"""The ASGI application, built by a factory around one `Gateway`."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+
+from ..config import Settings, load_settings
+from ..errors import NotFound, SluicegateError
+from ..gateway import Gateway, create_gateway
+from . import admin_routes, openai_routes
+from .http import Receive, Request, Scope, Send, send_error, send_json
+
+__all__ = ["SluicegateApp", "app_from_environment", "create_app"]
+
+logger = logging.getLogger("sluicegate.server")
+
+Handler = Callable[[Gateway, Request], Awaitable[None]]
+
+
+class SluicegateApp:
+    """Routes HTTP requests to handlers over one gateway and runs its lifespan."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        models = openai_routes.models_body(gateway)
+
+        async def list_models(gateway: Gateway, request: Request) -> None:
+            await send_json(request, 200, models)
+
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/v1/chat/completions": {"POST": openai_routes.chat_completions},
+            "/v1/embeddings": {"POST": openai_routes.embeddings},
+            "/v1/models": {"GET": list_models},
+            "/api/ai/status": {"GET": admin_routes.status},
+            "/api/ai/keys": {"GET": admin_routes.list_keys, "POST": admin_routes.create_key},
+        }
+        self._prefixes: tuple[tuple[str, dict[str, Handler]], ...] = (
+            ("/api/ai/keys/", {"DELETE": admin_routes.revoke_key}),
+        )
+        # OpenAI's SDK and others also call the routes without the /v1 prefix.
+        for path in ("/chat/completions", "/embeddings", "/models"):
+            self._routes[path] = self._routes["/v1" + path]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    def _find(self, path: str) -> dict[str, Handler] | None:
+        methods = self._routes.get(path)
+        if methods is None:
+            for prefix, handlers in self._prefixes:
+                if path.startswith(prefix) and len(path) > len(prefix):
+                    return handlers
+        return methods
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request.from_asgi(scope, receive, send, secrets.token_hex(12))
+        try:
+            methods = self._find(scope["path"])
+            handler = methods.get(scope["method"]) if methods is not None else None
+            if handler is None:
+                raise NotFound(
+                    f"unknown request URL: {scope['method']} {scope['path']}",
+                    code="unknown_url" if methods is None else "method_not_allowed",
+                )
+            await handler(self.gateway, request)
+        except SluicegateError as exc:
+            await send_error(request, exc)
+        except Exception:
+            logger.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            await send_error(request, SluicegateError("internal error in the gateway; see its log"))
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.gateway.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings | None = None, *, gateway: Gateway | None = None) -> SluicegateApp:
+    """The ASGI app over ``gateway``, or over a new gateway built from ``settings``."""
+    if gateway is None:
+        gateway = create_gateway(settings or load_settings())
+    return SluicegateApp(gateway)
+
+
+def app_from_environment() -> SluicegateApp:
+    """The factory server workers call: settings from ``$SLUICEGATE_CONFIG`` and the environment."""
+    return create_app(load_settings())

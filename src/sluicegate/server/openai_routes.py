@@ -1,0 +1,101 @@
+"""The OpenAI-compatible routes: chat completions, embeddings and models."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import orjson
+
+from ..calls import CallKind
+from ..errors import SluicegateError
+from ..gateway import Gateway
+from ..upstream.sse import SseRelay, error_event
+from .http import Request, read_json, send_json
+
+__all__ = ["chat_completions", "embeddings", "models_body"]
+
+_SSE_HEADERS = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+)
+
+
+async def _forward(gateway: Gateway, request: Request, kind: CallKind) -> None:
+    body = await read_json(request, gateway.settings.server.max_body_bytes)
+    context = await gateway.authenticator.context(
+        request.authorization, request.feature, request.user, body if isinstance(body, dict) else None
+    )
+    call = gateway.new_call(kind, body, context)
+    reply = await gateway.send(call)
+    if reply.stream is None:
+        await send_json(request, 200, reply.body)
+    else:
+        await _relay(request, reply.stream)
+
+
+async def chat_completions(gateway: Gateway, request: Request) -> None:
+    """``POST /v1/chat/completions``, plain or streamed."""
+    await _forward(gateway, request, "chat")
+
+
+async def embeddings(gateway: Gateway, request: Request) -> None:
+    """``POST /v1/embeddings``."""
+    await _forward(gateway, request, "embeddings")
+
+
+async def _relay(request: Request, stream: SseRelay) -> None:
+    """Send the stream as it arrives; end with an error event if it breaks."""
+    send = request.send
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*_SSE_HEADERS, (b"x-request-id", request.request_id.encode())],
+        }
+    )
+    relaying = asyncio.current_task()
+    finished = False
+
+    async def cancel_on_disconnect() -> None:
+        # The body has been read, so the next message is the client going away.
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                if not finished and relaying is not None:
+                    relaying.cancel()
+                return
+
+    watcher = asyncio.get_running_loop().create_task(cancel_on_disconnect())
+    try:
+        async for data in stream:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        finished = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except SluicegateError as exc:
+        finished = True
+        await send({"type": "http.response.body", "body": error_event(exc), "more_body": False})
+    except asyncio.CancelledError:
+        if not watcher.done():
+            raise
+        # The client left: stop quietly; the relay's close records the event.
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await stream.aclose()
+
+
+def models_body(gateway: Gateway) -> bytes:
+    """``GET /v1/models``: every configured name and alias, serialised once."""
+    data = []
+    for name, model in gateway.settings.models.items():
+        data.extend(
+            {"id": public, "object": "model", "created": 0, "owned_by": model.provider}
+            for public in (name, *model.aliases)
+        )
+    return orjson.dumps({"object": "list", "data": data})

@@ -1,0 +1,1 @@
+"""Storage: the SQL database (SQLite or PostgreSQL) and Redis."""

@@ -1,0 +1,1 @@
+"""Upstream providers: the transport seam, the OpenAI-compatible provider and the mock."""

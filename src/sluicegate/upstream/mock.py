@@ -1,0 +1,304 @@
+"""The built-in mock provider: deterministic OpenAI-shaped answers with injectable faults.
+
+`MockEngine` decides every reply (content, usage, timing, faults) with no I/O. Two faces serve
+its replies: `MockTransport`, in-process, for the library and tests, and
+`sluicegate.upstream.mock_server`, a real HTTP server for benchmarks and fault tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import math
+import random
+import struct
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..config import Latency, MockBehaviour
+from ..errors import UpstreamStreamBroken
+from .transport import UpstreamRequest, UpstreamResponse
+
+__all__ = ["MockCall", "MockEngine", "MockReply", "MockTransport", "mock_answer"]
+
+_WORDS = (
+    "align", "ambitious", "baseline", "clarity", "customer", "deliver", "drive", "engage",
+    "focus", "growth", "impact", "improve", "increase", "initiative", "insight", "key",
+    "launch", "learn", "measure", "milestone", "momentum", "objective", "outcome", "pipeline",
+    "priority", "quality", "quarter", "reduce", "result", "retention", "revenue", "roadmap",
+    "scale", "ship", "signal", "sprint", "stretch", "target", "team", "velocity",
+)
+_JSON_HEADERS = {"content-type": "application/json"}
+_SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+_DONE = b"data: [DONE]\n\n"
+_MAX_DIMENSIONS = 4096
+_MEMO_SIZE = 1024
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=32).digest()
+
+
+def _estimate_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+def mock_answer(messages: list[Any], words: int | None = None) -> str:
+    """The deterministic answer the mock gives to ``messages``."""
+    prompt = orjson.dumps(messages).decode()
+    digest = _digest(prompt)
+    count = words or 12 + digest[0] % 24
+    picked = [_WORDS[(digest[(i % 31) + 1] + 7 * i) % len(_WORDS)] for i in range(count)]
+    picked[0] = picked[0].capitalize()
+    return " ".join(picked) + "."
+
+
+@dataclass(slots=True)
+class MockReply:
+    """What the mock answers to one request, and when."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    events: tuple[bytes, ...] = ()
+    delay_s: float = 0.0
+    interval_s: float = 0.0
+    hang: bool = False
+    drop_after: int | None = None
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the reply is a server-sent event stream."""
+        return bool(self.events)
+
+
+@dataclass(slots=True, frozen=True)
+class MockCall:
+    """One request the mock received, for tests to read."""
+
+    path: str
+    body: dict[str, Any] | None
+    at: float
+
+
+def _error(status: int, message: str, kind: str, code: str | None, **headers: str) -> MockReply:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return MockReply(status, {**_JSON_HEADERS, **headers}, orjson.dumps(body))
+
+
+class MockEngine:
+    """Plans the mock's replies; keeps a bounded log of the calls it saw."""
+
+    def __init__(self, behaviour: MockBehaviour | None = None, *, log_size: int = 10_000) -> None:
+        self.behaviour = behaviour or MockBehaviour()
+        self._log: deque[tuple[str, bytes, float]] = deque(maxlen=log_size)
+
+    @property
+    def behaviour(self) -> MockBehaviour:
+        """The behaviour in force; assigning a new one also reseeds the fault dice."""
+        return self._behaviour
+
+    @behaviour.setter
+    def behaviour(self, value: MockBehaviour) -> None:
+        self._behaviour = value
+        self._rng = random.Random(value.seed)
+        # With no dice to roll, the same request always gets the same reply: remember it, so
+        # that in benchmarks the mock costs next to nothing.
+        dice = value.hang_rate or value.rate_limit_rate or value.error_rate
+        self._memo: dict[tuple[str, str, bytes], MockReply] | None = (
+            None if dice or value.latency.distribution != "fixed" else {}
+        )
+
+    @property
+    def calls(self) -> list[MockCall]:
+        """The calls received so far, oldest first."""
+        return [MockCall(path, _loads_or_none(body), at) for path, body, at in self._log]
+
+    def clear_calls(self) -> None:
+        """Forget the calls received so far."""
+        self._log.clear()
+
+    def reply(self, method: str, path: str, body: bytes) -> MockReply:
+        """Decide the reply to one request."""
+        self._log.append((path, body, time.time()))
+        if self._memo is not None:
+            key = (method, path, body)
+            reply = self._memo.get(key)
+            if reply is None:
+                reply = self._plan(method, path, body)
+                if reply.status == 200 and len(self._memo) < _MEMO_SIZE:
+                    self._memo[key] = reply
+            return reply
+        return self._plan(method, path, body)
+
+    def _plan(self, method: str, path: str, body: bytes) -> MockReply:
+        if method == "GET" and path.endswith("/models"):
+            return MockReply(200, _JSON_HEADERS, orjson.dumps({"object": "list", "data": []}))
+        is_chat = path.endswith("/chat/completions")
+        if method != "POST" or not (is_chat or path.endswith("/embeddings")):
+            return _error(404, f"mock: no route {method} {path}", "invalid_request_error", None)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _error(400, "mock: body is not JSON", "invalid_request_error", None)
+        if not isinstance(payload, dict):
+            return _error(400, "mock: body must be an object", "invalid_request_error", None)
+        fault = self._fault()
+        if fault is not None:
+            return fault
+        return self._chat(payload) if is_chat else self._embeddings(payload)
+
+    def _fault(self) -> MockReply | None:
+        b = self._behaviour
+        if not (b.hang_rate or b.rate_limit_rate or b.error_rate):
+            return None
+        roll = self._rng.random()
+        if roll < b.hang_rate:
+            return MockReply(200, {}, hang=True)
+        roll -= b.hang_rate
+        if roll < b.rate_limit_rate:
+            return _error(
+                429, "mock: rate limit reached, retry later", "rate_limit_error",
+                "rate_limit_exceeded", **{"retry-after": str(b.retry_after_s)},
+            )
+        roll -= b.rate_limit_rate
+        if roll < b.error_rate:
+            return _error(b.error_status, "mock: injected upstream failure", "server_error", None)
+        return None
+
+    def _latency_s(self, latency: Latency) -> float:
+        if latency.distribution == "uniform":
+            return self._rng.uniform(latency.ms, latency.max_ms or latency.ms) / 1000
+        if latency.distribution == "lognormal":
+            return latency.ms * math.exp(latency.sigma * self._rng.gauss(0.0, 1.0)) / 1000
+        return latency.ms / 1000
+
+    def _chat(self, payload: dict[str, Any]) -> MockReply:
+        messages = payload.get("messages")
+        model = payload.get("model")
+        if not isinstance(messages, list) or not messages or not isinstance(model, str):
+            return _error(400, "mock: model and messages are required", "invalid_request_error", None)
+        b = self._behaviour
+        limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
+        words = mock_answer(messages, b.answer_words).split(" ")
+        finish = "stop"
+        if isinstance(limit, int) and 0 < limit < len(words):
+            words, finish = words[:limit], "length"
+        prompt_tokens = 3 + sum(4 + _estimate_tokens(orjson.dumps(m).decode()) for m in messages)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(words),
+            "total_tokens": prompt_tokens + len(words),
+        }
+        ident = "chatcmpl-mock-" + _digest(orjson.dumps(messages).decode()).hex()[:24]
+        created = int(time.time())
+        if payload.get("stream") is True:
+            options = payload.get("stream_options")
+            with_usage = isinstance(options, dict) and options.get("include_usage") is True
+            events = _stream_events(ident, created, model, words, finish, usage if with_usage else None, b.chunks)
+            return MockReply(
+                200, _SSE_HEADERS, events=events, delay_s=b.ttft_ms / 1000,
+                interval_s=b.chunk_interval_ms / 1000, drop_after=b.drop_after_chunks,
+            )
+        message = {"role": "assistant", "content": " ".join(words), "refusal": None}
+        body = {
+            "id": ident, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "usage": usage, "system_fingerprint": "fp_sluicegate_mock",
+        }
+        return MockReply(200, _JSON_HEADERS, orjson.dumps(body), delay_s=self._latency_s(b.latency))
+
+    def _embeddings(self, payload: dict[str, Any]) -> MockReply:
+        raw = payload.get("input")
+        inputs = [raw] if isinstance(raw, str) else raw
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
+            return _error(400, "mock: input must be a string or a list of strings", "invalid_request_error", None)
+        dims = payload.get("dimensions") or 16
+        if not isinstance(dims, int) or not 1 <= dims <= _MAX_DIMENSIONS:
+            return _error(400, "mock: dimensions must be 1-4096", "invalid_request_error", None)
+        as_base64 = payload.get("encoding_format") == "base64"
+        data = []
+        for index, text in enumerate(inputs):
+            vector = _embedding(text, dims)
+            packed: Any = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
+            data.append({"object": "embedding", "index": index, "embedding": packed})
+        tokens = sum(_estimate_tokens(t) for t in inputs)
+        body = {
+            "object": "list", "data": data, "model": payload.get("model"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return MockReply(200, _JSON_HEADERS, orjson.dumps(body), delay_s=self._latency_s(self._behaviour.latency))
+
+
+def _loads_or_none(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _embedding(text: str, dims: int) -> list[float]:
+    seed = _digest(text)
+    raw = [((seed[i % 32] ^ (i * 37)) % 255) / 127.0 - 1.0 for i in range(dims)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]
+
+
+def _stream_events(
+    ident: str, created: int, model: str, words: list[str], finish: str,
+    usage: dict[str, int] | None, chunks: int | None,
+) -> tuple[bytes, ...]:
+    count = min(chunks or len(words), len(words))
+    step = math.ceil(len(words) / count)
+    pieces = [" ".join(words[i : i + step]) for i in range(0, len(words), step)]
+    pieces = [p if i == 0 else " " + p for i, p in enumerate(pieces)]
+    base: dict[str, Any] = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
+    if usage is not None:
+        base["usage"] = None
+
+    def event(choices: list[Any], **extra: Any) -> bytes:
+        return b"data: " + orjson.dumps({**base, "choices": choices, **extra}) + b"\n\n"
+
+    out = [event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+    out += [event([{"index": 0, "delta": {"content": p}, "finish_reason": None}]) for p in pieces]
+    out.append(event([{"index": 0, "delta": {}, "finish_reason": finish}]))
+    if usage is not None:
+        out.append(event([], usage=usage))
+    out.append(_DONE)
+    return tuple(out)
+
+
+class MockTransport:
+    """The in-memory twin of `AiohttpTransport`: replies from a `MockEngine`, no socket."""
+
+    def __init__(self, engine: MockEngine) -> None:
+        self.engine = engine
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        reply = self.engine.reply(request.method, request.path, request.body)
+        if reply.hang:
+            await asyncio.Event().wait()  # until the caller's timeout cancels us
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.streamed and request.stream:
+            return UpstreamResponse(reply.status, reply.headers, chunks=_replay(reply))
+        return UpstreamResponse(reply.status, reply.headers, reply.body or b"".join(reply.events))
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _replay(reply: MockReply) -> AsyncIterator[bytes]:
+    for index, event in enumerate(reply.events):
+        if reply.drop_after is not None and index >= reply.drop_after:
+            raise UpstreamStreamBroken("provider mock: the upstream stream was cut short")
+        if index and reply.interval_s:
+            await asyncio.sleep(reply.interval_s)
+        yield event

@@ -1,0 +1,124 @@
+"""Providers: OpenAI-compatible upstreams, each behind one transport.
+
+A provider's ``kind`` picks its transport from `TRANSPORTS`, a registry: add a kind by adding
+an entry, never another branch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from ..calls import Call, Reply, Usage
+from ..config import ProviderConfig, Settings
+from ..errors import ConfigError, UpstreamError
+from .mock import MockEngine, MockTransport
+from .sse import SseRelay
+from .transport import AiohttpTransport, Transport, UpstreamRequest, UpstreamResponse
+
+__all__ = ["TRANSPORTS", "Provider", "build_providers", "upstream_error"]
+
+_PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
+_ERROR_HEADERS = ("retry-after", "retry-after-ms")
+
+
+def _http_transport(name: str, config: ProviderConfig) -> Transport:
+    headers = {"content-type": "application/json", **config.headers}
+    if config.api_key_env is not None:
+        key = os.environ.get(config.api_key_env)
+        if not key:
+            raise ConfigError(
+                f"providers.{name}.api_key_env: the environment variable {config.api_key_env} is not set"
+            )
+        headers["authorization"] = f"Bearer {key}"
+    assert config.base_url is not None  # the config validator insists on it
+    return AiohttpTransport(name, config.base_url, headers, config.timeouts, config.max_connections)
+
+
+def _mock_transport(name: str, config: ProviderConfig) -> Transport:
+    return MockTransport(MockEngine(config.mock))
+
+
+TRANSPORTS: Mapping[str, Callable[[str, ProviderConfig], Transport]] = {
+    "openai": _http_transport,
+    "mock": _mock_transport,
+}
+
+
+def upstream_error(provider: str, response: UpstreamResponse) -> UpstreamError:
+    """Turn an upstream error response into an `UpstreamError` with its status and message."""
+    headers = {name: response.headers[name] for name in _ERROR_HEADERS if name in response.headers}
+    try:
+        payload: Any = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        payload = None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return UpstreamError(
+            error["message"],
+            status=response.status,
+            error_type=error.get("type") if isinstance(error.get("type"), str) else None,
+            param=error.get("param") if isinstance(error.get("param"), str) else None,
+            code=error.get("code") if isinstance(error.get("code"), str) else None,
+            headers=headers,
+        )
+    text = response.body[:300].decode("utf-8", "replace").strip() or "(empty body)"
+    return UpstreamError(
+        f"provider {provider} answered HTTP {response.status}: {text}",
+        status=response.status,
+        headers=headers,
+    )
+
+
+class Provider:
+    """Sends calls to one OpenAI-compatible upstream."""
+
+    def __init__(self, name: str, transport: Transport) -> None:
+        self.name = name
+        self.transport = transport
+
+    async def send(self, call: Call) -> Reply:
+        """Forward ``call`` upstream; raise `UpstreamError` when the upstream refuses it."""
+        body = call.body
+        body["model"] = call.route.upstream_model
+        strip_usage = False
+        if call.stream:
+            # Ask for usage on every stream so cost is always known; hide it if not asked for.
+            options = body.get("stream_options")
+            if not isinstance(options, dict):
+                body["stream_options"] = {"include_usage": True}
+                strip_usage = True
+            elif options.get("include_usage") is not True:
+                body["stream_options"] = {**options, "include_usage": True}
+                strip_usage = True
+        request = UpstreamRequest("POST", _PATHS[call.kind], orjson.dumps(body), call.stream)
+        response = await self.transport.send(request)
+        if response.status >= 400:
+            await response.release()
+            raise upstream_error(self.name, response)
+        if response.chunks is not None:
+            return Reply(stream=SseRelay(response.chunks, response.release, strip_usage=strip_usage))
+        return Reply(body=response.body, usage=_usage_of(response.body))
+
+    async def aclose(self) -> None:
+        """Release the provider's pooled connections."""
+        await self.transport.aclose()
+
+
+def _usage_of(body: bytes) -> Usage | None:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return Usage.from_payload(payload.get("usage")) if isinstance(payload, dict) else None
+
+
+def build_providers(settings: Settings) -> dict[str, Provider]:
+    """One `Provider` per configured provider, with its transport."""
+    return {
+        name: Provider(name, TRANSPORTS[config.kind](name, config))
+        for name, config in settings.providers.items()
+    }
