@@ -110,21 +110,28 @@ class KeyStore:
         self._engine = engine
         self._pepper = pepper
 
-    async def create(self, org: str, *, user: str | None = None, name: str | None = None) -> tuple[str, KeyRecord]:
+    async def create(
+        self, org: str, *, user: str | None = None, name: str | None = None
+    ) -> tuple[str, KeyRecord]:
         """Create a key for ``org``; return the key (shown only now) and its record."""
         _check_label("org", org)
         _check_label("user", user)
         _check_label("name", name)
         key = new_key()
         record = KeyRecord(
-            secrets.token_hex(8), key[: len(KEY_PREFIX) + 6], org, user, name, datetime.now(UTC), None
+            secrets.token_hex(8),
+            key[: len(KEY_PREFIX) + 6],
+            org,
+            user,
+            name,
+            datetime.now(UTC),
+            None,
         )
         async with self._engine.begin() as conn:
             await conn.execute(
                 insert(virtual_keys).values(
-                    key_hash=hash_key(self._pepper, key), **{
-                        f: getattr(record, f) for f in ("id", "prefix", "org", "user", "name", "created_at")
-                    }
+                    key_hash=hash_key(self._pepper, key),
+                    **{f: getattr(record, f) for f in ("id", "prefix", "org", "user", "name", "created_at")},
                 )
             )
         return key, record
@@ -152,12 +159,15 @@ class KeyStore:
                 update(virtual_keys).where(virtual_keys.c.id == rows[0].id).values(revoked_at=now)
             )
         record = _record(rows[0])
-        return KeyRecord(record.id, record.prefix, record.org, record.user, record.name, record.created_at, now)
+        return KeyRecord(
+            record.id, record.prefix, record.org, record.user, record.name, record.created_at, now
+        )
 
     async def find(self, key: str) -> KeyRecord | None:
         """The live record for ``key``, or None when unknown or revoked."""
         query = select(virtual_keys).where(
-            virtual_keys.c.key_hash == hash_key(self._pepper, key), virtual_keys.c.revoked_at.is_(None)
+            virtual_keys.c.key_hash == hash_key(self._pepper, key),
+            virtual_keys.c.revoked_at.is_(None),
         )
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
@@ -199,7 +209,8 @@ class Authenticator:
         if feature not in self._features:
             known = ", ".join(sorted(self._features))
             raise InvalidRequest(
-                f"unknown feature {feature!r}; configured features are: {known}", param="feature",
+                f"unknown feature {feature!r}; configured features are: {known}",
+                param="feature",
                 code="unknown_feature",
             )
         if not self._require_keys:
@@ -219,7 +230,9 @@ class Authenticator:
                 self._cache.clear()
             self._cache[key] = (record, now + self._ttl)
         if record is None:
-            raise AuthenticationFailed("the API key is unknown or revoked; create one with `sluicegate keys create`")
+            raise AuthenticationFailed(
+                "the API key is unknown or revoked; create one with `sluicegate keys create`"
+            )
         return record
 
     def check_admin(self, authorization: str | None) -> None:

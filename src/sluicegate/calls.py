@@ -89,14 +89,18 @@ def validate_body(kind: CallKind, body: object) -> tuple[str, bool]:
         raise InvalidRequest("the request body must be a JSON object")
     model = body.get("model")
     if model is None:
-        raise InvalidRequest("you must provide a model parameter", param="model", code="missing_required_parameter")
+        raise InvalidRequest(
+            "you must provide a model parameter", param="model", code="missing_required_parameter"
+        )
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model must be a non-empty string", param="model", code="invalid_type")
     if kind == "chat":
         messages = body.get("messages")
         if messages is None:
             raise InvalidRequest(
-                "you must provide a messages parameter", param="messages", code="missing_required_parameter"
+                "you must provide a messages parameter",
+                param="messages",
+                code="missing_required_parameter",
             )
         if not isinstance(messages, list) or not messages:
             raise InvalidRequest("messages must be a non-empty array", param="messages", code="invalid_type")
@@ -112,5 +116,7 @@ def validate_body(kind: CallKind, body: object) -> tuple[str, bool]:
             raise InvalidRequest("stream must be a boolean", param="stream", code="invalid_type")
         return model, bool(stream)
     if body.get("input") is None:
-        raise InvalidRequest("you must provide an input parameter", param="input", code="missing_required_parameter")
+        raise InvalidRequest(
+            "you must provide an input parameter", param="input", code="missing_required_parameter"
+        )
     return model, False

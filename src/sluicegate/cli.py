@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,7 +39,12 @@ out = Console()
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help=f"YAML config file (default: ${CONFIG_ENV}, then ./sluicegate.yaml).", show_default=False),
+    typer.Option(
+        "--config",
+        "-c",
+        help=f"YAML config file (default: ${CONFIG_ENV}, then ./sluicegate.yaml).",
+        show_default=False,
+    ),
 ]
 APP_TARGET = "sluicegate.server.app:app_from_environment"
 
@@ -101,7 +107,10 @@ def serve(
         f"{cfg.implementation} worker(s); providers: {sources}; "
         f"keys {'required' if settings.auth.require_keys else 'not required (local dev org)'}"
     )
-    runners: dict[str, Callable[[Settings], None]] = {"uvicorn": _serve_uvicorn, "granian": _serve_granian}
+    runners: dict[str, Callable[[Settings], None]] = {
+        "uvicorn": _serve_uvicorn,
+        "granian": _serve_granian,
+    }
     runners[cfg.implementation](settings)
 
 
@@ -126,9 +135,9 @@ def _serve_uvicorn(settings: Settings) -> None:
 
 def _serve_granian(settings: Settings) -> None:
     try:
-        from granian import Granian  # noqa: PLC0415 - an optional extra
-        from granian.constants import Interfaces, Loops  # noqa: PLC0415
-        from granian.log import LogLevels  # noqa: PLC0415
+        from granian import Granian  # an optional extra
+        from granian.constants import Interfaces, Loops
+        from granian.log import LogLevels
     except ImportError:
         console.print("[red]error:[/red] granian is not installed: pip install 'sluicegate[granian]'")
         raise typer.Exit(2) from None
@@ -153,7 +162,9 @@ def mock_upstream(
     latency_ms: Annotated[float, typer.Option(help="Fixed latency of a whole answer.")] = 0.0,
     ttft_ms: Annotated[float, typer.Option(help="Streaming: delay before the first chunk.")] = 0.0,
     chunk_interval_ms: Annotated[float, typer.Option(help="Streaming: delay between chunks.")] = 0.0,
-    chunks: Annotated[int | None, typer.Option(help="Streaming: content chunks (default one a word).")] = None,
+    chunks: Annotated[
+        int | None, typer.Option(help="Streaming: content chunks (default one a word).")
+    ] = None,
     error_rate: Annotated[float, typer.Option(help="Share of requests answered with --error-status.")] = 0.0,
     error_status: Annotated[int, typer.Option(help="Status of injected errors.")] = 500,
     rate_limit_rate: Annotated[float, typer.Option(help="Share of requests answered 429.")] = 0.0,
@@ -165,10 +176,17 @@ def mock_upstream(
     """Run the mock provider as an OpenAI-compatible HTTP server (for benchmarks and fault tests)."""
     behaviour = MockBehaviour.model_validate(
         {
-            "latency": latency_ms, "ttft_ms": ttft_ms, "chunk_interval_ms": chunk_interval_ms,
-            "chunks": chunks, "error_rate": error_rate, "error_status": error_status,
-            "rate_limit_rate": rate_limit_rate, "retry_after_s": retry_after_s,
-            "hang_rate": hang_rate, "drop_after_chunks": drop_after_chunks, "seed": seed,
+            "latency": latency_ms,
+            "ttft_ms": ttft_ms,
+            "chunk_interval_ms": chunk_interval_ms,
+            "chunks": chunks,
+            "error_rate": error_rate,
+            "error_status": error_status,
+            "rate_limit_rate": rate_limit_rate,
+            "retry_after_s": retry_after_s,
+            "hang_rate": hang_rate,
+            "drop_after_chunks": drop_after_chunks,
+            "seed": seed,
         }
     )
 
@@ -179,10 +197,8 @@ def mock_upstream(
         async with server:
             await server.serve_forever()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         _run(run())
-    except KeyboardInterrupt:
-        pass
 
 
 @keys_app.command("create")
@@ -211,7 +227,11 @@ def keys_list(
     table = Table("id", "prefix", "org", "user", "name", "created", "revoked")
     for r in records:
         table.add_row(
-            r.id, r.prefix + "…", r.org, r.user or "", r.name or "",
+            r.id,
+            r.prefix + "…",
+            r.org,
+            r.user or "",
+            r.name or "",
             r.created_at.isoformat(timespec="seconds"),
             r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else "",
         )
@@ -242,4 +262,3 @@ def version() -> None:
 def main() -> None:
     """Entry point of the console script."""
     app()
-

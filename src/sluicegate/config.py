@@ -188,9 +188,7 @@ def default_catalog(
 def default_features() -> dict[str, FeatureConfig]:
     """The brief's three features."""
     return {
-        "okr-template": FeatureConfig(
-            description="OKR template generation", latency_target_ms=2000
-        ),
+        "okr-template": FeatureConfig(description="OKR template generation", latency_target_ms=2000),
         "chat": FeatureConfig(description="chat assistant", latency_target_ms=1500),
         "insights": FeatureConfig(description="insights engine", latency_target_ms=5000),
     }

@@ -95,7 +95,10 @@ class Gateway:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.aclose()
 
@@ -121,7 +124,12 @@ class Gateway:
     # The library face
 
     async def chat(
-        self, *, model: str, messages: list[dict[str, Any]], context: RequestContext | None = None, **params: Any
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        context: RequestContext | None = None,
+        **params: Any,
     ) -> dict[str, Any]:
         """A chat completion, as OpenAI's JSON object."""
         body = {**params, "model": model, "messages": messages, "stream": False}
@@ -129,7 +137,12 @@ class Gateway:
         return _object(reply.body)
 
     async def stream_chat(
-        self, *, model: str, messages: list[dict[str, Any]], context: RequestContext | None = None, **params: Any
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        context: RequestContext | None = None,
+        **params: Any,
     ) -> AsyncIterator[dict[str, Any]]:
         """A streamed chat completion, chunk by chunk; raises `UpstreamError` if it breaks."""
         body = {**params, "model": model, "messages": messages, "stream": True}
@@ -146,7 +159,12 @@ class Gateway:
                 yield _object(payload)
 
     async def embed(
-        self, *, model: str, input: str | list[str], context: RequestContext | None = None, **params: Any
+        self,
+        *,
+        model: str,
+        input: str | list[str],
+        context: RequestContext | None = None,
+        **params: Any,
     ) -> dict[str, Any]:
         """Embeddings, as OpenAI's JSON object."""
         body = {**params, "model": model, "input": input}

@@ -79,12 +79,24 @@ class Counters:
 Send = Callable[[Call], Awaitable[Reply]]
 
 
-def _event(call: Call, status: int, code: str | None, usage: Usage | None, ttft: float | None) -> RequestEvent:
+def _event(
+    call: Call, status: int, code: str | None, usage: Usage | None, ttft: float | None
+) -> RequestEvent:
     ctx = call.context
     return RequestEvent(
-        call.request_id, call.kind, ctx.org, ctx.user, ctx.feature, call.route.name,
-        call.route.provider, call.stream, status, code, time.perf_counter() - call.started,
-        ttft, usage,
+        call.request_id,
+        call.kind,
+        ctx.org,
+        ctx.user,
+        ctx.feature,
+        call.route.name,
+        call.route.provider,
+        call.stream,
+        status,
+        code,
+        time.perf_counter() - call.started,
+        ttft,
+        usage,
     )
 
 

@@ -32,7 +32,15 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JSON = b"application/json"
-_WANTED = frozenset({b"authorization", b"content-length", b"x-sluicegate-feature", b"x-sluicegate-user", b"if-none-match"})
+_WANTED = frozenset(
+    {
+        b"authorization",
+        b"content-length",
+        b"x-sluicegate-feature",
+        b"x-sluicegate-user",
+        b"if-none-match",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -99,7 +107,7 @@ async def read_json(request: Request, limit: int) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(
-            f"the request body is not valid JSON ({exc}); send a JSON object with Content-Type: application/json",
+            f"the request body is not valid JSON ({exc}); send a JSON object",
             code="invalid_json",
         ) from None
 

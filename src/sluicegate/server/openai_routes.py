@@ -25,7 +25,10 @@ _SSE_HEADERS = (
 async def _forward(gateway: Gateway, request: Request, kind: CallKind) -> None:
     body = await read_json(request, gateway.settings.server.max_body_bytes)
     context = await gateway.authenticator.context(
-        request.authorization, request.feature, request.user, body if isinstance(body, dict) else None
+        request.authorization,
+        request.feature,
+        request.user,
+        body if isinstance(body, dict) else None,
     )
     call = gateway.new_call(kind, body, context)
     reply = await gateway.send(call)
@@ -92,7 +95,7 @@ async def _relay(request: Request, stream: SseRelay) -> None:
 
 def models_body(gateway: Gateway) -> bytes:
     """``GET /v1/models``: every configured name and alias, serialised once."""
-    data = []
+    data: list[dict[str, object]] = []
     for name, model in gateway.settings.models.items():
         data.extend(
             {"id": public, "object": "model", "created": 0, "owned_by": model.provider}

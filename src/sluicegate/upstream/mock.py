@@ -28,11 +28,46 @@ from .transport import UpstreamRequest, UpstreamResponse
 __all__ = ["MockCall", "MockEngine", "MockReply", "MockTransport", "mock_answer"]
 
 _WORDS = (
-    "align", "ambitious", "baseline", "clarity", "customer", "deliver", "drive", "engage",
-    "focus", "growth", "impact", "improve", "increase", "initiative", "insight", "key",
-    "launch", "learn", "measure", "milestone", "momentum", "objective", "outcome", "pipeline",
-    "priority", "quality", "quarter", "reduce", "result", "retention", "revenue", "roadmap",
-    "scale", "ship", "signal", "sprint", "stretch", "target", "team", "velocity",
+    "align",
+    "ambitious",
+    "baseline",
+    "clarity",
+    "customer",
+    "deliver",
+    "drive",
+    "engage",
+    "focus",
+    "growth",
+    "impact",
+    "improve",
+    "increase",
+    "initiative",
+    "insight",
+    "key",
+    "launch",
+    "learn",
+    "measure",
+    "milestone",
+    "momentum",
+    "objective",
+    "outcome",
+    "pipeline",
+    "priority",
+    "quality",
+    "quarter",
+    "reduce",
+    "result",
+    "retention",
+    "revenue",
+    "roadmap",
+    "scale",
+    "ship",
+    "signal",
+    "sprint",
+    "stretch",
+    "target",
+    "team",
+    "velocity",
 )
 _JSON_HEADERS = {"content-type": "application/json"}
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
@@ -164,8 +199,11 @@ class MockEngine:
         roll -= b.hang_rate
         if roll < b.rate_limit_rate:
             return _error(
-                429, "mock: rate limit reached, retry later", "rate_limit_error",
-                "rate_limit_exceeded", **{"retry-after": str(b.retry_after_s)},
+                429,
+                "mock: rate limit reached, retry later",
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                **{"retry-after": str(b.retry_after_s)},
             )
         roll -= b.rate_limit_rate
         if roll < b.error_rate:
@@ -201,16 +239,26 @@ class MockEngine:
         if payload.get("stream") is True:
             options = payload.get("stream_options")
             with_usage = isinstance(options, dict) and options.get("include_usage") is True
-            events = _stream_events(ident, created, model, words, finish, usage if with_usage else None, b.chunks)
+            events = _stream_events(
+                ident, created, model, words, finish, usage if with_usage else None, b.chunks
+            )
             return MockReply(
-                200, _SSE_HEADERS, events=events, delay_s=b.ttft_ms / 1000,
-                interval_s=b.chunk_interval_ms / 1000, drop_after=b.drop_after_chunks,
+                200,
+                _SSE_HEADERS,
+                events=events,
+                delay_s=b.ttft_ms / 1000,
+                interval_s=b.chunk_interval_ms / 1000,
+                drop_after=b.drop_after_chunks,
             )
         message = {"role": "assistant", "content": " ".join(words), "refusal": None}
         body = {
-            "id": ident, "object": "chat.completion", "created": created, "model": model,
+            "id": ident,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-            "usage": usage, "system_fingerprint": "fp_sluicegate_mock",
+            "usage": usage,
+            "system_fingerprint": "fp_sluicegate_mock",
         }
         return MockReply(200, _JSON_HEADERS, orjson.dumps(body), delay_s=self._latency_s(b.latency))
 
@@ -218,7 +266,12 @@ class MockEngine:
         raw = payload.get("input")
         inputs = [raw] if isinstance(raw, str) else raw
         if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
-            return _error(400, "mock: input must be a string or a list of strings", "invalid_request_error", None)
+            return _error(
+                400,
+                "mock: input must be a string or a list of strings",
+                "invalid_request_error",
+                None,
+            )
         dims = payload.get("dimensions") or 16
         if not isinstance(dims, int) or not 1 <= dims <= _MAX_DIMENSIONS:
             return _error(400, "mock: dimensions must be 1-4096", "invalid_request_error", None)
@@ -226,14 +279,20 @@ class MockEngine:
         data = []
         for index, text in enumerate(inputs):
             vector = _embedding(text, dims)
-            packed: Any = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
+            packed: Any = (
+                base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
+            )
             data.append({"object": "embedding", "index": index, "embedding": packed})
         tokens = sum(_estimate_tokens(t) for t in inputs)
         body = {
-            "object": "list", "data": data, "model": payload.get("model"),
+            "object": "list",
+            "data": data,
+            "model": payload.get("model"),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return MockReply(200, _JSON_HEADERS, orjson.dumps(body), delay_s=self._latency_s(self._behaviour.latency))
+        return MockReply(
+            200, _JSON_HEADERS, orjson.dumps(body), delay_s=self._latency_s(self._behaviour.latency)
+        )
 
 
 def _loads_or_none(body: bytes) -> dict[str, Any] | None:
@@ -252,14 +311,24 @@ def _embedding(text: str, dims: int) -> list[float]:
 
 
 def _stream_events(
-    ident: str, created: int, model: str, words: list[str], finish: str,
-    usage: dict[str, int] | None, chunks: int | None,
+    ident: str,
+    created: int,
+    model: str,
+    words: list[str],
+    finish: str,
+    usage: dict[str, int] | None,
+    chunks: int | None,
 ) -> tuple[bytes, ...]:
     count = min(chunks or len(words), len(words))
     step = math.ceil(len(words) / count)
     pieces = [" ".join(words[i : i + step]) for i in range(0, len(words), step)]
     pieces = [p if i == 0 else " " + p for i, p in enumerate(pieces)]
-    base: dict[str, Any] = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
+    base: dict[str, Any] = {
+        "id": ident,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+    }
     if usage is not None:
         base["usage"] = None
 

@@ -40,8 +40,9 @@ def _head(status: int, headers: dict[str, str], extra: bytes, keep_alive: bool) 
 class MockServerProtocol(asyncio.Protocol):
     """One client connection to the mock server."""
 
-    def __init__(self, engine: MockEngine) -> None:
+    def __init__(self, engine: MockEngine, connections: set[MockServerProtocol] | None = None) -> None:
         self._engine = engine
+        self._connections = connections
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._url = b""
@@ -53,11 +54,19 @@ class MockServerProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        if self._connections is not None:
+            self._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         for task in self._tasks:
             task.cancel()
         self._transport = None
+        if self._connections is not None:
+            self._connections.discard(self)
+
+    def close(self) -> None:
+        """Close this connection."""
+        self._close()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -156,9 +165,7 @@ class MockServerProtocol(asyncio.Protocol):
             self._transport.close()
 
 
-async def start_mock_server(
-    engine: MockEngine, host: str = "127.0.0.1", port: int = 0
-) -> asyncio.Server:
+async def start_mock_server(engine: MockEngine, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
     """Start serving ``engine`` on ``host:port`` (0 picks a free port) in the running loop."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: MockServerProtocol(engine), host, port, backlog=2048)

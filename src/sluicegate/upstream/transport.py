@@ -98,9 +98,7 @@ class AiohttpTransport:
             base_url=None,
             connector=connector,
             headers=self._headers,
-            timeout=aiohttp.ClientTimeout(
-                total=self._timeouts.total, sock_connect=self._timeouts.connect
-            ),
+            timeout=aiohttp.ClientTimeout(total=self._timeouts.total, sock_connect=self._timeouts.connect),
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )

@@ -1,0 +1,51 @@
+# Every developer task is one command. The venv bootstraps itself on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+# Byte-compiled modules start faster; some environments switch them off.
+RUN := env -u PYTHONDONTWRITEBYTECODE
+
+.PHONY: serve test lint format types check bench bench-quick mock-upstream clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+serve: $(VENV)/.installed  ## run the gateway on 127.0.0.1:4000 with the embedded defaults
+	$(RUN) $(VENV)/bin/sluicegate serve
+
+mock-upstream: $(VENV)/.installed  ## run the mock provider over HTTP on 127.0.0.1:9100
+	$(RUN) $(VENV)/bin/sluicegate mock-upstream
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+format: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+types: $(VENV)/.installed-dev
+	$(VENV)/bin/mypy
+
+test: lint types  ## lint, types and the whole test suite
+	$(PY) -m pytest
+
+check: test
+
+bench: $(VENV)/.installed-dev  ## full benchmark against LiteLLM (about 15 minutes)
+	$(RUN) $(PY) bench/run.py
+
+bench-quick: $(VENV)/.installed-dev  ## short benchmark (about a minute)
+	$(RUN) $(PY) bench/run.py --quick
+
+clean:
+	rm -rf $(VENV) .sluicegate .pytest_cache .mypy_cache .ruff_cache

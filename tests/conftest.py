@@ -1,0 +1,119 @@
+"""Shared fixtures: settings on a temporary folder, real servers, and the real services."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from sluicegate import Gateway, Settings, create_gateway
+from sluicegate.store.db import create_engine
+from sluicegate.testing import GatewayServer, MockUpstream, mock_settings
+
+REDIS_URL = os.environ.get("SLUICEGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+DATABASE_URL = os.environ.get(
+    "SLUICEGATE_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+REQUIRE_SERVICES = os.environ.get("SLUICEGATE_REQUIRE_SERVICES") == "1"
+
+
+def service_missing(name: str, url: str, error: BaseException) -> None:
+    """Fail under SLUICEGATE_REQUIRE_SERVICES=1; otherwise skip, loudly."""
+    message = f"{name} is not reachable at {url} ({type(error).__name__}: {error})"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message}; SLUICEGATE_REQUIRE_SERVICES=1 makes this a failure")
+    warnings.warn(f"SKIPPING: {message}", pytest.PytestWarning, stacklevel=2)
+    pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each test starts in its own folder, free of the developer's sluicegate variables."""
+    for name in list(os.environ):
+        if name.startswith("SLUICEGATE_") and not name.startswith(("SLUICEGATE_TEST_", "SLUICEGATE_REQUIRE")):
+            monkeypatch.delenv(name)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with the in-process mock and a SQLite file in the test's folder."""
+    return mock_settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    """A started gateway over the in-process mock."""
+    async with create_gateway(settings) as gw:
+        yield gw
+
+
+@pytest.fixture
+def upstream() -> Iterator[MockUpstream]:
+    """The mock provider over real HTTP, in a thread."""
+    with MockUpstream() as mock:
+        yield mock
+
+
+def serve(settings: Settings) -> GatewayServer:
+    """A gateway over real HTTP, for use in a ``with`` block."""
+    return GatewayServer(settings)
+
+
+@pytest.fixture
+def http_settings(upstream: MockUpstream, tmp_path: Path) -> Settings:
+    """Settings pointing at the HTTP mock."""
+    return mock_settings(upstream.url, data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def server(http_settings: Settings) -> Iterator[GatewayServer]:
+    """The gateway over HTTP, in front of the HTTP mock."""
+    with serve(http_settings) as gw:
+        yield gw
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """The real Redis (a scratch database, flushed after the test)."""
+    client: Redis = Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except Exception as exc:
+        await client.aclose()
+        service_missing("Redis", REDIS_URL, exc)
+    yield REDIS_URL
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
+async def database_url() -> AsyncIterator[str]:
+    """The real PostgreSQL, with sluicegate's tables dropped after the test."""
+    engine = create_engine(DATABASE_URL)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        await engine.dispose()
+        service_missing("PostgreSQL", DATABASE_URL, exc)
+    yield DATABASE_URL
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS virtual_keys, alembic_version"))
+    await engine.dispose()
+
+
+def chat_body(**extra: Any) -> dict[str, Any]:
+    """A minimal valid chat request."""
+    return {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Suggest an OKR"}],
+        **extra,
+    }
