@@ -19,7 +19,7 @@ import uvicorn
 from .config import MockBehaviour, Settings
 from .server.app import SluicegateApp, create_app
 from .upstream.mock import MockCall, MockEngine
-from .upstream.mock_server import start_mock_server
+from .upstream.mock_server import MockServerProtocol, start_mock_server
 
 __all__ = ["GatewayServer", "MockUpstream", "mock_settings"]
 
@@ -72,6 +72,7 @@ class MockUpstream:
         self.engine = MockEngine(behaviour)
         self._thread: _LoopThread | None = None
         self._server: asyncio.Server | None = None
+        self._connections: set[MockServerProtocol] = set()
         self.port = 0
 
     @property
@@ -90,7 +91,7 @@ class MockUpstream:
 
     def __enter__(self) -> Self:
         self._thread = _LoopThread()
-        self._server = self._thread.run(start_mock_server(self.engine))
+        self._server = self._thread.run(start_mock_server(self.engine, connections=self._connections))
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -106,7 +107,10 @@ class MockUpstream:
 
         async def close() -> None:
             server.close()
+            for connection in list(self._connections):
+                connection.close()
             await server.wait_closed()
+            await asyncio.sleep(0)  # let the transports finish closing
 
         self._thread.run(close())
         self._thread.stop()

@@ -165,7 +165,16 @@ class MockServerProtocol(asyncio.Protocol):
             self._transport.close()
 
 
-async def start_mock_server(engine: MockEngine, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
-    """Start serving ``engine`` on ``host:port`` (0 picks a free port) in the running loop."""
+async def start_mock_server(
+    engine: MockEngine,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    connections: set[MockServerProtocol] | None = None,
+) -> asyncio.Server:
+    """Start serving ``engine`` on ``host:port`` (0 picks a free port) in the running loop.
+
+    Pass a set as ``connections`` to keep track of open connections, e.g. to close them.
+    """
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: MockServerProtocol(engine), host, port, backlog=2048)
+    return await loop.create_server(lambda: MockServerProtocol(engine, connections), host, port, backlog=2048)
