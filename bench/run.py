@@ -9,10 +9,12 @@ Standard library only.  Run it with the project's interpreter:
 It writes bench/RESULTS.md (text after the `<!-- notes -->` marker is kept) and
 bench/results.json.  See bench/README.md for what every cell means.
 """
+
 from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -65,18 +67,28 @@ class BenchError(RuntimeError):
 
 # --------------------------------------------------------------------------- processes
 
+
 class ProcessRegistry:
     """Every process the harness starts, each in its own session (process group)."""
 
     def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, cmd: list[str], env: dict[str, str], log_path: Path
+    ) -> subprocess.Popen[bytes]:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(log_path, "wb")  # noqa: SIM115 - closed when the child is reaped
         try:
-            p = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(ROOT))
+            p = subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=str(ROOT),
+            )
         finally:
             fh.close()
         self.procs.append((name, p))
@@ -86,10 +98,8 @@ class ProcessRegistry:
         tree = proc_tree(p.pid) if p.poll() is None else []
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if p.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(p.pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
                 try:
                     p.wait(timeout=grace if sig == signal.SIGTERM else 5)
                 except subprocess.TimeoutExpired:
@@ -98,15 +108,11 @@ class ProcessRegistry:
         # descendants that left the group (or outlived the leader): kill them by PID
         for pid in tree:
             if pid != p.pid and _alive(pid):
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
         # the group itself, in case the leader died first and left children behind
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self.procs = [(n, q) for (n, q) in self.procs if q is not p]
 
     def stop_all(self) -> None:
@@ -130,6 +136,7 @@ def _alive(pid: int) -> bool:
 
 
 # --------------------------------------------------------------------------- /proc
+
 
 def _stat(pid: int) -> tuple[int, int] | None:
     """(ppid, utime+stime ticks) of one process, or None if gone."""
@@ -197,6 +204,7 @@ def cmdline(pid: int) -> str:
 
 # --------------------------------------------------------------------------- helpers
 
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -215,8 +223,13 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-         timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+def http(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -239,8 +252,10 @@ def wait_healthy(name: str, p: subprocess.Popen[bytes], url: str, timeout: float
     last = "no answer"
     while time.monotonic() - t < timeout:
         if p.poll() is not None:
-            raise BenchError(f"{name} exited with code {p.returncode} before it was healthy "
-                             f"({url}); log {log_path}:\n{log_tail(log_path)}")
+            raise BenchError(
+                f"{name} exited with code {p.returncode} before it was healthy "
+                f"({url}); log {log_path}:\n{log_tail(log_path)}"
+            )
         try:
             st, _h, _b = http("GET", url, timeout=2.0)
             if st == 200:
@@ -249,14 +264,23 @@ def wait_healthy(name: str, p: subprocess.Popen[bytes], url: str, timeout: float
         except (OSError, urllib.error.URLError) as e:
             last = str(e)
         time.sleep(0.2)
-    raise BenchError(f"{name} not healthy after {timeout:.0f}s at {url} (last: {last}); "
-                     f"log {log_path}:\n{log_tail(log_path)}")
+    raise BenchError(
+        f"{name} not healthy after {timeout:.0f}s at {url} (last: {last}); "
+        f"log {log_path}:\n{log_tail(log_path)}"
+    )
 
 
 def run_capture(cmd: list[str], timeout: float = 60, env: dict[str, str] | None = None) -> tuple[int, str]:
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                           stdin=subprocess.DEVNULL, start_new_session=True)
+        r = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         return r.returncode, (r.stdout + r.stderr).strip()
     except (OSError, subprocess.TimeoutExpired) as e:
         return -1, str(e)
@@ -275,9 +299,18 @@ def parse_time_ms(s: str) -> float | None:
 
 def parse_wrk(out: str) -> dict[str, Any]:
     """Parse wrk 4.x text output (run with --latency) plus our Lua done() JSON line."""
-    r: dict[str, Any] = {"requests": 0, "duration_s": None, "rps": 0.0, "p50_ms": None, "p75_ms": None,
-                         "p90_ms": None, "p99_ms": None, "avg_ms": None, "max_ms": None,
-                         "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0, "non2xx": 0}}
+    r: dict[str, Any] = {
+        "requests": 0,
+        "duration_s": None,
+        "rps": 0.0,
+        "p50_ms": None,
+        "p75_ms": None,
+        "p90_ms": None,
+        "p99_ms": None,
+        "avg_ms": None,
+        "max_ms": None,
+        "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0, "non2xx": 0},
+    }
     m = re.search(r"^\s*Latency\s+" + _TIME_RE + r"\s+" + _TIME_RE + r"\s+" + _TIME_RE, out, re.M)
     if m:
         r["avg_ms"] = float(m.group(1)) * _UNIT_MS[m.group(2)]
@@ -348,6 +381,7 @@ def write_lua(name: str, body: dict[str, Any], token: str) -> Path:
 
 # --------------------------------------------------------------------------- systems
 
+
 class System:
     """One server under test (or the mock itself, for the mock-direct rows)."""
 
@@ -378,6 +412,7 @@ class System:
 
 # --------------------------------------------------------------------------- LiteLLM install
 
+
 def litellm_python() -> Path:
     return LITELLM_VENV / "bin" / "python"
 
@@ -385,8 +420,10 @@ def litellm_python() -> Path:
 def litellm_version() -> str | None:
     if not (LITELLM_VENV / "bin" / "litellm").exists():
         return None
-    rc, out = run_capture([str(litellm_python()), "-c",
-                           "import importlib.metadata as m; print(m.version('litellm'))"], timeout=60)
+    rc, out = run_capture(
+        [str(litellm_python()), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        timeout=60,
+    )
     return out.strip().splitlines()[-1] if rc == 0 and out.strip() else None
 
 
@@ -406,7 +443,9 @@ def ensure_litellm() -> tuple[str, list[str]]:
         else:
             rc, out = run_capture([py, "-m", "venv", str(LITELLM_VENV)], timeout=300)
             if rc == 0:
-                rc, out = run_capture([str(litellm_python()), "-m", "pip", "install", "-q", "uv"], timeout=600)
+                rc, out = run_capture(
+                    [str(litellm_python()), "-m", "pip", "install", "-q", "uv"], timeout=600
+                )
                 uv = str(LITELLM_VENV / "bin" / "uv")
         if rc != 0 or not uv:
             raise BenchError(f"cannot create {LITELLM_VENV}: {out[-2000:]}")
@@ -432,11 +471,13 @@ def ensure_litellm() -> tuple[str, list[str]]:
     marker = LITELLM_VENV / ".bench-compiled"
     if not marker.exists():
         log("byte-compiling LiteLLM's site-packages (compileall)")
-        rc, sp = run_capture([str(litellm_python()), "-c",
-                              "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+        rc, sp = run_capture(
+            [str(litellm_python()), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
+        )
         env = server_env()
-        rc, out = run_capture([str(litellm_python()), "-m", "compileall", "-q", "-j", "0", sp.strip()],
-                              timeout=900, env=env)
+        rc, out = run_capture(
+            [str(litellm_python()), "-m", "compileall", "-q", "-j", "0", sp.strip()], timeout=900, env=env
+        )
         # compileall exits 1 when some vendored test file does not compile; that is harmless
         notes.append(f"compileall exit {rc}")
         marker.write_text(f"compileall exit {rc}\n")
@@ -444,6 +485,7 @@ def ensure_litellm() -> tuple[str, list[str]]:
 
 
 # --------------------------------------------------------------------------- the run
+
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
@@ -458,19 +500,31 @@ class Bench:
         self.mocks: dict[str, System] = {}
         self.deadline = T0 + args.max_minutes * 60.0
         self.sg_cmd = shlex.split(args.sluicegate_cmd)
+        self.mock_cmd = shlex.split(args.mock_cmd) if args.mock_cmd else self.sg_cmd
         self.litellm_key = "sk-bench-" + secrets.token_hex(24)
         self.litellm_version: str | None = None
         self.litellm_notes: list[str] = []
-        self.servers: list[str | None] = [s.strip() for s in args.servers.split(",") if s.strip()] \
-            if args.servers else [None]
+        self.servers: list[str | None] = (
+            [s.strip() for s in args.servers.split(",") if s.strip()] if args.servers else [None]
+        )
 
     # ---------------------------------------------------------------- starting things
 
     def start_mock(self, name: str, latency_ms: int, chunks: int) -> System:
         port = free_port()
         s = System(name, f"mock direct ({latency_ms} ms)", "mock", SLUICEGATE_TOKEN)
-        s.cmd = [*self.sg_cmd, "mock-upstream", "--host", "127.0.0.1", "--port", str(port),
-                 "--latency-ms", str(latency_ms), "--chunks", str(chunks)]
+        s.cmd = [
+            *self.mock_cmd,
+            "mock-upstream",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--latency-ms",
+            str(latency_ms),
+            "--chunks",
+            str(chunks),
+        ]
         s.url = f"http://127.0.0.1:{port}"
         s.log_path = WORK / "logs" / f"{name}.log"
         self.commands.append(shlex.join(s.cmd))
@@ -486,11 +540,23 @@ class Bench:
         label = "sluicegate" + (f" [{server}]" if server else "")
         s = System(key, label, "sluicegate", SLUICEGATE_TOKEN)
         cfg = WORK / f"{key}.yaml"
-        cfg.write_text("providers:\n  bench-mock:\n    kind: openai\n"
-                       f"    base_url: {mock.url}/v1\n    api_key_env: null\n"
-                       "models:\n  gpt-4o-mini:\n    provider: bench-mock\n")
-        s.cmd = [*self.sg_cmd, "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port),
-                 "--workers", str(self.a.workers)]
+        cfg.write_text(
+            "providers:\n  bench-mock:\n    kind: openai\n"
+            f"    base_url: {mock.url}/v1\n    api_key_env: null\n"
+            "models:\n  gpt-4o-mini:\n    provider: bench-mock\n"
+        )
+        s.cmd = [
+            *self.sg_cmd,
+            "serve",
+            "--config",
+            str(cfg),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(self.a.workers),
+        ]
         if server:
             s.cmd += ["--server", server]
         s.url = f"http://127.0.0.1:{port}"
@@ -504,26 +570,48 @@ class Bench:
         port = free_port()
         s = System(key, f"litellm {self.litellm_version}", "litellm", self.litellm_key)
         cfg = WORK / f"{key}.yaml"
-        cfg.write_text("model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n"
-                       "      model: openai/gpt-4o-mini\n"
-                       f"      api_base: {mock.url}/v1\n      api_key: sk-mock\n")
-        s.cmd = [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(cfg), "--host", "127.0.0.1",
-                 "--port", str(port), "--num_workers", str(self.a.workers)]
-        env = server_env({"LITELLM_MASTER_KEY": self.litellm_key, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                          "LITELLM_LOG": "ERROR", "LITELLM_MODE": "PRODUCTION", "LITELLM_TELEMETRY": "False",
-                          "NO_DOCS": "True", "VIRTUAL_ENV": str(LITELLM_VENV),
-                          "PATH": f"{LITELLM_VENV / 'bin'}:{os.environ.get('PATH', '')}"})
+        cfg.write_text(
+            "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n"
+            "      model: openai/gpt-4o-mini\n"
+            f"      api_base: {mock.url}/v1\n      api_key: sk-mock\n"
+        )
+        s.cmd = [
+            str(LITELLM_VENV / "bin" / "litellm"),
+            "--config",
+            str(cfg),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            str(self.a.workers),
+        ]
+        env = server_env(
+            {
+                "LITELLM_MASTER_KEY": self.litellm_key,
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "LITELLM_LOG": "ERROR",
+                "LITELLM_MODE": "PRODUCTION",
+                "LITELLM_TELEMETRY": "False",
+                "NO_DOCS": "True",
+                "VIRTUAL_ENV": str(LITELLM_VENV),
+                "PATH": f"{LITELLM_VENV / 'bin'}:{os.environ.get('PATH', '')}",
+            }
+        )
         s.url = f"http://127.0.0.1:{port}"
         s.log_path = WORK / "logs" / f"{key}.log"
-        self.commands.append("LITELLM_MASTER_KEY=sk-bench-<random> LITELLM_LOCAL_MODEL_COST_MAP=True "
-                             "LITELLM_LOG=ERROR LITELLM_MODE=PRODUCTION LITELLM_TELEMETRY=False NO_DOCS=True "
-                             + shlex.join(s.cmd))
+        self.commands.append(
+            "LITELLM_MASTER_KEY=sk-bench-<random> LITELLM_LOCAL_MODEL_COST_MAP=True "
+            "LITELLM_LOG=ERROR LITELLM_MODE=PRODUCTION LITELLM_TELEMETRY=False NO_DOCS=True "
+            + shlex.join(s.cmd)
+        )
         t = time.monotonic()
         s.proc = REG.start(key, s.cmd, env, s.log_path)
         return self._await(s, s.url + "/health/liveliness", self.a.litellm_start_timeout, t)
 
     def _await(self, s: System, health: str, timeout: float, t: float) -> System:
-        assert s.proc is not None and s.log_path is not None
+        assert s.proc is not None
+        assert s.log_path is not None
         wait_healthy(s.label, s.proc, health, timeout, s.log_path)
         s.start_s = time.monotonic() - t
         # with several workers the first healthy answer may come from one worker only:
@@ -537,13 +625,23 @@ class Bench:
         if s.proc is not None:
             s.sample_rss()
             meta = self.systems_meta.setdefault(s.label, {"kind": s.kind, "instances": []})
-            meta["instances"].append({
-                "key": s.key, "cmd": shlex.join(s.cmd), "start_to_healthy_s": s.start_s,
-                "processes": [{"pid": pid, "vmhwm_mb": round(kb / 1024, 1), "cmd": c,
-                               "cpu_s_measured": round(s.cpu_seen.get(pid, 0.0), 2),
-                               "role": "master" if pid == s.pid else "child"}
-                              for pid, (kb, c) in sorted(s.hwm_kb.items())],
-            })
+            meta["instances"].append(
+                {
+                    "key": s.key,
+                    "cmd": shlex.join(s.cmd),
+                    "start_to_healthy_s": s.start_s,
+                    "processes": [
+                        {
+                            "pid": pid,
+                            "vmhwm_mb": round(kb / 1024, 1),
+                            "cmd": c,
+                            "cpu_s_measured": round(s.cpu_seen.get(pid, 0.0), 2),
+                            "role": "master" if pid == s.pid else "child",
+                        }
+                        for pid, (kb, c) in sorted(s.hwm_kb.items())
+                    ],
+                }
+            )
             REG.stop(s.proc)
             s.proc = None
 
@@ -553,9 +651,13 @@ class Bench:
         url = s.url + "/v1/chat/completions"
         rec: dict[str, Any] = {"system": s.label, "scenario": scenario}
         try:
-            st, hdr, data = http("POST", url, json.dumps(body).encode(),
-                                 {"Content-Type": "application/json", "Authorization": f"Bearer {s.token}"},
-                                 timeout=30)
+            st, hdr, data = http(
+                "POST",
+                url,
+                json.dumps(body).encode(),
+                {"Content-Type": "application/json", "Authorization": f"Bearer {s.token}"},
+                timeout=30,
+            )
             rec["status"] = st
             rec["content_type"] = hdr.get("content-type", "")
             ok = st == 200
@@ -583,14 +685,36 @@ class Bench:
 
     # ---------------------------------------------------------------- one wrk run
 
-    def wrk(self, s: System, scenario: str, lua: Path, conc: int, dur: float, *, record: bool = True,
-            rnd: int = 0, extra: str = "") -> dict[str, Any] | None:
+    def wrk(
+        self,
+        s: System,
+        scenario: str,
+        lua: Path,
+        conc: int,
+        dur: float,
+        *,
+        record: bool = True,
+        rnd: int = 0,
+        extra: str = "",
+    ) -> dict[str, Any] | None:
         if time.monotonic() > self.deadline:
             if record:
-                self.problems.append(f"time budget (--max-minutes) exhausted: skipped {s.label} {scenario} c={conc}")
+                self.problems.append(
+                    f"time budget (--max-minutes) exhausted: skipped {s.label} {scenario} c={conc}"
+                )
             return None
-        cmd = ["wrk", "-t1", f"-c{conc}", f"-d{dur:g}s", "--timeout", f"{self.a.wrk_timeout:g}s",
-               "--latency", "-s", str(lua), s.url + "/v1/chat/completions"]
+        cmd = [
+            "wrk",
+            "-t1",
+            f"-c{conc}",
+            f"-d{dur:g}s",
+            "--timeout",
+            f"{self.a.wrk_timeout:g}s",
+            "--latency",
+            "-s",
+            str(lua),
+            s.url + "/v1/chat/completions",
+        ]
         before = tree_cpu(s.pid)
         rc, out = run_capture(cmd, timeout=dur + self.a.wrk_timeout + 30)
         after = tree_cpu(s.pid)
@@ -603,11 +727,20 @@ class Bench:
             s.cpu_seen[pid] = s.cpu_seen.get(pid, 0.0) + sec
         cpu = sum(per_pid.values())
         s.sample_rss()
-        r.update(system=s.label, kind=s.kind, scenario=scenario, concurrency=conc, round=rnd,
-                 duration_s_requested=dur, wrk_exit=rc, cpu_s=round(cpu, 3),
-                 cpu_s_per_1k=(round(cpu / r["requests"] * 1000, 4) if r["requests"] else None),
-                 cpu_by_pid={str(p): round(v, 3) for p, v in per_pid.items()}, group=extra,
-                 server_alive=(s.proc is not None and s.proc.poll() is None))
+        r.update(
+            system=s.label,
+            kind=s.kind,
+            scenario=scenario,
+            concurrency=conc,
+            round=rnd,
+            duration_s_requested=dur,
+            wrk_exit=rc,
+            cpu_s=round(cpu, 3),
+            cpu_s_per_1k=(round(cpu / r["requests"] * 1000, 4) if r["requests"] else None),
+            cpu_by_pid={str(p): round(v, 3) for p, v in per_pid.items()},
+            group=extra,
+            server_alive=(s.proc is not None and s.proc.poll() is None),
+        )
         if rc != 0 or r["requests"] == 0:
             r["wrk_output"] = out[-1500:]
         flags = []
@@ -623,14 +756,24 @@ class Bench:
         self.cells.append(r)
         p50 = f"{r['p50_ms']:.3f}" if r["p50_ms"] is not None else "-"
         p99 = f"{r['p99_ms']:.3f}" if r["p99_ms"] is not None else "-"
-        log(f"  {scenario:10s} c={conc:<3d} r{rnd} {s.label:28s} {r['rps']:10.1f} req/s  p50 {p50} ms  "
-            f"p99 {p99} ms  cpu/1k {r['cpu_s_per_1k']}" + (f"  FLAGGED: {'; '.join(flags)}" if flags else ""))
+        log(
+            f"  {scenario:10s} c={conc:<3d} r{rnd} {s.label:28s} {r['rps']:10.1f} req/s  p50 {p50} ms  "
+            f"p99 {p99} ms  cpu/1k {r['cpu_s_per_1k']}" + (f"  FLAGGED: {'; '.join(flags)}" if flags else "")
+        )
         if flags:
             self.problems.append(f"{s.label} {scenario} c={conc} round {rnd}: {'; '.join(flags)}")
         return r
 
-    def run_cells(self, scenario: str, systems: list[System], body: dict[str, Any],
-                  mock: System | None, mock_every_round: bool, concs: list[int], group: str = "") -> None:
+    def run_cells(
+        self,
+        scenario: str,
+        systems: list[System],
+        body: dict[str, Any],
+        mock: System | None,
+        mock_every_round: bool,
+        concs: list[int],
+        group: str = "",
+    ) -> None:
         for s in systems:
             if scenario not in s.lua:
                 s.lua[scenario] = write_lua(f"{s.key}-{scenario}", body, s.token)
@@ -724,6 +867,7 @@ class Bench:
 
 # --------------------------------------------------------------------------- report
 
+
 def med(xs: list[float | None]) -> float | None:
     v = [x for x in xs if x is not None]
     return statistics.median(v) if v else None
@@ -736,23 +880,27 @@ def summarize(cells: list[dict[str, Any]]) -> dict[tuple[str, str, int, str], di
     out = {}
     for k, rs in groups.items():
         out[k] = {
-            "kind": rs[0]["kind"], "rounds": len(rs), "rps": med([r["rps"] for r in rs]),
+            "kind": rs[0]["kind"],
+            "rounds": len(rs),
+            "rps": med([r["rps"] for r in rs]),
             "rps_all": [round(r["rps"], 1) for r in rs],
-            "p50_ms": med([r["p50_ms"] for r in rs]), "p99_ms": med([r["p99_ms"] for r in rs]),
+            "p50_ms": med([r["p50_ms"] for r in rs]),
+            "p99_ms": med([r["p99_ms"] for r in rs]),
             "cpu_s_per_1k": med([r["cpu_s_per_1k"] for r in rs]),
-            "requests": sum(r["requests"] for r in rs), "errors": sum(r["error_count"] for r in rs),
+            "requests": sum(r["requests"] for r in rs),
+            "errors": sum(r["error_count"] for r in rs),
             "flags": sorted({f for r in rs for f in r["flags"]}),
         }
     return out
 
 
 def fnum(x: float | None, fmt: str = "{:,.0f}") -> str:
-    return "–" if x is None else fmt.format(x)
+    return "-" if x is None else fmt.format(x)
 
 
 def fms(x: float | None) -> str:
     if x is None:
-        return "–"
+        return "-"
     return f"{x:.3f}" if x < 10 else f"{x:.1f}"
 
 
@@ -763,10 +911,12 @@ def versions(a: argparse.Namespace, litellm_ver: str | None) -> dict[str, str]:
     v["python (gateway .venv)"] = out if rc == 0 else "?"
     rc, out = run_capture([gpy, "-c", "import sluicegate; print(sluicegate.__version__)"])
     v["sluicegate"] = out.splitlines()[-1] if rc == 0 and out else f"? ({out[-120:]})"
-    code = ("import importlib.metadata as m\n"
-            "for p in ('uvicorn','uvloop','httptools','orjson','aiohttp','granian'):\n"
-            "    try: print(p, m.version(p))\n"
-            "    except Exception: print(p, 'not installed')\n")
+    code = (
+        "import importlib.metadata as m\n"
+        "for p in ('uvicorn','uvloop','httptools','orjson','aiohttp','granian'):\n"
+        "    try: print(p, m.version(p))\n"
+        "    except Exception: print(p, 'not installed')\n"
+    )
     rc, out = run_capture([gpy, "-c", code])
     for ln in out.splitlines():
         parts = ln.split(" ", 1)
@@ -785,8 +935,11 @@ def machine() -> dict[str, str]:
             if ln.startswith("model name"):
                 cpu = ln.split(":", 1)[1].strip()
                 break
-        mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                      if ln.startswith("MemTotal"))
+        mem_kb = next(
+            int(ln.split()[1])
+            for ln in Path("/proc/meminfo").read_text().splitlines()
+            if ln.startswith("MemTotal")
+        )
     except (OSError, StopIteration, ValueError):
         mem_kb = 0
     _rc, nproc = run_capture(["nproc"])
@@ -794,24 +947,30 @@ def machine() -> dict[str, str]:
     return {"nproc": nproc, "cpu": cpu, "memory": f"{mem_kb / 1048576:.1f} GiB", "kernel": kern}
 
 
-def build_report(b: Bench, ver: dict[str, str], mach: dict[str, str], started: str, elapsed: float,
-                 status: str) -> tuple[str, dict[str, Any], list[str]]:
+def build_report(
+    b: Bench, ver: dict[str, str], mach: dict[str, str], started: str, elapsed: float, status: str
+) -> tuple[str, dict[str, Any], list[str]]:
     a = b.a
     summ = summarize(b.cells)
-    sg_labels = [f"sluicegate" + (f" [{s}]" if s else "") for s in b.servers]
+    sg_labels = ["sluicegate" + (f" [{s}]" if s else "") for s in b.servers]
     primary = sg_labels[0]
     ll = next((k[3] for k in summ if summ[k]["kind"] == "litellm"), None)
     L: list[str] = []
     w = L.append
     w("# sluicegate benchmark results")
     w("")
-    w(f"Generated by `bench/run.py{' --quick' if a.quick else ''}` — do not edit above the notes marker; "
-      "it is rewritten on every run.")
+    w(
+        f"Generated by `bench/run.py{' --quick' if a.quick else ''}`; everything above the notes "
+        "marker is rewritten on every run."
+    )
     w("")
     w(f"- date (UTC): {started}; wall time {elapsed / 60:.1f} min; status: **{status}**")
-    w(f"- mode: {'quick' if a.quick else 'full'}; {a.rounds} round(s) per cell, {a.duration:g} s per wrk run "
-      f"(mock direct {a.mock_duration:g} s), warm-up {a.warmup:g} s; concurrency {', '.join(map(str, a.concurrency))}; "
-      f"{a.workers} workers per system; wrk -t1 --timeout {a.wrk_timeout:g}s")
+    w(
+        f"- mode: {'quick' if a.quick else 'full'}; {a.rounds} round(s) per cell, "
+        f"{a.duration:g} s per wrk run (mock direct {a.mock_duration:g} s), warm-up {a.warmup:g} s; "
+        f"concurrency {', '.join(map(str, a.concurrency))}; "
+        f"{a.workers} workers per system; wrk -t1 --timeout {a.wrk_timeout:g}s"
+    )
     w(f"- machine: {mach['nproc']} cores, {mach['cpu']}, {mach['memory']} RAM, {mach['kernel']}")
     w("- versions: " + "; ".join(f"{k} {v}" for k, v in ver.items()))
     w("- load generator, mock, and servers share the same cores (wrk -t1 takes up to one core itself).")
@@ -833,13 +992,17 @@ def build_report(b: Bench, ver: dict[str, str], mach: dict[str, str], started: s
         "stream-8": f"Streaming, {a.chunks} chunks, upstream 0 ms",
     }
     for scen in ("pass-0ms", "pass-50ms", "stream-8"):
-        keys = sorted({k for k in summ if k[0] == "" and k[1] == scen}, key=lambda k: (k[2], _order(summ[k]["kind"])))
+        keys = sorted(
+            {k for k in summ if k[0] == "" and k[1] == scen}, key=lambda k: (k[2], _order(summ[k]["kind"]))
+        )
         if not keys:
             continue
         w(f"## {scen_titles[scen]}")
         w("")
-        w("Medians over rounds. `ratio` = sluicegate req/s ÷ LiteLLM req/s in the same cell. "
-          "CPU = CPU-seconds of the server's whole process tree per 1,000 completed requests.")
+        w(
+            "Medians over rounds. `ratio` = sluicegate req/s ÷ LiteLLM req/s in the same cell. "
+            "CPU = CPU-seconds of the server's whole process tree per 1,000 completed requests."
+        )
         w("")
         hdr = "| c | system | req/s | p50 ms | p99 ms | CPU s/1k req | ratio vs LiteLLM |"
         if scen == "pass-50ms":
@@ -850,43 +1013,53 @@ def build_report(b: Bench, ver: dict[str, str], mach: dict[str, str], started: s
         for k in keys:
             r = summ[k]
             conc, sysl = k[2], k[3]
-            ratio = "–"
+            ratio = "-"
             llr = summ.get(("", scen, conc, ll)) if ll else None
             if r["kind"] == "sluicegate" and llr and llr["rps"]:
-                ratio = f"{r['rps'] / llr['rps']:,.1f}×"
-            row = (f"| {conc} | {sysl} | {fnum(r['rps'])} | {fms(r['p50_ms'])} | {fms(r['p99_ms'])} | "
-                   f"{fnum(r['cpu_s_per_1k'], '{:.3f}')} | {ratio} |")
+                ratio = f"{r['rps'] / llr['rps']:,.1f}x"
+            row = (
+                f"| {conc} | {sysl} | {fnum(r['rps'])} | {fms(r['p50_ms'])} | {fms(r['p99_ms'])} | "
+                f"{fnum(r['cpu_s_per_1k'], '{:.3f}')} | {ratio} |"
+            )
             if scen == "pass-50ms":
                 mk = ("", scen, conc, "mock direct (50 ms)")
                 m = summ.get(mk)
                 if r["kind"] != "mock" and m and r["p50_ms"] is not None and m["p50_ms"] is not None:
                     row += f" {r['p50_ms'] - m['p50_ms']:+.3f} | {r['p99_ms'] - m['p99_ms']:+.3f} |"
                 else:
-                    row += " – | – |"
+                    row += " - | - |"
             err = str(r["errors"]) + (" ⚠ " + "; ".join(r["flags"]) if r["flags"] else "")
             row += f" {err} |"
             w(row)
         w("")
     keys = sorted(k for k in summ if k[0] == "server-compare")
     if keys:
-        w("## Server comparison: sluicegate `--server uvicorn` vs `--server granian` (pass-through 0 ms, c=50)")
+        w(
+            "## Server comparison: sluicegate `--server uvicorn` vs `--server granian` "
+            "(pass-through 0 ms, c=50)"
+        )
         w("")
         w("| system | req/s (median) | req/s per round | p50 ms | p99 ms | CPU s/1k req | errors |")
         w("|---|---|---|---|---|---|---|")
         for k in keys:
             r = summ[k]
-            w(f"| {k[3]} | {fnum(r['rps'])} | {', '.join(f'{x:,.0f}' for x in r['rps_all'])} | "
-              f"{fms(r['p50_ms'])} | {fms(r['p99_ms'])} | {fnum(r['cpu_s_per_1k'], '{:.3f}')} | {r['errors']} |")
+            w(
+                f"| {k[3]} | {fnum(r['rps'])} | {', '.join(f'{x:,.0f}' for x in r['rps_all'])} | "
+                f"{fms(r['p50_ms'])} | {fms(r['p99_ms'])} | "
+                f"{fnum(r['cpu_s_per_1k'], '{:.3f}')} | {r['errors']} |"
+            )
         w("")
     # balance
     w("## Worker balance (c=50 cells: CPU seconds per process of the server tree)")
     w("")
-    w("With several workers, wrk's long-lived connections are spread only when accepted, so one worker "
-      "can get most of them. Share = that process's CPU ÷ the tree's CPU over the c=50 runs.")
+    w(
+        "With several workers, wrk's long-lived connections are spread only when accepted, so one worker "
+        "can get most of them. Share = that process's CPU ÷ the tree's CPU over the c=50 runs."
+    )
     w("")
     w("| scenario | system | per-process CPU share (pid: share) | verdict |")
     w("|---|---|---|---|")
-    for (grp, scen, conc, sysl) in sorted(summ):
+    for grp, scen, conc, sysl in sorted(summ):
         if conc != 50 or summ[(grp, scen, conc, sysl)]["kind"] == "mock":
             continue
         tot: dict[str, float] = {}
@@ -897,10 +1070,18 @@ def build_report(b: Bench, ver: dict[str, str], mach: dict[str, str], started: s
         allcpu = sum(tot.values()) or 1.0
         shares = sorted(((v / allcpu, pid) for pid, v in tot.items()), reverse=True)
         busy = [sh for sh, _ in shares if sh >= 0.05]
-        verdict = "single busy process" if len(busy) <= 1 else (
-            "balanced" if min(busy) / max(busy) >= 0.6 else f"unbalanced ({max(busy) / min(busy):.1f}:1)")
-        w(f"| {scen}{' (' + grp + ')' if grp else ''} | {sysl} | "
-          + ", ".join(f"{pid}: {sh:.0%}" for sh, pid in shares if sh >= 0.005) + f" | {verdict} |")
+        verdict = (
+            "single busy process"
+            if len(busy) <= 1
+            else (
+                "balanced" if min(busy) / max(busy) >= 0.6 else f"unbalanced ({max(busy) / min(busy):.1f}:1)"
+            )
+        )
+        w(
+            f"| {scen}{' (' + grp + ')' if grp else ''} | {sysl} | "
+            + ", ".join(f"{pid}: {sh:.0%}" for sh, pid in shares if sh >= 0.005)
+            + f" | {verdict} |"
+        )
     w("")
     # memory
     w("## Peak RSS (VmHWM) per process")
@@ -910,20 +1091,30 @@ def build_report(b: Bench, ver: dict[str, str], mach: dict[str, str], started: s
     for label, meta in b.systems_meta.items():
         for inst in meta["instances"]:
             for p in inst["processes"]:
-                w(f"| {label} | {inst['key']} | {p['pid']} | {p['role']} | {p['vmhwm_mb']:.1f} | "
-                  f"{p['cpu_s_measured']:.1f} | `{p['cmd'][:70]}` |")
+                w(
+                    f"| {label} | {inst['key']} | {p['pid']} | {p['role']} | {p['vmhwm_mb']:.1f} | "
+                    f"{p['cpu_s_measured']:.1f} | `{p['cmd'][:70]}` |"
+                )
     w("")
     w("## Start-up (process start to first healthy answer)")
     w("")
     for label, meta in b.systems_meta.items():
-        w(f"- {label}: " + ", ".join(f"{i['key']} {i['start_to_healthy_s']:.1f} s" for i in meta["instances"]
-                                       if i["start_to_healthy_s"] is not None))
+        w(
+            f"- {label}: "
+            + ", ".join(
+                f"{i['key']} {i['start_to_healthy_s']:.1f} s"
+                for i in meta["instances"]
+                if i["start_to_healthy_s"] is not None
+            )
+        )
     w("")
     w("## Smoke requests (one request per system and scenario, before the wrk runs)")
     w("")
     for s in b.smoke:
-        w(f"- {'ok' if s.get('ok') else 'FAILED'}: {s['system']} / {s['scenario']}: "
-          + ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("system", "scenario", "ok")))
+        w(
+            f"- {'ok' if s.get('ok') else 'FAILED'}: {s['system']} / {s['scenario']}: "
+            + ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("system", "scenario", "ok"))
+        )
     w("")
     if b.problems:
         w("## Problems seen during the run")
@@ -953,12 +1144,24 @@ def build_report(b: Bench, ver: dict[str, str], mach: dict[str, str], started: s
     w("</details>")
     w("")
     data = {
-        "date_utc": started, "elapsed_s": round(elapsed, 1), "status": status, "mode": "quick" if a.quick else "full",
-        "args": {k: v for k, v in vars(a).items()}, "machine": mach, "versions": ver,
+        "date_utc": started,
+        "elapsed_s": round(elapsed, 1),
+        "status": status,
+        "mode": "quick" if a.quick else "full",
+        "args": dict(vars(a).items()),
+        "machine": mach,
+        "versions": ver,
         "targets": [{"target": t, "measured": m, "result": r} for t, m, r in tg],
-        "summary": [dict(group=k[0], scenario=k[1], concurrency=k[2], system=k[3], **v) for k, v in summ.items()],
-        "cells": b.cells, "systems": b.systems_meta, "smoke": b.smoke, "problems": b.problems,
-        "server_commands": b.commands, "wrk_commands": b.wrk_commands, "litellm_install": b.litellm_notes,
+        "summary": [
+            dict(group=k[0], scenario=k[1], concurrency=k[2], system=k[3], **v) for k, v in summ.items()
+        ],
+        "cells": b.cells,
+        "systems": b.systems_meta,
+        "smoke": b.smoke,
+        "problems": b.problems,
+        "server_commands": b.commands,
+        "wrk_commands": b.wrk_commands,
+        "litellm_install": b.litellm_notes,
     }
     table = console_table(summ, ll)
     return "\n".join(L), data, table + [""] + [f"{t}: {m} -> {r}" for t, m, r in tg]
@@ -968,8 +1171,9 @@ def _order(kind: str) -> int:
     return {"sluicegate": 0, "litellm": 1, "mock": 2}.get(kind, 3)
 
 
-def targets(b: Bench, summ: dict[tuple[str, str, int, str], dict[str, Any]], primary: str,
-            ll: str | None) -> list[tuple[str, str, str]]:
+def targets(
+    b: Bench, summ: dict[tuple[str, str, int, str], dict[str, Any]], primary: str, ll: str | None
+) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
 
     def cell(scen: str, sysl: str | None) -> dict[str, Any] | None:
@@ -985,32 +1189,61 @@ def targets(b: Bench, summ: dict[tuple[str, str, int, str], dict[str, Any]], pri
 
     g, l_ = cell("pass-0ms", primary), cell("pass-0ms", ll)
     if g and g["rps"] is not None:
-        out.append((f"pass-through 0 ms c=50: ≥ {TARGET_RPS_0MS_C50:,.0f} req/s", f"{g['rps']:,.0f} req/s",
-                    verdict(g["rps"] >= TARGET_RPS_0MS_C50, g)))
+        out.append(
+            (
+                f"pass-through 0 ms c=50: ≥ {TARGET_RPS_0MS_C50:,.0f} req/s",
+                f"{g['rps']:,.0f} req/s",
+                verdict(g["rps"] >= TARGET_RPS_0MS_C50, g),
+            )
+        )
     else:
         out.append((f"pass-through 0 ms c=50: ≥ {TARGET_RPS_0MS_C50:,.0f} req/s", "not measured", "MISS"))
     if g and l_ and l_["rps"]:
         ratio = g["rps"] / l_["rps"]
-        out.append((f"pass-through 0 ms c=50: ≥ {TARGET_RATIO_0MS_C50:.0f}× LiteLLM", f"{ratio:,.1f}× "
-                    f"({g['rps']:,.0f} vs {l_['rps']:,.0f})", verdict(ratio >= TARGET_RATIO_0MS_C50, g, l_)))
+        out.append(
+            (
+                f"pass-through 0 ms c=50: ≥ {TARGET_RATIO_0MS_C50:.0f}x LiteLLM",
+                f"{ratio:,.1f}x ({g['rps']:,.0f} vs {l_['rps']:,.0f})",
+                verdict(ratio >= TARGET_RATIO_0MS_C50, g, l_),
+            )
+        )
     else:
-        out.append((f"pass-through 0 ms c=50: ≥ {TARGET_RATIO_0MS_C50:.0f}× LiteLLM", "LiteLLM not measured", "n/a"))
+        out.append(
+            (f"pass-through 0 ms c=50: ≥ {TARGET_RATIO_0MS_C50:.0f}x LiteLLM", "LiteLLM not measured", "n/a")
+        )
     g, m = cell("pass-50ms", primary), cell("pass-50ms", "mock direct (50 ms)")
     if g and m and None not in (g["p50_ms"], m["p50_ms"], g["p99_ms"], m["p99_ms"]):
         o50, o99 = g["p50_ms"] - m["p50_ms"], g["p99_ms"] - m["p99_ms"]
-        out.append((f"50 ms c=50 overhead p50 ≤ {TARGET_OVERHEAD_P50_MS} ms", f"{o50:+.3f} ms "
-                    f"({g['p50_ms']:.3f} vs mock {m['p50_ms']:.3f})", verdict(o50 <= TARGET_OVERHEAD_P50_MS, g, m)))
-        out.append((f"50 ms c=50 overhead p99 ≤ {TARGET_OVERHEAD_P99_MS} ms", f"{o99:+.3f} ms "
-                    f"({g['p99_ms']:.3f} vs mock {m['p99_ms']:.3f})", verdict(o99 <= TARGET_OVERHEAD_P99_MS, g, m)))
+        out.append(
+            (
+                f"50 ms c=50 overhead p50 ≤ {TARGET_OVERHEAD_P50_MS} ms",
+                f"{o50:+.3f} ms ({g['p50_ms']:.3f} vs mock {m['p50_ms']:.3f})",
+                verdict(o50 <= TARGET_OVERHEAD_P50_MS, g, m),
+            )
+        )
+        out.append(
+            (
+                f"50 ms c=50 overhead p99 ≤ {TARGET_OVERHEAD_P99_MS} ms",
+                f"{o99:+.3f} ms ({g['p99_ms']:.3f} vs mock {m['p99_ms']:.3f})",
+                verdict(o99 <= TARGET_OVERHEAD_P99_MS, g, m),
+            )
+        )
     else:
         out.append(("50 ms c=50 overhead p50/p99", "not measured", "MISS"))
     g, l_ = cell("stream-8", primary), cell("stream-8", ll)
     if g and l_ and l_["rps"] and g["rps"] is not None:
         ratio = g["rps"] / l_["rps"]
-        out.append((f"streaming c=50: ≥ {TARGET_RATIO_STREAM_C50:.0f}× LiteLLM", f"{ratio:,.1f}× "
-                    f"({g['rps']:,.0f} vs {l_['rps']:,.0f})", verdict(ratio >= TARGET_RATIO_STREAM_C50, g, l_)))
+        out.append(
+            (
+                f"streaming c=50: ≥ {TARGET_RATIO_STREAM_C50:.0f}x LiteLLM",
+                f"{ratio:,.1f}x ({g['rps']:,.0f} vs {l_['rps']:,.0f})",
+                verdict(ratio >= TARGET_RATIO_STREAM_C50, g, l_),
+            )
+        )
     else:
-        out.append((f"streaming c=50: ≥ {TARGET_RATIO_STREAM_C50:.0f}× LiteLLM", "LiteLLM not measured", "n/a"))
+        out.append(
+            (f"streaming c=50: ≥ {TARGET_RATIO_STREAM_C50:.0f}x LiteLLM", "LiteLLM not measured", "n/a")
+        )
     # RSS: every process of the primary sluicegate that served traffic (≥ 2 % of its measured CPU)
     meta = b.systems_meta.get(primary)
     if meta:
@@ -1018,28 +1251,37 @@ def targets(b: Bench, summ: dict[tuple[str, str, int, str], dict[str, Any]], pri
         for inst in meta["instances"]:
             tot = sum(p["cpu_s_measured"] for p in inst["processes"]) or 1.0
             for p in inst["processes"]:
-                if p["cpu_s_measured"] / tot >= 0.02 or len(inst["processes"]) == 1:
-                    if p["vmhwm_mb"] > worst:
-                        worst, who = p["vmhwm_mb"], f"pid {p['pid']} ({p['role']})"
+                serving = p["cpu_s_measured"] / tot >= 0.02 or len(inst["processes"]) == 1
+                if serving and p["vmhwm_mb"] > worst:
+                    worst, who = p["vmhwm_mb"], f"pid {p['pid']} ({p['role']})"
         allmax = max((p["vmhwm_mb"] for i in meta["instances"] for p in i["processes"]), default=0.0)
-        out.append((f"peak RSS ≤ {TARGET_RSS_MB:.0f} MB per worker", f"{worst:.1f} MB worst serving process, "
-                    f"{who}; {allmax:.1f} MB worst of any process", "PASS" if 0 < worst <= TARGET_RSS_MB else "MISS"))
+        out.append(
+            (
+                f"peak RSS ≤ {TARGET_RSS_MB:.0f} MB per worker",
+                f"{worst:.1f} MB worst serving process, {who}; {allmax:.1f} MB worst of any process",
+                "PASS" if 0 < worst <= TARGET_RSS_MB else "MISS",
+            )
+        )
     else:
         out.append((f"peak RSS ≤ {TARGET_RSS_MB:.0f} MB per worker", "not measured", "MISS"))
     return out
 
 
 def console_table(summ: dict[tuple[str, str, int, str], dict[str, Any]], ll: str | None) -> list[str]:
-    rows = [f"{'scenario':18s} {'c':>4s} {'system':30s} {'req/s':>10s} {'p50 ms':>9s} {'p99 ms':>9s} "
-            f"{'cpu s/1k':>9s} {'ratio':>7s} {'err':>5s}"]
+    rows = [
+        f"{'scenario':18s} {'c':>4s} {'system':30s} {'req/s':>10s} {'p50 ms':>9s} {'p99 ms':>9s} "
+        f"{'cpu s/1k':>9s} {'ratio':>7s} {'err':>5s}"
+    ]
     for k in sorted(summ, key=lambda k: (k[0], k[1], k[2], _order(summ[k]["kind"]), k[3])):
         r = summ[k]
         llr = summ.get((k[0], k[1], k[2], ll)) if ll else None
         ratio = f"{r['rps'] / llr['rps']:.1f}x" if (r["kind"] == "sluicegate" and llr and llr["rps"]) else ""
         scen = k[1] + (f"/{k[0]}" if k[0] else "")
-        rows.append(f"{scen:18s} {k[2]:>4d} {k[3][:30]:30s} {fnum(r['rps']):>10s} {fms(r['p50_ms']):>9s} "
-                    f"{fms(r['p99_ms']):>9s} {fnum(r['cpu_s_per_1k'], '{:.3f}'):>9s} {ratio:>7s} "
-                    f"{r['errors']:>5d}" + (" FLAGGED" if r["flags"] else ""))
+        rows.append(
+            f"{scen:18s} {k[2]:>4d} {k[3][:30]:30s} {fnum(r['rps']):>10s} {fms(r['p50_ms']):>9s} "
+            f"{fms(r['p99_ms']):>9s} {fnum(r['cpu_s_per_1k'], '{:.3f}'):>9s} {ratio:>7s} "
+            f"{r['errors']:>5d}" + (" FLAGGED" if r["flags"] else "")
+        )
     return rows
 
 
@@ -1056,29 +1298,53 @@ def write_outputs(md: str, data: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- main
 
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="about a minute: c=50 only, 1 round, 4 s runs")
     p.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (no install, no ratio targets)")
-    p.add_argument("--servers", default="",
-                   help="comma list of --server values for sluicegate, e.g. uvicorn,granian; each becomes its "
-                        "own system in every cell (default: the gateway's configured default server)")
-    p.add_argument("--no-server-compare", dest="compare_servers", action="store_false", default=None,
-                   help="skip the uvicorn-vs-granian comparison (on by default in full mode)")
+    p.add_argument(
+        "--servers",
+        default="",
+        help="comma list of --server values for sluicegate, e.g. uvicorn,granian; each becomes its "
+        "own system in every cell (default: the gateway's configured default server)",
+    )
+    p.add_argument(
+        "--no-server-compare",
+        dest="compare_servers",
+        action="store_false",
+        default=None,
+        help="skip the uvicorn-vs-granian comparison (on by default in full mode)",
+    )
     p.add_argument("--concurrency", default=None, help="comma list (default 1,10,50,100; quick: 50)")
     p.add_argument("--rounds", type=int, default=None, help="rounds per cell (default 3; quick: 1)")
     p.add_argument("--duration", type=float, default=None, help="seconds per wrk run (default 7; quick: 4)")
-    p.add_argument("--mock-duration", type=float, default=None, help="seconds per mock-direct run (default 4; quick 3)")
+    p.add_argument(
+        "--mock-duration", type=float, default=None, help="seconds per mock-direct run (default 4; quick 3)"
+    )
     p.add_argument("--warmup", type=float, default=None, help="warm-up seconds per system and scenario")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--chunks", type=int, default=8, help="content chunks per streamed answer")
     p.add_argument("--wrk-timeout", type=float, default=10.0, help="wrk --timeout seconds")
     p.add_argument("--litellm-start-timeout", type=float, default=180.0)
-    p.add_argument("--max-minutes", type=float, default=None, help="hard time budget; later cells are skipped")
-    p.add_argument("--sluicegate-cmd", default=str(ROOT / ".venv" / "bin" / "sluicegate"),
-                   help="command that runs the sluicegate CLI (tests of the harness use bench/standin)")
-    p.add_argument("--gateway-python", default=str(ROOT / ".venv" / "bin" / "python"),
-                   help="interpreter of the gateway's venv, for version reporting")
+    p.add_argument(
+        "--max-minutes", type=float, default=None, help="hard time budget; later cells are skipped"
+    )
+    p.add_argument(
+        "--sluicegate-cmd",
+        default=str(ROOT / ".venv" / "bin" / "sluicegate"),
+        help="command that runs the sluicegate CLI (tests of the harness use bench/standin)",
+    )
+    p.add_argument(
+        "--mock-cmd",
+        default="",
+        help="command whose `mock-upstream` runs the mock (default: the sluicegate CLI; harness tests only)",
+    )
+    p.add_argument(
+        "--gateway-python",
+        default=str(ROOT / ".venv" / "bin" / "python"),
+        help="interpreter of the gateway's venv, for version reporting",
+    )
     a = p.parse_args(argv)
     q = a.quick
     a.concurrency = [int(x) for x in (a.concurrency or ("50" if q else "1,10,50,100")).split(",")]
@@ -1099,7 +1365,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     atexit.register(REG.stop_all)
-    started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    started = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     b = Bench(a)
     status, rc = "complete", 0
     try:

@@ -9,10 +9,12 @@ The mock is raw asyncio + httptools; the "gateway" is a naive aiohttp proxy with
 workers sharing one listening socket.  Neither is meant to be fast: the real numbers come
 from the real `sluicegate`.  Run it with the sluicegate .venv python (aiohttp, httptools).
 """
+
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -22,20 +24,33 @@ import time
 
 # ---------------------------------------------------------------- mock upstream
 
+
 def _completion() -> bytes:
-    return json.dumps({
-        "id": "chatcmpl-mock", "object": "chat.completion", "created": int(time.time()),
-        "model": "gpt-4o-mini",
-        "choices": [{"index": 0, "message": {"role": "assistant",
-                                              "content": "1. Grow revenue 2. Win logos 3. Cut churn"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 12, "total_tokens": 24},
-    }).encode()
+    return json.dumps(
+        {
+            "id": "chatcmpl-mock",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": "gpt-4o-mini",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "1. Grow revenue 2. Win logos 3. Cut churn"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 12, "total_tokens": 24},
+        }
+    ).encode()
 
 
 def _chunk(i: int, content: str | None, finish: str | None = None, usage: bool = False) -> bytes:
-    obj: dict = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0,
-                 "model": "gpt-4o-mini"}
+    obj: dict = {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "gpt-4o-mini",
+    }
     if usage:
         obj["choices"] = []
         obj["usage"] = {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20}
@@ -51,9 +66,13 @@ def _http_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+_TASKS: set[asyncio.Future[None]] = set()
+
+
 class MockProtocol(asyncio.Protocol):
     def __init__(self, latency: float, chunks: int) -> None:
         import httptools
+
         self.latency = latency
         self.chunks = chunks
         self.parser = httptools.HttpRequestParser(self)
@@ -80,7 +99,9 @@ class MockProtocol(asyncio.Protocol):
         url, body = self.url, bytes(self.body)
         method = self.parser.get_method()
         self.url, self.body = b"", bytearray()
-        asyncio.ensure_future(self.respond(method, url, body))
+        task = asyncio.ensure_future(self.respond(method, url, body))
+        _TASKS.add(task)
+        task.add_done_callback(_TASKS.discard)
 
     async def respond(self, method: bytes, url: bytes, body: bytes) -> None:
         t = self.transport
@@ -92,8 +113,11 @@ class MockProtocol(asyncio.Protocol):
         if path == b"/v1/embeddings":
             if self.latency:
                 await asyncio.sleep(self.latency)
-            return self._send(200, b'{"object":"list","data":[{"object":"embedding","index":0,'
-                                   b'"embedding":[0.1,0.2,0.3]}],"model":"m","usage":{"prompt_tokens":1,"total_tokens":1}}')
+            return self._send(
+                200,
+                b'{"object":"list","data":[{"object":"embedding","index":0,'
+                b'"embedding":[0.1,0.2,0.3]}],"model":"m","usage":{"prompt_tokens":1,"total_tokens":1}}',
+            )
         if path != b"/v1/chat/completions" or method != b"POST":
             return self._send(404, b'{"error":{"message":"not found"}}')
         try:
@@ -103,11 +127,13 @@ class MockProtocol(asyncio.Protocol):
         if self.latency:
             await asyncio.sleep(self.latency)
         if t.is_closing():
-            return
+            return None
         if not req.get("stream"):
             return self._send(200, _completion())
-        t.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n")
+        t.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
+        )
         words = ["Grow ", "revenue ", "by ", "20%, ", "win ", "new ", "logos, ", "cut churn."]
         for i in range(self.chunks):
             t.write(_http_chunk(_chunk(i, words[i % len(words)])))
@@ -115,29 +141,38 @@ class MockProtocol(asyncio.Protocol):
         if (req.get("stream_options") or {}).get("include_usage"):
             t.write(_http_chunk(_chunk(0, None, usage=True)))
         t.write(_http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        return None
 
     def _send(self, status: int, payload: bytes) -> None:
         reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found"}[status]
-        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-                             b"content-length: %d\r\n\r\n%s" % (status, reason, len(payload), payload))
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (status, reason, len(payload), payload)
+        )
 
 
 def mock_upstream(args: argparse.Namespace) -> None:
     try:
         import uvloop
+
         uvloop.install()
     except ImportError:
         pass
     loop = asyncio.new_event_loop()
-    srv = loop.run_until_complete(loop.create_server(
-        lambda: MockProtocol(args.latency_ms / 1000.0, args.chunks), args.host, args.port, backlog=2048))
+    srv = loop.run_until_complete(
+        loop.create_server(
+            lambda: MockProtocol(args.latency_ms / 1000.0, args.chunks), args.host, args.port, backlog=2048
+        )
+    )
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     try:
         loop.run_forever()
     finally:
         srv.close()
 
+
 # ---------------------------------------------------------------- naive gateway
+
 
 def _read_upstream(config: str) -> str:
     # tiny YAML reader for the harness-generated config: the first `base_url:` wins
@@ -162,8 +197,9 @@ def _worker(sock: socket.socket, base: str) -> None:
         async def chat(req: web.Request) -> web.StreamResponse:
             body = await req.read()
             stream = b'"stream":true' in body.replace(b" ", b"")
-            async with session.post(base + "/chat/completions", data=body,
-                                    headers={"content-type": "application/json"}) as up:
+            async with session.post(
+                base + "/chat/completions", data=body, headers={"content-type": "application/json"}
+            ) as up:
                 if not stream:
                     data = await up.read()
                     return web.Response(body=data, status=up.status, content_type="application/json")
@@ -203,10 +239,8 @@ def serve(args: argparse.Namespace) -> None:
 
     def stop(*_a: object) -> None:
         for k in kids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(k, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)

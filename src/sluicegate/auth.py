@@ -94,8 +94,17 @@ class KeyRecord:
         }
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
 def _record(row: Any) -> KeyRecord:
-    return KeyRecord(row.id, row.prefix, row.org, row.user, row.name, row.created_at, row.revoked_at)
+    created = _utc(row.created_at)
+    assert created is not None
+    return KeyRecord(row.id, row.prefix, row.org, row.user, row.name, created, _utc(row.revoked_at))
 
 
 def _check_label(what: str, value: str | None) -> None:

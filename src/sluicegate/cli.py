@@ -100,6 +100,8 @@ def serve(
             await engine.dispose()
 
     _run(prepare())
+    # Migrated once here, so that the workers do not race each other to do it.
+    os.environ["SLUICEGATE_DATABASE__MIGRATE_ON_START"] = "false"
     cfg = settings.server
     sources = ", ".join(f"{n} ({p.kind})" for n, p in settings.providers.items())
     console.print(

@@ -151,6 +151,9 @@ class DatabaseConfig(Frozen):
     """The SQL store: SQLite on the embedded default, PostgreSQL in production."""
 
     url: str = "sqlite+aiosqlite:///./.sluicegate/sluicegate.db"
+    migrate_on_start: bool = Field(
+        True, description="bring the schema up to date when a gateway starts (serve does it once)"
+    )
 
 
 class RedisConfig(Frozen):

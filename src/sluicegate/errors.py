@@ -10,7 +10,8 @@ so the HTTP layer and library users see the same thing::
     ├── AuthenticationFailed        401 authentication_error / invalid_api_key
     ├── PermissionDenied            403 permission_error
     ├── NotFound                    404 invalid_request_error
-    │   └── ModelNotFound           404 invalid_request_error / model_not_found
+    │   ├── ModelNotFound           404 invalid_request_error / model_not_found
+    │   └── MethodNotAllowed        405 invalid_request_error / method_not_allowed
     └── UpstreamError               the upstream's own status, type and message
         ├── UpstreamUnavailable     502 upstream_error / upstream_unavailable
         ├── UpstreamTimeout         504 upstream_error / upstream_timeout
@@ -27,6 +28,7 @@ __all__ = [
     "AuthenticationFailed",
     "ConfigError",
     "InvalidRequest",
+    "MethodNotAllowed",
     "ModelNotFound",
     "NotFound",
     "PermissionDenied",
@@ -134,6 +136,13 @@ class ModelNotFound(NotFound):
     """The requested model is not configured; ``GET /v1/models`` lists those that are."""
 
     default_code = "model_not_found"
+
+
+class MethodNotAllowed(NotFound):
+    """The route exists but not with this HTTP method."""
+
+    status = 405
+    default_code = "method_not_allowed"
 
 
 class UpstreamError(SluicegateError):

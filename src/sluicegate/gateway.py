@@ -29,7 +29,7 @@ from .config import Settings
 from .errors import UpstreamError
 from .observe.events import Counters, EventSink, RecordEvents
 from .observe.health import HealthProbes
-from .store.db import create_engine, ping
+from .store.db import create_engine, migrate, ping
 from .store.redis import create_redis
 from .upstream.providers import Provider, build_providers
 from .upstream.router import ModelCatalog, SendToProvider
@@ -77,7 +77,9 @@ class Gateway:
         return self._keys
 
     async def start(self) -> None:
-        """Start background work (dependency probes); optional for library use."""
+        """Migrate the schema if configured to, and start the dependency probes."""
+        if self.settings.database.migrate_on_start:
+            await migrate(self.engine)
         await self.probes.check_once()
         self.probes.start()
 
@@ -87,7 +89,7 @@ class Gateway:
         for provider in self.providers.values():
             await provider.aclose()
         if self.redis is not None:
-            await self.redis.aclose()
+            await self.redis.aclose(close_connection_pool=True)
         await self.engine.dispose()
 
     async def __aenter__(self) -> Gateway:
@@ -147,16 +149,20 @@ class Gateway:
         """A streamed chat completion, chunk by chunk; raises `UpstreamError` if it breaks."""
         body = {**params, "model": model, "messages": messages, "stream": True}
         reply = await self.send(self.new_call("chat", body, context))
-        assert reply.stream is not None
-        async for data in reply.stream:
-            for event in data.split(b"\n\n"):
-                line = event.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    return
-                yield _object(payload)
+        stream = reply.stream
+        assert stream is not None
+        try:
+            async for data in stream:
+                for event in data.split(b"\n\n"):
+                    line = event.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        return
+                    yield _object(payload)
+        finally:
+            await stream.aclose()
 
     async def embed(
         self,

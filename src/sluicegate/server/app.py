@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from ..config import Settings, load_settings
-from ..errors import NotFound, SluicegateError
+from ..errors import MethodNotAllowed, NotFound, SluicegateError
 from ..gateway import Gateway, create_gateway
 from . import admin_routes, openai_routes
 from .http import Receive, Request, Scope, Send, send_error, send_json
@@ -63,10 +63,10 @@ class SluicegateApp:
             methods = self._find(scope["path"])
             handler = methods.get(scope["method"]) if methods is not None else None
             if handler is None:
-                raise NotFound(
-                    f"unknown request URL: {scope['method']} {scope['path']}",
-                    code="unknown_url" if methods is None else "method_not_allowed",
-                )
+                what = f"{scope['method']} {scope['path']}"
+                if methods is None:
+                    raise NotFound(f"unknown request URL: {what}", code="unknown_url")
+                raise MethodNotAllowed(f"{what} is not allowed; use {', '.join(methods)}")
             await handler(self.gateway, request)
         except SluicegateError as exc:
             await send_error(request, exc)

@@ -1,0 +1,5 @@
+"""``python -m sluicegate``."""
+
+from .cli import main
+
+main()

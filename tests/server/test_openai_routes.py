@@ -1,0 +1,264 @@
+"""The OpenAI-compatible routes over real HTTP, with the official SDK as the client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from sluicegate.testing import GatewayServer, MockUpstream, mock_settings
+from tests.conftest import chat_body
+
+
+def post(
+    base: str, path: str, body: bytes | Any, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """POST raw bytes (or JSON) and return status, lower-cased headers and body."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    conn.request("POST", path, data, {"content-type": "application/json", **(headers or {})})
+    response = conn.getresponse()
+    result = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    conn.close()
+    return result
+
+
+def error_of(body: bytes) -> dict[str, Any]:
+    """The `error` object of an OpenAI-shaped error body, checked for its four keys."""
+    payload = json.loads(body)
+    assert set(payload) == {"error"}
+    assert set(payload["error"]) == {"message", "type", "param", "code"}
+    assert payload["error"]["message"]
+    return payload["error"]
+
+
+@pytest.fixture
+def client(server: GatewayServer) -> openai.OpenAI:
+    """The official SDK pointed at the gateway."""
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="sk-anything", max_retries=0)
+
+
+def test_sdk_chat_completion(client: openai.OpenAI, upstream: MockUpstream) -> None:
+    """A non-streamed completion arrives as the upstream sent it, with usage."""
+    answer = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+    assert answer.choices[0].message.content
+    assert answer.usage is not None and answer.usage.total_tokens > 0
+    assert upstream.calls[-1].body is not None and upstream.calls[-1].body["model"] == "gpt-4o-mini"
+
+
+def test_sdk_streaming(client: openai.OpenAI, upstream: MockUpstream) -> None:
+    """A stream arrives chunk by chunk; the usage chunk we asked for is hidden from the client."""
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], stream=True
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert all(c.choices for c in chunks)
+    sent = upstream.calls[-1].body
+    assert sent is not None and sent["stream_options"] == {"include_usage": True}
+
+
+def test_sdk_streaming_with_usage(client: openai.OpenAI) -> None:
+    """A client that asks for usage gets the usage chunk."""
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_sdk_embeddings_and_models(client: openai.OpenAI) -> None:
+    """Embeddings (the SDK asks for base64) and the model list work."""
+    result = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert len(result.data) == 2 and len(result.data[0].embedding) == 16
+    ids = {m.id for m in client.models.list()}
+    assert {"gpt-4o-mini", "fast", "text-embedding-3-small"} <= ids
+
+
+def test_alias_is_routed_to_its_model(server: GatewayServer, upstream: MockUpstream) -> None:
+    """An alias resolves to the model's upstream name."""
+    status, _, _ = post(server.url, "/v1/chat/completions", chat_body(model="fast"))
+    assert status == 200
+    assert upstream.calls[-1].body is not None and upstream.calls[-1].body["model"] == "gpt-4o-mini"
+
+
+def test_unknown_fields_pass_through(server: GatewayServer, upstream: MockUpstream) -> None:
+    """Fields sluicegate does not know reach the upstream untouched."""
+    extra = {"reasoning_effort": "low", "x_new_feature": {"nested": [1, 2]}, "temperature": 0.3}
+    status, headers, _ = post(server.url, "/v1/chat/completions", chat_body(**extra))
+    assert status == 200 and headers["x-request-id"]
+    sent = upstream.calls[-1].body
+    assert sent is not None
+    assert {k: sent[k] for k in extra} == extra
+
+
+def test_stream_ends_with_done(server: GatewayServer) -> None:
+    """The raw stream is SSE and ends with data: [DONE]."""
+    status, headers, body = post(server.url, "/v1/chat/completions", chat_body(stream=True))
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "code"),
+    [
+        (b"{not json", 400, None, "invalid_json"),
+        (b"[1, 2]", 400, None, None),
+        ({"messages": [{"role": "user", "content": "x"}]}, 400, "model", "missing_required_parameter"),
+        ({"model": 42, "messages": [{"role": "user", "content": "x"}]}, 400, "model", "invalid_type"),
+        ({"model": "gpt-4o-mini"}, 400, "messages", "missing_required_parameter"),
+        ({"model": "gpt-4o-mini", "messages": []}, 400, "messages", "invalid_type"),
+        ({"model": "gpt-4o-mini", "messages": ["hi"]}, 400, "messages[0]", "invalid_type"),
+        (
+            {"model": "gpt-4o-mini", "messages": [{"role": "user"}], "stream": "yes"},
+            400,
+            "stream",
+            "invalid_type",
+        ),
+        (
+            {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]},
+            404,
+            "model",
+            "model_not_found",
+        ),
+    ],
+)
+def test_request_errors(
+    server: GatewayServer, body: Any, status: int, param: str | None, code: str | None
+) -> None:
+    """Malformed requests get 400 (or 404 for an unknown model) in OpenAI's error shape."""
+    got, _, raw = post(server.url, "/v1/chat/completions", body)
+    assert got == status
+    error = error_of(raw)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["code"] == code
+
+
+def test_embeddings_need_input(server: GatewayServer) -> None:
+    """An embeddings request without input is a 400 naming the parameter."""
+    status, _, raw = post(server.url, "/v1/embeddings", {"model": "text-embedding-3-small"})
+    assert status == 400 and error_of(raw)["param"] == "input"
+
+
+def test_body_over_limit_is_413(upstream: MockUpstream, tmp_path: Path) -> None:
+    """A body over server.max_body_bytes is refused with 413, before it is parsed."""
+    settings = mock_settings(upstream.url, data_dir=tmp_path, server={"max_body_bytes": 2048})
+    big = chat_body(messages=[{"role": "user", "content": "x" * 4096}])
+    with GatewayServer(settings) as gw:
+        status, _, raw = post(gw.url, "/v1/chat/completions", big)
+        small, _, _ = post(gw.url, "/v1/chat/completions", chat_body())
+    assert status == 413 and error_of(raw)["code"] == "request_too_large"
+    assert small == 200
+    assert len(upstream.calls) == 1
+
+
+def test_body_over_default_limit_is_413(server: GatewayServer) -> None:
+    """The default limit is 1 MiB."""
+    big = chat_body(messages=[{"role": "user", "content": "x" * (1024 * 1024)}])
+    status, _, raw = post(server.url, "/v1/chat/completions", big)
+    assert status == 413 and error_of(raw)["type"] == "invalid_request_error"
+
+
+def test_unknown_route_is_404(server: GatewayServer) -> None:
+    """An unknown URL gets a 404 in OpenAI's error shape."""
+    status, _, raw = post(server.url, "/v1/nothing-here", {})
+    assert status == 404 and error_of(raw)["code"] == "unknown_url"
+
+
+def test_wrong_method_is_405(server: GatewayServer) -> None:
+    """A known URL with the wrong method gets a 405."""
+    status, _, raw = post(server.url, "/v1/models", {})
+    assert status == 405 and error_of(raw)["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status", "kind", "code"),
+    [
+        ({"error_rate": 1.0, "error_status": 503}, 503, "server_error", None),
+        ({"error_rate": 1.0, "error_status": 500}, 500, "server_error", None),
+        ({"rate_limit_rate": 1.0, "retry_after_s": 7}, 429, "rate_limit_error", "rate_limit_exceeded"),
+    ],
+)
+def test_upstream_errors_are_passed_on(
+    server: GatewayServer,
+    upstream: MockUpstream,
+    behaviour: dict[str, Any],
+    status: int,
+    kind: str,
+    code: str | None,
+) -> None:
+    """Upstream errors keep their status, type, code and message (and Retry-After)."""
+    upstream.behave(**behaviour)
+    got, headers, raw = post(server.url, "/v1/chat/completions", chat_body())
+    assert got == status
+    error = error_of(raw)
+    assert (error["type"], error["code"]) == (kind, code)
+    assert error["message"].startswith("mock:")
+    assert "Traceback" not in error["message"]
+    if status == 429:
+        assert headers["retry-after"] == "7"
+
+
+def test_upstream_error_through_the_sdk(client: openai.OpenAI, upstream: MockUpstream) -> None:
+    """The SDK raises its own RateLimitError for an upstream 429."""
+    upstream.behave(rate_limit_rate=1.0)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+    assert caught.value.status_code == 429
+
+
+def test_upstream_hang_is_504(server: GatewayServer, upstream: MockUpstream) -> None:
+    """An upstream that never answers hits the first-byte timeout: 504."""
+    upstream.behave(hang_rate=1.0)
+    status, _, raw = post(server.url, "/v1/chat/completions", chat_body())
+    assert status == 504 and error_of(raw)["code"] == "upstream_timeout"
+
+
+def test_upstream_unreachable_is_502(tmp_path: Path) -> None:
+    """An upstream that refuses connections is a 502."""
+    settings = mock_settings("http://127.0.0.1:9/v1", data_dir=tmp_path)
+    with GatewayServer(settings) as gw:
+        status, _, raw = post(gw.url, "/v1/chat/completions", chat_body())
+    assert status == 502 and error_of(raw)["code"] == "upstream_unavailable"
+
+
+def test_dropped_stream_ends_with_error_event(server: GatewayServer, upstream: MockUpstream) -> None:
+    """A stream the upstream cuts short ends with an error event, never [DONE]."""
+    upstream.behave(drop_after_chunks=2)
+    status, _, body = post(server.url, "/v1/chat/completions", chat_body(stream=True))
+    assert status == 200
+    events = [e for e in body.split(b"\n\n") if e]
+    assert b"[DONE]" not in body
+    last = json.loads(events[-1].removeprefix(b"data: "))
+    assert last["error"]["code"] == "upstream_stream_broken"
+    assert len(events) == 3
+
+
+def test_dropped_stream_through_the_sdk(client: openai.OpenAI, upstream: MockUpstream) -> None:
+    """The SDK raises on the error event instead of ending quietly."""
+    upstream.behave(drop_after_chunks=3)
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], stream=True
+    )
+    with pytest.raises(openai.APIError):
+        list(stream)
+
+
+def test_stream_error_before_first_byte_is_plain_json(server: GatewayServer, upstream: MockUpstream) -> None:
+    """When the upstream refuses a stream outright, the client gets the status, not a stream."""
+    upstream.behave(error_rate=1.0, error_status=502)
+    status, headers, raw = post(server.url, "/v1/chat/completions", chat_body(stream=True))
+    assert status == 502 and headers["content-type"] == "application/json"
+    assert error_of(raw)["type"] == "server_error"

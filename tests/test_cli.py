@@ -1,0 +1,90 @@
+"""The sluicegate command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from sluicegate import __version__
+from sluicegate.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands() -> None:
+    """--help names every command."""
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("serve", "mock-upstream", "keys", "version"):
+        assert command in result.output
+
+
+def test_version() -> None:
+    """version prints the package version."""
+    result = runner.invoke(app, ["version"])
+    assert result.exit_code == 0 and result.output.strip() == __version__
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    """Keys made by the CLI are listed without their secret and can be revoked."""
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text(f"data_dir: {tmp_path}\ndatabase:\n  url: sqlite+aiosqlite:///{tmp_path}/db.sqlite\n")
+    created = runner.invoke(
+        app, ["keys", "create", "--org", "acme", "--name", "web", "--config", str(config)]
+    )
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip().splitlines()[0]
+    assert key.startswith("sk-sg-")
+    listed = runner.invoke(app, ["keys", "list", "--config", str(config)])
+    assert "acme" in listed.stdout and key not in listed.stdout
+    revoke = runner.invoke(app, ["keys", "revoke", key[:12], "--config", str(config)])
+    assert revoke.exit_code == 0, revoke.output
+    assert "acme" not in runner.invoke(app, ["keys", "list", "--config", str(config)]).stdout
+    missing = runner.invoke(app, ["keys", "revoke", "nope", "--config", str(config)])
+    assert missing.exit_code == 1 and "no key" in missing.output
+
+
+def test_bad_config_exits_with_the_key_named(tmp_path: Path) -> None:
+    """A bad config stops the command with exit code 2 and names the key."""
+    config = tmp_path / "bad.yaml"
+    config.write_text("server:\n  port: not-a-port\n")
+    result = runner.invoke(app, ["keys", "list", "--config", str(config)])
+    assert result.exit_code == 2 and "server.port" in result.output
+
+
+def test_serve_answers_then_stops(tmp_path: Path) -> None:
+    """`sluicegate serve` on the embedded defaults serves a chat completion from the mock."""
+    port = 4700 + os.getpid() % 200
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sluicegate", "serve", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body)
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    assert response.status == 200 and b"chat.completion" in response.read()
+                    break
+            except OSError:
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline, "serve did not come up in 30 s"
+                time.sleep(0.2)
+        assert (tmp_path / ".sluicegate" / "sluicegate.db").exists()
+    finally:
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=15)[0]
+    assert b"mock (mock)" in output

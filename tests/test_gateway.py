@@ -1,0 +1,106 @@
+"""The library face: the same pipeline in-process, with no HTTP hop."""
+
+from __future__ import annotations
+
+import pytest
+
+from sluicegate import (
+    Gateway,
+    InvalidRequest,
+    ModelNotFound,
+    RequestContext,
+    Settings,
+    UpstreamError,
+    UpstreamStreamBroken,
+    create_gateway,
+)
+from sluicegate.testing import mock_settings
+
+MESSAGES = [{"role": "user", "content": "Draft an OKR for support"}]
+
+
+async def test_chat(gateway: Gateway) -> None:
+    """chat() returns OpenAI's completion object, and the call is counted."""
+    answer = await gateway.chat(model="gpt-4o-mini", messages=MESSAGES, temperature=0)
+    assert answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"]["content"]
+    assert gateway.counters.requests == 1
+    assert gateway.counters.prompt_tokens == answer["usage"]["prompt_tokens"]
+
+
+async def test_chat_is_deterministic(gateway: Gateway) -> None:
+    """The mock answers the same prompt the same way."""
+    first = await gateway.chat(model="gpt-4o-mini", messages=MESSAGES)
+    second = await gateway.chat(model="fast", messages=MESSAGES)
+    assert first["choices"] == second["choices"]
+
+
+async def test_stream_chat(gateway: Gateway) -> None:
+    """stream_chat() yields chunks whose deltas make up the whole answer, without the usage chunk."""
+    whole = await gateway.chat(model="gpt-4o-mini", messages=MESSAGES)
+    chunks = [c async for c in gateway.stream_chat(model="gpt-4o-mini", messages=MESSAGES)]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == whole["choices"][0]["message"]["content"]
+    assert all(c["choices"] for c in chunks)
+    assert gateway.counters.completion_tokens == 2 * whole["usage"]["completion_tokens"]
+
+
+async def test_embed(gateway: Gateway) -> None:
+    """embed() returns one vector per input."""
+    result = await gateway.embed(model="text-embedding-3-small", input=["a", "b", "c"])
+    assert [d["index"] for d in result["data"]] == [0, 1, 2]
+
+
+async def test_errors_are_raised(gateway: Gateway) -> None:
+    """Library calls raise the same errors the server maps to statuses."""
+    with pytest.raises(ModelNotFound):
+        await gateway.chat(model="nope", messages=MESSAGES)
+    with pytest.raises(InvalidRequest):
+        await gateway.chat(model="gpt-4o-mini", messages=[])
+    assert gateway.counters.requests == 0
+
+
+async def test_upstream_error_is_raised_and_counted(tmp_path: object) -> None:
+    """An upstream failure raises UpstreamError with its status, and is recorded."""
+    settings = mock_settings(
+        providers={"upstream": {"kind": "mock", "mock": {"error_rate": 1, "error_status": 503}}}
+    )
+    async with create_gateway(settings) as gw:
+        with pytest.raises(UpstreamError) as caught:
+            await gw.chat(model="gpt-4o-mini", messages=MESSAGES)
+        assert caught.value.status_code == 503
+        assert gw.counters.errors == {"503": 1}
+
+
+async def test_broken_stream_raises() -> None:
+    """A stream cut short raises UpstreamStreamBroken after the chunks that did arrive."""
+    settings = mock_settings(providers={"upstream": {"kind": "mock", "mock": {"drop_after_chunks": 2}}})
+    async with create_gateway(settings) as gw:
+        seen = []
+        with pytest.raises(UpstreamStreamBroken):
+            async for chunk in gw.stream_chat(model="gpt-4o-mini", messages=MESSAGES):
+                seen.append(chunk)
+        assert len(seen) == 2
+        assert gw.counters.errors == {"upstream_stream_broken": 1}
+
+
+async def test_context_is_recorded(settings: Settings) -> None:
+    """The context given to a call reaches the recorded event."""
+    events = []
+
+    class Sink:
+        def record(self, event: object) -> None:
+            events.append(event)
+
+    async with create_gateway(settings, sink=Sink()) as gw:
+        ctx = RequestContext("acme", "ann", "chat", "k1")
+        await gw.chat(model="gpt-4o-mini", messages=MESSAGES, context=ctx)
+    (event,) = events
+    assert (event.org, event.user, event.feature, event.model, event.status) == (
+        "acme",
+        "ann",
+        "chat",
+        "gpt-4o-mini",
+        200,
+    )
+    assert event.usage is not None and event.usage.total_tokens > 0
