@@ -12,8 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
 
@@ -51,7 +59,9 @@ class Timeouts(Frozen):
     """Per-provider timeouts in seconds."""
 
     connect: float = Field(5.0, gt=0)
-    first_byte: float = Field(60.0, gt=0, description="until the upstream's response headers")
+    first_byte: float = Field(
+        60.0, gt=0, description="the longest wait for upstream bytes: the first, and each gap in a stream"
+    )
     total: float = Field(600.0, gt=0, description="the whole exchange, streams included")
 
 
@@ -99,21 +109,22 @@ class ProviderConfig(Frozen):
     """An upstream: OpenAI-compatible over HTTP, or the in-process mock."""
 
     kind: Literal["openai", "mock"] = "openai"
-    base_url: str | None = None
+    base_url: str | None = Field(None, validate_default=True)
     api_key_env: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(1024, ge=1)
     mock: MockBehaviour = MockBehaviour()
 
-    @model_validator(mode="after")
-    def _check_base_url(self) -> ProviderConfig:
-        if self.kind == "openai":
-            if not self.base_url:
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("kind") == "openai":
+            if not value:
                 raise ValueError("an openai provider needs base_url, e.g. https://api.openai.com/v1")
-            if not self.base_url.startswith(("http://", "https://")):
-                raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
-        return self
+            if not value.startswith(("http://", "https://")):
+                raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
+        return value
 
 
 class ModelConfig(Frozen):
@@ -283,6 +294,8 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             raw = yaml.safe_load(Path(chosen).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {chosen} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {chosen} cannot be read: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {chosen} is not valid YAML: {exc}") from None
         if raw is None:
@@ -295,3 +308,5 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(source, exc)) from None
+    except SettingsError as exc:
+        raise ConfigError(f"invalid SLUICEGATE_* environment variable: {exc}") from None

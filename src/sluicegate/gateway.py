@@ -13,6 +13,8 @@ Build one with `create_gateway(settings)` and pass it explicitly; nothing here i
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -34,9 +36,30 @@ from .store.redis import create_redis
 from .upstream.providers import Provider, build_providers
 from .upstream.router import ModelCatalog, SendToProvider
 
-__all__ = ["Gateway", "create_gateway"]
+__all__ = ["Gateway", "create_gateway", "new_request_id"]
 
 Send = Callable[[Call], Awaitable[Reply]]
+
+
+class _RequestIds:
+    """Request ids: a random per-process prefix and a counter, unique across workers without
+    asking the OS for randomness on every request. A forked child draws a new prefix."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = "req_" + secrets.token_hex(6)
+        self.counter = itertools.count(1)
+
+
+_ids = _RequestIds()
+os.register_at_fork(after_in_child=_ids.reset)
+
+
+def new_request_id() -> str:
+    """A request id unique across processes: ``req_`` and 24 hex digits."""
+    return f"{_ids.prefix}{next(_ids.counter):012x}"
 
 
 class Gateway:
@@ -61,7 +84,8 @@ class Gateway:
         if settings.auth.require_keys:
             self._keys = KeyStore(engine, load_pepper(settings))
         self.authenticator = Authenticator(settings, self._keys)
-        self._send: Send = RecordEvents(SendToProvider(providers), sink or self.counters)
+        # `send` is the pipeline itself, so that a call costs no extra coroutine level.
+        self.send: Send = RecordEvents(SendToProvider(providers), sink or self.counters)
         probes: dict[str, Callable[[], Awaitable[Any]]] = {"database": lambda: ping(engine)}
         if redis is not None:
             probes["redis"] = redis.ping
@@ -106,22 +130,27 @@ class Gateway:
 
     # The pipeline
 
-    def new_call(self, kind: CallKind, body: Any, context: RequestContext | None = None) -> Call:
-        """Validate ``body`` and resolve its model; raise `InvalidRequest` or `ModelNotFound`."""
+    def new_call(
+        self,
+        kind: CallKind,
+        body: Any,
+        context: RequestContext | None = None,
+        request_id: str | None = None,
+    ) -> Call:
+        """Validate ``body`` and resolve its model; raise `InvalidRequest` or `ModelNotFound`.
+
+        Run the call with ``await gateway.send(call)``.
+        """
         model, stream = validate_body(kind, body)
         return Call(
             kind,
             body,
             self.catalog.resolve(model),
             context or self._default_context,
-            secrets.token_hex(12),
+            request_id or new_request_id(),
             stream,
             time.perf_counter(),
         )
-
-    async def send(self, call: Call) -> Reply:
-        """Run ``call`` through the pipeline."""
-        return await self._send(call)
 
     # The library face
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 
 from ..config import Settings, load_settings
 from ..errors import MethodNotAllowed, NotFound, SluicegateError
-from ..gateway import Gateway, create_gateway
+from ..gateway import Gateway, create_gateway, new_request_id
 from . import admin_routes, openai_routes
 from .http import Receive, Request, Scope, Send, send_error, send_json
 
@@ -44,21 +43,11 @@ class SluicegateApp:
             self._routes[path] = self._routes["/v1" + path]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self._http(scope, receive, send)
-        elif scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-
-    def _find(self, path: str) -> dict[str, Handler] | None:
-        methods = self._routes.get(path)
-        if methods is None:
-            for prefix, handlers in self._prefixes:
-                if path.startswith(prefix) and len(path) > len(prefix):
-                    return handlers
-        return methods
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request.from_asgi(scope, receive, send, secrets.token_hex(12))
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        request = Request.from_asgi(scope, receive, send, new_request_id())
         try:
             methods = self._find(scope["path"])
             handler = methods.get(scope["method"]) if methods is not None else None
@@ -73,6 +62,14 @@ class SluicegateApp:
         except Exception:
             logger.exception("unexpected error on %s %s", scope["method"], scope["path"])
             await send_error(request, SluicegateError("internal error in the gateway; see its log"))
+
+    def _find(self, path: str) -> dict[str, Handler] | None:
+        methods = self._routes.get(path)
+        if methods is None:
+            for prefix, handlers in self._prefixes:
+                if path.startswith(prefix) and len(path) > len(prefix):
+                    return handlers
+        return methods
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

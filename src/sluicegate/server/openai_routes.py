@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -22,30 +23,31 @@ _SSE_HEADERS = (
 )
 
 
-async def _forward(gateway: Gateway, request: Request, kind: CallKind) -> None:
-    body = await read_json(request, gateway.settings.server.max_body_bytes)
-    context = await gateway.authenticator.context(
-        request.authorization,
-        request.feature,
-        request.user,
-        body if isinstance(body, dict) else None,
-    )
-    call = gateway.new_call(kind, body, context)
-    reply = await gateway.send(call)
-    if reply.stream is None:
-        await send_json(request, 200, reply.body)
-    else:
-        await _relay(request, reply.stream)
+Handler = Callable[[Gateway, Request], Awaitable[None]]
 
 
-async def chat_completions(gateway: Gateway, request: Request) -> None:
-    """``POST /v1/chat/completions``, plain or streamed."""
-    await _forward(gateway, request, "chat")
+def forwarder(kind: CallKind) -> Handler:
+    """The handler that runs one ``kind`` of call through the gateway and sends the reply."""
+
+    async def forward(gateway: Gateway, request: Request) -> None:
+        body = await read_json(request, gateway.settings.server.max_body_bytes)
+        context = await gateway.authenticator.context(
+            request.authorization, request.feature, request.user, body if isinstance(body, dict) else None
+        )
+        reply = await gateway.send(gateway.new_call(kind, body, context, request.request_id))
+        if reply.stream is None:
+            await send_json(request, 200, reply.body)
+        else:
+            await _relay(request, reply.stream)
+
+    return forward
 
 
-async def embeddings(gateway: Gateway, request: Request) -> None:
-    """``POST /v1/embeddings``."""
-    await _forward(gateway, request, "embeddings")
+chat_completions = forwarder("chat")
+"""``POST /v1/chat/completions``, plain or streamed."""
+
+embeddings = forwarder("embeddings")
+"""``POST /v1/embeddings``."""
 
 
 async def _relay(request: Request, stream: SseRelay) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from ..config import Latency, MockBehaviour
-from ..errors import UpstreamStreamBroken
+from ..errors import UpstreamStreamBroken, UpstreamTimeout
 from .transport import UpstreamRequest, UpstreamResponse
 
 __all__ = ["MockCall", "MockEngine", "MockReply", "MockTransport", "mock_answer"]
@@ -272,7 +272,7 @@ class MockEngine:
                 "invalid_request_error",
                 None,
             )
-        dims = payload.get("dimensions") or 16
+        dims = payload.get("dimensions", 16) if payload.get("dimensions") is not None else 16
         if not isinstance(dims, int) or not 1 <= dims <= _MAX_DIMENSIONS:
             return _error(400, "mock: dimensions must be 1-4096", "invalid_request_error", None)
         as_base64 = payload.get("encoding_format") == "base64"
@@ -320,8 +320,9 @@ def _stream_events(
     chunks: int | None,
 ) -> tuple[bytes, ...]:
     count = min(chunks or len(words), len(words))
-    step = math.ceil(len(words) / count)
-    pieces = [" ".join(words[i : i + step]) for i in range(0, len(words), step)]
+    # Spread the words evenly, so that exactly `count` content chunks are sent.
+    bounds = [round(i * len(words) / count) for i in range(count + 1)]
+    pieces = [" ".join(words[bounds[i] : bounds[i + 1]]) for i in range(count)]
     pieces = [p if i == 0 else " " + p for i, p in enumerate(pieces)]
     base: dict[str, Any] = {
         "id": ident,
@@ -345,15 +346,21 @@ def _stream_events(
 
 
 class MockTransport:
-    """The in-memory twin of `AiohttpTransport`: replies from a `MockEngine`, no socket."""
+    """The in-memory twin of `AiohttpTransport`: replies from a `MockEngine`, no socket.
 
-    def __init__(self, engine: MockEngine) -> None:
+    Like the real transport, it gives up with `UpstreamTimeout` when the first byte would come
+    later than ``first_byte_timeout`` seconds (a hang never comes).
+    """
+
+    def __init__(self, engine: MockEngine, first_byte_timeout: float = 60.0) -> None:
         self.engine = engine
+        self.first_byte_timeout = first_byte_timeout
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         reply = self.engine.reply(request.method, request.path, request.body)
-        if reply.hang:
-            await asyncio.Event().wait()  # until the caller's timeout cancels us
+        if reply.hang or reply.delay_s > self.first_byte_timeout:
+            await asyncio.sleep(self.first_byte_timeout)
+            raise UpstreamTimeout("provider mock: the upstream did not answer in time")
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         if reply.streamed and request.stream:

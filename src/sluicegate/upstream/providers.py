@@ -39,7 +39,7 @@ def _http_transport(name: str, config: ProviderConfig) -> Transport:
 
 
 def _mock_transport(name: str, config: ProviderConfig) -> Transport:
-    return MockTransport(MockEngine(config.mock))
+    return MockTransport(MockEngine(config.mock), config.timeouts.first_byte)
 
 
 TRANSPORTS: Mapping[str, Callable[[str, ProviderConfig], Transport]] = {
@@ -82,8 +82,8 @@ class Provider:
 
     async def send(self, call: Call) -> Reply:
         """Forward ``call`` upstream; raise `UpstreamError` when the upstream refuses it."""
-        body = call.body
-        body["model"] = call.route.upstream_model
+        # A copy: the call's body stays as the client sent it, for retries and fallbacks.
+        body = {**call.body, "model": call.route.upstream_model}
         strip_usage = False
         if call.stream:
             # Ask for usage on every stream so cost is always known; hide it if not asked for.

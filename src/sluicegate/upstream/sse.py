@@ -59,9 +59,10 @@ class SseRelay:
             async for data in self._chunks:
                 if self.first_chunk_at is None:
                     self.first_chunk_at = time.perf_counter()
-                if b"\r" in data:
-                    data = data.replace(b"\r\n", b"\n")
                 pending = pending + data if pending else data
+                if b"\r" in pending:
+                    # Normalised on the pending bytes, so a CRLF split across reads is caught too.
+                    pending = pending.replace(b"\r\n", b"\n")
                 end = pending.rfind(b"\n\n")
                 if end < 0:
                     continue

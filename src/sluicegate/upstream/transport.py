@@ -7,16 +7,15 @@ Third-party exceptions are translated here, at the boundary, into sluicegate's o
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
+from yarl import URL
 
 from ..config import Timeouts
-from ..errors import UpstreamStreamBroken, UpstreamTimeout, UpstreamUnavailable
+from ..errors import SluicegateError, UpstreamStreamBroken, UpstreamTimeout, UpstreamUnavailable
 
 __all__ = ["AiohttpTransport", "Transport", "UpstreamRequest", "UpstreamResponse"]
 
@@ -58,21 +57,23 @@ class Transport(Protocol):
         ...
 
 
-@contextmanager
-def map_exceptions(what: str) -> Iterator[None]:
-    """Translate aiohttp and asyncio failures into sluicegate's upstream errors."""
-    try:
-        yield
-    except TimeoutError:
-        raise UpstreamTimeout(f"{what}: the upstream did not answer in time") from None
-    except aiohttp.ClientPayloadError as exc:
-        raise UpstreamStreamBroken(f"{what}: the upstream response was cut short ({exc})") from None
-    except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError) as exc:
-        raise UpstreamUnavailable(f"{what}: could not reach the upstream ({exc})") from None
+def translate(exc: Exception, what: str) -> SluicegateError | None:
+    """The sluicegate error for an aiohttp or asyncio failure; None for anything else."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"{what}: the upstream did not answer in time")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamStreamBroken(f"{what}: the upstream response was cut short ({exc})")
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientResponseError):
+        return UpstreamUnavailable(f"{what}: could not reach the upstream ({exc})")
+    return None
 
 
 class AiohttpTransport:
-    """HTTP to an OpenAI-compatible provider through one pooled aiohttp session."""
+    """HTTP to an OpenAI-compatible provider through one pooled aiohttp session.
+
+    Tuned for the hot path: URLs are parsed once, cookies are not kept, no per-request timer
+    is armed beyond aiohttp's own, and no compression is asked for.
+    """
 
     def __init__(
         self,
@@ -82,34 +83,41 @@ class AiohttpTransport:
         timeouts: Timeouts,
         max_connections: int,
     ) -> None:
-        self._name = name
+        self._what = f"provider {name}"
         self._base_url = base_url.rstrip("/")
         self._headers = dict(headers)
         self._timeouts = timeouts
         self._max_connections = max_connections
+        self._urls: dict[str, URL] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         # The session must be created inside the running loop, so it is made on first use.
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections, ttl_dns_cache=300, enable_cleanup_closed=False
-        )
+        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
-            base_url=None,
             connector=connector,
             headers=self._headers,
-            timeout=aiohttp.ClientTimeout(total=self._timeouts.total, sock_connect=self._timeouts.connect),
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
+            # sock_read bounds every wait for upstream bytes: the first byte, and each gap in a stream.
+            timeout=aiohttp.ClientTimeout(
+                total=self._timeouts.total,
+                sock_connect=self._timeouts.connect,
+                sock_read=self._timeouts.first_byte,
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
         return self._session
 
+    def _url(self, path: str) -> URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self._base_url + path)
+        return url
+
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         session = self._session or self._open()
-        url = self._base_url + request.path
-        with map_exceptions(f"provider {self._name}"):
-            async with asyncio.timeout(self._timeouts.first_byte):
-                response = await session.request(request.method, url, data=request.body)
+        try:
+            response = await session.request(request.method, self._url(request.path), data=request.body)
             if request.stream and response.status < 400:
                 return UpstreamResponse(
                     response.status,
@@ -121,12 +129,22 @@ class AiohttpTransport:
                 body = await response.read()
             finally:
                 response.release()
+        except Exception as exc:
+            error = translate(exc, self._what)
+            if error is None:
+                raise
+            raise error from None
         return UpstreamResponse(response.status, response.headers, body)
 
     async def _iterate(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        with map_exceptions(f"provider {self._name}"):
+        try:
             async for data in response.content.iter_any():
                 yield data
+        except Exception as exc:
+            error = translate(exc, self._what)
+            if error is None:
+                raise
+            raise error from None
 
     @staticmethod
     def _releaser(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
