@@ -131,6 +131,7 @@ def _serve_uvicorn(settings: Settings) -> None:
         log_level="warning",
         server_header=False,
         date_header=False,
+        proxy_headers=False,
         backlog=2048,
     )
 
