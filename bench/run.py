@@ -19,6 +19,7 @@ import datetime as _dt
 import json
 import os
 import re
+import resource
 import secrets
 import shlex
 import shutil
@@ -53,6 +54,7 @@ TARGET_OVERHEAD_P50_MS = 0.5
 TARGET_OVERHEAD_P99_MS = 3.0
 TARGET_RATIO_STREAM_C50 = 10.0
 TARGET_RSS_MB = 150.0
+NOISE_PCT = 15.0  # CPU used by processes the harness did not start, in % of one core
 
 T0 = time.monotonic()
 
@@ -176,6 +178,33 @@ def tree_cpu(root: int) -> dict[int, int]:
     """CPU ticks (user+system) of every live process in the tree of root."""
     stats = _all_stats()
     return {pid: stats[pid][1] for pid in proc_tree(root, stats)}
+
+
+def harness_cpu_s(roots: list[int]) -> float:
+    """CPU seconds of the process trees of several roots, from one scan of /proc."""
+    stats = _all_stats()
+    pids: set[int] = set()
+    for r in roots:
+        pids.update(proc_tree(r, stats))
+    return sum(stats[p][1] for p in pids) / CLK_TCK
+
+
+def system_busy_s() -> float:
+    """Busy CPU seconds of the whole machine (all cores) from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / CLK_TCK
+
+
+def children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def self_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def cpu_delta(before: dict[int, int], after: dict[int, int]) -> dict[int, float]:
@@ -496,6 +525,8 @@ class Bench:
         self.wrk_commands: list[str] = []
         self.smoke: list[dict[str, Any]] = []
         self.problems: list[str] = []
+        self.idle_check_pct: float | None = None
+        self.noise: list[str] = []  # runs during which other processes used > NOISE_PCT of a core
         self.systems_meta: dict[str, dict[str, Any]] = {}
         self.mocks: dict[str, System] = {}
         self.deadline = T0 + args.max_minutes * 60.0
@@ -685,6 +716,20 @@ class Bench:
 
     # ---------------------------------------------------------------- one wrk run
 
+    def settle(self, quiet_pct: float = 5.0, limit: float = 15.0) -> None:
+        """Wait until everything the harness started is idle (a server may still be draining
+        requests that the previous wrk run queued but no longer waits for)."""
+        roots = [p.pid for _n, p in REG.procs if p.poll() is None]
+        t_end = time.monotonic() + limit
+        prev = harness_cpu_s(roots)
+        while time.monotonic() < t_end:
+            time.sleep(0.25)
+            cur = harness_cpu_s(roots)
+            if (cur - prev) / 0.25 * 100 < quiet_pct:
+                return
+            prev = cur
+        self.problems.append(f"processes still busy {limit:.0f}s after a run (settle timeout)")
+
     def wrk(
         self,
         s: System,
@@ -715,9 +760,15 @@ class Bench:
             str(lua),
             s.url + "/v1/chat/completions",
         ]
+        self.settle()
+        own_roots = [p.pid for _n, p in REG.procs if p.pid != s.pid and p.poll() is None]
+        own0 = harness_cpu_s(own_roots)
+        sys0, kids0, self0 = system_busy_s(), children_cpu_s(), self_cpu_s()
         before = tree_cpu(s.pid)
         rc, out = run_capture(cmd, timeout=dur + self.a.wrk_timeout + 30)
         after = tree_cpu(s.pid)
+        sys1, kids1, self1 = system_busy_s(), children_cpu_s(), self_cpu_s()
+        own1 = harness_cpu_s(own_roots)
         if not record:
             return None
         self.wrk_commands.append(shlex.join(cmd))
@@ -726,6 +777,11 @@ class Bench:
         for pid, sec in per_pid.items():
             s.cpu_seen[pid] = s.cpu_seen.get(pid, 0.0) + sec
         cpu = sum(per_pid.values())
+        # CPU that neither the server, the mocks, wrk nor this script used: other work on the machine
+        foreign = (sys1 - sys0) - cpu - (own1 - own0) - (kids1 - kids0) - (self1 - self0)
+        wall = r["duration_s"] or dur
+        r["foreign_cpu_pct"] = round(max(0.0, foreign) / wall * 100, 1)
+        r["sibling_cpu_pct"] = round(max(0.0, own1 - own0) / wall * 100, 1)  # our other servers, mocks
         s.sample_rss()
         r.update(
             system=s.label,
@@ -753,6 +809,8 @@ class Bench:
         if not r["server_alive"]:
             flags.append("server process died")
         r["flags"] = flags
+        if r["foreign_cpu_pct"] > NOISE_PCT:
+            self.noise.append(f"{r['foreign_cpu_pct']:.0f}% during {s.label} {scenario} c={conc} round {rnd}")
         self.cells.append(r)
         p50 = f"{r['p50_ms']:.3f}" if r["p50_ms"] is not None else "-"
         p99 = f"{r['p99_ms']:.3f}" if r["p99_ms"] is not None else "-"
@@ -802,6 +860,7 @@ class Bench:
         if not self.a.no_litellm:
             self.litellm_version, self.litellm_notes = ensure_litellm()
             log(f"LiteLLM {self.litellm_version} ready in {LITELLM_VENV}")
+        self.check_idle()
         concs = self.a.concurrency
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}]}
         sbody = dict(body, stream=True)
@@ -834,6 +893,24 @@ class Bench:
         for m in (mock0, mock50):
             self.stop(m)
         return 0
+
+    def check_idle(self, seconds: float = 2.0) -> None:
+        """Record how busy the machine is before anything starts (and with --wait-idle, wait for
+        it to calm down): numbers taken while tests or other servers run on the same cores are
+        not worth quoting."""
+        t_end = time.monotonic() + self.a.wait_idle
+        while True:
+            sys0, self0 = system_busy_s(), self_cpu_s()
+            time.sleep(seconds)
+            busy = max(0.0, system_busy_s() - sys0 - (self_cpu_s() - self0)) / seconds * 100
+            if busy <= NOISE_PCT or time.monotonic() >= t_end:
+                break
+            log(f"machine busy ({busy:.0f}% of a core used by other processes); waiting (--wait-idle)")
+        self.idle_check_pct = round(busy, 1)
+        if busy > NOISE_PCT:
+            msg = f"machine busy before the run: {busy:.0f}% of a core used by other processes"
+            self.problems.append(msg)
+            log("WARNING " + msg)
 
     def _start_systems(self, phase: str, mock: System, with_litellm: bool = True) -> list[System]:
         systems: list[System] = []
@@ -890,6 +967,7 @@ def summarize(cells: list[dict[str, Any]]) -> dict[tuple[str, str, int, str], di
             "requests": sum(r["requests"] for r in rs),
             "errors": sum(r["error_count"] for r in rs),
             "flags": sorted({f for r in rs for f in r["flags"]}),
+            "foreign_cpu_pct_max": max(r.get("foreign_cpu_pct", 0.0) for r in rs),
         }
     return out
 
@@ -972,6 +1050,10 @@ def build_report(
         f"{a.workers} workers per system; wrk -t1 --timeout {a.wrk_timeout:g}s"
     )
     w(f"- machine: {mach['nproc']} cores, {mach['cpu']}, {mach['memory']} RAM, {mach['kernel']}")
+    w(
+        f"- CPU used by other processes in the 2 s before the run: {fnum(b.idle_check_pct, '{:.0f}')}% "
+        f"of a core (above {NOISE_PCT:.0f}% the numbers are noisy)"
+    )
     w("- versions: " + "; ".join(f"{k} {v}" for k, v in ver.items()))
     w("- load generator, mock, and servers share the same cores (wrk -t1 takes up to one core itself).")
     w("")
@@ -1001,13 +1083,15 @@ def build_report(
         w("")
         w(
             "Medians over rounds. `ratio` = sluicegate req/s ÷ LiteLLM req/s in the same cell. "
-            "CPU = CPU-seconds of the server's whole process tree per 1,000 completed requests."
+            "CPU = CPU-seconds of the server's whole process tree per 1,000 completed requests. "
+            "`other CPU %` = the most CPU (in % of one core) that processes this harness did not start "
+            "used during any round of the cell; above 15 the cell is noisy."
         )
         w("")
         hdr = "| c | system | req/s | p50 ms | p99 ms | CPU s/1k req | ratio vs LiteLLM |"
         if scen == "pass-50ms":
             hdr += " overhead p50 ms | overhead p99 ms |"
-        hdr += " errors |"
+        hdr += " errors | req/s per round | other CPU % |"
         w(hdr)
         w("|" + "---|" * (hdr.count("|") - 1))
         for k in keys:
@@ -1029,7 +1113,8 @@ def build_report(
                 else:
                     row += " - | - |"
             err = str(r["errors"]) + (" ⚠ " + "; ".join(r["flags"]) if r["flags"] else "")
-            row += f" {err} |"
+            row += f" {err} | {', '.join(f'{x:,.0f}' for x in r['rps_all'])} | "
+            row += f"{r['foreign_cpu_pct_max']:.0f} |"
             w(row)
         w("")
     keys = sorted(k for k in summ if k[0] == "server-compare")
@@ -1155,6 +1240,8 @@ def build_report(
         "summary": [
             dict(group=k[0], scenario=k[1], concurrency=k[2], system=k[3], **v) for k, v in summ.items()
         ],
+        "idle_check_other_cpu_pct": b.idle_check_pct,
+        "noisy_runs": b.noise,
         "cells": b.cells,
         "systems": b.systems_meta,
         "smoke": b.smoke,
@@ -1269,7 +1356,7 @@ def targets(
 
 def console_table(summ: dict[tuple[str, str, int, str], dict[str, Any]], ll: str | None) -> list[str]:
     rows = [
-        f"{'scenario':18s} {'c':>4s} {'system':30s} {'req/s':>10s} {'p50 ms':>9s} {'p99 ms':>9s} "
+        f"{'scenario':26s} {'c':>4s} {'system':30s} {'req/s':>10s} {'p50 ms':>9s} {'p99 ms':>9s} "
         f"{'cpu s/1k':>9s} {'ratio':>7s} {'err':>5s}"
     ]
     for k in sorted(summ, key=lambda k: (k[0], k[1], k[2], _order(summ[k]["kind"]), k[3])):
@@ -1278,7 +1365,7 @@ def console_table(summ: dict[tuple[str, str, int, str], dict[str, Any]], ll: str
         ratio = f"{r['rps'] / llr['rps']:.1f}x" if (r["kind"] == "sluicegate" and llr and llr["rps"]) else ""
         scen = k[1] + (f"/{k[0]}" if k[0] else "")
         rows.append(
-            f"{scen:18s} {k[2]:>4d} {k[3][:30]:30s} {fnum(r['rps']):>10s} {fms(r['p50_ms']):>9s} "
+            f"{scen:26s} {k[2]:>4d} {k[3][:30]:30s} {fnum(r['rps']):>10s} {fms(r['p50_ms']):>9s} "
             f"{fms(r['p99_ms']):>9s} {fnum(r['cpu_s_per_1k'], '{:.3f}'):>9s} {ratio:>7s} "
             f"{r['errors']:>5d}" + (" FLAGGED" if r["flags"] else "")
         )
@@ -1328,12 +1415,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wrk-timeout", type=float, default=10.0, help="wrk --timeout seconds")
     p.add_argument("--litellm-start-timeout", type=float, default=180.0)
     p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds for other processes to leave the CPU before starting",
+    )
+    p.add_argument(
         "--max-minutes", type=float, default=None, help="hard time budget; later cells are skipped"
     )
     p.add_argument(
         "--sluicegate-cmd",
         default=str(ROOT / ".venv" / "bin" / "sluicegate"),
-        help="command that runs the sluicegate CLI (tests of the harness use bench/standin)",
+        help="command that runs the sluicegate CLI (default: .venv/bin/sluicegate)",
     )
     p.add_argument(
         "--mock-cmd",
@@ -1382,6 +1476,12 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted")
     finally:
         REG.stop_all()
+    if b.noise:
+        b.problems.append(
+            f"noise: in {len(b.noise)} of {len(b.cells)} measured runs other processes used more than "
+            f"{NOISE_PCT:.0f}% of a core (worst: {max(b.noise, key=lambda x: float(x.split('%')[0]))}); "
+            "see `foreign_cpu_pct` in results.json"
+        )
     if b.problems and rc == 0:
         status = "complete, with problems (see below)"
     mach = machine()
