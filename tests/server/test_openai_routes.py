@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +263,27 @@ def test_stream_error_before_first_byte_is_plain_json(server: GatewayServer, ups
     status, headers, raw = post(server.url, "/v1/chat/completions", chat_body(stream=True))
     assert status == 502 and headers["content-type"] == "application/json"
     assert error_of(raw)["type"] == "server_error"
+
+
+def test_client_leaving_mid_stream_stops_the_relay(server: GatewayServer, upstream: MockUpstream) -> None:
+    """A client that hangs up mid-stream ends the relay; the call is recorded as a 499."""
+    upstream.behave(chunks=30, chunk_interval_ms=100)
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps(chat_body(stream=True)),
+        {"content-type": "application/json"},
+    )
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.read1(1024).startswith(b"data: ")
+    conn.sock.close()
+    conn.close()
+    counters = server.app.gateway.counters
+    deadline = time.monotonic() + 5
+    while counters.errors.get("client_disconnected") != 1:
+        assert time.monotonic() < deadline, f"no disconnect recorded: {counters.snapshot()}"
+        time.sleep(0.05)
+    assert counters.requests == 1
