@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -91,9 +92,9 @@ async def test_store_rejects_bad_labels(store: KeyStore) -> None:
 async def test_dev_mode_context(settings: Settings) -> None:
     """Without required keys, every request is the local org, whatever the header."""
     auth = Authenticator(settings, None)
-    ctx = await auth.context(None, "chat", "ann")
+    ctx = auth.context(await auth.authenticate(None), "chat", "ann")
     assert (ctx.org, ctx.user, ctx.feature, ctx.key_id) == ("local", "ann", "chat", None)
-    ctx = await auth.context("Bearer whatever", None, None)
+    ctx = auth.context(await auth.authenticate("Bearer whatever"), None, None)
     assert ctx.feature == "default" and ctx.user is None
 
 
@@ -101,29 +102,29 @@ async def test_context_from_body(settings: Settings) -> None:
     """Headers win; otherwise metadata.feature, metadata.user, then the body's user."""
     auth = Authenticator(settings, None)
     body = {"user": "u-body", "metadata": {"feature": "insights", "user": "u-meta"}}
-    ctx = await auth.context(None, None, None, body)
+    ctx = auth.context(await auth.authenticate(None), None, None, body)
     assert (ctx.feature, ctx.user) == ("insights", "u-meta")
-    ctx = await auth.context(None, "chat", "u-header", body)
+    ctx = auth.context(await auth.authenticate(None), "chat", "u-header", body)
     assert (ctx.feature, ctx.user) == ("chat", "u-header")
-    ctx = await auth.context(None, None, None, {"user": "u-body"})
+    ctx = auth.context(await auth.authenticate(None), None, None, {"user": "u-body"})
     assert ctx.user == "u-body"
 
 
 async def test_unknown_feature_is_rejected(settings: Settings) -> None:
     """A feature that is not configured is a 400 naming the known ones."""
     with pytest.raises(InvalidRequest, match="okr-template"):
-        await Authenticator(settings, None).context(None, "nope", None)
+        Authenticator(settings, None).context(None, "nope", None)
 
 
 async def test_keys_required(tmp_path: Path, store: KeyStore) -> None:
     """With keys required: missing, malformed, unknown and revoked keys are 401s."""
     auth = Authenticator(keyed_settings(tmp_path), store)
     key, record = await store.create("acme", user="default-user")
-    ctx = await auth.context(f"Bearer {key}", "chat", None)
+    ctx = auth.context(await auth.authenticate(f"Bearer {key}"), "chat", None)
     assert (ctx.org, ctx.user, ctx.key_id) == ("acme", "default-user", record.id)
     for header in (None, "", "Basic abc", "Bearer ", "Bearer sk-sg-unknown"):
         with pytest.raises(AuthenticationFailed):
-            await auth.context(header, None, None)
+            await auth.authenticate(header)
 
 
 async def test_revocation_reaches_a_cached_key_after_the_ttl(tmp_path: Path, store: KeyStore) -> None:
@@ -131,12 +132,12 @@ async def test_revocation_reaches_a_cached_key_after_the_ttl(tmp_path: Path, sto
     now = [1000.0]
     auth = Authenticator(keyed_settings(tmp_path, key_cache_seconds=30), store, clock=lambda: now[0])
     key, record = await store.create("acme")
-    await auth.context(f"Bearer {key}", None, None)
+    await auth.authenticate(f"Bearer {key}")
     await store.revoke(record.id)
-    await auth.context(f"Bearer {key}", None, None)  # still cached
+    assert await auth.authenticate(f"Bearer {key}") is not None  # still cached
     now[0] += 31
     with pytest.raises(AuthenticationFailed):
-        await auth.context(f"Bearer {key}", None, None)
+        await auth.authenticate(f"Bearer {key}")
 
 
 def test_admin_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,3 +151,28 @@ def test_admin_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(AuthenticationFailed):
         auth.check_admin("Bearer wrong")
     assert os.environ["SLUICEGATE_ADMIN_KEY"] == "admin-secret"
+
+
+def test_workers_starting_together_share_one_pepper(tmp_path: Path) -> None:
+    """Concurrent first uses of the data folder all end with the same, complete pepper."""
+    for attempt in range(20):
+        settings = mock_settings(data_dir=tmp_path / str(attempt))
+        barrier = threading.Barrier(4)
+        results: list[bytes] = []
+
+        def start(
+            settings: Settings = settings,
+            barrier: threading.Barrier = barrier,
+            results: list[bytes] = results,
+        ) -> None:
+            barrier.wait()
+            results.append(load_pepper(settings))
+
+        threads = [threading.Thread(target=start) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(set(results)) == 1
+        assert len(results[0]) == 64
+        assert [p.name for p in (tmp_path / str(attempt)).iterdir()] == ["pepper"]

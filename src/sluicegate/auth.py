@@ -10,6 +10,7 @@ development org and the ``Authorization`` header is ignored.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -57,16 +58,20 @@ def load_pepper(settings: Settings) -> bytes:
     if value:
         return value.encode()
     path = pepper_path(settings)
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fresh = secrets.token_hex(32).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(fresh)
-    return fresh
+    if not path.exists():
+        # Several workers may start at once: each writes a private file and links it into
+        # place, which fails if another got there first, so every worker reads the same pepper.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".pepper.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_hex(32).encode())
+            with contextlib.suppress(FileExistsError):
+                os.link(scratch, path)
+        finally:
+            scratch.unlink()
+    return path.read_bytes().strip()
 
 
 @dataclass(slots=True, frozen=True)
@@ -200,14 +205,27 @@ class Authenticator:
         self._admin_key = admin.encode() if admin else None
         self._admin_env = settings.auth.admin_key_env
 
-    async def context(
+    async def authenticate(self, authorization: str | None) -> KeyRecord | None:
+        """The caller's key, checked before anything else is read; None when keys are not required.
+
+        Raises `AuthenticationFailed` for a missing, malformed, unknown or revoked key.
+        """
+        if not self._require_keys:
+            return None
+        return await self._lookup(_bearer(authorization))
+
+    def context(
         self,
-        authorization: str | None,
+        key: KeyRecord | None,
         feature: str | None,
         user: str | None,
         body: dict[str, Any] | None = None,
     ) -> RequestContext:
-        """Resolve who the request is for; raise `AuthenticationFailed` or `InvalidRequest`."""
+        """Who the request is for: the key's org, and the feature and user from headers or body.
+
+        Headers win over the body's ``metadata.feature`` / ``metadata.user``, then ``user``,
+        then the key's own user. Raises `InvalidRequest` for a feature not configured.
+        """
         if body is not None:
             metadata = body.get("metadata")
             if isinstance(metadata, dict):
@@ -222,10 +240,9 @@ class Authenticator:
                 param="feature",
                 code="unknown_feature",
             )
-        if not self._require_keys:
+        if key is None:
             return RequestContext(self._dev_org, user, feature, None)
-        record = await self._lookup(_bearer(authorization))
-        return RequestContext(record.org, user or record.user, feature, record.id)
+        return RequestContext(key.org, user or key.user, feature, key.id)
 
     async def _lookup(self, key: str) -> KeyRecord:
         now = self._clock()

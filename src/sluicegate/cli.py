@@ -98,6 +98,8 @@ def serve(
             await migrate(engine)
         finally:
             await engine.dispose()
+        if settings.auth.require_keys:
+            load_pepper(settings)  # made once here rather than by racing workers
 
     _run(prepare())
     # Migrated once here, so that the workers do not race each other to do it.

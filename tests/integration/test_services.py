@@ -59,5 +59,5 @@ async def test_gateway_on_postgres(database_url: str, tmp_path: Path) -> None:
         result = gw.probes.snapshot()["database"]
         assert result is not None and result.up
         key, _ = await gw.keys.create("acme")
-        ctx = await gw.authenticator.context(f"Bearer {key}", None, None)
+        ctx = gw.authenticator.context(await gw.authenticator.authenticate(f"Bearer {key}"), None, None)
         assert ctx.org == "acme"

@@ -287,3 +287,17 @@ def test_client_leaving_mid_stream_stops_the_relay(server: GatewayServer, upstre
         assert time.monotonic() < deadline, f"no disconnect recorded: {counters.snapshot()}"
         time.sleep(0.05)
     assert counters.requests == 1
+
+
+def test_key_is_checked_before_the_body(upstream: MockUpstream, tmp_path: Path) -> None:
+    """With keys required, a caller without a valid key gets 401 whatever its body holds."""
+    settings = mock_settings(upstream.url, data_dir=tmp_path, auth={"require_keys": True})
+    with GatewayServer(settings) as gw:
+        for body in (b"{not json", chat_body(model="no-such-model"), b"x" * (2 * 1024 * 1024)):
+            status, _, raw = post(gw.url, "/v1/chat/completions", body)
+            assert status == 401
+            assert error_of(raw)["code"] == "missing_api_key"
+        status, _, raw = post(gw.url, "/v1/chat/completions", chat_body(), {"x-sluicegate-feature": "nope"})
+        assert status == 401
+        assert "okr-template" not in error_of(raw)["message"]
+    assert upstream.calls == []

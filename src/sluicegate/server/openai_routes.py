@@ -30,9 +30,11 @@ def forwarder(kind: CallKind) -> Handler:
     """The handler that runs one ``kind`` of call through the gateway and sends the reply."""
 
     async def forward(gateway: Gateway, request: Request) -> None:
+        # The key first: an unauthenticated caller learns nothing from the body's errors.
+        key = await gateway.authenticator.authenticate(request.authorization)
         body = await read_json(request, gateway.settings.server.max_body_bytes)
-        context = await gateway.authenticator.context(
-            request.authorization, request.feature, request.user, body if isinstance(body, dict) else None
+        context = gateway.authenticator.context(
+            key, request.feature, request.user, body if isinstance(body, dict) else None
         )
         reply = await gateway.send(gateway.new_call(kind, body, context, request.request_id))
         if reply.stream is None:

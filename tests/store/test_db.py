@@ -1,0 +1,40 @@
+"""The SQL engine, migrations and the ping probe, on SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from sluicegate.store.db import create_engine, migrate, ping
+
+
+async def test_sqlite_folder_is_created(tmp_path: Path) -> None:
+    """The embedded default's folder is made when the engine is created."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'deep' / 'er' / 'db.sqlite'}")
+    assert (tmp_path / "deep" / "er").is_dir()
+    await engine.dispose()
+
+
+async def test_migrate_is_idempotent_and_creates_the_tables(tmp_path: Path) -> None:
+    """Migrating twice leaves the schema at head with the virtual_keys table."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    await migrate(engine)
+    await migrate(engine)
+    async with engine.connect() as conn:
+        tables = await conn.run_sync(lambda sync: inspect(sync).get_table_names())
+    assert {"virtual_keys", "alembic_version"} <= set(tables)
+    await engine.dispose()
+
+
+async def test_ping(tmp_path: Path) -> None:
+    """ping succeeds on a reachable database and raises on an unreachable one."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    await ping(engine)
+    await engine.dispose()
+    missing = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'ro' / 'nope' / 'db.sqlite'}")
+    (tmp_path / "ro" / "nope").rmdir()
+    with pytest.raises(Exception, match="unable to open"):
+        await ping(missing)
+    await missing.dispose()
