@@ -34,6 +34,6 @@ async def test_ping(tmp_path: Path) -> None:
     await ping(engine)
     await engine.dispose()
     unreachable = create_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         await ping(unreachable)
     await unreachable.dispose()
