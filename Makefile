@@ -5,7 +5,7 @@ PYTHON ?= python3
 # Byte-compiled modules start faster; some environments switch them off.
 RUN := env -u PYTHONDONTWRITEBYTECODE
 
-.PHONY: serve test lint format types check bench bench-quick mock-upstream clean
+.PHONY: serve test lint format types check bench bench-quick mock-upstream wrk clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,10 +41,15 @@ test: lint types  ## lint, types and the whole test suite
 
 check: test
 
-bench: $(VENV)/.installed-dev  ## full benchmark against LiteLLM (about 15 minutes)
+# wrk comes from Debian's packages; the harness installs LiteLLM into its own venv itself.
+wrk:
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| { echo "install wrk (Debian/Ubuntu: apt-get install wrk)"; exit 1; }
+
+bench: $(VENV)/.installed-dev wrk  ## full benchmark against LiteLLM (about 13 minutes)
 	$(RUN) $(PY) bench/run.py
 
-bench-quick: $(VENV)/.installed-dev  ## short benchmark (about a minute)
+bench-quick: $(VENV)/.installed-dev wrk  ## short benchmark (about a minute and a half)
 	$(RUN) $(PY) bench/run.py --quick
 
 clean:
