@@ -1274,6 +1274,16 @@ def targets(
         bad = any(c and c["kind"] == "sluicegate" and c["errors"] for c in cs)
         return ("PASS" if ok and not bad else "MISS") + flag(*cs)
 
+    def ratio_target(
+        what: str, target: float, g: dict[str, Any] | None, l_: dict[str, Any] | None
+    ) -> tuple[str, str, str]:
+        label = f"{what}: ≥ {target:.0f}x LiteLLM"
+        if not (g and l_ and l_["rps"] and g["rps"] is not None):
+            return (label, "LiteLLM not measured", "n/a")
+        ratio = g["rps"] / l_["rps"]
+        measured = f"{ratio:,.1f}x ({g['rps']:,.0f} vs {l_['rps']:,.0f})"
+        return (label, measured, verdict(ratio >= target, g, l_))
+
     g, l_ = cell("pass-0ms", primary), cell("pass-0ms", ll)
     if g and g["rps"] is not None:
         out.append(
@@ -1285,19 +1295,7 @@ def targets(
         )
     else:
         out.append((f"pass-through 0 ms c=50: ≥ {TARGET_RPS_0MS_C50:,.0f} req/s", "not measured", "MISS"))
-    if g and l_ and l_["rps"]:
-        ratio = g["rps"] / l_["rps"]
-        out.append(
-            (
-                f"pass-through 0 ms c=50: ≥ {TARGET_RATIO_0MS_C50:.0f}x LiteLLM",
-                f"{ratio:,.1f}x ({g['rps']:,.0f} vs {l_['rps']:,.0f})",
-                verdict(ratio >= TARGET_RATIO_0MS_C50, g, l_),
-            )
-        )
-    else:
-        out.append(
-            (f"pass-through 0 ms c=50: ≥ {TARGET_RATIO_0MS_C50:.0f}x LiteLLM", "LiteLLM not measured", "n/a")
-        )
+    out.append(ratio_target("pass-through 0 ms c=50", TARGET_RATIO_0MS_C50, g, l_))
     g, m = cell("pass-50ms", primary), cell("pass-50ms", "mock direct (50 ms)")
     if g and m and None not in (g["p50_ms"], m["p50_ms"], g["p99_ms"], m["p99_ms"]):
         o50, o99 = g["p50_ms"] - m["p50_ms"], g["p99_ms"] - m["p99_ms"]
@@ -1317,20 +1315,11 @@ def targets(
         )
     else:
         out.append(("50 ms c=50 overhead p50/p99", "not measured", "MISS"))
-    g, l_ = cell("stream-8", primary), cell("stream-8", ll)
-    if g and l_ and l_["rps"] and g["rps"] is not None:
-        ratio = g["rps"] / l_["rps"]
-        out.append(
-            (
-                f"streaming c=50: ≥ {TARGET_RATIO_STREAM_C50:.0f}x LiteLLM",
-                f"{ratio:,.1f}x ({g['rps']:,.0f} vs {l_['rps']:,.0f})",
-                verdict(ratio >= TARGET_RATIO_STREAM_C50, g, l_),
-            )
+    out.append(
+        ratio_target(
+            "streaming c=50", TARGET_RATIO_STREAM_C50, cell("stream-8", primary), cell("stream-8", ll)
         )
-    else:
-        out.append(
-            (f"streaming c=50: ≥ {TARGET_RATIO_STREAM_C50:.0f}x LiteLLM", "LiteLLM not measured", "n/a")
-        )
+    )
     # RSS: every process of the primary sluicegate that served traffic (≥ 2 % of its measured CPU)
     meta = b.systems_meta.get(primary)
     if meta:
