@@ -104,3 +104,13 @@ async def test_context_is_recorded(settings: Settings) -> None:
         200,
     )
     assert event.usage is not None and event.usage.total_tokens > 0
+
+
+async def test_request_ids_are_unique_across_gateways(settings: Settings) -> None:
+    """Each gateway (one per worker) has its own id prefix; ids never repeat."""
+    first, second = create_gateway(settings), create_gateway(settings)
+    ids = [g.new_request_id() for g in (first, second) for _ in range(1000)]
+    assert len(set(ids)) == 2000
+    assert all(i.startswith("req_") and len(i) == 28 for i in ids)
+    await first.aclose()
+    await second.aclose()

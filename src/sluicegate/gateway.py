@@ -14,7 +14,6 @@ Build one with `create_gateway(settings)` and pass it explicitly; nothing here i
 from __future__ import annotations
 
 import itertools
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -36,30 +35,9 @@ from .store.redis import create_redis
 from .upstream.providers import Provider, build_providers
 from .upstream.router import ModelCatalog, SendToProvider
 
-__all__ = ["Gateway", "create_gateway", "new_request_id"]
+__all__ = ["Gateway", "create_gateway"]
 
 Send = Callable[[Call], Awaitable[Reply]]
-
-
-class _RequestIds:
-    """Request ids: a random per-process prefix and a counter, unique across workers without
-    asking the OS for randomness on every request. A forked child draws a new prefix."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.prefix = "req_" + secrets.token_hex(6)
-        self.counter = itertools.count(1)
-
-
-_ids = _RequestIds()
-os.register_at_fork(after_in_child=_ids.reset)
-
-
-def new_request_id() -> str:
-    """A request id unique across processes: ``req_`` and 24 hex digits."""
-    return f"{_ids.prefix}{next(_ids.counter):012x}"
 
 
 class Gateway:
@@ -92,6 +70,14 @@ class Gateway:
         self.probes = HealthProbes(probes, interval=settings.server.status_probe_interval_s)
         self.started_at = time.time()
         self._default_context = RequestContext(settings.auth.dev_org)
+        # Request ids: a random prefix per gateway (each server worker builds its own) and a
+        # counter, so that no request asks the OS for randomness.
+        self._id_prefix = "req_" + secrets.token_hex(6)
+        self._id_counter = itertools.count(1)
+
+    def new_request_id(self) -> str:
+        """A request id unique across gateways and workers: ``req_`` and 24 hex digits."""
+        return f"{self._id_prefix}{next(self._id_counter):012x}"
 
     @property
     def keys(self) -> KeyStore:
@@ -147,7 +133,7 @@ class Gateway:
             body,
             self.catalog.resolve(model),
             context or self._default_context,
-            request_id or new_request_id(),
+            request_id or self.new_request_id(),
             stream,
             time.perf_counter(),
         )

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from ..config import Settings, load_settings
 from ..errors import MethodNotAllowed, NotFound, SluicegateError
-from ..gateway import Gateway, create_gateway, new_request_id
+from ..gateway import Gateway, create_gateway
 from . import admin_routes, openai_routes
 from .http import Receive, Request, Scope, Send, send_error, send_json
 
@@ -48,7 +48,7 @@ class SluicegateApp:
             if scope["type"] == "lifespan":
                 await self._lifespan(receive, send)
             return
-        request = Request.from_asgi(scope, receive, send, new_request_id())
+        request = Request.from_asgi(scope, receive, send, self.gateway.new_request_id())
         try:
             methods = self._find(scope["path"])
             handler = methods.get(scope["method"]) if methods is not None else None
