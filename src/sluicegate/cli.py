@@ -13,6 +13,7 @@ import uvicorn
 import uvloop
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._version import __version__
 from .auth import KeyStore, load_pepper
@@ -70,13 +71,22 @@ def _settings(config: Path | None, **server: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
-async def _with_keys(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
+async def _migrated(settings: Settings, action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Bring the schema up to date, then run ``action`` on the engine."""
     engine = create_engine(settings.database.url)
     try:
         await migrate(engine)
-        return await action(KeyStore(engine, load_pepper(settings)))
+        return await action(engine)
     finally:
         await engine.dispose()
+
+
+async def _with_keys(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
+    return await _migrated(settings, lambda engine: action(KeyStore(engine, load_pepper(settings))))
+
+
+async def _nothing(engine: AsyncEngine) -> None:
+    return None
 
 
 @app.command()
@@ -91,17 +101,9 @@ def serve(
 ) -> None:
     """Run the gateway."""
     settings = _settings(config, host=host, port=port, workers=workers, implementation=server)
-    engine = create_engine(settings.database.url)
-
-    async def prepare() -> None:
-        try:
-            await migrate(engine)
-        finally:
-            await engine.dispose()
-        if settings.auth.require_keys:
-            load_pepper(settings)  # made once here rather than by racing workers
-
-    _run(prepare())
+    _run(_migrated(settings, _nothing))
+    if settings.auth.require_keys:
+        load_pepper(settings)  # made once here rather than by racing workers
     # Migrated once here, so that the workers do not race each other to do it.
     os.environ["SLUICEGATE_DATABASE__MIGRATE_ON_START"] = "false"
     cfg = settings.server

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Awaitable, Callable
 
 from ..config import Settings, load_settings
 from ..errors import MethodNotAllowed, NotFound, SluicegateError
 from ..gateway import Gateway, create_gateway
 from . import admin_routes, openai_routes
 from .http import Receive, Request, Scope, Send, send_error, send_json
+from .openai_routes import Handler
 
 __all__ = ["SluicegateApp", "app_from_environment", "create_app"]
 
 logger = logging.getLogger("sluicegate.server")
-
-Handler = Callable[[Gateway, Request], Awaitable[None]]
 
 
 class SluicegateApp:

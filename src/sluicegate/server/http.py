@@ -38,7 +38,6 @@ _WANTED = frozenset(
         b"content-length",
         b"x-sluicegate-feature",
         b"x-sluicegate-user",
-        b"if-none-match",
     }
 )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import aiohttp
 from yarl import URL
@@ -67,6 +67,14 @@ def translate(exc: Exception, what: str) -> SluicegateError | None:
     if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientResponseError):
         return UpstreamUnavailable(f"{what}: could not reach the upstream ({exc})")
     return None
+
+
+def _raise_upstream(exc: Exception, what: str) -> NoReturn:
+    """Raise the sluicegate error for ``exc``, or ``exc`` itself when it has none."""
+    error = translate(exc, what)
+    if error is None:
+        raise exc
+    raise error from None
 
 
 class AiohttpTransport:
@@ -137,10 +145,7 @@ class AiohttpTransport:
             finally:
                 response.release()
         except Exception as exc:
-            error = translate(exc, self._what)
-            if error is None:
-                raise
-            raise error from None
+            _raise_upstream(exc, self._what)
         return UpstreamResponse(response.status, response.headers, body)
 
     async def _iterate(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
@@ -148,10 +153,7 @@ class AiohttpTransport:
             async for data in response.content.iter_any():
                 yield data
         except Exception as exc:
-            error = translate(exc, self._what)
-            if error is None:
-                raise
-            raise error from None
+            _raise_upstream(exc, self._what)
 
     @staticmethod
     def _releaser(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
