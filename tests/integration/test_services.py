@@ -11,7 +11,7 @@ from sluicegate.auth import KeyStore
 from sluicegate.store.db import create_engine, migrate
 from sluicegate.testing import mock_settings
 
-pytestmark = pytest.mark.filterwarnings("default::pytest.PytestWarning")
+pytestmark = pytest.mark.filterwarnings("default:SKIPPING:pytest.PytestWarning")
 
 
 @pytest.mark.redis
