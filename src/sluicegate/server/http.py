@@ -35,7 +35,10 @@ JSON = b"application/json"
 _WANTED = frozenset(
     {
         b"authorization",
+        b"cache-control",
         b"content-length",
+        b"if-none-match",
+        b"origin",
         b"x-sluicegate-feature",
         b"x-sluicegate-user",
     }
@@ -54,6 +57,9 @@ class Request:
     content_length: int | None = None
     feature: str | None = None
     user: str | None = None
+    cache_control: str | None = None
+    if_none_match: str | None = None
+    origin: str | None = None
 
     @classmethod
     def from_asgi(cls, scope: Scope, receive: Receive, send: Send, request_id: str) -> Request:
@@ -70,6 +76,12 @@ class Request:
                 request.feature = value.decode("latin-1") or None
             elif name == b"x-sluicegate-user":
                 request.user = value.decode("latin-1") or None
+            elif name == b"cache-control":
+                request.cache_control = value.decode("latin-1")
+            elif name == b"if-none-match":
+                request.if_none_match = value.decode("latin-1")
+            elif name == b"origin":
+                request.origin = value.decode("latin-1")
         return request
 
 
