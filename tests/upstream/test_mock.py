@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
 from sluicegate.config import MockBehaviour
 from sluicegate.errors import UpstreamStreamBroken
@@ -495,3 +496,259 @@ async def test_transport_hang_is_cancelled_by_timeout() -> None:
         async with asyncio.timeout(0.05):
             await transport.send(request())
     await transport.aclose()
+
+
+# tools and structured output
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
+    "required": ["city", "unit", "days"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER, "strict": True}},
+    {
+        "type": "function",
+        "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+    },
+]
+PLAN = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string"},
+        "steps": {"type": "array", "items": {"$ref": "#/$defs/Step"}, "minItems": 1},
+    },
+    "required": ["title", "steps"],
+    "additionalProperties": False,
+    "$defs": {"Step": {"type": "object", "properties": {"done": {"type": "boolean"}}, "required": ["done"]}},
+}
+JSON_SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "plan", "schema": PLAN, "strict": True}}
+AFTER_TOOL = [
+    *MESSAGES,
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees"},
+]
+
+
+def message_of(reply: MockReply) -> dict[str, Any]:
+    """The message of a whole chat reply."""
+    message: dict[str, Any] = orjson.loads(reply.body)["choices"][0]["message"]
+    return message
+
+
+def called(reply: MockReply) -> str | None:
+    """The name of the tool a whole chat reply calls, or None."""
+    calls = message_of(reply).get("tool_calls")
+    return calls[0]["function"]["name"] if calls else None
+
+
+def test_tool_call_reply_shape() -> None:
+    """With tools offered the answer is one tool call, no content, finishing with "tool_calls"."""
+    body = orjson.loads(chat(MockEngine(), tools=TOOLS).body)
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    assert choice["message"]["role"] == "assistant"
+    (call,) = choice["message"]["tool_calls"]
+    assert set(call) == {"id", "type", "function"}
+    assert call["id"].startswith("call_")
+    assert call["type"] == "function"
+    assert call["function"]["name"] == "get_weather"
+    Draft202012Validator(WEATHER).validate(orjson.loads(call["function"]["arguments"]))
+
+
+def test_tool_arguments_are_deterministic_per_prompt() -> None:
+    """The same request gets the same arguments; another prompt gets other ones."""
+    first = message_of(chat(MockEngine(), tools=TOOLS))["tool_calls"][0]
+    again = message_of(chat(MockEngine(), tools=TOOLS))["tool_calls"][0]
+    other = message_of(
+        MockEngine().reply(
+            "POST",
+            CHAT,
+            orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": TOOLS}),
+        )
+    )["tool_calls"][0]
+    assert first == again
+    assert (first["id"], first["function"]["arguments"]) != (other["id"], other["function"]["arguments"])
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "expected"),
+    [
+        (None, "get_weather"),
+        ("auto", "get_weather"),
+        ("required", "get_weather"),
+        ("none", None),
+        ({"type": "function", "function": {"name": "get_time"}}, "get_time"),
+    ],
+)
+def test_tool_choice_picks_the_tool(tool_choice: Any, expected: str | None) -> None:
+    """auto and required call the first tool, a named choice calls that one, none calls nothing."""
+    extra = {} if tool_choice is None else {"tool_choice": tool_choice}
+    reply = chat(MockEngine(), tools=TOOLS, **extra)
+    assert called(reply) == expected
+    if expected is None:
+        assert message_of(reply)["content"] == mock_answer(MESSAGES)
+
+
+def test_tool_without_parameters_gets_an_empty_object() -> None:
+    """A function with no parameters schema is called with "{}"."""
+    tool = {"type": "function", "function": {"name": "ping"}}
+    assert message_of(chat(MockEngine(), tools=[tool]))["tool_calls"][0]["function"]["arguments"] == "{}"
+
+
+def test_empty_tools_answer_prose() -> None:
+    """An empty tools list is no tool at all."""
+    assert message_of(chat(MockEngine(), tools=[]))["content"] == mock_answer(MESSAGES)
+
+
+def test_after_a_tool_result_auto_answers_prose() -> None:
+    """With the tool's result as the last message, auto answers the user in prose."""
+    body = {"model": "m", "messages": AFTER_TOOL, "tools": TOOLS}
+    reply = MockEngine().reply("POST", CHAT, orjson.dumps(body))
+    assert called(reply) is None
+    assert message_of(reply)["content"] == mock_answer(AFTER_TOOL)
+    assert orjson.loads(reply.body)["choices"][0]["finish_reason"] == "stop"
+
+
+def test_after_a_tool_result_required_still_calls() -> None:
+    """A forced tool_choice calls a tool even after a tool result, as the real API does."""
+    body = {"model": "m", "messages": AFTER_TOOL, "tools": TOOLS, "tool_choice": "required"}
+    assert called(MockEngine().reply("POST", CHAT, orjson.dumps(body))) == "get_weather"
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
+        ({"tools": {"a": 1}}, "tools"),
+        ({"tools": [{"type": "function", "function": {"parameters": {}}}]}, "name"),
+        ({"tools": [{"type": "custom", "custom": {"name": "x"}}]}, "function"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"schema": PLAN}}}, "name"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": []}}}, "schema"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"enum": []}},
+                }
+            },
+            "enum",
+        ),
+    ],
+)
+def test_bad_tools_or_response_format_is_400(extra: dict[str, Any], words: str) -> None:
+    """Malformed tools, tool_choice or response_format, or an unsatisfiable schema, is a 400."""
+    reply = chat(MockEngine(), **extra)
+    assert reply.status == 400
+    assert error_of(reply)["type"] == "invalid_request_error"
+    assert words in error_of(reply)["message"]
+
+
+def test_json_object_answers_a_json_object() -> None:
+    """response_format json_object answers content that parses as a JSON object of words."""
+    reply = chat(MockEngine(), response_format={"type": "json_object"})
+    content = orjson.loads(message_of(reply)["content"])
+    assert isinstance(content, dict)
+    assert content
+    assert orjson.loads(reply.body)["choices"][0]["finish_reason"] == "stop"
+
+
+def test_json_schema_answers_fitting_json() -> None:
+    """response_format json_schema answers content that validates against the schema."""
+    content = orjson.loads(message_of(chat(MockEngine(), response_format=JSON_SCHEMA_FORMAT))["content"])
+    Draft202012Validator(PLAN).validate(content)
+
+
+def test_text_response_format_answers_prose() -> None:
+    """response_format text changes nothing."""
+    assert message_of(chat(MockEngine(), response_format={"type": "text"}))["content"] == mock_answer(
+        MESSAGES
+    )
+
+
+def test_tool_call_wins_over_response_format() -> None:
+    """With both, a chosen tool is called; after its result the answer follows the format."""
+    assert called(chat(MockEngine(), tools=TOOLS, response_format=JSON_SCHEMA_FORMAT)) == "get_weather"
+    body = {"model": "m", "messages": AFTER_TOOL, "tools": TOOLS, "response_format": JSON_SCHEMA_FORMAT}
+    content = message_of(MockEngine().reply("POST", CHAT, orjson.dumps(body)))["content"]
+    Draft202012Validator(PLAN).validate(orjson.loads(content))
+
+
+def test_json_usage_counts_four_characters_a_token() -> None:
+    """JSON and tool arguments count about one token per four characters; the schema counts as prompt."""
+    body = orjson.loads(chat(MockEngine(), response_format=JSON_SCHEMA_FORMAT).body)
+    content = body["choices"][0]["message"]["content"]
+    assert body["usage"]["completion_tokens"] == math.ceil(len(content) / 4)
+    assert body["usage"]["prompt_tokens"] > orjson.loads(chat(MockEngine()).body)["usage"]["prompt_tokens"]
+    tool_body = orjson.loads(chat(MockEngine(), tools=TOOLS).body)
+    arguments = tool_body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    assert tool_body["usage"]["completion_tokens"] == math.ceil(len(arguments) / 4)
+
+
+def test_token_limit_cuts_json_with_length() -> None:
+    """A token limit cuts JSON mid-way, as a real model's would be, and finishes with "length"."""
+    whole = message_of(chat(MockEngine(), response_format=JSON_SCHEMA_FORMAT))["content"]
+    body = orjson.loads(chat(MockEngine(), response_format=JSON_SCHEMA_FORMAT, max_tokens=2).body)
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["choices"][0]["message"]["content"] == whole[:8]
+    assert body["usage"]["completion_tokens"] == 2
+
+
+def tool_deltas(reply: MockReply) -> list[dict[str, Any]]:
+    """The deltas of a streamed reply, one a chunk, without the usage chunk."""
+    return [payload["choices"][0]["delta"] for payload in events_json(reply) if payload["choices"]]
+
+
+def test_stream_tool_call_chunks() -> None:
+    """A streamed tool call opens with its id and name, sends argument pieces, and finishes "tool_calls"."""
+    engine = MockEngine()
+    whole = message_of(chat(engine, tools=TOOLS))["tool_calls"][0]
+    reply = chat(engine, tools=TOOLS, stream=True)
+    deltas = tool_deltas(reply)
+    assert deltas[0] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"index": 0, **whole, "function": {"name": "get_weather", "arguments": ""}}],
+    }
+    middle = deltas[1:-1]
+    assert len(middle) > 1
+    assert all(
+        list(d) == ["tool_calls"] and list(d["tool_calls"][0]) == ["index", "function"] for d in middle
+    )
+    assert (
+        "".join(d["tool_calls"][0]["function"]["arguments"] for d in middle) == whole["function"]["arguments"]
+    )
+    assert deltas[-1] == {}
+    assert events_json(reply)[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_stream_tool_call_honours_chunks_and_usage() -> None:
+    """`chunks` sets the number of argument chunks, and the usage matches the whole reply."""
+    engine = MockEngine(MockBehaviour(chunks=3))
+    reply = chat(engine, tools=TOOLS, stream=True, stream_options={"include_usage": True})
+    assert len(tool_deltas(reply)) == 1 + 3 + 1
+    assert events_json(reply)[-1]["usage"] == orjson.loads(chat(engine, tools=TOOLS).body)["usage"]
+
+
+def test_stream_json_content_in_pieces() -> None:
+    """Streamed JSON content arrives in several pieces that join to the whole answer."""
+    whole = message_of(chat(MockEngine(), response_format=JSON_SCHEMA_FORMAT))["content"]
+    reply = chat(MockEngine(), response_format=JSON_SCHEMA_FORMAT, stream=True)
+    assert events_json(reply)[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert len(content_events(reply)) > 1
+    assert "".join(content_events(reply)) == whole
+    assert events_json(reply)[-1]["choices"][0]["finish_reason"] == "stop"

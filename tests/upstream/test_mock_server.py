@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
+import openai
 import orjson
+import pydantic
 import pytest
 
 from sluicegate.testing import MockUpstream
@@ -191,3 +194,74 @@ async def test_malformed_http_is_400(upstream: MockUpstream) -> None:
     writer.close()
     await writer.wait_closed()
     assert head.startswith(b"HTTP/1.1 400")
+
+
+# the real openai SDK: structured output and tools
+
+
+class Step(pydantic.BaseModel):
+    """One step of a plan."""
+
+    action: str
+    done: bool
+
+
+class Plan(pydantic.BaseModel):
+    """A structured answer with a nested model, a list, bounds and a date."""
+
+    title: str
+    steps: list[Step]
+    effort_days: int = pydantic.Field(ge=1, le=10)
+    due: datetime.date
+    owner: str | None
+
+
+class GetWeather(pydantic.BaseModel):
+    """Get the weather for a city."""
+
+    city: str
+    unit: Literal["celsius", "fahrenheit"]
+
+
+def completions(client: openai.OpenAI) -> Any:
+    """The SDK's chat completions with parse and stream: out of beta since openai 1.92."""
+    return (
+        client.chat.completions if hasattr(client.chat.completions, "parse") else client.beta.chat.completions
+    )
+
+
+def test_openai_sdk_parses_structured_output(upstream: MockUpstream) -> None:
+    """The SDK's parse with a pydantic response_format gets a parsed, valid model back."""
+    with openai.OpenAI(base_url=upstream.url, api_key="anything", max_retries=0) as client:
+        completion = completions(client).parse(model="gpt-4o-mini", messages=MESSAGES, response_format=Plan)
+    plan = completion.choices[0].message.parsed
+    assert isinstance(plan, Plan)
+    assert plan.steps
+    assert upstream.calls[-1].body is not None
+    assert upstream.calls[-1].body["response_format"]["type"] == "json_schema"
+
+
+def test_openai_sdk_parses_a_tool_call(upstream: MockUpstream) -> None:
+    """A strict pydantic_function_tool is called with arguments the SDK parses into the model."""
+    with openai.OpenAI(base_url=upstream.url, api_key="anything", max_retries=0) as client:
+        completion = completions(client).parse(
+            model="gpt-4o-mini", messages=MESSAGES, tools=[openai.pydantic_function_tool(GetWeather)]
+        )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "GetWeather"
+    assert isinstance(call.function.parsed_arguments, GetWeather)
+
+
+def test_openai_sdk_streams_a_tool_call(upstream: MockUpstream) -> None:
+    """The SDK's stream helper assembles the streamed tool call into the same parsed arguments."""
+    tools = [openai.pydantic_function_tool(GetWeather)]
+    with openai.OpenAI(base_url=upstream.url, api_key="anything", max_retries=0) as client:
+        whole = completions(client).parse(model="gpt-4o-mini", messages=MESSAGES, tools=tools)
+        with completions(client).stream(model="gpt-4o-mini", messages=MESSAGES, tools=tools) as stream:
+            streamed = stream.get_final_completion()
+    (call,) = streamed.choices[0].message.tool_calls or []
+    assert streamed.choices[0].finish_reason == "tool_calls"
+    assert call.function.parsed_arguments == whole.choices[0].message.tool_calls[0].function.parsed_arguments

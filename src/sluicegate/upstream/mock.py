@@ -1,15 +1,15 @@
 """The built-in mock provider: deterministic OpenAI-shaped answers with injectable faults.
 
-`MockEngine` decides every reply (content, usage, timing, faults) with no I/O. Two faces serve
-its replies: `MockTransport`, in-process, for the library and tests, and
-`sluicegate.upstream.mock_server`, a real HTTP server for benchmarks and fault tests.
+`MockEngine` decides every reply (content, usage, timing, faults) with no I/O; what the assistant
+says (prose, JSON or a tool call) comes from `mock_replies`. Two faces serve its replies:
+`MockTransport`, in-process, for the library and tests, and `sluicegate.upstream.mock_server`, a
+real HTTP server for benchmarks and fault tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import math
 import random
 import struct
@@ -23,52 +23,11 @@ import orjson
 
 from ..config import Latency, MockBehaviour
 from ..errors import UpstreamStreamBroken, UpstreamTimeout
+from .mock_replies import MockRequestError, Turn, digest, mock_answer, plan_turn
 from .transport import UpstreamRequest, UpstreamResponse
 
 __all__ = ["MockCall", "MockEngine", "MockReply", "MockTransport", "mock_answer"]
 
-_WORDS = (
-    "align",
-    "ambitious",
-    "baseline",
-    "clarity",
-    "customer",
-    "deliver",
-    "drive",
-    "engage",
-    "focus",
-    "growth",
-    "impact",
-    "improve",
-    "increase",
-    "initiative",
-    "insight",
-    "key",
-    "launch",
-    "learn",
-    "measure",
-    "milestone",
-    "momentum",
-    "objective",
-    "outcome",
-    "pipeline",
-    "priority",
-    "quality",
-    "quarter",
-    "reduce",
-    "result",
-    "retention",
-    "revenue",
-    "roadmap",
-    "scale",
-    "ship",
-    "signal",
-    "sprint",
-    "stretch",
-    "target",
-    "team",
-    "velocity",
-)
 _JSON_HEADERS = {"content-type": "application/json"}
 _SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 _DONE = b"data: [DONE]\n\n"
@@ -76,22 +35,8 @@ _MAX_DIMENSIONS = 4096
 _MEMO_SIZE = 1024
 
 
-def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=32).digest()
-
-
 def _estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
-
-
-def mock_answer(messages: list[Any], words: int | None = None) -> str:
-    """The deterministic answer the mock gives to ``messages``."""
-    prompt = orjson.dumps(messages).decode()
-    digest = _digest(prompt)
-    count = words or 12 + digest[0] % 24
-    picked = [_WORDS[(digest[(i % 31) + 1] + 7 * i) % len(_WORDS)] for i in range(count)]
-    picked[0] = picked[0].capitalize()
-    return " ".join(picked) + "."
 
 
 @dataclass(slots=True)
@@ -223,24 +168,22 @@ class MockEngine:
         if not isinstance(messages, list) or not messages or not isinstance(model, str):
             return _error(400, "mock: model and messages are required", "invalid_request_error", None)
         b = self._behaviour
+        try:
+            turn = plan_turn(payload, b.answer_words)
+        except MockRequestError as exc:
+            return _error(400, f"mock: {exc}", "invalid_request_error", None)
         limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
-        words = mock_answer(messages, b.answer_words).split(" ")
-        finish = "stop"
-        if isinstance(limit, int) and 0 < limit < len(words):
-            words, finish = words[:limit], "length"
-        prompt_tokens = 3 + sum(4 + _estimate_tokens(orjson.dumps(m).decode()) for m in messages)
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(words),
-            "total_tokens": prompt_tokens + len(words),
-        }
-        ident = "chatcmpl-mock-" + _digest(orjson.dumps(messages).decode()).hex()[:24]
+        pieces, finish = turn.pieces, turn.finish_reason
+        if isinstance(limit, int) and 0 < limit < len(pieces):
+            pieces, finish = pieces[:limit], "length"
+        usage = _usage(payload, messages, len(pieces))
+        ident = "chatcmpl-mock-" + digest(orjson.dumps(messages).decode()).hex()[:24]
         created = int(time.time())
         if payload.get("stream") is True:
             options = payload.get("stream_options")
             with_usage = isinstance(options, dict) and options.get("include_usage") is True
             events = _stream_events(
-                ident, created, model, words, finish, usage if with_usage else None, b.chunks
+                ident, created, model, turn, pieces, finish, usage if with_usage else None, b.chunks
             )
             return MockReply(
                 200,
@@ -250,7 +193,7 @@ class MockEngine:
                 interval_s=b.chunk_interval_ms / 1000,
                 drop_after=b.drop_after_chunks,
             )
-        message = {"role": "assistant", "content": " ".join(words), "refusal": None}
+        message = turn.message("".join(pieces))
         body = {
             "id": ident,
             "object": "chat.completion",
@@ -303,8 +246,19 @@ def _loads_or_none(body: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _usage(payload: dict[str, Any], messages: list[Any], completion_tokens: int) -> dict[str, int]:
+    # Tool definitions and a response schema are part of what a model reads.
+    read = [*messages, *(payload[k] for k in ("tools", "response_format") if payload.get(k))]
+    prompt_tokens = 3 + sum(4 + _estimate_tokens(orjson.dumps(m).decode()) for m in read)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
 def _embedding(text: str, dims: int) -> list[float]:
-    seed = _digest(text)
+    seed = digest(text)
     raw = [((seed[i % 32] ^ (i * 37)) % 255) / 127.0 - 1.0 for i in range(dims)]
     norm = math.sqrt(sum(x * x for x in raw)) or 1.0
     return [x / norm for x in raw]
@@ -314,16 +268,16 @@ def _stream_events(
     ident: str,
     created: int,
     model: str,
-    words: list[str],
+    turn: Turn,
+    pieces: list[str],
     finish: str,
     usage: dict[str, int] | None,
     chunks: int | None,
 ) -> tuple[bytes, ...]:
-    count = min(chunks or len(words), len(words))
-    # Spread the words evenly, so that exactly `count` content chunks are sent.
-    bounds = [round(i * len(words) / count) for i in range(count + 1)]
-    pieces = [" ".join(words[bounds[i] : bounds[i + 1]]) for i in range(count)]
-    pieces = [p if i == 0 else " " + p for i, p in enumerate(pieces)]
+    count = min(chunks or len(pieces), len(pieces))
+    # Spread the pieces evenly, so that exactly `count` content (or arguments) chunks are sent.
+    bounds = [round(i * len(pieces) / count) for i in range(count + 1)]
+    parts = ["".join(pieces[bounds[i] : bounds[i + 1]]) for i in range(count)]
     base: dict[str, Any] = {
         "id": ident,
         "object": "chat.completion.chunk",
@@ -336,8 +290,8 @@ def _stream_events(
     def event(choices: list[Any], **extra: Any) -> bytes:
         return b"data: " + orjson.dumps({**base, "choices": choices, **extra}) + b"\n\n"
 
-    out = [event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
-    out += [event([{"index": 0, "delta": {"content": p}, "finish_reason": None}]) for p in pieces]
+    out = [event([{"index": 0, "delta": turn.first_delta(), "finish_reason": None}])]
+    out += [event([{"index": 0, "delta": turn.delta(p), "finish_reason": None}]) for p in parts]
     out.append(event([{"index": 0, "delta": {}, "finish_reason": finish}]))
     if usage is not None:
         out.append(event([], usage=usage))
