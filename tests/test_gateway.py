@@ -38,7 +38,9 @@ async def test_chat_is_deterministic(gateway: Gateway) -> None:
 async def test_stream_chat(gateway: Gateway) -> None:
     """stream_chat() yields chunks whose deltas make up the whole answer, without the usage chunk."""
     whole = await gateway.chat(model="gpt-4o-mini", messages=MESSAGES)
-    chunks = [c async for c in gateway.stream_chat(model="gpt-4o-mini", messages=MESSAGES)]
+    # no_cache: read the upstream again rather than the entry the first call stored.
+    fresh = {"no_cache": True}
+    chunks = [c async for c in gateway.stream_chat(model="gpt-4o-mini", messages=MESSAGES, cache=fresh)]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     assert text == whole["choices"][0]["message"]["content"]
     assert all(c["choices"] for c in chunks)

@@ -6,16 +6,23 @@ Validation checks only the fields sluicegate uses (``model``, ``messages``, ``st
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, SluicegateError
 
-if TYPE_CHECKING:
-    from .upstream.sse import SseRelay
-
-__all__ = ["Call", "CallKind", "ModelRoute", "Reply", "RequestContext", "Usage", "validate_body"]
+__all__ = [
+    "CacheControl",
+    "Call",
+    "CallKind",
+    "ModelRoute",
+    "Reply",
+    "ReplyStream",
+    "RequestContext",
+    "Usage",
+    "validate_body",
+]
 
 CallKind = Literal["chat", "embeddings"]
 
@@ -60,6 +67,21 @@ class Usage:
         return cls(prompt, completion, total if isinstance(total, int) else prompt + completion)
 
 
+@dataclass(slots=True, frozen=True)
+class CacheControl:
+    """What the client asked of the cache, from ``Cache-Control`` and the body's ``cache`` object."""
+
+    no_cache: bool = False
+    no_store: bool = False
+    max_age: int | None = None
+    ttl: int | None = None
+    tags: tuple[str, ...] = ()
+    if_none_match: str | None = None
+
+
+NO_DIRECTIVES = CacheControl()
+
+
 @dataclass(slots=True)
 class Call:
     """One request on its way through the pipeline."""
@@ -71,16 +93,43 @@ class Call:
     request_id: str
     stream: bool = False
     started: float = 0.0
+    cache: CacheControl = NO_DIRECTIVES
+
+
+class ReplyStream(Protocol):
+    """A stream of client-ready SSE bytes; once it has ended, its ``usage``, ``done`` and ``error``."""
+
+    usage: Usage | None
+    done: bool
+    error: SluicegateError | None
+    first_chunk_at: float | None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        """Iterate over the SSE bytes."""
+        ...
+
+    def on_close(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback`` with the stream once it has ended, however it ended."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop the stream and release what it holds."""
+        ...
 
 
 @dataclass(slots=True)
 class Reply:
-    """The answer: the upstream's ``body`` as is, or a ``stream`` of client-ready SSE bytes."""
+    """The answer: the upstream's ``body`` as is, or a ``stream`` of client-ready SSE bytes.
+
+    ``headers`` are sent to an HTTP client as they are (the cache's ``X-Sluicegate-Cache``,
+    ``Age``, ``ETag``…); ``status`` is 200, or 304 when a browser's copy is still good.
+    """
 
     body: bytes = b""
     usage: Usage | None = None
-    stream: SseRelay | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    stream: ReplyStream | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    status: int = 200
 
 
 def validate_body(kind: CallKind, body: object) -> tuple[str, bool]:

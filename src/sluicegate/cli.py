@@ -1,4 +1,4 @@
-"""The ``sluicegate`` command: serve, mock-upstream, keys."""
+"""The ``sluicegate`` command: serve, mock-upstream, keys, cache, warm."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from . import cli_cache
 from ._version import __version__
 from .auth import KeyStore, load_pepper
 from .config import CONFIG_ENV, MockBehaviour, Settings, load_settings
@@ -35,6 +36,7 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Manage virtual keys (stored as HMAC-SHA256, shown once).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(cli_cache.cache_app, name="cache")
 console = Console(stderr=True)
 out = Console()
 
@@ -258,6 +260,51 @@ def keys_revoke(
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
     console.print(f"revoked key {record.id} of org {record.org}")
+
+
+@cli_cache.cache_app.command("stats")
+def cache_stats(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Hits, misses, hit ratio and tokens saved per feature; entries and bytes per tier."""
+    cli_cache.stats_command(_settings(config), as_json)
+
+
+@cli_cache.cache_app.command("invalidate")
+def cache_invalidate(
+    key: Annotated[str | None, typer.Option(help="One entry's full key.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Every entry stored with this tag.")] = None,
+    feature: Annotated[str | None, typer.Option(help="Every entry of this feature.")] = None,
+    org: Annotated[str | None, typer.Option(help="Every entry of this org (its users' too).")] = None,
+    user: Annotated[str | None, typer.Option(help="Every entry of this user.")] = None,
+    model: Annotated[str | None, typer.Option(help="Every entry of this model.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Delete matching entries from every tier; running servers forget them at once."""
+    match = {"key": key, "tag": tag, "feature": feature, "org": org, "user": user, "model": model}
+    cli_cache.invalidate_command(_settings(config), match)
+
+
+@cli_cache.cache_app.command("bump")
+def cache_bump(
+    feature: Annotated[str, typer.Argument(help="The feature whose entries all become unreachable.")],
+    config: ConfigOption = None,
+) -> None:
+    """Bump a feature's namespace version: every older entry is unreachable at once, everywhere."""
+    cli_cache.bump_command(_settings(config), feature)
+
+
+@app.command("warm")
+def warm(
+    file: Annotated[Path, typer.Argument(help="JSON Lines: one request per line, with feature, org, user.")],
+    concurrency: cli_cache.ConcurrencyOption = 4,
+    max_requests: cli_cache.MaxOption = None,
+    dry_run: cli_cache.DryRunOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Warm the cache from a file of requests, skipping entries that are already fresh."""
+    cli_cache.warm_command(_settings(config), file, concurrency, max_requests, dry_run)
 
 
 @app.command()

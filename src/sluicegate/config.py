@@ -155,7 +155,7 @@ class FeatureCache(Frozen):
     scope: Scope = Field("org", description="who shares an entry: everyone, the org, or one user")
     tiers: tuple[Tier, ...] = Field(ALL_TIERS, min_length=1)
     cache_temperature: bool = Field(False, description="cache answers to requests with temperature > 0")
-    cache_truncated: bool = Field(False, description="cache answers cut by max_tokens (finish_reason: length)")
+    cache_truncated: bool = Field(False, description="cache answers cut by max_tokens")
     cache_tool_calls: bool = Field(False, description="cache answers that call tools")
     cost_aware: bool = Field(True, description="scale the TTL by the answer's cost and popularity")
     stale_while_revalidate_s: int = Field(0, ge=0, description="serve this long past expiry, refreshing")
@@ -226,7 +226,7 @@ class SqlTierConfig(Frozen):
     """The SQL tier: the ``cache_entries`` table in the gateway's database."""
 
     enabled: bool = True
-    timeout_ms: float = Field(250.0, gt=0, description="each cache read from SQL gives up after this")
+    timeout_ms: float = Field(1000.0, gt=0, description="each cache read from SQL gives up after this")
     purge_interval_s: float = Field(300.0, gt=0, description="how often expired rows are purged")
     purge_batch: int = Field(1000, ge=1, description="rows deleted per purge statement")
     breaker_failures: int = Field(3, ge=1)
@@ -234,7 +234,7 @@ class SqlTierConfig(Frozen):
 
 
 class CostTtlConfig(Frozen):
-    """The cost-aware TTL rule: base × clamp(cost / reference, floor, cap) × popularity, bounded."""
+    """The cost-aware TTL rule: base * clamp(cost / reference, floor, cap) * popularity, bounded."""
 
     reference_usd: float = Field(0.001, gt=0, description="the cost at which the multiplier is 1")
     max_multiplier: float = Field(5.0, gt=0)

@@ -4,9 +4,9 @@ The pipeline, outermost first (stages not yet built are marked with where they w
 
     RecordEvents            observe: one frozen event per call
       [admit]               rate limit and budget reservation
-      [cache]               L1 → L2 → L3, single-flight
-      [fallback, breaker, retry]
-        SendToProvider      route the call to its provider's transport
+      ServeFromCache        in-process → Redis → SQL, single-flight (when cache.enabled)
+        [fallback, breaker, retry]
+          SendToProvider    route the call to its provider's transport
 
 Build one with `create_gateway(settings)` and pass it explicitly; nothing here is global.
 """
@@ -24,8 +24,12 @@ import orjson
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .accounting.pricing import PriceBook
 from .auth import Authenticator, KeyStore, load_pepper
-from .calls import Call, CallKind, Reply, RequestContext, validate_body
+from .cache.layered import LayeredCache
+from .cache.policy import parse_body_cache, parse_cache_control
+from .cache.stage import ServeFromCache
+from .calls import NO_DIRECTIVES, CacheControl, Call, CallKind, Reply, RequestContext, validate_body
 from .config import Settings
 from .errors import UpstreamError
 from .observe.events import Counters, EventSink, RecordEvents
@@ -62,8 +66,13 @@ class Gateway:
         if settings.auth.require_keys:
             self._keys = KeyStore(engine, load_pepper(settings))
         self.authenticator = Authenticator(settings, self._keys)
+        self.cache: LayeredCache | None = None
+        inner: Send = SendToProvider(providers)
+        if settings.cache.enabled:
+            self.cache = LayeredCache(settings, engine, redis)
+            inner = ServeFromCache(inner, self.cache, PriceBook())
         # `send` is the pipeline itself, so that a call costs no extra coroutine level.
-        self.send: Send = RecordEvents(SendToProvider(providers), sink or self.counters)
+        self.send: Send = RecordEvents(inner, sink or self.counters)
         probes: dict[str, Callable[[], Awaitable[Any]]] = {"database": lambda: ping(engine)}
         if redis is not None:
             probes["redis"] = redis.ping
@@ -92,10 +101,14 @@ class Gateway:
             await migrate(self.engine)
         await self.probes.check_once()
         self.probes.start()
+        if self.cache is not None:
+            await self.cache.start()
 
     async def aclose(self) -> None:
-        """Stop background work and release connections."""
+        """Stop background work, flush the cache's pending writes, and release connections."""
         await self.probes.stop()
+        if self.cache is not None:
+            await self.cache.aclose()
         for provider in self.providers.values():
             await provider.aclose()
         if self.redis is not None:
@@ -122,12 +135,27 @@ class Gateway:
         body: Any,
         context: RequestContext | None = None,
         request_id: str | None = None,
+        *,
+        cache_control: str | None = None,
+        if_none_match: str | None = None,
     ) -> Call:
         """Validate ``body`` and resolve its model; raise `InvalidRequest` or `ModelNotFound`.
 
-        Run the call with ``await gateway.send(call)``.
+        ``cache_control`` and ``if_none_match`` are the request's headers of those names; the
+        body's ``cache`` object is taken out of the body (it never goes upstream). Run the call
+        with ``await gateway.send(call)``.
         """
         model, stream = validate_body(kind, body)
+        directives = NO_DIRECTIVES
+        if cache_control is not None or if_none_match is not None or "cache" in body:
+            directives = parse_cache_control(cache_control)
+            if if_none_match is not None:
+                directives = CacheControl(
+                    directives.no_cache, directives.no_store, directives.max_age, None, (), if_none_match
+                )
+            if "cache" in body:
+                body = dict(body)
+                directives = parse_body_cache(body.pop("cache"), directives)
         return Call(
             kind,
             body,
@@ -136,6 +164,7 @@ class Gateway:
             request_id or self.new_request_id(),
             stream,
             time.perf_counter(),
+            directives,
         )
 
     # The library face

@@ -12,9 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..calls import Call, CallKind, Reply, Usage
+from ..calls import Call, CallKind, Reply, ReplyStream, Usage
 from ..errors import SluicegateError
-from ..upstream.sse import SseRelay
 
 __all__ = ["Counters", "EventSink", "RecordEvents", "RequestEvent"]
 
@@ -119,7 +118,7 @@ class RecordEvents:
             reply.stream.on_close(lambda relay: self._record_stream(call, relay))
         return reply
 
-    def _record_stream(self, call: Call, relay: SseRelay) -> None:
+    def _record_stream(self, call: Call, relay: ReplyStream) -> None:
         error = relay.error
         if error is not None:
             status, code = error.status_code, error.code

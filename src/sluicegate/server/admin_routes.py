@@ -43,6 +43,7 @@ async def status(gateway: Gateway, request: Request) -> None:
         "dependencies": dependencies,
         "providers": {name: {"kind": p.kind} for name, p in gateway.settings.providers.items()},
         "traffic": gateway.counters.snapshot(),
+        "cache": gateway.cache.status() if gateway.cache is not None else {"enabled": False},
     }
     await send_json(request, 200 if ready else 503, orjson.dumps(body))
 

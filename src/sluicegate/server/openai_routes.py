@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from ..calls import CallKind
+from ..calls import CallKind, ReplyStream
 from ..errors import SluicegateError
 from ..gateway import Gateway
-from ..upstream.sse import SseRelay, error_event
+from ..upstream.sse import error_event
 from .http import Request, read_json, send_json
 
 __all__ = ["chat_completions", "embeddings", "models_body"]
@@ -36,11 +36,22 @@ def forwarder(kind: CallKind) -> Handler:
         context = gateway.authenticator.context(
             key, request.feature, request.user, body if isinstance(body, dict) else None
         )
-        reply = await gateway.send(gateway.new_call(kind, body, context, request.request_id))
-        if reply.stream is None:
-            await send_json(request, 200, reply.body)
+        call = gateway.new_call(
+            kind,
+            body,
+            context,
+            request.request_id,
+            cache_control=request.cache_control,
+            if_none_match=request.if_none_match,
+        )
+        reply = await gateway.send(call)
+        headers = [(name.encode(), value.encode("latin-1")) for name, value in reply.headers.items()]
+        if reply.status == 304:
+            await _not_modified(request, headers)
+        elif reply.stream is None:
+            await send_json(request, 200, reply.body, headers)
         else:
-            await _relay(request, reply.stream)
+            await _relay(request, reply.stream, headers)
 
     return forward
 
@@ -52,14 +63,30 @@ embeddings = forwarder("embeddings")
 """``POST /v1/embeddings``."""
 
 
-async def _relay(request: Request, stream: SseRelay) -> None:
+async def _not_modified(request: Request, headers: list[tuple[bytes, bytes]]) -> None:
+    """``304 Not Modified``: the browser's copy is still the answer."""
+    await request.send(
+        {
+            "type": "http.response.start",
+            "status": 304,
+            "headers": [(b"x-request-id", request.request_id.encode()), *headers],
+        }
+    )
+    await request.send({"type": "http.response.body", "body": b""})
+
+
+async def _relay(request: Request, stream: ReplyStream, headers: list[tuple[bytes, bytes]]) -> None:
     """Send the stream as it arrives; end with an error event if it breaks."""
     send = request.send
     await send(
         {
             "type": "http.response.start",
             "status": 200,
-            "headers": [*_SSE_HEADERS, (b"x-request-id", request.request_id.encode())],
+            "headers": [
+                *_SSE_HEADERS,
+                (b"x-request-id", request.request_id.encode()),
+                *(h for h in headers if h[0] != b"cache-control"),
+            ],
         }
     )
     relaying = asyncio.current_task()

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, MetaData, String, Table
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
-__all__ = ["metadata", "virtual_keys"]
+__all__ = ["cache_entries", "cache_namespaces", "cache_stats", "metadata", "virtual_keys"]
 
 metadata = MetaData()
 
@@ -21,4 +33,46 @@ virtual_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     Index("ix_virtual_keys_org", "org"),
+)
+
+# The cache's SQL tier (L3): one row per entry, its payload in the cache's wire form. Times are
+# Unix seconds; `keep_until` (the TTL plus any stale grace) is what the purge uses.
+cache_entries = Table(
+    "cache_entries",
+    metadata,
+    Column("key", String(512), primary_key=True),
+    Column("feature", String(64), nullable=False),
+    Column("org", String(128), nullable=False),
+    Column("user", String(128), nullable=True),
+    Column("model", String(128), nullable=False),
+    Column("namespace", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    # "|tag-a|tag-b|", so that one tag matches with LIKE '%|tag|%'.
+    Column("tags", Text, nullable=False, default=""),
+    Column("hits", BigInteger, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("keep_until", Float, nullable=False),
+    Index("ix_cache_entries_keep_until", "keep_until"),
+    Index("ix_cache_entries_feature", "feature"),
+    Index("ix_cache_entries_org", "org"),
+)
+
+# A feature's namespace version: bumping it makes every older entry unreachable at once.
+cache_namespaces = Table(
+    "cache_namespaces",
+    metadata,
+    Column("feature", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+# Cache counters per feature, summed over every worker and replica (flushed every second).
+cache_stats = Table(
+    "cache_stats",
+    metadata,
+    Column("feature", String(64), primary_key=True),
+    Column("metric", String(32), primary_key=True),
+    Column("value", BigInteger, nullable=False),
 )

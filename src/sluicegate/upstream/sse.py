@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import orjson
 
@@ -46,10 +47,10 @@ class SseRelay:
         self.done = False
         self.error: SluicegateError | None = None
         self.first_chunk_at: float | None = None
-        self._on_close: list[Callable[[SseRelay], None]] = []
+        self._on_close: list[Callable[[Any], None]] = []
         self._closed = False
 
-    def on_close(self, callback: Callable[[SseRelay], None]) -> None:
+    def on_close(self, callback: Callable[[Any], None]) -> None:
         """Call ``callback`` once the stream has ended, however it ended."""
         self._on_close.append(callback)
 

@@ -1,0 +1,1 @@
+"""Accounting: what calls cost."""

@@ -1,0 +1,1 @@
+"""The response cache: keys, policy, tiers, single-flight and the cache stage."""

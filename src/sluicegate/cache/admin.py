@@ -1,0 +1,110 @@
+"""Managing the cache: statistics, deletion, namespace bumps. Used by the admin API and the CLI.
+
+Every change is announced on the invalidation bus before it returns, so every process has
+emptied its in-process tier (and read the new namespace versions) by then.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .keys import KEY_PREFIX, escape
+from .layered import LayeredCache
+from .stats import summarise
+
+__all__ = ["MATCH_FIELDS", "bump", "invalidate", "redis_patterns", "stats"]
+
+MATCH_FIELDS = ("key", "tag", "feature", "org", "user", "model")
+
+
+def redis_patterns(feature: str | None, org: str | None, user: str | None, model: str | None) -> list[str]:
+    """SCAN patterns for the Redis keys of a feature, org, user and/or model."""
+    if user is not None:
+        scopes = [f"u:{escape(org) if org is not None else '*'}:{escape(user)}"]
+    elif org is not None:
+        scopes = [f"o:{escape(org)}", f"u:{escape(org)}:*"]
+    else:
+        scopes = ["*"]
+    feature_part = escape(feature) if feature is not None else "*"
+    model_part = escape(model) if model is not None else "*"
+    return [f"{KEY_PREFIX}{{{scope}}}:{feature_part}:*:{model_part}:*" for scope in scopes]
+
+
+async def stats(cache: LayeredCache) -> dict[str, Any]:
+    """Counters per feature (all processes), and entries and bytes per tier."""
+    await cache.stats.flush()
+    features = summarise(await cache.namespace_store.stats())
+    tiers: dict[str, Any] = {}
+    if cache.memory is not None:
+        tiers["memory"] = {
+            "scope": "this process",
+            "entries": len(cache.memory),
+            "bytes": cache.memory.bytes,
+            "max_bytes": cache.memory.max_bytes,
+        }
+    if cache.redis is not None and cache.redis_guard is not None:
+        redis = cache.redis
+        unknown: tuple[int | None, int | None] = (None, None)
+        entries, size = await cache.redis_guard.run(redis.size, unknown)
+        tiers["redis"] = {"entries": entries, "bytes": size, **cache.redis_guard.status()}
+    if cache.sql is not None and cache.sql_guard is not None:
+        sql = cache.sql
+        per_feature = await cache.sql_guard.run(sql.size, None) or {}
+        tiers["sql"] = {
+            "entries": sum(n for n, _ in per_feature.values()),
+            "bytes": sum(b for _, b in per_feature.values()),
+            "pending_writes": sql.pending,
+            **cache.sql_guard.status(),
+        }
+        for name, (count, size) in per_feature.items():
+            row = features.setdefault(name, {})
+            row["sql_entries"], row["sql_bytes"] = count, size
+    return {"features": features, "tiers": tiers, "namespaces": dict(cache.namespaces)}
+
+
+async def invalidate(cache: LayeredCache, **match: str) -> dict[str, Any]:
+    """Delete the entries of a key, a tag, or a feature, org, user and/or model, in every tier."""
+    match = {k: v for k, v in match.items() if v is not None}
+    deleted: dict[str, int] = {}
+    if cache.memory is not None:
+        deleted["memory"] = cache.memory.delete_where(lambda key, entry: _matches(key, entry, match))
+    if cache.redis is not None:
+        redis = cache.redis
+        if "key" in match:
+            count = await redis.delete_keys([match["key"]])
+        elif "tag" in match:
+            count = await redis.delete_tag(match["tag"])
+        else:
+            keys: list[str] = []
+            for pattern in redis_patterns(
+                match.get("feature"), match.get("org"), match.get("user"), match.get("model")
+            ):
+                keys.extend(await redis.scan(pattern))
+            count = await redis.delete_keys(keys) if keys else 0
+        deleted["redis"] = count
+    if cache.sql is not None:
+        deleted["sql"] = await cache.sql.delete_where(**match)
+    acknowledged = await cache.bus.announce()
+    await cache.reload()
+    return {"deleted": deleted, "match": match, "processes_acknowledged": acknowledged}
+
+
+def _matches(key: str, entry: Any, match: dict[str, str]) -> bool:
+    for name, value in match.items():
+        if name == "key":
+            if key != value:
+                return False
+        elif name == "tag":
+            if value not in entry.tags:
+                return False
+        elif getattr(entry, name) != value:
+            return False
+    return True
+
+
+async def bump(cache: LayeredCache, feature: str) -> dict[str, Any]:
+    """Make every entry of ``feature`` unreachable at once, in every process: a new namespace version."""
+    version = await cache.namespace_store.bump(feature)
+    acknowledged = await cache.bus.announce()
+    await cache.reload()
+    return {"feature": feature, "namespace": version, "processes_acknowledged": acknowledged}

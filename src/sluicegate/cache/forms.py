@@ -1,0 +1,187 @@
+"""Converting a chat answer between its two forms: one JSON body, and a stream of SSE events.
+
+A stored stream answers a plain request with the body assembled from its chunks; a stored
+plain answer answers a streamed request with chunks synthesised from its message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..calls import Usage
+
+__all__ = ["DONE", "assemble", "content_events", "synthesise", "usage_event"]
+
+DONE = b"data: [DONE]\n\n"
+_WORDS_PER_CHUNK = 4
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _parse(event: bytes) -> dict[str, Any] | None:
+    line = event.strip()
+    if not line.startswith(b"data:"):
+        return None
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        return None
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def content_events(data: bytes) -> tuple[list[bytes], bool]:
+    """Split relayed SSE bytes into events, dropping ``[DONE]`` and usage-only events.
+
+    Returns the kept events and whether ``[DONE]`` was seen.
+    """
+    kept: list[bytes] = []
+    done = False
+    for raw in data.split(b"\n\n"):
+        event = raw.strip()
+        if not event:
+            continue
+        if event == b"data: [DONE]" or event == b"data:[DONE]":
+            done = True
+            continue
+        if b'"usage"' in event:
+            payload = _parse(event)
+            if payload is not None and payload.get("usage") and not payload.get("choices"):
+                continue
+        kept.append(event + b"\n\n")
+    return kept, done
+
+
+def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
+    index = delta.get("index", 0)
+    call = calls.setdefault(
+        index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+    )
+    if delta.get("id"):
+        call["id"] = delta["id"]
+    function = delta.get("function") or {}
+    if function.get("name"):
+        call["function"]["name"] += function["name"]
+    if function.get("arguments"):
+        call["function"]["arguments"] += function["arguments"]
+
+
+def assemble(events: tuple[bytes, ...] | list[bytes], usage: Usage | None) -> bytes:
+    """The ``chat.completion`` body that the streamed ``events`` add up to."""
+    head: dict[str, Any] = {}
+    choices: dict[int, dict[str, Any]] = {}
+    tools: dict[int, dict[int, dict[str, Any]]] = {}
+    for event in events:
+        chunk = _parse(event)
+        if chunk is None:
+            continue
+        for name in ("id", "created", "model", "system_fingerprint"):
+            if name in chunk and name not in head:
+                head[name] = chunk[name]
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            state = choices.setdefault(index, {"role": "assistant", "content": None, "refusal": None})
+            delta = choice.get("delta") or {}
+            for field in ("content", "refusal"):
+                if delta.get(field):
+                    state[field] = (state[field] or "") + delta[field]
+            for call in delta.get("tool_calls") or ():
+                _merge_tool_call(tools.setdefault(index, {}), call)
+            if choice.get("finish_reason"):
+                state["finish_reason"] = choice["finish_reason"]
+    out_choices = []
+    for index in sorted(choices):
+        state = choices[index]
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": state["content"],
+            "refusal": state["refusal"],
+        }
+        if index in tools:
+            message["tool_calls"] = [tools[index][i] for i in sorted(tools[index])]
+        out_choices.append(
+            {
+                "index": index,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": state.get("finish_reason"),
+            }
+        )
+    body: dict[str, Any] = {
+        "id": head.get("id", "chatcmpl-sluicegate"),
+        "object": "chat.completion",
+        "created": head.get("created", 0),
+        "model": head.get("model", ""),
+        "choices": out_choices,
+    }
+    if usage is not None:
+        body["usage"] = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        }
+    if "system_fingerprint" in head:
+        body["system_fingerprint"] = head["system_fingerprint"]
+    return orjson.dumps(body)
+
+
+def _pieces(text: str) -> list[str]:
+    words = text.split(" ")
+    return [
+        (" " if i else "") + " ".join(words[i : i + _WORDS_PER_CHUNK])
+        for i in range(0, len(words), _WORDS_PER_CHUNK)
+    ]
+
+
+def synthesise(body: bytes) -> tuple[bytes, ...]:
+    """The ``chat.completion.chunk`` events for a stored plain ``chat.completion`` body."""
+    payload = orjson.loads(body)
+    base = {
+        "id": payload.get("id"),
+        "object": "chat.completion.chunk",
+        "created": payload.get("created"),
+        "model": payload.get("model"),
+    }
+    if "system_fingerprint" in payload:
+        base["system_fingerprint"] = payload["system_fingerprint"]
+    events: list[bytes] = []
+    for choice in payload.get("choices") or ():
+        index = choice.get("index", 0)
+        message = choice.get("message") or {}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, index: int = index) -> bytes:
+            return _event({**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
+
+        events.append(chunk({"role": "assistant", "content": ""}))
+        content = message.get("content")
+        if content:
+            events.extend(chunk({"content": piece}) for piece in _pieces(content))
+        for position, call in enumerate(message.get("tool_calls") or ()):
+            events.append(chunk({"tool_calls": [{"index": position, **call}]}))
+        events.append(chunk({}, choice.get("finish_reason")))
+    return tuple(events)
+
+
+def usage_event(body: bytes, usage: Usage) -> bytes:
+    """The usage-only chunk a client that asked for ``include_usage`` gets last."""
+    payload = orjson.loads(body)
+    return _event(
+        {
+            "id": payload.get("id"),
+            "object": "chat.completion.chunk",
+            "created": payload.get("created"),
+            "model": payload.get("model"),
+            "choices": [],
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+        }
+    )

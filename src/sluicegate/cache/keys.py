@@ -1,0 +1,89 @@
+"""Cache keys: a digest of the canonical request, placed in its tenant scope. Pure, no I/O.
+
+A key reads ``sg:c:{<scope>}:<feature>:<namespace>:<model>:<digest>``. The braces are a Redis
+Cluster hash tag, so every key of one scope (and its single-flight lock) lives in one slot.
+The scope is ``g`` (global), ``o:<org>`` or ``u:<org>:<user>``: two orgs never share an entry
+unless the feature is global, and a user-scoped entry is never another user's.
+
+The digest covers everything that changes the answer: the kind of call, the model (its
+canonical name, so an alias shares its model's entries), every message, the tools, the
+response format and every generation parameter, serialised with sorted keys. Fields that do
+not change the answer are left out, so that a streamed and a plain request share an entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..calls import CallKind, RequestContext
+from ..config import Scope
+
+__all__ = ["IGNORED_FIELDS", "KEY_PREFIX", "CacheKey", "cache_key", "escape", "request_digest", "scope_id"]
+
+KEY_PREFIX = "sg:c:"
+# Fields that do not change the answer; `cache` is sluicegate's own and never goes upstream.
+IGNORED_FIELDS = frozenset({"user", "metadata", "stream", "stream_options", "cache", "model"})
+_UNSAFE = str.maketrans({c: f"%{ord(c):02X}" for c in "%:{}*?[]\\ \n\r\t"})
+
+
+def escape(part: str) -> str:
+    """``part`` with the characters that would break the key layout or a SCAN pattern escaped."""
+    return part.translate(_UNSAFE)
+
+
+@dataclass(slots=True, frozen=True)
+class CacheKey:
+    """Where an entry lives, and the facts it was derived from."""
+
+    key: str
+    scope: str
+    feature: str
+    namespace: int
+    model: str
+    digest: str
+
+    @property
+    def lock(self) -> str:
+        """The single-flight lock's key, in the same hash slot as the entry."""
+        return self.key + ":lock"
+
+
+def request_digest(kind: CallKind, model: str, body: dict[str, Any]) -> str:
+    """The hex digest of the canonical request: kind, model and every field that changes the answer."""
+    canonical = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
+    data = orjson.dumps([kind, model, canonical], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def scope_id(scope: Scope, context: RequestContext) -> str:
+    """The scope part of a key: ``g``, ``o:<org>`` or ``u:<org>:<user>``.
+
+    A user-scoped feature called without a user is scoped to the org's anonymous user, which
+    no named user ever shares.
+    """
+    if scope == "global":
+        return "g"
+    if scope == "org":
+        return "o:" + escape(context.org)
+    return f"u:{escape(context.org)}:{escape(context.user) if context.user else '%00anon'}"
+
+
+def cache_key(
+    kind: CallKind,
+    model: str,
+    body: dict[str, Any],
+    scope: Scope,
+    context: RequestContext,
+    namespace: int,
+) -> CacheKey:
+    """The key of the entry that answers ``body`` for ``context``."""
+    digest = request_digest(kind, model, body)
+    sid = scope_id(scope, context)
+    feature = escape(context.feature)
+    safe_model = escape(model)
+    key = f"{KEY_PREFIX}{{{sid}}}:{feature}:{namespace}:{safe_model}:{digest}"
+    return CacheKey(key, sid, context.feature, namespace, model, digest)

@@ -1,0 +1,253 @@
+"""The tiers together: reads go in-process → Redis → SQL and promote on the way back; writes go to
+every tier the feature uses (the SQL write after the response, flushed at shutdown).
+
+Redis and SQL each run behind a `TierGuard`, so a tier that is down or paused costs a short
+timeout a few times, and then nothing until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..calls import Call
+from ..config import FeatureCache, Settings
+from .entry import Entry
+from .guard import TierGuard
+from .invalidation import Bus, FileBus, RedisBus
+from .keys import CacheKey, cache_key
+from .memory import MemoryTier
+from .redis_tier import RedisTier
+from .sql_tier import SqlTier
+from .stats import CacheStats
+
+__all__ = ["LOCK_HELD", "LOCK_NONE", "LOCK_TAKEN", "LayeredCache"]
+
+LOCK_HELD, LOCK_TAKEN, LOCK_NONE = 0, 1, 2
+_NO_LOOKUP: tuple[Entry | None, int] = (None, LOCK_NONE)
+
+
+class LayeredCache:
+    """Every tier, the namespace versions, the counters and the cache's background work."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        redis: Redis | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        config = settings.cache
+        self.config = config
+        self.clock = clock
+        self.policies = {name: f.cache for name, f in settings.features.items()}
+        self.default_policy = config.default
+        self.memory = MemoryTier(config.memory.max_bytes, clock) if config.memory.enabled else None
+        self.redis: RedisTier | None = None
+        self.redis_guard: TierGuard | None = None
+        if redis is not None and config.redis.enabled:
+            self.redis = RedisTier(redis, config.redis.compress_min_bytes)
+            r = config.redis
+            self.redis_guard = TierGuard("redis", r.timeout_ms / 1000, r.breaker_failures, r.breaker_open_s)
+        self.sql: SqlTier | None = None
+        self.sql_guard: TierGuard | None = None
+        if config.sql.enabled:
+            self.sql = SqlTier(engine, config.redis.compress_min_bytes)
+            s = config.sql
+            self.sql_guard = TierGuard("sql", s.timeout_ms / 1000, s.breaker_failures, s.breaker_open_s)
+        self.namespaces: dict[str, int] = {}
+        self.namespace_store = SqlTier(engine, 0)
+        self.bus: Bus = (
+            RedisBus(redis) if redis is not None else FileBus(Path(settings.data_dir) / "cache-epoch")
+        )
+        self.stats = CacheStats(self._flush_stats)
+        self.flights: dict[str, Any] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._purger: asyncio.Task[None] | None = None
+
+    def policy(self, feature: str) -> FeatureCache:
+        """The feature's cache policy."""
+        return self.policies.get(feature, self.default_policy)
+
+    def key(self, call: Call, policy: FeatureCache) -> CacheKey:
+        """The key of ``call``'s entry under the feature's current namespace version."""
+        ctx = call.context
+        namespace = self.namespaces.get(ctx.feature, 0)
+        return cache_key(call.kind, call.route.name, call.body, policy.scope, ctx, namespace)
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        """Load the namespace versions, and start the bus, the counters and the purge."""
+        await self.reload()
+        await self.bus.start(self.reload)
+        self.stats.start()
+        if self.sql is not None:
+            self._purger = asyncio.get_running_loop().create_task(self._purge_forever())
+
+    async def reload(self) -> None:
+        """Apply an invalidation: fresh namespace versions, and an empty in-process tier."""
+        with contextlib.suppress(Exception):  # the database is down: keep the versions we have
+            self.namespaces = await self.namespace_store.namespaces()
+        if self.memory is not None:
+            self.memory.clear()
+
+    async def aclose(self) -> None:
+        """Finish background work, flush pending SQL writes and counters, stop listening."""
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                async with asyncio.timeout(5):
+                    await task
+        if self.sql is not None:
+            await self.sql.flush()
+        await self.stats.stop()
+        await self.bus.stop()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coroutine`` in the background; shutdown waits for it."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _purge_forever(self) -> None:
+        assert self.sql is not None
+        assert self.sql_guard is not None
+        sql, guard = self.sql, self.sql_guard
+        while True:
+            await asyncio.sleep(self.config.sql.purge_interval_s)
+            with contextlib.suppress(Exception):
+                await guard.run(lambda: sql.purge(self.clock(), self.config.sql.purge_batch), 0)
+
+    async def _flush_stats(self, counts: Any, hits: Any) -> None:
+        if counts:
+            await self.namespace_store.add_stats(counts)
+        if hits and self.redis is not None and self.redis_guard is not None:
+            redis = self.redis
+            await self.redis_guard.run(lambda: redis.add_hits(hits), None)
+        if hits and self.sql is not None and self.sql_guard is not None:
+            sql = self.sql
+            await self.sql_guard.run(lambda: sql.add_hits(hits), None)
+
+    # Reads and writes
+
+    async def lookup(
+        self, key: CacheKey, policy: FeatureCache, lock_token: str | None
+    ) -> tuple[Entry | None, str, int]:
+        """The entry from Redis, then SQL, promoted to the faster tiers, with the tier that had it.
+
+        With ``lock_token``, a miss in Redis also takes the single-flight lock in the same
+        round trip (`LOCK_TAKEN`), or reports that another process holds it (`LOCK_HELD`).
+        """
+        lock_state = LOCK_NONE
+        tiers = policy.tiers
+        if self.redis is not None and self.redis_guard is not None and "redis" in tiers:
+            redis, lease = self.redis, int(self.config.lock_lease_s * 1000)
+            lock = key.lock if lock_token else None
+            entry, lock_state = await self.redis_guard.run(
+                lambda: redis.lookup(key.key, lock, lock_token or "", lease), _NO_LOOKUP
+            )
+            if entry is not None:
+                self._promote(key.key, entry, ("memory",), policy)
+                return entry, "redis", lock_state
+        if self.sql is not None and self.sql_guard is not None and "sql" in tiers:
+            sql = self.sql
+            entry = await self.sql_guard.run(lambda: sql.get(key.key), None)
+            if entry is not None:
+                self._promote(key.key, entry, ("memory", "redis"), policy)
+                if lock_state == LOCK_TAKEN and lock_token is not None:
+                    self.spawn(self.unlock(key, lock_token))
+                    lock_state = LOCK_NONE
+                return entry, "sql", lock_state
+        return None, "", lock_state
+
+    def keep_s(self, entry: Entry, policy: FeatureCache, now: float) -> float:
+        """How long a tier keeps ``entry``: its freshness plus the stale grace, at least 60 s past expiry."""
+        grace = max(policy.stale_while_revalidate_s, policy.stale_if_error_s, 60)
+        return max(1.0, entry.expires_at + grace - now)
+
+    def _promote(self, key: str, entry: Entry, tiers: tuple[str, ...], policy: FeatureCache) -> None:
+        keep = self.keep_s(entry, policy, self.clock())
+        if "memory" in tiers and self.memory is not None and "memory" in policy.tiers:
+            self.memory.put(key, entry, keep)
+        if (
+            "redis" in tiers
+            and self.redis is not None
+            and self.redis_guard is not None
+            and "redis" in policy.tiers
+        ):
+            redis, guard = self.redis, self.redis_guard
+            self.spawn(guard.run(lambda: redis.set(key, entry, keep), None))
+
+    async def store(self, key: str, entry: Entry, policy: FeatureCache) -> None:
+        """Write ``entry`` to every tier of the feature: memory and Redis now, SQL after the response."""
+        keep = self.keep_s(entry, policy, self.clock())
+        tiers = policy.tiers
+        if self.memory is not None and "memory" in tiers:
+            self.memory.put(key, entry, keep)
+        if self.redis is not None and self.redis_guard is not None and "redis" in tiers:
+            redis = self.redis
+            await self.redis_guard.run(lambda: redis.set(key, entry, keep), None)
+        if self.sql is not None and "sql" in tiers:
+            self.sql.enqueue(key, entry, keep)
+
+    async def try_lock(self, key: CacheKey, token: str) -> bool:
+        """Take the key's lock for a background refresh; True when this process may refresh."""
+        if self.redis is None or self.redis_guard is None:
+            return True
+        redis, lease = self.redis, int(self.config.lock_lease_s * 1000)
+        return await self.redis_guard.run(lambda: redis.try_lock(key.lock, token, lease), False)
+
+    async def unlock(self, key: CacheKey, token: str) -> None:
+        """Release the single-flight lock taken by `lookup`."""
+        if self.redis is not None and self.redis_guard is not None:
+            redis = self.redis
+            await self.redis_guard.run(lambda: redis.unlock(key.lock, token), None)
+
+    async def wait_for(self, key: CacheKey, policy: FeatureCache) -> Entry | None:
+        """Wait for another process's leader to store ``key``; None when it gave up or time ran out."""
+        if self.redis is None or self.redis_guard is None:
+            return None
+        redis, guard = self.redis, self.redis_guard
+        delay = 0.005
+        deadline = time.monotonic() + self.config.wait_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+            entry = await guard.run(lambda: redis.get(key.key), None)
+            if entry is not None:
+                self._promote(key.key, entry, ("memory",), policy)
+                return entry
+            if not await guard.run(lambda: redis.lock_held(key.lock), False):
+                return None
+        return None
+
+    def status(self) -> dict[str, object]:
+        """The tiers' state for ``/api/ai/status``: each tier is up, or skipped by its breaker."""
+        tiers: dict[str, object] = {}
+        if self.memory is not None:
+            tiers["memory"] = {"state": "closed", "entries": len(self.memory), "bytes": self.memory.bytes}
+        if self.redis_guard is not None:
+            tiers["redis"] = self.redis_guard.status()
+        if self.sql_guard is not None and self.sql is not None:
+            tiers["sql"] = {**self.sql_guard.status(), "pending_writes": self.sql.pending}
+        return {"enabled": True, "tiers": tiers, "in_flight": len(self.flights)}
+
+    def any_server_tier(self, policy: FeatureCache) -> bool:
+        """Whether the feature keeps entries on the server at all (not only in browsers)."""
+        tiers = policy.tiers
+        return (
+            ("memory" in tiers and self.memory is not None)
+            or ("redis" in tiers and self.redis is not None)
+            or ("sql" in tiers and self.sql is not None)
+        )

@@ -1,0 +1,427 @@
+"""The cache stage: answer from the tiers, or make one upstream call for every identical request.
+
+For each call: bypass what may not be cached; look the key up (in-process, then Redis, which
+also takes the single-flight lock on a miss, then SQL); serve a fresh entry, or a stale one
+while it is refreshed in the background; otherwise join the identical call already in flight
+in this process, wait for another process's leader, or lead: call upstream, store the answer,
+and hand it to the followers. When the upstream fails, a stale entry within the feature's
+``stale_if_error_s`` answers instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from ..accounting.pricing import PriceBook
+from ..calls import CacheControl, Call, Reply, Usage
+from ..config import FeatureCache
+from ..errors import SluicegateError
+from .entry import Entry
+from .forms import assemble, content_events
+from .keys import CacheKey
+from .layered import LOCK_HELD, LOCK_NONE, LOCK_TAKEN, LayeredCache
+from .policy import answer_is_storable, request_is_cacheable, ttl_for
+from .streams import ReplayStream, StreamFlight
+
+__all__ = ["CACHE_HEADER", "ServeFromCache"]
+
+CACHE_HEADER = "x-sluicegate-cache"
+Send = Callable[[Call], Awaitable[Reply]]
+
+
+class Flight:
+    """An upstream call in progress that identical calls in this process wait for or join."""
+
+    __slots__ = ("result", "stream")
+
+    def __init__(self) -> None:
+        self.result: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+        self.stream: StreamFlight | None = None
+
+    def settle(self, entry: Entry | None) -> None:
+        """Hand the answer (None: followers go upstream themselves) to the followers."""
+        if not self.result.done():
+            self.result.set_result(entry)
+
+    def fail(self, error: SluicegateError) -> None:
+        """Hand the leader's error to the followers."""
+        if not self.result.done():
+            self.result.set_exception(error)
+            self.result.exception()  # retrieved: no "never retrieved" warning without followers
+
+
+def _wants_usage(call: Call) -> bool:
+    options = call.body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.blake2b(body, digest_size=10).hexdigest() + '"'
+
+
+class ServeFromCache:
+    """The cache stage; wraps the next stage (routing to the provider)."""
+
+    def __init__(self, send: Send, cache: LayeredCache, prices: PriceBook) -> None:
+        self._send = send
+        self._cache = cache
+        self._prices = prices
+        self._rule = cache.config.ttl
+
+    async def __call__(self, call: Call) -> Reply:
+        cache = self._cache
+        policy = cache.policy(call.context.feature)
+        control = call.cache
+        if not request_is_cacheable(policy, call.kind, call.body):
+            return await self._bypass(call, control)
+        if cache.bus.check():
+            await cache.reload()
+        server = cache.any_server_tier(policy)
+        key = cache.key(call, policy)
+        entry: Entry | None = None
+        tier, lock_state, token = "", LOCK_NONE, ""
+        if server and not control.no_cache:
+            memory = cache.memory
+            if memory is not None and "memory" in policy.tiers:
+                entry = memory.peek(key.key)
+                tier = "memory"
+            if entry is None:
+                token = secrets.token_hex(8) if cache.redis is not None else ""
+                entry, tier, lock_state = await cache.lookup(key, policy, token or None)
+            if entry is not None:
+                now = cache.clock()
+                if entry.fresh(now) and (control.max_age is None or entry.age(now) <= control.max_age):
+                    return self._hit(call, key, entry, tier, policy, control, now)
+                if control.max_age is None and now < entry.expires_at + policy.stale_while_revalidate_s:
+                    self._refresh_in_background(call, key, policy, entry.hits)
+                    cache.stats.count(call.context.feature, "stale")
+                    return self._reply(call, entry, "stale", policy, control, now)
+        return await self._miss(call, key, policy, control, entry, lock_state, token, server)
+
+    # Serving entries
+
+    def _hit(
+        self,
+        call: Call,
+        key: CacheKey,
+        entry: Entry,
+        tier: str,
+        policy: FeatureCache,
+        control: CacheControl,
+        now: float,
+    ) -> Reply:
+        stats = self._cache.stats
+        feature = call.context.feature
+        entry.hits += 1
+        stats.hit(key.key)
+        if entry.usage is not None:
+            stats.count(feature, "tokens_saved", entry.usage.total_tokens)
+        if control.if_none_match is not None and entry.etag in control.if_none_match:
+            stats.count(feature, "hits_browser")
+            return self._not_modified(entry, policy, now)
+        stats.count(feature, "hits_" + tier)
+        threshold = policy.refresh_ahead_hits
+        if (
+            threshold is not None
+            and entry.hits >= threshold
+            and entry.expires_at - now < self._cache.config.refresh_ahead_s
+        ):
+            self._refresh_in_background(call, key, policy, entry.hits)
+        return self._reply(call, entry, "hit-" + tier, policy, control, now)
+
+    def _headers(self, entry: Entry, label: str, policy: FeatureCache, now: float) -> dict[str, str]:
+        headers = {CACHE_HEADER: label, "etag": entry.etag}
+        if label != "miss":
+            headers["age"] = str(entry.age(now))
+        if "browser" in policy.tiers:
+            headers["cache-control"] = f"private, max-age={max(0, int(entry.expires_at - now))}"
+        return headers
+
+    def _reply(
+        self, call: Call, entry: Entry, label: str, policy: FeatureCache, control: CacheControl, now: float
+    ) -> Reply:
+        headers = self._headers(entry, label, policy, now)
+        if call.stream:
+            stream = ReplayStream(entry, wants_usage=_wants_usage(call), pace=policy.replay_pace)
+            return Reply(stream=stream, headers=headers)
+        return Reply(body=entry.body, headers=headers)
+
+    def _not_modified(self, entry: Entry, policy: FeatureCache, now: float) -> Reply:
+        headers = self._headers(entry, "hit-browser-revalidated", policy, now)
+        return Reply(status=304, headers=headers)
+
+    async def _bypass(self, call: Call, control: CacheControl) -> Reply:
+        self._cache.stats.count(call.context.feature, "bypass")
+        reply = await self._send(call)
+        reply.headers[CACHE_HEADER] = "bypass"
+        if control.no_store:
+            reply.headers["cache-control"] = "no-store"
+        return reply
+
+    # Misses
+
+    async def _miss(
+        self,
+        call: Call,
+        key: CacheKey,
+        policy: FeatureCache,
+        control: CacheControl,
+        stale: Entry | None,
+        lock_state: int,
+        token: str,
+        server: bool,
+    ) -> Reply:
+        cache = self._cache
+        flight = cache.flights.get(key.key)
+        if flight is not None:
+            return await self._follow(call, key, flight, policy, control, stale)
+        flight = Flight()
+        cache.flights[key.key] = flight
+        handed_over = False
+        try:
+            if lock_state == LOCK_HELD:
+                entry = await cache.wait_for(key, policy)
+                if entry is not None:
+                    flight.settle(entry)
+                    cache.stats.count(call.context.feature, "coalesced")
+                    return self._reply(call, entry, "hit-redis", policy, control, cache.clock())
+            wants_usage = _wants_usage(call)
+            try:
+                reply = await self._upstream(call)
+            except SluicegateError as exc:
+                flight.fail(exc)
+                return self._stale_or_raise(call, stale, policy, control, exc)
+            hits = stale.hits if stale is not None else 0
+            if reply.stream is not None:
+                done = self._stream_done(call, key, policy, control, flight, lock_state, token, hits)
+                live = StreamFlight(reply.stream, done)
+                flight.stream = live
+                handed_over = True
+                reply.stream = live.reader(leader=True, wants_usage=wants_usage)
+                reply.headers[CACHE_HEADER] = "miss"
+                return reply
+            entry = self._entry(call, policy, control, reply.body, reply.usage, hits=hits)
+            if entry is not None and server and not control.no_store:
+                await cache.store(key.key, entry, policy)
+                cache.stats.count(call.context.feature, "stores")
+            flight.settle(entry)
+            return self._fresh_reply(reply, entry, policy, control)
+        finally:
+            if not handed_over:
+                flight.settle(None)
+                if cache.flights.get(key.key) is flight:
+                    del cache.flights[key.key]
+                if lock_state == LOCK_TAKEN:
+                    cache.spawn(cache.unlock(key, token))
+
+    def _fresh_reply(
+        self, reply: Reply, entry: Entry | None, policy: FeatureCache, control: CacheControl
+    ) -> Reply:
+        """The upstream's own answer, labelled a miss (or a 304 when the browser already has it)."""
+        if entry is None or control.no_store:
+            reply.headers[CACHE_HEADER] = "miss"
+            if control.no_store:
+                reply.headers["cache-control"] = "no-store"
+            return reply
+        now = self._cache.clock()
+        if control.if_none_match is not None and entry.etag in control.if_none_match:
+            return self._not_modified(entry, policy, now)
+        reply.headers.update(self._headers(entry, "miss", policy, now))
+        return reply
+
+    async def _upstream(self, call: Call, *, miss: bool = True) -> Reply:
+        if miss:
+            self._cache.stats.count(call.context.feature, "misses")
+        self._cache.stats.count(call.context.feature, "upstream_calls")
+        if call.stream and not _wants_usage(call):
+            # Every reader strips usage it did not ask for; the stored stream needs it.
+            options = call.body.get("stream_options")
+            extra = options if isinstance(options, dict) else {}
+            call.body = {**call.body, "stream_options": {**extra, "include_usage": True}}
+        return await self._send(call)
+
+    async def _follow(
+        self,
+        call: Call,
+        key: CacheKey,
+        flight: Flight,
+        policy: FeatureCache,
+        control: CacheControl,
+        stale: Entry | None,
+    ) -> Reply:
+        cache = self._cache
+        cache.stats.count(call.context.feature, "coalesced")
+        if call.stream and flight.stream is not None and not flight.stream.finished:
+            reader = flight.stream.reader(leader=False, wants_usage=_wants_usage(call))
+            return Reply(stream=reader, headers={CACHE_HEADER: "hit-memory"})
+        try:
+            async with asyncio.timeout(cache.config.wait_s):
+                entry = await asyncio.shield(flight.result)
+        except TimeoutError:
+            entry = None
+        except SluicegateError as exc:
+            return self._stale_or_raise(call, stale, policy, control, exc)
+        if entry is not None:
+            return self._reply(call, entry, "hit-memory", policy, control, cache.clock())
+        # The leader could not answer for us: go alone.
+        reply = await self._upstream(call)
+        if reply.stream is None:
+            entry = self._entry(call, policy, control, reply.body, reply.usage)
+            return self._fresh_reply(reply, entry, policy, control)
+        reply.headers[CACHE_HEADER] = "miss"
+        return reply
+
+    def _stale_or_raise(
+        self,
+        call: Call,
+        stale: Entry | None,
+        policy: FeatureCache,
+        control: CacheControl,
+        error: SluicegateError,
+    ) -> Reply:
+        now = self._cache.clock()
+        if stale is not None and policy.stale_if_error_s and now < stale.expires_at + policy.stale_if_error_s:
+            self._cache.stats.count(call.context.feature, "stale")
+            return self._reply(call, stale, "stale", policy, control, now)
+        raise error
+
+    def _stream_done(
+        self,
+        call: Call,
+        key: CacheKey,
+        policy: FeatureCache,
+        control: CacheControl,
+        flight: Flight,
+        lock_state: int,
+        token: str,
+        hits: int,
+    ) -> Callable[[StreamFlight], Awaitable[None]]:
+        cache = self._cache
+
+        async def done(live: StreamFlight) -> None:
+            try:
+                entry = self._entry_from_stream(call, policy, control, live, hits) if live.completed else None
+                if entry is not None and not control.no_store and cache.any_server_tier(policy):
+                    await cache.store(key.key, entry, policy)
+                    cache.stats.count(call.context.feature, "stores")
+                flight.settle(entry)
+            finally:
+                flight.settle(None)
+                if cache.flights.get(key.key) is flight:
+                    del cache.flights[key.key]
+                if lock_state == LOCK_TAKEN:
+                    await cache.unlock(key, token)
+
+        return done
+
+    # Entries
+
+    def _entry(
+        self,
+        call: Call,
+        policy: FeatureCache,
+        control: CacheControl,
+        body: bytes,
+        usage: Usage | None,
+        *,
+        hits: int = 0,
+        events: tuple[bytes, ...] | None = None,
+        offsets: tuple[float, ...] | None = None,
+    ) -> Entry | None:
+        """A new entry for ``body``, or None when the answer may not be stored."""
+        try:
+            payload: Any = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if not answer_is_storable(policy, call.kind, payload):
+            return None
+        now = self._cache.clock()
+        cost = self._prices.cost_usd(call.route.upstream_model, usage)
+        ttl = ttl_for(policy, self._rule, cost, hits, control.ttl)
+        ctx = call.context
+        return Entry(
+            kind=call.kind,
+            body=body,
+            created_at=now,
+            expires_at=now + ttl,
+            etag=_etag(body),
+            feature=ctx.feature,
+            org=ctx.org,
+            user=ctx.user,
+            model=call.route.name,
+            events=events,
+            offsets=offsets,
+            usage=usage,
+            cost_usd=cost,
+            tags=control.tags,
+            hits=hits,
+        )
+
+    def _entry_from_stream(
+        self, call: Call, policy: FeatureCache, control: CacheControl, live: StreamFlight, hits: int
+    ) -> Entry | None:
+        events: list[bytes] = []
+        offsets: list[float] = []
+        done = False
+        start = live.times[0] if live.times else 0.0
+        for blob, at in zip(live.blobs, live.times, strict=True):
+            kept, ended = content_events(blob)
+            events.extend(kept)
+            offsets.extend([at - start] * len(kept))
+            done = done or ended
+        if not done or not events:
+            return None
+        body = assemble(events, live.usage)
+        return self._entry(
+            call,
+            policy,
+            control,
+            body,
+            live.usage,
+            hits=hits,
+            events=tuple(events),
+            offsets=tuple(offsets) if policy.replay_pace else None,
+        )
+
+    # Refreshing in the background (stale-while-revalidate and refresh-ahead)
+
+    def _refresh_in_background(self, call: Call, key: CacheKey, policy: FeatureCache, hits: int) -> None:
+        cache = self._cache
+        if key.key in cache.flights:
+            return
+        flight = Flight()
+        cache.flights[key.key] = flight
+        cache.spawn(self._refresh(call, key, policy, hits, flight))
+
+    async def _refresh(
+        self, call: Call, key: CacheKey, policy: FeatureCache, hits: int, flight: Flight
+    ) -> None:
+        cache = self._cache
+        token = secrets.token_hex(8)
+        locked = False
+        try:
+            locked = await cache.try_lock(key, token)
+            if not locked:
+                return
+            body = {k: v for k, v in call.body.items() if k not in ("stream", "stream_options")}
+            plain = Call(call.kind, body, call.route, call.context, call.request_id, False, call.started)
+            with contextlib.suppress(SluicegateError):
+                reply = await self._upstream(plain, miss=False)
+                entry = self._entry(plain, policy, call.cache, reply.body, reply.usage, hits=hits)
+                if entry is not None:
+                    await cache.store(key.key, entry, policy)
+                    cache.stats.count(call.context.feature, "stores")
+                flight.settle(entry)
+        finally:
+            flight.settle(None)
+            if cache.flights.get(key.key) is flight:
+                del cache.flights[key.key]
+            if locked and cache.redis is not None:
+                await cache.unlock(key, token)

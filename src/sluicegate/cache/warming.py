@@ -1,0 +1,163 @@
+"""Warming: fetch a file of requests ahead of the traffic, skipping what is already fresh.
+
+Each line of the file is one JSON object: ``feature``, ``org`` and ``user`` (optional; they
+decide the entry's scope), ``kind`` (``chat`` by default, or ``embeddings``) and the request
+itself, either under ``request`` or as the remaining fields::
+
+    {"feature": "okr-template", "org": "acme", "request": {"model": "gpt-4o-mini", "messages": [...]}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from ..calls import Call, CallKind, Reply, RequestContext
+from ..errors import InvalidRequest, SluicegateError
+from .layered import LayeredCache
+
+__all__ = ["WarmItem", "WarmReport", "parse_lines", "warm"]
+
+_META = ("feature", "org", "user", "kind", "request")
+
+
+class Runner(Protocol):
+    """What warming needs of a gateway."""
+
+    cache: LayeredCache | None
+
+    def new_call(
+        self,
+        kind: CallKind,
+        body: Any,
+        context: RequestContext | None = None,
+        request_id: str | None = None,
+        *,
+        cache_control: str | None = None,
+        if_none_match: str | None = None,
+    ) -> Call: ...
+
+    @property
+    def send(self) -> Callable[[Call], Awaitable[Reply]]: ...
+
+
+@dataclass(slots=True, frozen=True)
+class WarmItem:
+    """One request to warm, and who it is for."""
+
+    line: int
+    kind: CallKind
+    body: dict[str, Any]
+    context: RequestContext
+
+    def estimated_tokens(self) -> int:
+        """A rough token count: the prompt's characters over 4, plus ``max_tokens`` if set."""
+        prompt = self.body.get("messages", self.body.get("input", ""))
+        limit = self.body.get("max_completion_tokens") or self.body.get("max_tokens") or 0
+        return math.ceil(len(orjson.dumps(prompt)) / 4) + (limit if isinstance(limit, int) else 0)
+
+
+@dataclass(slots=True)
+class WarmReport:
+    """What a warming run did."""
+
+    fetched: int = 0
+    fresh: int = 0
+    failed: int = 0
+    estimated_tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "fetched": self.fetched,
+            "skipped_fresh": self.fresh,
+            "failed": self.failed,
+            "estimated_tokens": self.estimated_tokens,
+            "errors": self.errors[:20],
+        }
+
+
+def parse_lines(lines: Iterable[str | bytes], default_org: str) -> list[WarmItem]:
+    """The requests in a JSON Lines file; `InvalidRequest` names the first bad line."""
+    items = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"line {number} is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise InvalidRequest(f"line {number} must be a JSON object")
+        body = value.get("request")
+        if body is None:
+            body = {k: v for k, v in value.items() if k not in _META}
+        kind = value.get("kind", "chat")
+        if kind not in ("chat", "embeddings") or not isinstance(body, dict):
+            raise InvalidRequest(f"line {number}: kind must be chat or embeddings, and request an object")
+        context = RequestContext(
+            str(value.get("org") or default_org),
+            value.get("user") if isinstance(value.get("user"), str) else None,
+            str(value.get("feature") or "default"),
+        )
+        items.append(WarmItem(number, kind, body, context))
+    return items
+
+
+async def _is_fresh(runner: Runner, call: Call) -> bool:
+    cache = runner.cache
+    if cache is None:
+        return False
+    policy = cache.policy(call.context.feature)
+    key = cache.key(call, policy)
+    entry = cache.memory.peek(key.key) if cache.memory is not None else None
+    if entry is None:
+        entry, _, _ = await cache.lookup(key, policy, None)
+    return entry is not None and entry.fresh(cache.clock())
+
+
+async def warm(
+    runner: Runner,
+    items: list[WarmItem],
+    *,
+    concurrency: int = 4,
+    max_requests: int | None = None,
+    dry_run: bool = False,
+    progress: Callable[[], None] | None = None,
+) -> WarmReport:
+    """Fetch every item that is not fresh, ``concurrency`` at a time, at most ``max_requests`` of them."""
+    report = WarmReport()
+    gate = asyncio.Semaphore(max(1, concurrency))
+    budget = [max_requests if max_requests is not None else len(items)]
+
+    async def one(item: WarmItem) -> None:
+        async with gate:
+            try:
+                call = runner.new_call(item.kind, dict(item.body), item.context, cache_control="no-cache")
+                if await _is_fresh(runner, call):
+                    report.fresh += 1
+                elif budget[0] <= 0:
+                    pass
+                else:
+                    budget[0] -= 1
+                    report.estimated_tokens += item.estimated_tokens()
+                    if not dry_run:
+                        call.stream = False
+                        call.body.pop("stream", None)
+                        await runner.send(call)
+                    report.fetched += 1
+            except SluicegateError as exc:
+                report.failed += 1
+                report.errors.append(f"line {item.line}: {exc.message}")
+            finally:
+                if progress is not None:
+                    progress()
+
+    await asyncio.gather(*(one(item) for item in items))
+    return report

@@ -1,0 +1,84 @@
+"""The ``/api/ai/cache`` routes (admin key only): statistics, invalidation, namespace bumps, warming."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..cache import admin
+from ..cache.layered import LayeredCache
+from ..cache.warming import parse_lines, warm
+from ..errors import InvalidRequest, NotFound
+from ..gateway import Gateway
+from .http import Request, read_json, send_json
+
+__all__ = ["bump_namespace", "cache_stats", "invalidate", "warm_cache"]
+
+_MAX_WARM = 10_000
+
+
+def _cache(gateway: Gateway, request: Request) -> LayeredCache:
+    gateway.authenticator.check_admin(request.authorization)
+    if gateway.cache is None:
+        raise NotFound("the cache is disabled on this gateway (cache.enabled: false)", code="cache_disabled")
+    return gateway.cache
+
+
+async def _body(gateway: Gateway, request: Request) -> dict[str, Any]:
+    body = await read_json(request, gateway.settings.server.max_body_bytes)
+    if not isinstance(body, dict):
+        raise InvalidRequest("send a JSON object")
+    return body
+
+
+async def cache_stats(gateway: Gateway, request: Request) -> None:
+    """``GET /api/ai/cache``: counters per feature and entries and bytes per tier."""
+    cache = _cache(gateway, request)
+    await send_json(request, 200, orjson.dumps(await admin.stats(cache)))
+
+
+async def invalidate(gateway: Gateway, request: Request) -> None:
+    """``POST /api/ai/cache/invalidate`` with any of key, tag, feature, org, user, model."""
+    cache = _cache(gateway, request)
+    body = await _body(gateway, request)
+    match: dict[str, str] = {name: body[name] for name in admin.MATCH_FIELDS if body.get(name) is not None}
+    unknown = set(body) - set(admin.MATCH_FIELDS)
+    if unknown or not match or not all(isinstance(v, str) and v for v in match.values()):
+        raise InvalidRequest(
+            f"send one or more of {', '.join(admin.MATCH_FIELDS)} as non-empty strings",
+            code="invalid_match",
+        )
+    await send_json(request, 200, orjson.dumps(await admin.invalidate(cache, **match)))
+
+
+async def bump_namespace(gateway: Gateway, request: Request) -> None:
+    """``POST /api/ai/cache/bump`` with ``{"feature"}``: every older entry of it becomes unreachable."""
+    cache = _cache(gateway, request)
+    feature = (await _body(gateway, request)).get("feature")
+    if not isinstance(feature, str) or (feature not in gateway.settings.features and feature != "default"):
+        known = ", ".join(sorted(gateway.settings.features))
+        raise InvalidRequest(f"feature must be a configured feature name ({known})", param="feature")
+    await send_json(request, 200, orjson.dumps(await admin.bump(cache, feature)))
+
+
+async def warm_cache(gateway: Gateway, request: Request) -> None:
+    """``POST /api/ai/cache/warm``: ``{"requests": [...]}``, optionally dry_run, max_requests, concurrency."""
+    _cache(gateway, request)
+    body = await _body(gateway, request)
+    requests = body.get("requests")
+    if not isinstance(requests, list) or len(requests) > _MAX_WARM:
+        raise InvalidRequest(f"requests must be a list of at most {_MAX_WARM} objects", param="requests")
+    items = parse_lines([orjson.dumps(r) for r in requests], gateway.settings.auth.dev_org)
+    options = {name: body.get(name) for name in ("max_requests", "concurrency")}
+    for name, value in options.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise InvalidRequest(f"{name} must be a positive integer", param=name)
+    report = await warm(
+        gateway,
+        items,
+        concurrency=options["concurrency"] or 4,
+        max_requests=options["max_requests"],
+        dry_run=body.get("dry_run") is True,
+    )
+    await send_json(request, 200, orjson.dumps(report.to_dict()))
