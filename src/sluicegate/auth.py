@@ -5,7 +5,9 @@ HMAC-SHA256 under a server pepper. The pepper comes from ``$SLUICEGATE_KEY_PEPPE
 the embedded default, from ``.sluicegate/pepper`` (made on first use, mode 0600).
 
 With ``auth.require_keys`` off (the embedded default), every request belongs to the local
-development org and the ``Authorization`` header is ignored.
+development org and the ``Authorization`` header is ignored, except for a browser token
+(``sgb_…``, see `sluicegate.browser_tokens`): that one is always verified, so the org, user and
+features it is bound to hold in every mode.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ import hmac
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .browser_tokens import TOKEN_PREFIX, BrowserPrincipal, derive_secret, sign_token, verify_token
 from .calls import RequestContext
 from .config import DEFAULT_FEATURE, Settings
 from .errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
@@ -31,8 +35,11 @@ from .store.tables import virtual_keys
 
 __all__ = [
     "Authenticator",
+    "BrowserPrincipal",
     "KeyRecord",
     "KeyStore",
+    "Principal",
+    "browser_token_secret",
     "hash_key",
     "load_pepper",
     "new_key",
@@ -74,6 +81,14 @@ def load_pepper(settings: Settings) -> bytes:
     return path.read_bytes().strip()
 
 
+def browser_token_secret(settings: Settings) -> bytes:
+    """The secret browser tokens are signed with: from the environment, else derived from the pepper."""
+    value = os.environ.get(settings.browser.token_secret_env)
+    if value:
+        return value.encode()
+    return derive_secret(load_pepper(settings))
+
+
 @dataclass(slots=True, frozen=True)
 class KeyRecord:
     """A stored virtual key, without the key."""
@@ -104,6 +119,10 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+Principal: TypeAlias = KeyRecord | BrowserPrincipal
+"""Who authenticated: a virtual key's record, or a browser token's principal."""
 
 
 def _record(row: Any) -> KeyRecord:
@@ -191,7 +210,15 @@ class KeyStore:
 class Authenticator:
     """Turns a request's key and headers into a `RequestContext`."""
 
-    def __init__(self, settings: Settings, store: KeyStore | None, *, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: KeyStore | None,
+        *,
+        clock: Any = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
         self._require_keys = settings.auth.require_keys
         self._dev_org = settings.auth.dev_org
         self._features = frozenset(settings.features) | {DEFAULT_FEATURE}
@@ -204,19 +231,39 @@ class Authenticator:
         admin = os.environ.get(settings.auth.admin_key_env)
         self._admin_key = admin.encode() if admin else None
         self._admin_env = settings.auth.admin_key_env
+        self._wall_clock = wall_clock
+        # Loaded on first use, so that a gateway no browser calls never reads the pepper.
+        self._browser_secret: bytes | None = None
 
-    async def authenticate(self, authorization: str | None) -> KeyRecord | None:
-        """The caller's key, checked before anything else is read; None when keys are not required.
+    async def authenticate(self, authorization: str | None) -> Principal | None:
+        """The caller's key or browser token, checked before anything else is read.
 
-        Raises `AuthenticationFailed` for a missing, malformed, unknown or revoked key.
+        None when keys are not required and no browser token is presented. Raises
+        `AuthenticationFailed` for a missing, malformed, unknown or revoked key, and for a
+        forged or expired browser token.
         """
+        token = _browser_token(authorization)
+        if token is not None:
+            return verify_token(self._token_secret(), token, self._wall_clock())
         if not self._require_keys:
             return None
         return await self._lookup(_bearer(authorization))
 
+    def mint_browser_token(
+        self, org: str, user: str, features: tuple[str, ...], ttl_s: int
+    ) -> tuple[str, BrowserPrincipal]:
+        """A browser token for ``user`` of ``org``, valid for ``ttl_s`` seconds, and its principal."""
+        principal = BrowserPrincipal(org, user, features, int(self._wall_clock()) + ttl_s)
+        return sign_token(self._token_secret(), principal), principal
+
+    def _token_secret(self) -> bytes:
+        if self._browser_secret is None:
+            self._browser_secret = browser_token_secret(self._settings)
+        return self._browser_secret
+
     def context(
         self,
-        key: KeyRecord | None,
+        key: Principal | None,
         feature: str | None,
         user: str | None,
         body: dict[str, Any] | None = None,
@@ -225,6 +272,8 @@ class Authenticator:
 
         Headers win over the body's ``metadata.feature`` / ``metadata.user``, then ``user``,
         then the key's own user. Raises `InvalidRequest` for a feature not configured.
+        A browser token fixes the org and user whatever the request says, and raises
+        `PermissionDenied` for a feature outside its list.
         """
         if body is not None:
             metadata = body.get("metadata")
@@ -242,6 +291,16 @@ class Authenticator:
             )
         if key is None:
             return RequestContext(self._dev_org, user, feature, None)
+        if isinstance(key, BrowserPrincipal):
+            if not key.allows(feature):
+                raise PermissionDenied(
+                    f"this browser token does not allow the feature {feature!r}; it allows "
+                    f"{', '.join(key.features) or 'none'}: name one in X-Sluicegate-Feature, "
+                    "or mint a token that includes it",
+                    param="feature",
+                    code="feature_not_allowed",
+                )
+            return RequestContext(key.org, key.user, feature, None)
         return RequestContext(key.org, user or key.user, feature, key.id)
 
     async def _lookup(self, key: str) -> KeyRecord:
@@ -262,7 +321,12 @@ class Authenticator:
         return record
 
     def check_admin(self, authorization: str | None) -> None:
-        """Allow admin routes: with the admin key, or freely in local development mode."""
+        """Allow admin routes: with the admin key, or freely in local development mode.
+
+        A browser token is refused in every mode.
+        """
+        if _browser_token(authorization) is not None:
+            raise PermissionDenied("browser tokens cannot call admin routes; use the admin key")
         if self._admin_key is None:
             if not self._require_keys:
                 return
@@ -281,6 +345,17 @@ def _bearer(authorization: str | None) -> str:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationFailed("the Authorization header must be `Bearer <key>`")
+    return token
+
+
+def _browser_token(authorization: str | None) -> str | None:
+    """The browser token in ``Bearer sgb_…``, or None for anything else (cheaply)."""
+    if authorization is None or TOKEN_PREFIX not in authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX):
+        return None
     return token
 
 

@@ -8,7 +8,8 @@ import logging
 from ..config import Settings, load_settings
 from ..errors import MethodNotAllowed, NotFound, SluicegateError
 from ..gateway import Gateway, create_gateway
-from . import admin_routes, openai_routes
+from . import admin_routes, browser_routes, cache_routes, openai_routes, sdk_routes
+from .cors import Cors
 from .http import Receive, Request, Scope, Send, send_error, send_json
 from .openai_routes import Handler
 
@@ -33,6 +34,13 @@ class SluicegateApp:
             "/v1/models": {"GET": list_models},
             "/api/ai/status": {"GET": admin_routes.status},
             "/api/ai/keys": {"GET": admin_routes.list_keys, "POST": admin_routes.create_key},
+            "/api/ai/cache": {"GET": cache_routes.cache_stats},
+            "/api/ai/cache/invalidate": {"POST": cache_routes.invalidate},
+            "/api/ai/cache/bump": {"POST": cache_routes.bump_namespace},
+            "/api/ai/cache/warm": {"POST": cache_routes.warm_cache},
+            "/api/ai/browser-tokens": {"POST": browser_routes.create_browser_token},
+            "/sdk/sluicegate.js": {"GET": sdk_routes.client_script()},
+            "/sdk/demo": {"GET": sdk_routes.demo_page()},
         }
         self._prefixes: tuple[tuple[str, dict[str, Handler]], ...] = (
             ("/api/ai/keys/", {"DELETE": admin_routes.revoke_key}),
@@ -40,6 +48,7 @@ class SluicegateApp:
         # OpenAI's SDK and others also call the routes without the /v1 prefix.
         for path in ("/chat/completions", "/embeddings", "/models"):
             self._routes[path] = self._routes["/v1" + path]
+        self._cors = Cors.from_settings(gateway.settings.browser)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,6 +56,8 @@ class SluicegateApp:
                 await self._lifespan(receive, send)
             return
         request = Request.from_asgi(scope, receive, send, self.gateway.new_request_id())
+        if self._cors is not None and await self._cors.apply(request):
+            return  # a preflight, answered
         try:
             methods = self._find(scope["path"])
             handler = methods.get(scope["method"]) if methods is not None else None

@@ -1,0 +1,1 @@
+../../src/sluicegate/server/sdk/sluicegate.js
