@@ -106,7 +106,12 @@ async def database_url() -> AsyncIterator[str]:
         service_missing("PostgreSQL", DATABASE_URL, exc)
     yield DATABASE_URL
     async with engine.begin() as conn:
-        await conn.execute(text("DROP TABLE IF EXISTS virtual_keys, cache_entries, cache_namespaces, cache_stats, alembic_version"))
+        await conn.execute(
+            text(
+                "DROP TABLE IF EXISTS virtual_keys, cache_entries, cache_namespaces, cache_stats,"
+                " alembic_version"
+            )
+        )
     await engine.dispose()
 
 

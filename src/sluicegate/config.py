@@ -154,6 +154,9 @@ class FeatureCache(Frozen):
     ttl_s: int = Field(3600, ge=1, description="base TTL, before the cost-aware multiplier")
     scope: Scope = Field("org", description="who shares an entry: everyone, the org, or one user")
     tiers: tuple[Tier, ...] = Field(ALL_TIERS, min_length=1)
+    browser_ttl_s: int | None = Field(
+        None, ge=1, description="how long a browser keeps an answer (default: as long as the server)"
+    )
     cache_temperature: bool = Field(False, description="cache answers to requests with temperature > 0")
     cache_truncated: bool = Field(False, description="cache answers cut by max_tokens")
     cache_tool_calls: bool = Field(False, description="cache answers that call tools")

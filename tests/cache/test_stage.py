@@ -79,7 +79,9 @@ async def test_orgs_never_share_an_org_scoped_entry(gw: Gateway) -> None:
     b = RequestContext("org-b", "ann", "insights")
     assert (await send(gw, a)).headers["x-sluicegate-cache"] == "miss"
     assert (await send(gw, b)).headers["x-sluicegate-cache"] == "miss"
-    assert (await send(gw, RequestContext("org-a", "bob", "insights"))).headers["x-sluicegate-cache"] == "hit-memory"
+    assert (await send(gw, RequestContext("org-a", "bob", "insights"))).headers[
+        "x-sluicegate-cache"
+    ] == "hit-memory"
     assert chat_calls(gw) == 2
 
 
@@ -172,7 +174,9 @@ async def test_tool_calls_are_not_stored_unless_allowed(gw: Gateway) -> None:
 
 async def test_errors_are_not_cached(gw: Gateway) -> None:
     """An upstream error is raised, not stored: the next call goes upstream again."""
-    engine_of(gw).behaviour = engine_of(gw).behaviour.model_copy(update={"error_rate": 1.0, "error_status": 503})
+    engine_of(gw).behaviour = engine_of(gw).behaviour.model_copy(
+        update={"error_rate": 1.0, "error_status": 503}
+    )
     with pytest.raises(UpstreamError):
         await send(gw)
     engine_of(gw).behaviour = engine_of(gw).behaviour.model_copy(update={"error_rate": 0.0})
@@ -256,7 +260,9 @@ async def test_cut_stream_is_not_stored(tmp_path: Path) -> None:
     async with create_gateway(settings) as gateway:
         with pytest.raises(UpstreamError):
             await read(await send(gateway, stream=True))
-        engine_of(gateway).behaviour = engine_of(gateway).behaviour.model_copy(update={"drop_after_chunks": None})
+        engine_of(gateway).behaviour = engine_of(gateway).behaviour.model_copy(
+            update={"drop_after_chunks": None}
+        )
         assert (await send(gateway, stream=True)).headers["x-sluicegate-cache"] == "miss"
         assert chat_calls(gateway) == 2
 
@@ -296,7 +302,10 @@ async def test_embeddings_are_cached(gw: Gateway) -> None:
     body = {"model": "text-embedding-3-small", "input": ["a", "b"]}
     first = await gw.send(gw.new_call("embeddings", dict(body), ACME_ANN))
     second = await gw.send(gw.new_call("embeddings", dict(body), ACME_ANN))
-    assert (first.headers["x-sluicegate-cache"], second.headers["x-sluicegate-cache"]) == ("miss", "hit-memory")
+    assert (first.headers["x-sluicegate-cache"], second.headers["x-sluicegate-cache"]) == (
+        "miss",
+        "hit-memory",
+    )
     assert first.body == second.body
 
 

@@ -141,7 +141,7 @@ class SqlTier:
             async with asyncio.timeout(timeout_s):
                 if self._writer is not None:
                     await self._writer
-                while self._queue:
+                while self._queue and self.pending_failures < 3:
                     await self._write_batch()
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()

@@ -30,9 +30,11 @@ from .layered import LOCK_HELD, LOCK_NONE, LOCK_TAKEN, LayeredCache
 from .policy import answer_is_storable, request_is_cacheable, ttl_for
 from .streams import ReplayStream, StreamFlight
 
-__all__ = ["CACHE_HEADER", "ServeFromCache"]
+__all__ = ["CACHE_HEADER", "COALESCED_HEADER", "ServeFromCache"]
 
 CACHE_HEADER = "x-sluicegate-cache"
+# On an answer that waited for an identical request's upstream call rather than its own.
+COALESCED_HEADER = "x-sluicegate-coalesced"
 Send = Callable[[Call], Awaitable[Reply]]
 
 
@@ -85,25 +87,37 @@ class ServeFromCache:
             await cache.reload()
         server = cache.any_server_tier(policy)
         key = cache.key(call, policy)
-        entry: Entry | None = None
-        tier, lock_state, token = "", LOCK_NONE, ""
+        stale: Entry | None = None
         if server and not control.no_cache:
             memory = cache.memory
-            if memory is not None and "memory" in policy.tiers:
-                entry = memory.peek(key.key)
-                tier = "memory"
-            if entry is None:
-                token = secrets.token_hex(8) if cache.redis is not None else ""
-                entry, tier, lock_state = await cache.lookup(key, policy, token or None)
+            entry = memory.peek(key.key) if memory is not None and "memory" in policy.tiers else None
             if entry is not None:
-                now = cache.clock()
-                if entry.fresh(now) and (control.max_age is None or entry.age(now) <= control.max_age):
-                    return self._hit(call, key, entry, tier, policy, control, now)
-                if control.max_age is None and now < entry.expires_at + policy.stale_while_revalidate_s:
-                    self._refresh_in_background(call, key, policy, entry.hits)
-                    cache.stats.count(call.context.feature, "stale")
-                    return self._reply(call, entry, "stale", policy, control, now)
-        return await self._miss(call, key, policy, control, entry, lock_state, token, server)
+                reply = self._from_entry(call, key, entry, "memory", policy, control)
+                if reply is not None:
+                    return reply
+                stale = entry
+            flight = cache.flights.get(key.key)
+            if flight is not None:
+                return await self._follow(call, key, flight, policy, control, stale)
+        flight = Flight()
+        if not control.no_cache:
+            # Registered before the first await, so that identical calls in this process wait for
+            # this one's lookup and upstream call instead of repeating them.
+            cache.flights[key.key] = flight
+        return await self._lead(call, key, policy, control, stale, server, flight)
+
+    def _from_entry(
+        self, call: Call, key: CacheKey, entry: Entry, tier: str, policy: FeatureCache, control: CacheControl
+    ) -> Reply | None:
+        """A hit, or the stale entry while it is refreshed; None when the entry may not answer."""
+        now = self._cache.clock()
+        if entry.fresh(now) and (control.max_age is None or entry.age(now) <= control.max_age):
+            return self._hit(call, key, entry, tier, policy, control, now)
+        if control.max_age is None and now < entry.expires_at + policy.stale_while_revalidate_s:
+            self._refresh_in_background(call, key, policy, entry.hits)
+            self._cache.stats.count(call.context.feature, "stale")
+            return self._reply(call, entry, "stale", policy, control, now)
+        return None
 
     # Serving entries
 
@@ -138,10 +152,15 @@ class ServeFromCache:
 
     def _headers(self, entry: Entry, label: str, policy: FeatureCache, now: float) -> dict[str, str]:
         headers = {CACHE_HEADER: label, "etag": entry.etag}
+        age = entry.age(now)
         if label != "miss":
-            headers["age"] = str(entry.age(now))
+            headers["age"] = str(age)
         if "browser" in policy.tiers:
-            headers["cache-control"] = f"private, max-age={max(0, int(entry.expires_at - now))}"
+            # A browser keeps an answer for max-age minus Age: here, the browser TTL, and never
+            # past the server's own expiry, so that its revalidation finds the entry.
+            remaining = max(0, int(entry.expires_at - now))
+            keep = remaining if policy.browser_ttl_s is None else min(policy.browser_ttl_s, remaining)
+            headers["cache-control"] = f"private, max-age={age + keep if keep else 0}"
         return headers
 
     def _reply(
@@ -167,31 +186,40 @@ class ServeFromCache:
 
     # Misses
 
-    async def _miss(
+    async def _lead(
         self,
         call: Call,
         key: CacheKey,
         policy: FeatureCache,
         control: CacheControl,
         stale: Entry | None,
-        lock_state: int,
-        token: str,
         server: bool,
+        flight: Flight,
     ) -> Reply:
+        """Look the key up in the shared tiers, then wait for another process or call upstream."""
         cache = self._cache
-        flight = cache.flights.get(key.key)
-        if flight is not None:
-            return await self._follow(call, key, flight, policy, control, stale)
-        flight = Flight()
-        cache.flights[key.key] = flight
+        lock_state, token = LOCK_NONE, ""
         handed_over = False
         try:
-            if lock_state == LOCK_HELD:
-                entry = await cache.wait_for(key, policy)
+            if server and not control.no_cache:
+                token = secrets.token_hex(8) if cache.redis is not None else ""
+                entry, tier, lock_state = await cache.lookup(key, policy, token or None)
                 if entry is not None:
                     flight.settle(entry)
-                    cache.stats.count(call.context.feature, "coalesced")
-                    return self._reply(call, entry, "hit-redis", policy, control, cache.clock())
+                    if cache.flights.get(key.key) is flight:
+                        del cache.flights[key.key]  # free the slot for a background refresh
+                    reply = self._from_entry(call, key, entry, tier, policy, control)
+                    if reply is not None:
+                        return reply
+                    stale = entry
+                if lock_state == LOCK_HELD:
+                    entry = await cache.wait_for(key, policy)
+                    if entry is not None:
+                        flight.settle(entry)
+                        cache.stats.count(call.context.feature, "coalesced")
+                        reply = self._reply(call, entry, "hit-redis", policy, control, cache.clock())
+                        reply.headers[COALESCED_HEADER] = "true"
+                        return reply
             wants_usage = _wants_usage(call)
             try:
                 reply = await self._upstream(call)
@@ -260,7 +288,7 @@ class ServeFromCache:
         cache.stats.count(call.context.feature, "coalesced")
         if call.stream and flight.stream is not None and not flight.stream.finished:
             reader = flight.stream.reader(leader=False, wants_usage=_wants_usage(call))
-            return Reply(stream=reader, headers={CACHE_HEADER: "hit-memory"})
+            return Reply(stream=reader, headers={CACHE_HEADER: "hit-memory", COALESCED_HEADER: "true"})
         try:
             async with asyncio.timeout(cache.config.wait_s):
                 entry = await asyncio.shield(flight.result)
@@ -269,7 +297,12 @@ class ServeFromCache:
         except SluicegateError as exc:
             return self._stale_or_raise(call, stale, policy, control, exc)
         if entry is not None:
-            return self._reply(call, entry, "hit-memory", policy, control, cache.clock())
+            now = cache.clock()
+            if control.max_age is None or entry.age(now) <= control.max_age:
+                label = "hit-memory" if entry.fresh(now) else "stale"
+                reply = self._reply(call, entry, label, policy, control, now)
+                reply.headers[COALESCED_HEADER] = "true"
+                return reply
         # The leader could not answer for us: go alone.
         reply = await self._upstream(call)
         if reply.stream is None:

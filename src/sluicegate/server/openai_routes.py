@@ -23,6 +23,9 @@ _SSE_HEADERS = (
 )
 
 
+_SSE_CACHEABLE = tuple(h for h in _SSE_HEADERS if h[0] != b"cache-control")
+
+
 Handler = Callable[[Gateway, Request], Awaitable[None]]
 
 
@@ -82,10 +85,11 @@ async def _relay(request: Request, stream: ReplyStream, headers: list[tuple[byte
         {
             "type": "http.response.start",
             "status": 200,
+            # A stream replayed from the cache may be kept by a browser: its Cache-Control wins.
             "headers": [
-                *_SSE_HEADERS,
+                *(_SSE_HEADERS if not any(h[0] == b"cache-control" for h in headers) else _SSE_CACHEABLE),
                 (b"x-request-id", request.request_id.encode()),
-                *(h for h in headers if h[0] != b"cache-control"),
+                *headers,
             ],
         }
     )

@@ -34,9 +34,15 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
+# Any fixed number: the PostgreSQL advisory lock that serialises replicas migrating at once.
+_MIGRATION_LOCK = 0x51C3_6A7E
+
+
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema up to date (idempotent)."""
+    """Bring the schema up to date (idempotent, and safe when several replicas start together)."""
     async with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            await connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
         await connection.run_sync(_upgrade)
 
 
