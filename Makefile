@@ -5,7 +5,7 @@ PYTHON ?= python3
 # Byte-compiled modules start faster; some environments switch them off.
 RUN := env -u PYTHONDONTWRITEBYTECODE
 
-.PHONY: serve test lint format types check bench bench-quick mock-upstream wrk clean
+.PHONY: serve test lint format types check bench bench-quick bench-cache workload mock-upstream wrk clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ bench: $(VENV)/.installed-dev wrk  ## full benchmark against LiteLLM (about 13 m
 
 bench-quick: $(VENV)/.installed-dev wrk  ## short benchmark (about a minute and a half)
 	$(RUN) $(PY) bench/run.py --quick
+
+bench-cache: $(VENV)/.installed-dev wrk  ## the response-cache cells alone, beside LiteLLM's cache (about 5 minutes)
+	$(RUN) $(PY) bench/run.py --cache-only
+
+workload: $(VENV)/.installed-dev  ## 100 users of the three features for 60 s (about a minute and a half)
+	$(RUN) $(PY) bench/workload.py
 
 clean:
 	rm -rf $(VENV) .sluicegate .pytest_cache .mypy_cache .ruff_cache
