@@ -54,9 +54,18 @@ def test_defaults_serve_every_model_from_the_mock() -> None:
     assert {model.provider for model in settings.models.values()} == {"mock"}
 
 
-def test_defaults_have_the_three_features() -> None:
-    """The default features are okr-template, chat and insights."""
-    assert set(load_settings().features) == {"okr-template", "chat", "insights"}
+def test_defaults_have_the_briefs_features_and_ttls() -> None:
+    """The default features are the brief's, with its cache TTLs and scopes."""
+    features = load_settings().features
+    assert set(features) == {"okr-template", "chat", "insights", "preferences"}
+    policies = {name: (f.cache.ttl_s, f.cache.scope) for name, f in features.items()}
+    assert policies == {
+        "okr-template": (86400, "org"),
+        "chat": (3600, "user"),
+        "insights": (21600, "org"),
+        "preferences": (604800, "user"),
+    }
+    assert features["preferences"].cache.tiers == ("browser",)
 
 
 def test_default_database_is_sqlite_under_the_data_folder() -> None:

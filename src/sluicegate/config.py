@@ -297,11 +297,28 @@ def default_catalog(
 
 
 def default_features() -> dict[str, FeatureConfig]:
-    """The brief's three features."""
+    """The brief's features, with its cache TTLs: templates 24 h, chat 1 h per user, insights
+    6 h per org, and user preferences 7 days in the browser only."""
     return {
-        "okr-template": FeatureConfig(description="OKR template generation", latency_target_ms=2000),
-        "chat": FeatureConfig(description="chat assistant", latency_target_ms=1500),
-        "insights": FeatureConfig(description="insights engine", latency_target_ms=5000),
+        "okr-template": FeatureConfig(
+            description="OKR template generation",
+            latency_target_ms=2000,
+            cache=FeatureCache(ttl_s=86400, scope="org", cache_temperature=True),
+        ),
+        "chat": FeatureConfig(
+            description="chat assistant",
+            latency_target_ms=1500,
+            cache=FeatureCache(ttl_s=3600, scope="user"),
+        ),
+        "insights": FeatureConfig(
+            description="insights engine",
+            latency_target_ms=5000,
+            cache=FeatureCache(ttl_s=21600, scope="org", cache_temperature=True),
+        ),
+        "preferences": FeatureConfig(
+            description="user preferences, kept in the browser only",
+            cache=FeatureCache(ttl_s=604800, scope="user", tiers=("browser",), cost_aware=False),
+        ),
     }
 
 
