@@ -12,60 +12,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-import orjson
 
 from ..accounting.pricing import PriceBook
-from ..calls import CacheControl, Call, Reply, Usage
+from ..calls import CacheControl, Call, Reply
 from ..config import FeatureCache
 from ..errors import SluicegateError
+from .answers import (
+    CACHE_HEADER,
+    COALESCED_HEADER,
+    EntryMaker,
+    Flight,
+    headers_for,
+    not_modified,
+    reply_from,
+    wants_usage,
+)
 from .entry import Entry
-from .forms import assemble, content_events
 from .keys import CacheKey
 from .layered import LOCK_HELD, LOCK_NONE, LOCK_TAKEN, LayeredCache
-from .policy import answer_is_storable, request_is_cacheable, ttl_for
-from .streams import ReplayStream, StreamFlight
+from .policy import request_is_cacheable
+from .streams import StreamFlight
 
 __all__ = ["CACHE_HEADER", "COALESCED_HEADER", "ServeFromCache"]
 
-CACHE_HEADER = "x-sluicegate-cache"
-# On an answer that waited for an identical request's upstream call rather than its own.
-COALESCED_HEADER = "x-sluicegate-coalesced"
 Send = Callable[[Call], Awaitable[Reply]]
-
-
-class Flight:
-    """An upstream call in progress that identical calls in this process wait for or join."""
-
-    __slots__ = ("result", "stream")
-
-    def __init__(self) -> None:
-        self.result: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
-        self.stream: StreamFlight | None = None
-
-    def settle(self, entry: Entry | None) -> None:
-        """Hand the answer (None: followers go upstream themselves) to the followers."""
-        if not self.result.done():
-            self.result.set_result(entry)
-
-    def fail(self, error: SluicegateError) -> None:
-        """Hand the leader's error to the followers."""
-        if not self.result.done():
-            self.result.set_exception(error)
-            self.result.exception()  # retrieved: no "never retrieved" warning without followers
-
-
-def _wants_usage(call: Call) -> bool:
-    options = call.body.get("stream_options")
-    return isinstance(options, dict) and options.get("include_usage") is True
-
-
-def _etag(body: bytes) -> str:
-    return '"' + hashlib.blake2b(body, digest_size=10).hexdigest() + '"'
 
 
 class ServeFromCache:
@@ -74,8 +46,7 @@ class ServeFromCache:
     def __init__(self, send: Send, cache: LayeredCache, prices: PriceBook) -> None:
         self._send = send
         self._cache = cache
-        self._prices = prices
-        self._rule = cache.config.ttl
+        self._entries = EntryMaker(prices, cache.config.ttl, cache.clock)
 
     async def __call__(self, call: Call) -> Reply:
         cache = self._cache
@@ -116,7 +87,7 @@ class ServeFromCache:
         if control.max_age is None and now < entry.expires_at + policy.stale_while_revalidate_s:
             self._refresh_in_background(call, key, policy, entry.hits)
             self._cache.stats.count(call.context.feature, "stale")
-            return self._reply(call, entry, "stale", policy, control, now)
+            return reply_from(call, entry, "stale", policy, now)
         return None
 
     # Serving entries
@@ -139,7 +110,7 @@ class ServeFromCache:
             stats.count(feature, "tokens_saved", entry.usage.total_tokens)
         if control.if_none_match is not None and entry.etag in control.if_none_match:
             stats.count(feature, "hits_browser")
-            return self._not_modified(entry, policy, now)
+            return not_modified(entry, policy, now)
         stats.count(feature, "hits_" + tier)
         threshold = policy.refresh_ahead_hits
         if (
@@ -148,33 +119,7 @@ class ServeFromCache:
             and entry.expires_at - now < self._cache.config.refresh_ahead_s
         ):
             self._refresh_in_background(call, key, policy, entry.hits)
-        return self._reply(call, entry, "hit-" + tier, policy, control, now)
-
-    def _headers(self, entry: Entry, label: str, policy: FeatureCache, now: float) -> dict[str, str]:
-        headers = {CACHE_HEADER: label, "etag": entry.etag}
-        age = entry.age(now)
-        if label != "miss":
-            headers["age"] = str(age)
-        if "browser" in policy.tiers:
-            # A browser keeps an answer for max-age minus Age: here, the browser TTL, and never
-            # past the server's own expiry, so that its revalidation finds the entry.
-            remaining = max(0, int(entry.expires_at - now))
-            keep = remaining if policy.browser_ttl_s is None else min(policy.browser_ttl_s, remaining)
-            headers["cache-control"] = f"private, max-age={age + keep if keep else 0}"
-        return headers
-
-    def _reply(
-        self, call: Call, entry: Entry, label: str, policy: FeatureCache, control: CacheControl, now: float
-    ) -> Reply:
-        headers = self._headers(entry, label, policy, now)
-        if call.stream:
-            stream = ReplayStream(entry, wants_usage=_wants_usage(call), pace=policy.replay_pace)
-            return Reply(stream=stream, headers=headers)
-        return Reply(body=entry.body, headers=headers)
-
-    def _not_modified(self, entry: Entry, policy: FeatureCache, now: float) -> Reply:
-        headers = self._headers(entry, "hit-browser-revalidated", policy, now)
-        return Reply(status=304, headers=headers)
+        return reply_from(call, entry, "hit-" + tier, policy, now)
 
     async def _bypass(self, call: Call, control: CacheControl) -> Reply:
         self._cache.stats.count(call.context.feature, "bypass")
@@ -217,10 +162,10 @@ class ServeFromCache:
                     if entry is not None:
                         flight.settle(entry)
                         cache.stats.count(call.context.feature, "coalesced")
-                        reply = self._reply(call, entry, "hit-redis", policy, control, cache.clock())
+                        reply = reply_from(call, entry, "hit-redis", policy, cache.clock())
                         reply.headers[COALESCED_HEADER] = "true"
                         return reply
-            wants_usage = _wants_usage(call)
+            usage_wanted = wants_usage(call)
             try:
                 reply = await self._upstream(call)
             except SluicegateError as exc:
@@ -232,10 +177,10 @@ class ServeFromCache:
                 live = StreamFlight(reply.stream, done)
                 flight.stream = live
                 handed_over = True
-                reply.stream = live.reader(leader=True, wants_usage=wants_usage)
+                reply.stream = live.reader(leader=True, wants_usage=usage_wanted)
                 reply.headers[CACHE_HEADER] = "miss"
                 return reply
-            entry = self._entry(call, policy, control, reply.body, reply.usage, hits=hits)
+            entry = self._entries.from_body(call, policy, control, reply.body, reply.usage, hits=hits)
             if entry is not None and server and not control.no_store:
                 await cache.store(key.key, entry, policy)
                 cache.stats.count(call.context.feature, "stores")
@@ -260,15 +205,15 @@ class ServeFromCache:
             return reply
         now = self._cache.clock()
         if control.if_none_match is not None and entry.etag in control.if_none_match:
-            return self._not_modified(entry, policy, now)
-        reply.headers.update(self._headers(entry, "miss", policy, now))
+            return not_modified(entry, policy, now)
+        reply.headers.update(headers_for(entry, "miss", policy, now))
         return reply
 
     async def _upstream(self, call: Call, *, miss: bool = True) -> Reply:
         if miss:
             self._cache.stats.count(call.context.feature, "misses")
         self._cache.stats.count(call.context.feature, "upstream_calls")
-        if call.stream and not _wants_usage(call):
+        if call.stream and not wants_usage(call):
             # Every reader strips usage it did not ask for; the stored stream needs it.
             options = call.body.get("stream_options")
             extra = options if isinstance(options, dict) else {}
@@ -287,7 +232,7 @@ class ServeFromCache:
         cache = self._cache
         cache.stats.count(call.context.feature, "coalesced")
         if call.stream and flight.stream is not None and not flight.stream.finished:
-            reader = flight.stream.reader(leader=False, wants_usage=_wants_usage(call))
+            reader = flight.stream.reader(leader=False, wants_usage=wants_usage(call))
             return Reply(stream=reader, headers={CACHE_HEADER: "hit-memory", COALESCED_HEADER: "true"})
         try:
             async with asyncio.timeout(cache.config.wait_s):
@@ -300,13 +245,13 @@ class ServeFromCache:
             now = cache.clock()
             if control.max_age is None or entry.age(now) <= control.max_age:
                 label = "hit-memory" if entry.fresh(now) else "stale"
-                reply = self._reply(call, entry, label, policy, control, now)
+                reply = reply_from(call, entry, label, policy, now)
                 reply.headers[COALESCED_HEADER] = "true"
                 return reply
         # The leader could not answer for us: go alone.
         reply = await self._upstream(call)
         if reply.stream is None:
-            entry = self._entry(call, policy, control, reply.body, reply.usage)
+            entry = self._entries.from_body(call, policy, control, reply.body, reply.usage)
             return self._fresh_reply(reply, entry, policy, control)
         reply.headers[CACHE_HEADER] = "miss"
         return reply
@@ -322,7 +267,7 @@ class ServeFromCache:
         now = self._cache.clock()
         if stale is not None and policy.stale_if_error_s and now < stale.expires_at + policy.stale_if_error_s:
             self._cache.stats.count(call.context.feature, "stale")
-            return self._reply(call, stale, "stale", policy, control, now)
+            return reply_from(call, stale, "stale", policy, now)
         raise error
 
     def _stream_done(
@@ -340,7 +285,9 @@ class ServeFromCache:
 
         async def done(live: StreamFlight) -> None:
             try:
-                entry = self._entry_from_stream(call, policy, control, live, hits) if live.completed else None
+                entry = (
+                    self._entries.from_stream(call, policy, control, live, hits) if live.completed else None
+                )
                 if entry is not None and not control.no_store and cache.any_server_tier(policy):
                     await cache.store(key.key, entry, policy)
                     cache.stats.count(call.context.feature, "stores")
@@ -353,75 +300,6 @@ class ServeFromCache:
                     await cache.unlock(key, token)
 
         return done
-
-    # Entries
-
-    def _entry(
-        self,
-        call: Call,
-        policy: FeatureCache,
-        control: CacheControl,
-        body: bytes,
-        usage: Usage | None,
-        *,
-        hits: int = 0,
-        events: tuple[bytes, ...] | None = None,
-        offsets: tuple[float, ...] | None = None,
-    ) -> Entry | None:
-        """A new entry for ``body``, or None when the answer may not be stored."""
-        try:
-            payload: Any = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        if not answer_is_storable(policy, call.kind, payload):
-            return None
-        now = self._cache.clock()
-        cost = self._prices.cost_usd(call.route.upstream_model, usage)
-        ttl = ttl_for(policy, self._rule, cost, hits, control.ttl)
-        ctx = call.context
-        return Entry(
-            kind=call.kind,
-            body=body,
-            created_at=now,
-            expires_at=now + ttl,
-            etag=_etag(body),
-            feature=ctx.feature,
-            org=ctx.org,
-            user=ctx.user,
-            model=call.route.name,
-            events=events,
-            offsets=offsets,
-            usage=usage,
-            cost_usd=cost,
-            tags=control.tags,
-            hits=hits,
-        )
-
-    def _entry_from_stream(
-        self, call: Call, policy: FeatureCache, control: CacheControl, live: StreamFlight, hits: int
-    ) -> Entry | None:
-        events: list[bytes] = []
-        offsets: list[float] = []
-        done = False
-        start = live.times[0] if live.times else 0.0
-        for blob, at in zip(live.blobs, live.times, strict=True):
-            kept, ended = content_events(blob)
-            events.extend(kept)
-            offsets.extend([at - start] * len(kept))
-            done = done or ended
-        if not done or not events:
-            return None
-        body = assemble(events, live.usage)
-        return self._entry(
-            call,
-            policy,
-            control,
-            body,
-            live.usage,
-            hits=hits,
-            events=tuple(events),
-            offsets=tuple(offsets) if policy.replay_pace else None,
-        )
 
     # Refreshing in the background (stale-while-revalidate and refresh-ahead)
 
@@ -447,7 +325,7 @@ class ServeFromCache:
             plain = Call(call.kind, body, call.route, call.context, call.request_id, False, call.started)
             with contextlib.suppress(SluicegateError):
                 reply = await self._upstream(plain, miss=False)
-                entry = self._entry(plain, policy, call.cache, reply.body, reply.usage, hits=hits)
+                entry = self._entries.from_body(plain, policy, call.cache, reply.body, reply.usage, hits=hits)
                 if entry is not None:
                     await cache.store(key.key, entry, policy)
                     cache.stats.count(call.context.feature, "stores")

@@ -1,0 +1,174 @@
+"""What the cache stage hands out: entries made from answers, the replies made from entries, and
+the in-process flights that identical calls share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from ..accounting.pricing import PriceBook
+from ..calls import CacheControl, Call, Reply, Usage
+from ..config import CostTtlConfig, FeatureCache
+from ..errors import SluicegateError
+from .entry import Entry
+from .forms import assemble, content_events
+from .policy import answer_is_storable, ttl_for
+from .streams import ReplayStream, StreamFlight
+
+__all__ = [
+    "CACHE_HEADER",
+    "COALESCED_HEADER",
+    "EntryMaker",
+    "Flight",
+    "headers_for",
+    "not_modified",
+    "reply_from",
+    "wants_usage",
+]
+
+CACHE_HEADER = "x-sluicegate-cache"
+# On an answer that waited for an identical request's upstream call rather than its own.
+COALESCED_HEADER = "x-sluicegate-coalesced"
+
+
+class Flight:
+    """An upstream call in progress that identical calls in this process wait for or join."""
+
+    __slots__ = ("result", "stream")
+
+    def __init__(self) -> None:
+        self.result: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+        self.stream: StreamFlight | None = None
+
+    def settle(self, entry: Entry | None) -> None:
+        """Hand the answer (None: followers go upstream themselves) to the followers."""
+        if not self.result.done():
+            self.result.set_result(entry)
+
+    def fail(self, error: SluicegateError) -> None:
+        """Hand the leader's error to the followers."""
+        if not self.result.done():
+            self.result.set_exception(error)
+            self.result.exception()  # retrieved: no "never retrieved" warning without followers
+
+
+def wants_usage(call: Call) -> bool:
+    """Whether the client asked for the usage chunk of a stream."""
+    options = call.body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.blake2b(body, digest_size=10).hexdigest() + '"'
+
+
+def headers_for(entry: Entry, label: str, policy: FeatureCache, now: float) -> dict[str, str]:
+    """The cache headers of a reply served from ``entry``."""
+    headers = {CACHE_HEADER: label, "etag": entry.etag}
+    age = entry.age(now)
+    if label != "miss":
+        headers["age"] = str(age)
+    if "browser" in policy.tiers:
+        # A browser keeps an answer for max-age minus Age: here, the browser TTL, and never
+        # past the server's own expiry, so that its revalidation finds the entry.
+        remaining = max(0, int(entry.expires_at - now))
+        keep = remaining if policy.browser_ttl_s is None else min(policy.browser_ttl_s, remaining)
+        headers["cache-control"] = f"private, max-age={age + keep if keep else 0}"
+    return headers
+
+
+def reply_from(call: Call, entry: Entry, label: str, policy: FeatureCache, now: float) -> Reply:
+    """``entry`` as the reply to ``call``: its body, or its stream replayed."""
+    headers = headers_for(entry, label, policy, now)
+    if call.stream:
+        stream = ReplayStream(entry, wants_usage=wants_usage(call), pace=policy.replay_pace)
+        return Reply(stream=stream, headers=headers)
+    return Reply(body=entry.body, headers=headers)
+
+
+def not_modified(entry: Entry, policy: FeatureCache, now: float) -> Reply:
+    """``304 Not Modified``: the browser's copy, ``entry``'s ETag, is still the answer."""
+    headers = headers_for(entry, "hit-browser-revalidated", policy, now)
+    return Reply(status=304, headers=headers)
+
+
+class EntryMaker:
+    """Makes entries from answers: storable or not, their TTL, their ETag."""
+
+    def __init__(self, prices: PriceBook, rule: CostTtlConfig, clock: Callable[[], float]) -> None:
+        self._prices = prices
+        self._rule = rule
+        self._clock = clock
+
+    def from_body(
+        self,
+        call: Call,
+        policy: FeatureCache,
+        control: CacheControl,
+        body: bytes,
+        usage: Usage | None,
+        *,
+        hits: int = 0,
+        events: tuple[bytes, ...] | None = None,
+        offsets: tuple[float, ...] | None = None,
+    ) -> Entry | None:
+        """A new entry for ``body``, or None when the answer may not be stored."""
+        try:
+            payload: Any = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if not answer_is_storable(policy, call.kind, payload):
+            return None
+        now = self._clock()
+        cost = self._prices.cost_usd(call.route.upstream_model, usage)
+        ttl = ttl_for(policy, self._rule, cost, hits, control.ttl)
+        ctx = call.context
+        return Entry(
+            kind=call.kind,
+            body=body,
+            created_at=now,
+            expires_at=now + ttl,
+            etag=_etag(body),
+            feature=ctx.feature,
+            org=ctx.org,
+            user=ctx.user,
+            model=call.route.name,
+            events=events,
+            offsets=offsets,
+            usage=usage,
+            cost_usd=cost,
+            tags=control.tags,
+            hits=hits,
+        )
+
+    def from_stream(
+        self, call: Call, policy: FeatureCache, control: CacheControl, live: StreamFlight, hits: int
+    ) -> Entry | None:
+        """A new entry for a completed stream, or None when it did not complete or may not be stored."""
+        events: list[bytes] = []
+        offsets: list[float] = []
+        done = False
+        start = live.times[0] if live.times else 0.0
+        for blob, at in zip(live.blobs, live.times, strict=True):
+            kept, ended = content_events(blob)
+            events.extend(kept)
+            offsets.extend([at - start] * len(kept))
+            done = done or ended
+        if not done or not events:
+            return None
+        body = assemble(events, live.usage)
+        return self.from_body(
+            call,
+            policy,
+            control,
+            body,
+            live.usage,
+            hits=hits,
+            events=tuple(events),
+            offsets=tuple(offsets) if policy.replay_pace else None,
+        )
