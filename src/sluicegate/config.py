@@ -230,6 +230,7 @@ class SqlTierConfig(Frozen):
 
     enabled: bool = True
     timeout_ms: float = Field(1000.0, gt=0, description="each cache read from SQL gives up after this")
+    compress_min_bytes: int = Field(1024, ge=0, description="zlib-compress values at least this big")
     purge_interval_s: float = Field(300.0, gt=0, description="how often expired rows are purged")
     purge_batch: int = Field(1000, ge=1, description="rows deleted per purge statement")
     breaker_failures: int = Field(3, ge=1)
@@ -241,7 +242,9 @@ class CostTtlConfig(Frozen):
 
     reference_usd: float = Field(0.001, gt=0, description="the cost at which the multiplier is 1")
     max_multiplier: float = Field(5.0, gt=0)
-    min_multiplier: float = Field(0.25, gt=0, description="the floor: a cheap answer keeps this much")
+    min_multiplier: float = Field(
+        1.0, gt=0, description="the floor: a cheap answer keeps this share of the base TTL"
+    )
     popular_hits: int = Field(100, ge=1, description="more hits than this count as popular")
     popular_multiplier: float = Field(2.0, ge=1)
     min_ttl_s: int = Field(60, ge=1)

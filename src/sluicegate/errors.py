@@ -9,6 +9,7 @@ so the HTTP layer and library users see the same thing::
     │   └── RequestTooLarge         413 invalid_request_error / request_too_large
     ├── AuthenticationFailed        401 authentication_error / invalid_api_key
     ├── PermissionDenied            403 permission_error
+    ├── ServiceUnavailable          503 api_error / service_unavailable
     ├── NotFound                    404 invalid_request_error
     │   ├── ModelNotFound           404 invalid_request_error / model_not_found
     │   └── MethodNotAllowed        405 invalid_request_error / method_not_allowed
@@ -33,6 +34,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "RequestTooLarge",
+    "ServiceUnavailable",
     "SluicegateError",
     "UpstreamError",
     "UpstreamStreamBroken",
@@ -122,6 +124,13 @@ class PermissionDenied(SluicegateError):
     status = 403
     type = "permission_error"
     default_code = "permission_denied"
+
+
+class ServiceUnavailable(SluicegateError):
+    """A store the gateway needs for this is unreachable; the message says what was done anyway."""
+
+    status = 503
+    default_code = "service_unavailable"
 
 
 class NotFound(SluicegateError):

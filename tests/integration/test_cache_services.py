@@ -260,3 +260,32 @@ async def test_unreachable_database_still_answers(tmp_path: Path) -> None:
             assert reply.body
         assert gateway.cache is not None
         assert gateway.cache.status()["tiers"]["sql"]["state"] != "closed"  # type: ignore[index]
+
+
+def test_embedded_workers_share_bumps_without_redis(
+    gateway_processes: Callable[..., list[GatewayProcess]],
+) -> None:
+    """Without Redis, two workers on SQLite see a bump at once: no old entry is served after it.
+
+    The old entry is more than 3 s old when the bump comes; every answer after it is younger.
+    """
+    with MockUpstream() as upstream:
+        database = "sqlite+aiosqlite:///./data/sluicegate.db"
+        (server,) = gateway_processes(config(upstream, None, database, data_dir="data"), workers=2)
+        headers = {"x-sluicegate-feature": "insights"}
+        # Concurrent requests, so that both workers answer and each keeps the entry in memory.
+        warm = asyncio.run(post_all([server.url] * 40, [body()] * 40, headers))
+        assert all(r.status_code == 200 for r in warm)
+        time.sleep(3.2)  # the old entry is now more than 3 s old
+        old = post(server.url + "/v1/chat/completions", body(), headers)
+        assert int(old.headers["age"]) >= 3
+        assert post(server.url + "/api/ai/cache/bump", {"feature": "insights"}).status_code == 200
+        before = chat_calls(upstream)
+        after = asyncio.run(post_all([server.url] * 40, [body()] * 40, headers))
+        served_old = [
+            (r.headers["x-sluicegate-cache"], r.headers["age"], r.headers["x-request-id"][:16])
+            for r in after
+            if int(r.headers.get("age", "0")) >= 3
+        ]
+        assert not served_old
+        assert 1 <= chat_calls(upstream) - before <= 2  # at most one miss per worker

@@ -83,7 +83,7 @@ def test_dev_mode_mints_without_a_key(server: GatewayServer) -> None:
     assert set(minted) == {"token", "expires_at", "org", "user", "features"}
     assert minted["token"].startswith("sgb_")
     assert (minted["org"], minted["user"]) == ("local", "ann")
-    assert minted["features"] == ["okr-template", "chat", "insights"]
+    assert minted["features"] == ["okr-template", "chat", "insights", "preferences"]
     assert before + 900 <= minted["expires_at"] <= int(time.time()) + 900
 
 

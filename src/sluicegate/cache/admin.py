@@ -6,8 +6,13 @@ emptied its in-process tier (and read the new namespace versions) by then.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
+from redis.exceptions import RedisError
+
+from ..errors import ServiceUnavailable
 from .keys import KEY_PREFIX, escape
 from .layered import LayeredCache
 from .stats import summarise
@@ -15,6 +20,26 @@ from .stats import summarise
 __all__ = ["MATCH_FIELDS", "bump", "invalidate", "redis_patterns", "stats"]
 
 MATCH_FIELDS = ("key", "tag", "feature", "org", "user", "model")
+T = TypeVar("T")
+_REDIS_TIMEOUT_S = 10.0
+
+
+async def _redis(operation: Awaitable[T], failures: list[str], what: str) -> T | None:
+    """Run an admin operation on Redis; note a failure rather than raise it."""
+    try:
+        async with asyncio.timeout(_REDIS_TIMEOUT_S):
+            return await operation
+    except (RedisError, OSError, TimeoutError) as exc:
+        failures.append(f"{what}: Redis is unreachable ({type(exc).__name__}: {exc})")
+        return None
+
+
+def _raise_if(failures: list[str], done: dict[str, Any]) -> None:
+    if failures:
+        raise ServiceUnavailable(
+            "; ".join(failures) + f". Done anyway: {done}. Retry once Redis is back.",
+            code="cache_tier_unavailable",
+        )
 
 
 def redis_patterns(feature: str | None, org: str | None, user: str | None, model: str | None) -> list[str]:
@@ -59,7 +84,11 @@ async def stats(cache: LayeredCache) -> dict[str, Any]:
         for name, (count, size) in per_feature.items():
             row = features.setdefault(name, {})
             row["sql_entries"], row["sql_bytes"] = count, size
-    return {"features": features, "tiers": tiers, "namespaces": dict(cache.namespaces)}
+    try:
+        namespaces = await cache.namespace_store.namespaces()
+    except Exception:  # the database is down: this process's copy is the best there is
+        namespaces = dict(cache.namespaces)
+    return {"features": features, "tiers": tiers, "namespaces": namespaces}
 
 
 async def invalidate(cache: LayeredCache, **match: str) -> dict[str, Any]:
@@ -68,25 +97,31 @@ async def invalidate(cache: LayeredCache, **match: str) -> dict[str, Any]:
     deleted: dict[str, int] = {}
     if cache.memory is not None:
         deleted["memory"] = cache.memory.delete_where(lambda key, entry: _matches(key, entry, match))
+    failures: list[str] = []
     if cache.redis is not None:
-        redis = cache.redis
-        if "key" in match:
-            count = await redis.delete_keys([match["key"]])
-        elif "tag" in match:
-            count = await redis.delete_tag(match["tag"])
-        else:
-            keys: list[str] = []
-            for pattern in redis_patterns(
-                match.get("feature"), match.get("org"), match.get("user"), match.get("model")
-            ):
-                keys.extend(await redis.scan(pattern))
-            count = await redis.delete_keys(keys) if keys else 0
-        deleted["redis"] = count
+        count = await _redis(_delete_in_redis(cache, match), failures, "entries in Redis were not deleted")
+        if count is not None:
+            deleted["redis"] = count
     if cache.sql is not None:
         deleted["sql"] = await cache.sql.delete_where(**match)
-    acknowledged = await cache.bus.announce()
+    acknowledged = await _redis(cache.bus.announce(), failures, "other processes were not told")
     await cache.reload()
+    _raise_if(failures, deleted)
     return {"deleted": deleted, "match": match, "processes_acknowledged": acknowledged}
+
+
+async def _delete_in_redis(cache: LayeredCache, match: dict[str, str]) -> int:
+    redis = cache.redis
+    assert redis is not None
+    if "key" in match:
+        return await redis.delete_keys([match["key"]])
+    if "tag" in match:
+        return await redis.delete_tag(match["tag"])
+    keys: list[str] = []
+    get = match.get
+    for pattern in redis_patterns(get("feature"), get("org"), get("user"), get("model")):
+        keys.extend(await redis.scan(pattern))
+    return await redis.delete_keys(keys) if keys else 0
 
 
 def _matches(key: str, entry: Any, match: dict[str, str]) -> bool:
@@ -105,6 +140,8 @@ def _matches(key: str, entry: Any, match: dict[str, str]) -> bool:
 async def bump(cache: LayeredCache, feature: str) -> dict[str, Any]:
     """Make every entry of ``feature`` unreachable at once, in every process: a new namespace version."""
     version = await cache.namespace_store.bump(feature)
-    acknowledged = await cache.bus.announce()
+    failures: list[str] = []
+    acknowledged = await _redis(cache.bus.announce(), failures, "other processes were not told")
     await cache.reload()
+    _raise_if(failures, {"feature": feature, "namespace": version})
     return {"feature": feature, "namespace": version, "processes_acknowledged": acknowledged}

@@ -128,6 +128,9 @@ class EntryMaker:
         cost = self._prices.cost_usd(call.route.upstream_model, usage)
         ttl = ttl_for(policy, self._rule, cost, hits, control.ttl)
         ctx = call.context
+        # The scope's org and user (none for a global entry), as the key holds them.
+        org = ctx.org if policy.scope != "global" else ""
+        user = ctx.user if policy.scope == "user" else None
         return Entry(
             kind=call.kind,
             body=body,
@@ -135,8 +138,8 @@ class EntryMaker:
             expires_at=now + ttl,
             etag=_etag(body),
             feature=ctx.feature,
-            org=ctx.org,
-            user=ctx.user,
+            org=org,
+            user=user,
             model=call.route.name,
             events=events,
             offsets=offsets,

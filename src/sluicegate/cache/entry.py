@@ -114,6 +114,8 @@ def decode(data: bytes) -> Entry | None:
         for length in meta["lens"]:
             parts.append(payload[position : position + length])
             position += length
+        if position != len(payload):
+            return None  # cut short, or with bytes the meta does not account for
         usage = meta["usage"]
         offsets = meta.get("offsets")
         return Entry(

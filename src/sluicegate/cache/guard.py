@@ -84,13 +84,20 @@ class TierGuard:
         """Whether calls currently go through."""
         return self.breaker.state(self._clock()) != "open"
 
-    async def run(self, call: Callable[[], Awaitable[T]], default: T) -> T:
-        """``await call()``, or ``default`` when the breaker is open or the call fails or is slow."""
+    async def run(self, call: Callable[[], Awaitable[T]], default: T, *, timed: bool = True) -> T:
+        """``await call()``, or ``default`` when the breaker is open or the call fails or is slow.
+
+        With ``timed`` false the call must bound itself (a batched call shares one timeout with
+        its batch, which saves a timer per call).
+        """
         breaker = self.breaker
         if breaker.failures and not breaker.allows(self._clock()):
             return default
         try:
-            async with asyncio.timeout(self.timeout_s):
+            if timed:
+                async with asyncio.timeout(self.timeout_s):
+                    result = await call()
+            else:
                 result = await call()
         except _FAILURES as exc:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 
 __all__ = ["Bus", "FileBus", "RedisBus"]
 
@@ -94,6 +94,18 @@ class RedisBus(Bus):
 
     def __init__(self, redis: Redis, ack_timeout_s: float = 2.0) -> None:
         self._redis = redis
+        # The listener waits on its socket for as long as nothing is announced: it needs a
+        # connection without the command timeout of the shared pool, which would cut it every
+        # few seconds (and miss what is announced meanwhile).
+        pool = redis.connection_pool
+        kwargs = {**pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 15}
+        # Pub/sub channels are shared by every database of a server: name the database.
+        self._channel = f"{CHANNEL}:{kwargs.get('db', 0)}"
+        self._listener = Redis(
+            connection_pool=ConnectionPool(
+                connection_class=pool.connection_class, max_connections=2, **kwargs
+            )
+        )
         self._ack_timeout = ack_timeout_s
         self._task: asyncio.Task[None] | None = None
         self._apply: Apply | None = None
@@ -110,8 +122,8 @@ class RedisBus(Bus):
         failures = 0
         while True:
             try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                async with self._listener.pubsub() as pubsub:
+                    await pubsub.subscribe(self._channel)
                     if failures:
                         await self._run_apply()  # events may have been missed while Redis was away
                     failures = 0
@@ -146,7 +158,7 @@ class RedisBus(Bus):
 
     async def announce(self) -> int:
         event_id = secrets.token_hex(8)
-        receivers = int(await self._redis.publish(CHANNEL, orjson.dumps({"id": event_id})))
+        receivers = int(await self._redis.publish(self._channel, orjson.dumps({"id": event_id})))
         ack = f"sg:ack:{event_id}"
         acknowledged = 0
         with contextlib.suppress(TimeoutError):
@@ -166,3 +178,4 @@ class RedisBus(Bus):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._listener.aclose(close_connection_pool=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import secrets
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -53,13 +55,13 @@ class LayeredCache:
         self.redis: RedisTier | None = None
         self.redis_guard: TierGuard | None = None
         if redis is not None and config.redis.enabled:
-            self.redis = RedisTier(redis, config.redis.compress_min_bytes)
+            self.redis = RedisTier(redis, config.redis.compress_min_bytes, config.redis.timeout_ms / 1000)
             r = config.redis
             self.redis_guard = TierGuard("redis", r.timeout_ms / 1000, r.breaker_failures, r.breaker_open_s)
         self.sql: SqlTier | None = None
         self.sql_guard: TierGuard | None = None
         if config.sql.enabled:
-            self.sql = SqlTier(engine, config.redis.compress_min_bytes)
+            self.sql = SqlTier(engine, config.sql.compress_min_bytes, config.sql.timeout_ms / 1000)
             s = config.sql
             self.sql_guard = TierGuard("sql", s.timeout_ms / 1000, s.breaker_failures, s.breaker_open_s)
         self.namespaces: dict[str, int] = {}
@@ -70,7 +72,14 @@ class LayeredCache:
         self.stats = CacheStats(self._flush_stats)
         self.flights: dict[str, Any] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._token_prefix = secrets.token_hex(6) + ":"
+        self._token_counter = itertools.count(1)
         self._purger: asyncio.Task[None] | None = None
+        self._reloading: asyncio.Task[None] | None = None
+
+    def new_token(self) -> str:
+        """A single-flight lock token unique to this process and call, without asking the OS."""
+        return f"{self._token_prefix}{next(self._token_counter):x}"
 
     def policy(self, feature: str) -> FeatureCache:
         """The feature's cache policy."""
@@ -93,11 +102,31 @@ class LayeredCache:
             self._purger = asyncio.get_running_loop().create_task(self._purge_forever())
 
     async def reload(self) -> None:
-        """Apply an invalidation: fresh namespace versions, and an empty in-process tier."""
+        """Apply an invalidation: an empty in-process tier at once, then fresh namespace versions.
+
+        Until the versions are read, `pending` hands the reload to every request, so that none
+        computes a key with the old version meanwhile.
+        """
+        if self.memory is not None:
+            self.memory.clear()
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.get_running_loop().create_task(self._read_namespaces())
+        await asyncio.shield(self._reloading)
+
+    async def _read_namespaces(self) -> None:
         with contextlib.suppress(Exception):  # the database is down: keep the versions we have
             self.namespaces = await self.namespace_store.namespaces()
         if self.memory is not None:
-            self.memory.clear()
+            self.memory.clear()  # what was stored meanwhile may be under an old version
+
+    def pending(self) -> asyncio.Task[None] | None:
+        """The reload every request must wait for, if an invalidation is being applied (hot path)."""
+        if self.bus.check():
+            if self.memory is not None:
+                self.memory.clear()
+            self._reloading = asyncio.get_running_loop().create_task(self._read_namespaces())
+        reloading = self._reloading
+        return reloading if reloading is not None and not reloading.done() else None
 
     async def aclose(self) -> None:
         """Finish background work, flush pending SQL writes and counters, stop listening."""
@@ -124,10 +153,14 @@ class LayeredCache:
         assert self.sql is not None
         assert self.sql_guard is not None
         sql, guard = self.sql, self.sql_guard
+        batch = self.config.sql.purge_batch
         while True:
             await asyncio.sleep(self.config.sql.purge_interval_s)
+            # Each batch is its own statement under the tier's timeout, so a backlog is no failure.
             with contextlib.suppress(Exception):
-                await guard.run(lambda: sql.purge(self.clock(), self.config.sql.purge_batch), 0)
+                deleted = batch
+                while deleted >= batch:
+                    deleted = await guard.run(lambda: sql.purge_batch(self.clock(), batch), 0)
 
     async def _flush_stats(self, counts: Any, hits: Any) -> None:
         if counts:
@@ -155,14 +188,14 @@ class LayeredCache:
             redis, lease = self.redis, int(self.config.lock_lease_s * 1000)
             lock = key.lock if lock_token else None
             entry, lock_state = await self.redis_guard.run(
-                lambda: redis.lookup(key.key, lock, lock_token or "", lease), _NO_LOOKUP
+                lambda: redis.lookup(key.key, lock, lock_token or "", lease), _NO_LOOKUP, timed=False
             )
             if entry is not None:
                 self._promote(key.key, entry, ("memory",), policy)
                 return entry, "redis", lock_state
         if self.sql is not None and self.sql_guard is not None and "sql" in tiers:
             sql = self.sql
-            entry = await self.sql_guard.run(lambda: sql.get(key.key), None)
+            entry = await self.sql_guard.run(lambda: sql.get(key.key), None, timed=False)
             if entry is not None:
                 self._promote(key.key, entry, ("memory", "redis"), policy)
                 if lock_state == LOCK_TAKEN and lock_token is not None:
@@ -189,17 +222,27 @@ class LayeredCache:
             redis, guard = self.redis, self.redis_guard
             self.spawn(guard.run(lambda: redis.set(key, entry, keep), None))
 
-    async def store(self, key: str, entry: Entry, policy: FeatureCache) -> None:
-        """Write ``entry`` to every tier of the feature: memory and Redis now, SQL after the response."""
+    async def store(
+        self, key: CacheKey, entry: Entry, policy: FeatureCache, token: str | None = None
+    ) -> bool:
+        """Write ``entry`` to every tier of the feature: memory and Redis now, SQL after the response.
+
+        With the ``token`` of the single-flight lock, the Redis write also releases the lock, in
+        the same round trip; returns whether it did.
+        """
         keep = self.keep_s(entry, policy, self.clock())
         tiers = policy.tiers
         if self.memory is not None and "memory" in tiers:
-            self.memory.put(key, entry, keep)
+            self.memory.put(key.key, entry, keep)
+        released = False
         if self.redis is not None and self.redis_guard is not None and "redis" in tiers:
-            redis = self.redis
-            await self.redis_guard.run(lambda: redis.set(key, entry, keep), None)
+            redis, lock = self.redis, key.lock if token else None
+            released = await self.redis_guard.run(
+                lambda: redis.store(key.key, entry, keep, lock, token or ""), False, timed=False
+            )
         if self.sql is not None and "sql" in tiers:
-            self.sql.enqueue(key, entry, keep)
+            self.sql.enqueue(key.key, entry, keep)
+        return released and token is not None
 
     async def try_lock(self, key: CacheKey, token: str) -> bool:
         """Take the key's lock for a background refresh; True when this process may refresh."""
@@ -224,11 +267,12 @@ class LayeredCache:
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.05)
-            entry = await guard.run(lambda: redis.get(key.key), None)
+            gone: tuple[Entry | None, bool] = (None, False)
+            entry, held = await guard.run(lambda: redis.wait_step(key.key, key.lock), gone, timed=False)
             if entry is not None:
                 self._promote(key.key, entry, ("memory",), policy)
                 return entry
-            if not await guard.run(lambda: redis.lock_held(key.lock), False):
+            if not held:
                 return None
         return None
 

@@ -66,10 +66,10 @@ class MemoryTier:
     def put(self, key: str, entry: Entry, keep_s: float) -> None:
         """Keep ``entry``, evicting the least recently used entries to stay within the budget."""
         size = entry.size
+        if key in self._entries:
+            self._remove(key)  # even when the new entry is too big: the old one is outdated
         if size > self.max_bytes:
             return
-        if key in self._entries:
-            self._remove(key)
         self._entries[key] = (entry, self._clock() + keep_s)
         self.bytes += size
         while self.bytes > self.max_bytes:

@@ -6,9 +6,9 @@ The TTL rule is the brief's, with its constants configurable (``cache.ttl``)::
     popularity = popular_multiplier if hits > popular_hits else 1
     ttl        = clamp(base_ttl * multiplier * popularity, min_ttl_s, max_ttl_s)
 
-With the defaults (reference $0.001, multiplier between 0.25 and 5, doubled past 100 hits, TTL
+With the defaults (reference $0.001, multiplier between 1 and 5, doubled past 100 hits, TTL
 between 60 s and 30 days) a 24 h template that cost $0.004 is kept 4 days, and one that cost
-$0.00002 is kept 6 h, not 29 minutes.
+$0.00002 is kept the base 24 h, not 29 minutes: the base TTL is the least an answer keeps.
 """
 
 from __future__ import annotations

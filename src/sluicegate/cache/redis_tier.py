@@ -12,7 +12,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
+from .batching import Batcher
 from .entry import Entry, decode, encode
 from .keys import KEY_PREFIX
 
@@ -20,13 +22,17 @@ __all__ = ["LOOKUP", "RedisTier"]
 
 TAG_PREFIX = "sg:t:"
 _HITS = ":hits"
-# KEYS: entry, lock, hits. ARGV: lock token, lease in ms, and "1" to take the lock on a miss.
-# Returns {value, hits} on a hit, {false, 1} when this caller took the lock, {false, 0} when
-# another holds it, and {false, 2} when no lock was asked for.
+# KEYS: entry, lock, hits. ARGV: lock token, lease in ms, and the mode: "1" to take the lock on
+# a miss, "2" to report whether someone holds it, "0" for neither. Returns {value, hits} on a
+# hit; on a miss {false, 1} when this caller took the lock, {false, 0} when another holds it,
+# and {false, 2} when no lock was asked for; in mode "2", {false, 1 if held else 0}.
 LOOKUP = """
 local value = redis.call('GET', KEYS[1])
 if value then
   return {value, redis.call('GET', KEYS[3]) or '0'}
+end
+if ARGV[3] == '2' then
+  return {false, redis.call('EXISTS', KEYS[2])}
 end
 if ARGV[3] ~= '1' then
   return {false, 2}
@@ -43,6 +49,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Store an entry and, when ARGV[3] is our lock token, release the lock, in one round trip.
+# KEYS: entry, lock. ARGV: value, keep in ms, token ('' for none).
+STORE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('DEL', KEYS[2])
+end
+return 1
+"""
+Command = tuple[Any, ...]
 
 
 class RedisTier:
@@ -50,16 +66,48 @@ class RedisTier:
 
     name = "redis"
 
-    def __init__(self, redis: Redis, compress_min_bytes: int) -> None:
+    def __init__(self, redis: Redis, compress_min_bytes: int, timeout_s: float | None = None) -> None:
         self.redis = redis
         self._compress_min = compress_min_bytes
-        self._lookup = redis.register_script(LOOKUP)
-        self._unlock = redis.register_script(UNLOCK)
+        self._scripts = {
+            name: redis.register_script(text)
+            for name, text in (("lookup", LOOKUP), ("unlock", UNLOCK), ("store", STORE))
+        }
+        self._sha = {name: script.sha for name, script in self._scripts.items()}
+        self._batch: Batcher[list[Command], list[Any]] = Batcher(self._pipeline, timeout_s=timeout_s)
+
+    async def _pipeline(self, items: list[list[Command]]) -> list[list[Any]]:
+        """Every command of every item in one pipeline; scripts Redis lost are loaded and retried."""
+        for attempt in (1, 2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for commands in items:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                flat = await pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in flat):
+                for script in self._scripts.values():
+                    await self.redis.script_load(script.script)
+                continue
+            break
+        results: list[list[Any]] = []
+        position = 0
+        for commands in items:
+            part = flat[position : position + len(commands)]
+            position += len(commands)
+            error = next((r for r in part if isinstance(r, Exception)), None)
+            if error is not None:
+                raise error
+            results.append(part)
+        return results
+
+    def _evalsha(self, name: str, keys: list[str], args: list[Any]) -> Command:
+        return ("EVALSHA", self._sha[name], len(keys), *keys, *args)
 
     async def lookup(self, key: str, lock: str | None, token: str, lease_ms: int) -> tuple[Entry | None, int]:
         """The entry under ``key``, or the lock outcome: (entry, 0), (None, 1 taken / 0 held / 2 none)."""
-        result: Any = await self._lookup(
-            keys=[key, lock or key + ":lock", key + _HITS], args=[token, lease_ms, "1" if lock else "0"]
+        keys = [key, lock or key + ":lock", key + _HITS]
+        (result,) = await self._batch(
+            [self._evalsha("lookup", keys, [token, lease_ms, "1" if lock else "0"])]
         )
         value, extra = result
         if value:
@@ -82,19 +130,38 @@ class RedisTier:
         """Whether someone still holds ``lock``."""
         return bool(await self.redis.exists(lock))
 
+    async def wait_step(self, key: str, lock: str) -> tuple[Entry | None, bool]:
+        """The entry under ``key``, or whether ``lock`` is still held, read atomically."""
+        (result,) = await self._batch([self._evalsha("lookup", [key, lock, key + _HITS], ["", 0, "2"])])
+        value, extra = result
+        if value:
+            entry = decode(value)
+            if entry is not None:
+                entry.hits = max(entry.hits, int(extra))
+            return entry, True
+        return None, bool(extra)
+
     async def unlock(self, lock: str, token: str) -> None:
         """Release ``lock`` if ``token`` still holds it."""
-        await self._unlock(keys=[lock], args=[token])
+        await self._batch([self._evalsha("unlock", [lock], [token])])
 
     async def set(self, key: str, entry: Entry, keep_s: float) -> None:
+        await self.store(key, entry, keep_s, None, "")
+
+    async def store(self, key: str, entry: Entry, keep_s: float, lock: str | None, token: str) -> bool:
+        """Keep ``entry`` for ``keep_s`` and release ``lock`` if ``token`` holds it: one round trip."""
         keep_ms = max(1, int(keep_s * 1000))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(key, encode(entry, self._compress_min), px=keep_ms)
-            for tag in entry.tags:
-                pipe.sadd(TAG_PREFIX + tag, key)
-                pipe.expire(TAG_PREFIX + tag, int(keep_s) + 1, gt=True)
-                pipe.expire(TAG_PREFIX + tag, int(keep_s) + 1, nx=True)
-            await pipe.execute()
+        value = encode(entry, self._compress_min)
+        commands = [
+            self._evalsha("store", [key, lock or key + ":lock"], [value, keep_ms, token if lock else ""])
+        ]
+        for tag in entry.tags:
+            tag_key = TAG_PREFIX + tag
+            commands.append(("SADD", tag_key, key))
+            commands.append(("EXPIRE", tag_key, int(keep_s) + 1, "GT"))
+            commands.append(("EXPIRE", tag_key, int(keep_s) + 1, "NX"))
+        await self._batch(commands)
+        return True
 
     async def delete(self, key: str) -> None:
         await self.redis.delete(key, key + _HITS)

@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..store.tables import cache_entries, cache_namespaces, cache_stats
+from .batching import Batcher
 from .entry import Entry, decode, encode
 
 __all__ = ["SqlTier"]
@@ -26,11 +27,22 @@ __all__ = ["SqlTier"]
 logger = logging.getLogger("sluicegate.cache")
 _BATCH = 200
 _c = cache_entries.c
-_SELECT = select(_c.value, _c.hits).where(_c.key == bindparam("k"))
+_SELECT = select(_c.key, _c.value, _c.hits).where(_c.key.in_(bindparam("keys", expanding=True)))
+
+
+def _tag_token(tag: str) -> str:
+    """A tag as stored between bars: ``%`` and ``|`` percent-encoded, so no tag holds a bar."""
+    return tag.replace("%", "%25").replace("|", "%7C")
 
 
 def _tags(tags: Sequence[str]) -> str:
-    return "|" + "|".join(tags) + "|" if tags else ""
+    return "|" + "|".join(_tag_token(t) for t in tags) + "|" if tags else ""
+
+
+def _tag_pattern(tag: str) -> str:
+    """A LIKE pattern that matches exactly one stored tag: its wildcards escaped with a backslash."""
+    token = _tag_token(tag).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%|{token}|%"
 
 
 class SqlTier:
@@ -38,7 +50,7 @@ class SqlTier:
 
     name = "sql"
 
-    def __init__(self, engine: AsyncEngine, compress_min_bytes: int) -> None:
+    def __init__(self, engine: AsyncEngine, compress_min_bytes: int, timeout_s: float | None = None) -> None:
         self.engine = engine
         self._compress_min = compress_min_bytes
         self._insert: Any = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
@@ -46,17 +58,25 @@ class SqlTier:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._write_lock = asyncio.Lock()
         self.pending_failures = 0
+        self._gets: Batcher[str, Entry | None] = Batcher(self._get_many, max_batch=200, timeout_s=timeout_s)
 
     async def get(self, key: str) -> Entry | None:
+        return await self._gets(key)
+
+    async def _get_many(self, keys: list[str]) -> list[Entry | None]:
+        """The entries under ``keys``, in one query (the lookups of one loop turn)."""
         async with self.engine.connect() as conn:
-            row = (await conn.execute(_SELECT, {"k": key})).first()
-        if row is None:
-            return None
-        entry = decode(row[0])
-        if entry is not None:
-            entry.hits = max(entry.hits, row[1])
-        return entry
+            rows = {row[0]: row for row in await conn.execute(_SELECT, {"keys": list(set(keys))})}
+        found: list[Entry | None] = []
+        for key in keys:
+            row = rows.get(key)
+            entry = decode(row[1]) if row is not None else None
+            if entry is not None and row is not None:
+                entry.hits = max(entry.hits, row[2])
+            found.append(entry)
+        return found
 
     def _row(self, key: str, entry: Entry, keep_s: float) -> dict[str, Any]:
         value = encode(entry, self._compress_min)
@@ -111,8 +131,17 @@ class SqlTier:
                         await self._wake.wait()
 
     async def _write_batch(self) -> None:
+        async with self._write_lock:
+            failed = await self._write_batch_locked()
+        if failed:
+            await asyncio.sleep(min(5.0, 0.1 * 2**self.pending_failures))
+
+    async def _write_batch_locked(self) -> bool:
+        """Write one batch; True when it failed and was put back."""
         keys = list(self._queue)[:_BATCH]
         rows = [self._queue.pop(key) for key in keys]
+        if not rows:
+            return False
         try:
             await self._upsert(rows)
             self.pending_failures = 0
@@ -126,7 +155,8 @@ class SqlTier:
                 self._queue.setdefault(row["key"], row)
             if self.pending_failures in (1, 10, 100):
                 logger.warning("cache: %d SQL writes are waiting (%s)", len(self._queue), exc)
-            await asyncio.sleep(min(5.0, 0.1 * 2**self.pending_failures))
+            return True
+        return False
 
     @property
     def pending(self) -> int:
@@ -171,25 +201,32 @@ class SqlTier:
         """Delete rows kept past ``keep_until``, ``batch`` at a time; how many went."""
         total = 0
         while True:
-            doomed = select(_c.key).where(_c.keep_until < now).limit(batch).scalar_subquery()
-            async with self.engine.begin() as conn:
-                result = await conn.execute(delete(cache_entries).where(_c.key.in_(doomed)))
-            total += result.rowcount or 0
-            if (result.rowcount or 0) < batch:
+            deleted = await self.purge_batch(now, batch)
+            total += deleted
+            if deleted < batch:
                 return total
+
+    async def purge_batch(self, now: float, batch: int) -> int:
+        """Delete at most ``batch`` rows kept past ``keep_until``, in one statement; how many went."""
+        doomed = select(_c.key).where(_c.keep_until < now).limit(batch).scalar_subquery()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(delete(cache_entries).where(_c.key.in_(doomed)))
+        return result.rowcount or 0
 
     async def delete_where(self, **match: str) -> int:
         """Delete the rows of a ``feature``, ``org``, ``user``, ``model``, ``tag`` or ``key``."""
         statement = delete(cache_entries)
         for name, value in match.items():
             if name == "tag":
-                statement = statement.where(_c.tags.like(f"%|{value}|%"))
+                statement = statement.where(_c.tags.like(_tag_pattern(value), escape="\\"))
             else:
                 statement = statement.where(getattr(_c, name) == value)
-        for key in [k for k, row in self._queue.items() if _matches(row, match)]:
-            del self._queue[key]
-        async with self.engine.begin() as conn:
-            result = await conn.execute(statement)
+        # Under the write lock: a batch being written now cannot land after the delete.
+        async with self._write_lock:
+            for key in [k for k, row in self._queue.items() if _matches(row, match)]:
+                del self._queue[key]
+            async with self.engine.begin() as conn:
+                result = await conn.execute(statement)
         return result.rowcount or 0
 
     async def size(self) -> dict[str, tuple[int, int]]:
@@ -243,7 +280,7 @@ class SqlTier:
 def _matches(row: Mapping[str, Any], match: Mapping[str, str]) -> bool:
     for name, value in match.items():
         if name == "tag":
-            if f"|{value}|" not in row["tags"]:
+            if f"|{_tag_token(value)}|" not in row["tags"]:
                 return False
         elif row.get(name) != value:
             return False

@@ -54,8 +54,9 @@ class ServeFromCache:
         control = call.cache
         if not request_is_cacheable(policy, call.kind, call.body):
             return await self._bypass(call, control)
-        if cache.bus.check():
-            await cache.reload()
+        reloading = cache.pending()
+        if reloading is not None:
+            await asyncio.shield(reloading)
         server = cache.any_server_tier(policy)
         key = cache.key(call, policy)
         stale: Entry | None = None
@@ -119,7 +120,10 @@ class ServeFromCache:
             and entry.expires_at - now < self._cache.config.refresh_ahead_s
         ):
             self._refresh_in_background(call, key, policy, entry.hits)
-        return reply_from(call, entry, "hit-" + tier, policy, now)
+        reply = reply_from(call, entry, "hit-" + tier, policy, now)
+        if control.no_store:
+            reply.headers["cache-control"] = "no-store"  # nor may the browser keep it
+        return reply
 
     async def _bypass(self, call: Call, control: CacheControl) -> Reply:
         self._cache.stats.count(call.context.feature, "bypass")
@@ -147,7 +151,7 @@ class ServeFromCache:
         handed_over = False
         try:
             if server and not control.no_cache:
-                token = secrets.token_hex(8) if cache.redis is not None else ""
+                token = cache.new_token() if cache.redis is not None else ""
                 entry, tier, lock_state = await cache.lookup(key, policy, token or None)
                 if entry is not None:
                     flight.settle(entry)
@@ -157,7 +161,9 @@ class ServeFromCache:
                     if reply is not None:
                         return reply
                     stale = entry
-                if lock_state == LOCK_HELD:
+                # A stream does not wait for another process's leader: its first token would come
+                # only once the leader's whole stream had been stored.
+                if lock_state == LOCK_HELD and not call.stream:
                     entry = await cache.wait_for(key, policy)
                     if entry is not None:
                         flight.settle(entry)
@@ -182,7 +188,8 @@ class ServeFromCache:
                 return reply
             entry = self._entries.from_body(call, policy, control, reply.body, reply.usage, hits=hits)
             if entry is not None and server and not control.no_store:
-                await cache.store(key.key, entry, policy)
+                if await cache.store(key, entry, policy, token if lock_state == LOCK_TAKEN else None):
+                    lock_state = LOCK_NONE  # released by the store
                 cache.stats.count(call.context.feature, "stores")
             flight.settle(entry)
             return self._fresh_reply(reply, entry, policy, control)
@@ -284,19 +291,21 @@ class ServeFromCache:
         cache = self._cache
 
         async def done(live: StreamFlight) -> None:
+            held = lock_state == LOCK_TAKEN
             try:
                 entry = (
                     self._entries.from_stream(call, policy, control, live, hits) if live.completed else None
                 )
                 if entry is not None and not control.no_store and cache.any_server_tier(policy):
-                    await cache.store(key.key, entry, policy)
+                    if await cache.store(key, entry, policy, token if held else None):
+                        held = False
                     cache.stats.count(call.context.feature, "stores")
                 flight.settle(entry)
             finally:
                 flight.settle(None)
                 if cache.flights.get(key.key) is flight:
                     del cache.flights[key.key]
-                if lock_state == LOCK_TAKEN:
+                if held:
                     await cache.unlock(key, token)
 
         return done
@@ -327,7 +336,7 @@ class ServeFromCache:
                 reply = await self._upstream(plain, miss=False)
                 entry = self._entries.from_body(plain, policy, call.cache, reply.body, reply.usage, hits=hits)
                 if entry is not None:
-                    await cache.store(key.key, entry, policy)
+                    await cache.store(key, entry, policy)
                     cache.stats.count(call.context.feature, "stores")
                 flight.settle(entry)
         finally:

@@ -135,10 +135,16 @@ async def warm(
     report = WarmReport()
     gate = asyncio.Semaphore(max(1, concurrency))
     budget = [max_requests if max_requests is not None else len(items)]
+    known = {*runner.cache.policies, "default"} if runner.cache is not None else None
 
     async def one(item: WarmItem) -> None:
         async with gate:
             try:
+                feature = item.context.feature
+                if known is not None and feature not in known:
+                    raise InvalidRequest(
+                        f"unknown feature {feature!r}; configured: {', '.join(sorted(known))}"
+                    )
                 call = runner.new_call(item.kind, dict(item.body), item.context, cache_control="no-cache")
                 if await _is_fresh(runner, call):
                     report.fresh += 1

@@ -19,7 +19,8 @@ __all__ = ["create_key", "list_keys", "revoke_key", "status"]
 async def status(gateway: Gateway, request: Request) -> None:
     """``GET /api/ai/status``: liveness, readiness and each dependency, from cached probes."""
     snapshot = gateway.probes.snapshot()
-    required = {"redis"} if gateway.redis is not None else set()
+    # Redis is not required: without it the cache serves from its other tiers (degraded).
+    required: set[str] = set()
     if gateway.settings.auth.require_keys:
         required.add("database")
     dependencies: dict[str, Any] = {}
