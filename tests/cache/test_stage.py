@@ -330,3 +330,38 @@ async def test_disabled_cache_leaves_no_trace(tmp_path: Path) -> None:
         await send(gateway, RequestContext("local"))
         assert "x-sluicegate-cache" not in reply.headers
         assert chat_calls(gateway) == 2
+
+
+async def test_replay_at_the_original_pace(tmp_path: Path) -> None:
+    """With replay_pace, a replayed stream keeps its chunks' original spacing."""
+    settings = mock_settings(
+        data_dir=tmp_path / "data",
+        features=features(replay_pace=True),
+        providers={"upstream": {"kind": "mock", "mock": {"chunk_interval_ms": 30, "chunks": 5}}},
+    )
+    async with create_gateway(settings) as gateway:
+        await read(await send(gateway, stream=True))
+        replay = await send(gateway, stream=True)
+        assert replay.headers["x-sluicegate-cache"] == "hit-memory"
+        started = time.perf_counter()
+        blobs = [blob async for blob in replay.stream]  # type: ignore[union-attr]
+        elapsed = time.perf_counter() - started
+        assert len(blobs) > 5  # one write per event, not one for the whole stream
+        assert elapsed >= 0.1  # five 30 ms gaps, give or take the scheduler
+
+
+async def test_refresh_ahead_refetches_a_popular_entry_before_it_expires(tmp_path: Path) -> None:
+    """An entry with enough hits is fetched again shortly before it expires, once."""
+    settings = mock_settings(data_dir=tmp_path / "data", features=features(refresh_ahead_hits=3))
+    async with create_gateway(settings) as gateway:
+        await send(gateway)
+        assert gateway.cache is not None
+        (entry,) = gateway.cache.memory.entries()  # type: ignore[union-attr]
+        entry.expires_at = time.time() + 30  # within the default 60 s refresh-ahead window
+        for _ in range(6):
+            assert (await send(gateway)).headers["x-sluicegate-cache"] == "hit-memory"
+        await asyncio.sleep(0.1)
+        assert chat_calls(gateway) == 2
+        (fresh,) = gateway.cache.memory.entries()  # type: ignore[union-attr]
+        assert fresh.expires_at > time.time() + 600
+        assert fresh.hits >= 3  # popularity carries over
