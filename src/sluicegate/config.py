@@ -364,6 +364,8 @@ class Settings(BaseSettings):
         for name in value:
             if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
                 raise ValueError(f"feature name {name!r} must be 1-64 letters, digits, - or _")
+            if name == "all":
+                raise ValueError("feature name 'all' is reserved: cache statistics use it for the totals")
         return value
 
     @model_validator(mode="after")

@@ -66,6 +66,16 @@ async def warm_cache(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/cache/warm``: ``{"requests": [...]}``, optionally dry_run, max_requests, concurrency."""
     _cache(gateway, request)
     body = await _body(gateway, request)
+    unknown = set(body) - {"requests", "dry_run", "max_requests", "concurrency"}
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field(s): {', '.join(sorted(unknown))}; "
+            "send requests, dry_run, max_requests and concurrency",
+            code="invalid_value",
+        )
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise InvalidRequest("dry_run must be true or false", param="dry_run", code="invalid_type")
     requests = body.get("requests")
     if not isinstance(requests, list) or len(requests) > _MAX_WARM:
         raise InvalidRequest(f"requests must be a list of at most {_MAX_WARM} objects", param="requests")
@@ -79,6 +89,6 @@ async def warm_cache(gateway: Gateway, request: Request) -> None:
         items,
         concurrency=options["concurrency"] or 4,
         max_requests=options["max_requests"],
-        dry_run=body.get("dry_run") is True,
+        dry_run=dry_run,
     )
     await send_json(request, 200, orjson.dumps(report.to_dict()))
