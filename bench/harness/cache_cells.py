@@ -10,6 +10,7 @@ shows which share of the answers really came from the expected tier.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import socket
@@ -43,9 +44,13 @@ CHECK_TRIES = 30
 
 HIT, MISS = "cache-hit", "cache-miss"
 # temperature 0: an answer to a request with temperature > 0 is not cached by default
+# The hit cell cycles through HIT_POOL warmed prompts, so that the 50 requests in flight at once
+# ask different entries: a single hot key would be answered by each gateway's single-flight
+# (one lookup shared by every identical request in flight) and not measure a tier's lookups.
+HIT_POOL = 256
 HIT_BODY: dict[str, Any] = {
     "model": "gpt-4o-mini",
-    "messages": [{"role": "user", "content": PROMPT}],
+    "messages": [{"role": "user", "content": f"{PROMPT} (#{COUNTER})"}],
     "temperature": 0,
 }
 MISS_BODY: dict[str, Any] = dict(HIT_BODY, messages=[{"role": "user", "content": f"{PROMPT} ({COUNTER})"}])
@@ -149,7 +154,9 @@ def run_cache_phase(bench: Bench, mock: System) -> None:
         for spec in hit_systems(bench.a, rec.litellm_version, rec.problems):
             _start(bench, spec, mock, started)
         _measure(bench, HIT, HIT_BODY, list(started.values()), expect_of=lambda spec: spec.expect)
-        for key in [k for k, (_s, spec) in started.items() if spec.tier != "memory"]:
+        # The miss cell keeps every sluicegate tier (the target is the in-process one's; the
+        # Redis and SQL rows show what a shared tier adds to a miss) and drops LiteLLM.
+        for key in [k for k, (_s, spec) in started.items() if spec.kind != "sluicegate"]:
             bench.launcher.stop(started.pop(key)[0])
         for spec in MISS_SYSTEMS:
             _start(bench, spec, mock, started)
@@ -199,8 +206,9 @@ def _measure(
         # the cache-off system has nothing to verify: its row is the baseline whatever it says
         if spec.tier == "off" or check_tier(bench.rec, s, scenario, body, header, expect):
             distinct = scenario == MISS
+            pool = HIT_POOL if scenario == HIT else None
             s.lua[scenario] = write_counting_lua(
-                f"{s.key}-{scenario}", body, s.token, header, distinct=distinct
+                f"{s.key}-{scenario}", body, s.token, header, distinct=distinct, pool=pool
             )
             measured.append(s)
             expected[s.label] = expect
@@ -212,6 +220,11 @@ def _measure(
 def _smoke_body(body: dict[str, Any]) -> dict[str, Any]:
     text = json.dumps(body)
     return json.loads(text.replace(COUNTER, "smoke-" + secrets.token_hex(6))) if COUNTER in text else body
+
+
+def _pooled(body: dict[str, Any], index: int) -> dict[str, Any]:
+    """The hit cell's prompt number ``index``."""
+    return json.loads(json.dumps(body).replace(COUNTER, str(index)))
 
 
 def header_value(headers: dict[str, str], header: str) -> str:
@@ -226,8 +239,18 @@ def check_tier(rec: Record, s: System, scenario: str, body: dict[str, Any], head
     """Warm the key, then require `CHECK_STREAK` answers in a row that carry ``expect``."""
     answers: list[str] = []
     streak = 0
-    for _ in range(CHECK_TRIES):
-        req = _smoke_body(body) if scenario == MISS else body
+    if scenario == HIT:
+        for index in range(HIT_POOL):  # warm every prompt of the pool
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                http(
+                    "POST",
+                    s.url + "/v1/chat/completions",
+                    json.dumps(_pooled(body, index)).encode(),
+                    {"Content-Type": "application/json", "Authorization": f"Bearer {s.token}"},
+                    timeout=30,
+                )
+    for attempt in range(CHECK_TRIES):
+        req = _smoke_body(body) if scenario == MISS else _pooled(body, attempt % HIT_POOL)
         try:
             st, hdr, _data = http(
                 "POST",

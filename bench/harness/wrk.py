@@ -126,6 +126,18 @@ request = function()
 end
 """
 
+# A pool of prompts: request n asks prompt n modulo the pool, from a random start per thread,
+# so that the requests in flight at once ask different (warmed) prompts.
+_POOL_LUA = """
+local prefix, suffix, pool = {prefix}, {suffix}, {pool}
+local started = false
+request = function()
+  if not started then n = math.random(0, pool - 1); started = true end
+  n = n + 1
+  return wrk.format(nil, nil, nil, prefix .. (n % pool) .. suffix)
+end
+"""
+
 _COUNT_DONE_LUA = """
 local count_done = done
 done = function(summary, latency, requests)
@@ -156,18 +168,24 @@ def write_lua(name: str, body: dict[str, Any], token: str) -> Path:
     return path
 
 
-def write_counting_lua(name: str, body: dict[str, Any], token: str, header: str, *, distinct: bool) -> Path:
+def write_counting_lua(
+    name: str, body: dict[str, Any], token: str, header: str, *, distinct: bool, pool: int | None = None
+) -> Path:
     """Write a script that also counts responses by ``header``'s value; with ``distinct``, every
-    request replaces `COUNTER` in ``body`` by a nonce and a counter, so no two are the same."""
+    request replaces `COUNTER` in ``body`` by a nonce and a counter, so no two are the same; with
+    ``pool``, by the counter modulo ``pool``, so requests cycle through that many prompts."""
     path = WORK / f"{name}.lua"
     text = json.dumps(body, separators=(",", ":"))
     lua = LUA_TEMPLATE.format(body=lua_quote(text), token=token)
     lua += _COUNT_LUA.format(header_lc=lua_quote(header.lower()), header_tc=lua_quote(_title(header)))
-    if distinct:
+    if distinct or pool:
         prefix, sep, suffix = text.partition(COUNTER)
         if not sep:
-            raise ValueError(f"a distinct-request body must contain {COUNTER}")
-        lua += _DISTINCT_LUA.format(prefix=lua_quote(prefix), suffix=lua_quote(suffix))
+            raise ValueError(f"a distinct-request or pooled body must contain {COUNTER}")
+        if pool:
+            lua += _POOL_LUA.format(prefix=lua_quote(prefix), suffix=lua_quote(suffix), pool=pool)
+        else:
+            lua += _DISTINCT_LUA.format(prefix=lua_quote(prefix), suffix=lua_quote(suffix))
     lua += _COUNT_DONE_LUA.format()
     path.write_text(lua)
     return path

@@ -39,15 +39,17 @@ COALESCED_HEADER = "x-sluicegate-coalesced"
 class Flight:
     """An upstream call in progress that identical calls in this process wait for or join."""
 
-    __slots__ = ("result", "stream")
+    __slots__ = ("result", "stream", "tier")
 
     def __init__(self) -> None:
         self.result: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
         self.stream: StreamFlight | None = None
+        self.tier = ""  # the tier the answer came from; empty when it came from the upstream
 
-    def settle(self, entry: Entry | None) -> None:
+    def settle(self, entry: Entry | None, tier: str = "") -> None:
         """Hand the answer (None: followers go upstream themselves) to the followers."""
         if not self.result.done():
+            self.tier = tier
             self.result.set_result(entry)
 
     def fail(self, error: SluicegateError) -> None:

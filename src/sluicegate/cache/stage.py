@@ -154,7 +154,7 @@ class ServeFromCache:
                 token = cache.new_token() if cache.redis is not None else ""
                 entry, tier, lock_state = await cache.lookup(key, policy, token or None)
                 if entry is not None:
-                    flight.settle(entry)
+                    flight.settle(entry, tier)
                     if cache.flights.get(key.key) is flight:
                         del cache.flights[key.key]  # free the slot for a background refresh
                     reply = self._from_entry(call, key, entry, tier, policy, control)
@@ -166,7 +166,7 @@ class ServeFromCache:
                 if lock_state == LOCK_HELD and not call.stream:
                     entry = await cache.wait_for(key, policy)
                     if entry is not None:
-                        flight.settle(entry)
+                        flight.settle(entry, "redis")
                         cache.stats.count(call.context.feature, "coalesced")
                         reply = reply_from(call, entry, "hit-redis", policy, cache.clock())
                         reply.headers[COALESCED_HEADER] = "true"
@@ -240,7 +240,7 @@ class ServeFromCache:
         cache.stats.count(call.context.feature, "coalesced")
         if call.stream and flight.stream is not None and not flight.stream.finished:
             reader = flight.stream.reader(leader=False, wants_usage=wants_usage(call))
-            return Reply(stream=reader, headers={CACHE_HEADER: "hit-memory", COALESCED_HEADER: "true"})
+            return Reply(stream=reader, headers={CACHE_HEADER: "miss", COALESCED_HEADER: "true"})
         try:
             async with asyncio.timeout(cache.config.wait_s):
                 entry = await asyncio.shield(flight.result)
@@ -251,7 +251,8 @@ class ServeFromCache:
         if entry is not None:
             now = cache.clock()
             if control.max_age is None or entry.age(now) <= control.max_age:
-                label = "hit-memory" if entry.fresh(now) else "stale"
+                # The leader's lookup found it in a tier, or the leader's upstream call made it.
+                label = ("hit-" + flight.tier if flight.tier else "miss") if entry.fresh(now) else "stale"
                 reply = reply_from(call, entry, label, policy, now)
                 reply.headers[COALESCED_HEADER] = "true"
                 return reply
