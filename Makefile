@@ -46,7 +46,7 @@ wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
 		|| { echo "install wrk (Debian/Ubuntu: apt-get install wrk)"; exit 1; }
 
-bench: $(VENV)/.installed-dev wrk  ## full benchmark against LiteLLM (about 13 minutes)
+bench: $(VENV)/.installed-dev wrk  ## full benchmark against LiteLLM, cache cells included (about 20-25 minutes)
 	$(RUN) $(PY) bench/run.py
 
 bench-quick: $(VENV)/.installed-dev wrk  ## short benchmark (about a minute and a half)

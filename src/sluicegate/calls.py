@@ -122,7 +122,8 @@ class Reply:
     """The answer: the upstream's ``body`` as is, or a ``stream`` of client-ready SSE bytes.
 
     ``headers`` are sent to an HTTP client as they are (the cache's ``X-Sluicegate-Cache``,
-    ``Age``, ``ETag``…); ``status`` is 200, or 304 when a browser's copy is still good.
+    ``Age``, ``ETag``…); ``status`` is 200, or 304 when a browser's copy is still good;
+    ``payload`` is ``body`` parsed, when the provider already parsed it.
     """
 
     body: bytes = b""
@@ -130,6 +131,8 @@ class Reply:
     stream: ReplyStream | None = None
     headers: dict[str, str] = field(default_factory=dict)
     status: int = 200
+    # The body parsed, when a stage already did it (None: parse ``body`` if you need it).
+    payload: Any = None
 
 
 def validate_body(kind: CallKind, body: object) -> tuple[str, bool]:

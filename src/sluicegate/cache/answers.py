@@ -37,26 +37,45 @@ COALESCED_HEADER = "x-sluicegate-coalesced"
 
 
 class Flight:
-    """An upstream call in progress that identical calls in this process wait for or join."""
+    """An upstream call in progress that identical calls in this process wait for or join.
 
-    __slots__ = ("result", "stream", "tier")
+    Its future is made only when a follower waits: most flights have none.
+    """
+
+    __slots__ = ("_error", "_future", "_settled", "_value", "stream", "tier")
 
     def __init__(self) -> None:
-        self.result: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+        self._future: asyncio.Future[Entry | None] | None = None
+        self._settled = False
+        self._value: Entry | None = None
+        self._error: SluicegateError | None = None
         self.stream: StreamFlight | None = None
         self.tier = ""  # the tier the answer came from; empty when it came from the upstream
 
     def settle(self, entry: Entry | None, tier: str = "") -> None:
         """Hand the answer (None: followers go upstream themselves) to the followers."""
-        if not self.result.done():
-            self.tier = tier
-            self.result.set_result(entry)
+        if not self._settled:
+            self._settled, self._value, self.tier = True, entry, tier
+            if self._future is not None:
+                self._future.set_result(entry)
 
     def fail(self, error: SluicegateError) -> None:
         """Hand the leader's error to the followers."""
-        if not self.result.done():
-            self.result.set_exception(error)
-            self.result.exception()  # retrieved: no "never retrieved" warning without followers
+        if not self._settled:
+            self._settled, self._error = True, error
+            if self._future is not None:
+                self._future.set_exception(error)
+                self._future.exception()  # retrieved, even if every follower has given up
+
+    async def wait(self) -> Entry | None:
+        """The leader's answer (None when it has none for us); raises the leader's error."""
+        if not self._settled:
+            if self._future is None:
+                self._future = asyncio.get_running_loop().create_future()
+            return await asyncio.shield(self._future)
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def wants_usage(call: Call) -> bool:
@@ -118,12 +137,15 @@ class EntryMaker:
         hits: int = 0,
         events: tuple[bytes, ...] | None = None,
         offsets: tuple[float, ...] | None = None,
+        payload: Any = None,
     ) -> Entry | None:
-        """A new entry for ``body``, or None when the answer may not be stored."""
-        try:
-            payload: Any = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
+        """A new entry for ``body`` (``payload`` is it parsed, if at hand), or None when it may not
+        be stored."""
+        if payload is None:
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return None
         if not answer_is_storable(policy, call.kind, payload):
             return None
         now = self._clock()

@@ -55,7 +55,7 @@ class CacheKey:
 def request_digest(kind: CallKind, model: str, body: dict[str, Any]) -> str:
     """The hex digest of the canonical request: kind, model and every field that changes the answer."""
     canonical = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
-    data = orjson.dumps([kind, model, canonical], option=orjson.OPT_SORT_KEYS)
+    data = orjson.dumps((kind, model, canonical), option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(data, digest_size=20).hexdigest()
 
 

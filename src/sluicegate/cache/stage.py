@@ -186,7 +186,9 @@ class ServeFromCache:
                 reply.stream = live.reader(leader=True, wants_usage=usage_wanted)
                 reply.headers[CACHE_HEADER] = "miss"
                 return reply
-            entry = self._entries.from_body(call, policy, control, reply.body, reply.usage, hits=hits)
+            entry = self._entries.from_body(
+                call, policy, control, reply.body, reply.usage, hits=hits, payload=reply.payload
+            )
             if entry is not None and server and not control.no_store:
                 if await cache.store(key, entry, policy, token if lock_state == LOCK_TAKEN else None):
                     lock_state = LOCK_NONE  # released by the store
@@ -243,7 +245,7 @@ class ServeFromCache:
             return Reply(stream=reader, headers={CACHE_HEADER: "miss", COALESCED_HEADER: "true"})
         try:
             async with asyncio.timeout(cache.config.wait_s):
-                entry = await asyncio.shield(flight.result)
+                entry = await flight.wait()
         except TimeoutError:
             entry = None
         except SluicegateError as exc:

@@ -101,19 +101,21 @@ class Provider:
             raise upstream_error(self.name, response)
         if response.chunks is not None:
             return Reply(stream=SseRelay(response.chunks, response.release, strip_usage=strip_usage))
-        return Reply(body=response.body, usage=_usage_of(response.body))
+        payload = _parsed(response.body)
+        usage = Usage.from_payload(payload.get("usage")) if isinstance(payload, dict) else None
+        return Reply(body=response.body, usage=usage, payload=payload)
 
     async def aclose(self) -> None:
         """Release the provider's pooled connections."""
         await self.transport.aclose()
 
 
-def _usage_of(body: bytes) -> Usage | None:
+def _parsed(body: bytes) -> Any:
+    """The answer parsed, once, for the stages that read it; None when it is not JSON."""
     try:
-        payload = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    return Usage.from_payload(payload.get("usage")) if isinstance(payload, dict) else None
 
 
 def build_providers(settings: Settings) -> dict[str, Provider]:
