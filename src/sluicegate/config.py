@@ -186,6 +186,10 @@ class ServerConfig(Frozen):
     implementation: Literal["uvicorn", "granian"] = "uvicorn"
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     status_probe_interval_s: float = Field(5.0, gt=0)
+    gc_thresholds: tuple[int, int, int] = Field(
+        (50_000, 20, 20),
+        description="the cyclic GC's generation thresholds in server workers (Python's default: 700, 10, 10)",
+    )
 
     @property
     def worker_count(self) -> int:
