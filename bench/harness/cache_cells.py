@@ -44,10 +44,13 @@ CHECK_TRIES = 30
 
 HIT, MISS = "cache-hit", "cache-miss"
 # temperature 0: an answer to a request with temperature > 0 is not cached by default
-# The hit cell cycles through HIT_POOL warmed prompts, so that the 50 requests in flight at once
-# ask different entries: a single hot key would be answered by each gateway's single-flight
-# (one lookup shared by every identical request in flight) and not measure a tier's lookups.
+# For the Redis and SQL tiers the hit cell cycles through HIT_POOL warmed prompts, so that the 50
+# requests in flight at once ask different entries: a single hot key would be answered by each
+# gateway's single-flight (one lookup shared by every identical request in flight) and not
+# measure the tier's lookups. The in-process tier (which answers before any flight) and LiteLLM
+# get one hot prompt, as before.
 HIT_POOL = 256
+POOLED_TIERS = frozenset({"redis", "sql-sqlite", "sql-postgresql"})
 HIT_BODY: dict[str, Any] = {
     "model": "gpt-4o-mini",
     "messages": [{"role": "user", "content": f"{PROMPT} (#{COUNTER})"}],
@@ -203,12 +206,14 @@ def _measure(
     for s, spec in pairs:
         expect = expect_of(spec)
         header = bench.rec.cache_systems[spec.label]["header"]
+        pool = HIT_POOL if scenario == HIT and spec.tier in POOLED_TIERS else None
+        # One hot prompt for the in-process tier and LiteLLM; the pool for the shared tiers.
+        mine = body if pool or scenario == MISS else _pooled(body, 0)
         # the cache-off system has nothing to verify: its row is the baseline whatever it says
-        if spec.tier == "off" or check_tier(bench.rec, s, scenario, body, header, expect):
+        if spec.tier == "off" or check_tier(bench.rec, s, scenario, mine, header, expect, pool):
             distinct = scenario == MISS
-            pool = HIT_POOL if scenario == HIT else None
             s.lua[scenario] = write_counting_lua(
-                f"{s.key}-{scenario}", body, s.token, header, distinct=distinct, pool=pool
+                f"{s.key}-{scenario}", mine, s.token, header, distinct=distinct, pool=pool
             )
             measured.append(s)
             expected[s.label] = expect
@@ -235,14 +240,21 @@ def header_value(headers: dict[str, str], header: str) -> str:
     return LITELLM_HIT if header == LITELLM_HIT_HEADER else value
 
 
-def check_tier(rec: Record, s: System, scenario: str, body: dict[str, Any], header: str, expect: str) -> bool:
-    """Warm the key, then require `CHECK_STREAK` answers in a row that carry ``expect``."""
+def check_tier(
+    rec: Record,
+    s: System,
+    scenario: str,
+    body: dict[str, Any],
+    header: str,
+    expect: str,
+    pool: int | None = None,
+) -> bool:
+    """Warm the key (every prompt of a ``pool``), then require `CHECK_STREAK` answers in a row
+    that carry ``expect``."""
     answers: list[str] = []
     streak = 0
-    if scenario == HIT:
-        # Warm every prompt of the pool, three times: a system whose workers keep caches of their
-        # own (LiteLLM's local cache) then has it in each worker.
-        for index in [i for _ in range(3) for i in range(HIT_POOL)]:
+    if pool:
+        for index in range(pool):
             with contextlib.suppress(OSError, urllib.error.URLError):
                 http(
                     "POST",
@@ -252,7 +264,8 @@ def check_tier(rec: Record, s: System, scenario: str, body: dict[str, Any], head
                     timeout=30,
                 )
     for attempt in range(CHECK_TRIES):
-        req = _smoke_body(body) if scenario == MISS else _pooled(body, attempt % HIT_POOL)
+        pooled = _pooled(body, attempt % pool) if pool else body
+        req = _smoke_body(body) if scenario == MISS else pooled
         try:
             st, hdr, _data = http(
                 "POST",
