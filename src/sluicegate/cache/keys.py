@@ -13,9 +13,9 @@ not change the answer are left out, so that a streamed and a plain request share
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -30,14 +30,14 @@ IGNORED_FIELDS = frozenset({"user", "metadata", "stream", "stream_options", "cac
 _UNSAFE = str.maketrans({c: f"%{ord(c):02X}" for c in "%:{}*?[]\\ \n\r\t"})
 
 
+@functools.lru_cache(maxsize=8192)
 def escape(part: str) -> str:
     """``part`` with the characters that would break the key layout or a SCAN pattern escaped."""
     return part.translate(_UNSAFE)
 
 
-@dataclass(slots=True, frozen=True)
-class CacheKey:
-    """Where an entry lives, and the facts it was derived from."""
+class CacheKey(NamedTuple):
+    """Where an entry lives, and the facts it was derived from (a tuple: cheap to make per request)."""
 
     key: str
     scope: str
