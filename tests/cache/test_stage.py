@@ -366,3 +366,28 @@ async def test_refresh_ahead_refetches_a_popular_entry_before_it_expires(tmp_pat
         (fresh,) = gateway.cache.memory.entries()  # type: ignore[union-attr]
         assert fresh.expires_at > time.time() + 600
         assert fresh.hits >= 3  # popularity carries over
+
+
+async def test_followers_never_get_an_expired_entry_from_the_leaders_lookup(tmp_path: Path) -> None:
+    """An entry too old to answer, found by the leader's lookup, is not handed to its followers."""
+    settings = mock_settings(
+        data_dir=tmp_path / "data",
+        features=features(),
+        cache={"memory": {"enabled": False}},
+        providers={"upstream": {"kind": "mock", "mock": {"latency": 50}}},
+    )
+    async with create_gateway(settings) as gateway:
+        await send(gateway)
+        cache = gateway.cache
+        assert cache is not None
+        assert cache.sql is not None
+        await cache.sql._write_batch()  # the write-behind row, written now
+        call = gateway.new_call("chat", {"model": "gpt-4o-mini", "messages": MESSAGES}, ACME_ANN)
+        key = cache.key(call, cache.policy("chat"))
+        entry = await cache.sql.get(key.key)
+        assert entry is not None
+        entry.expires_at = time.time() - 100  # expired, and the feature serves nothing stale
+        await cache.sql.set(key.key, entry, 3600)
+        replies = await asyncio.gather(*(send(gateway) for _ in range(20)))
+        assert {r.headers["x-sluicegate-cache"] for r in replies} == {"miss"}
+        assert chat_calls(gateway) == 2

@@ -78,6 +78,13 @@ class ServeFromCache:
             cache.flights[key.key] = flight
         return await self._lead(call, key, policy, control, stale, server, flight)
 
+    def _may_answer(self, entry: Entry, policy: FeatureCache, control: CacheControl) -> bool:
+        """Whether ``entry`` may answer now: fresh enough, or within stale-while-revalidate."""
+        now = self._cache.clock()
+        if entry.fresh(now) and (control.max_age is None or entry.age(now) <= control.max_age):
+            return True
+        return control.max_age is None and now < entry.expires_at + policy.stale_while_revalidate_s
+
     def _from_entry(
         self, call: Call, key: CacheKey, entry: Entry, tier: str, policy: FeatureCache, control: CacheControl
     ) -> Reply | None:
@@ -153,14 +160,15 @@ class ServeFromCache:
             if server and not control.no_cache:
                 token = cache.new_token() if cache.redis is not None else ""
                 entry, tier, lock_state = await cache.lookup(key, policy, token or None)
-                if entry is not None:
+                if entry is not None and self._may_answer(entry, policy, control):
                     flight.settle(entry, tier)
                     if cache.flights.get(key.key) is flight:
                         del cache.flights[key.key]  # free the slot for a background refresh
                     reply = self._from_entry(call, key, entry, tier, policy, control)
                     if reply is not None:
                         return reply
-                    stale = entry
+                if entry is not None:
+                    stale = entry  # too old to answer: the followers wait for the upstream
                 # A stream does not wait for another process's leader: its first token would come
                 # only once the leader's whole stream had been stored.
                 if lock_state == LOCK_HELD and not call.stream:
