@@ -107,11 +107,14 @@ class LayeredCache:
         Until the versions are read, `pending` hands the reload to every request, so that none
         computes a key with the old version meanwhile.
         """
+        await asyncio.shield(self._begin_reload())
+
+    def _begin_reload(self) -> asyncio.Task[None]:
+        # Always a new read: one already under way may have read the versions before this change.
         if self.memory is not None:
             self.memory.clear()
-        if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.get_running_loop().create_task(self._read_namespaces())
-        await asyncio.shield(self._reloading)
+        self._reloading = asyncio.get_running_loop().create_task(self._read_namespaces())
+        return self._reloading
 
     async def _read_namespaces(self) -> None:
         with contextlib.suppress(Exception):  # the database is down: keep the versions we have
@@ -122,9 +125,7 @@ class LayeredCache:
     def pending(self) -> asyncio.Task[None] | None:
         """The reload every request must wait for, if an invalidation is being applied (hot path)."""
         if self.bus.check():
-            if self.memory is not None:
-                self.memory.clear()
-            self._reloading = asyncio.get_running_loop().create_task(self._read_namespaces())
+            return self._begin_reload()
         reloading = self._reloading
         return reloading if reloading is not None and not reloading.done() else None
 

@@ -13,14 +13,16 @@ $0.00002 is kept the base 24 h, not 29 minutes: the base TTL is the least an ans
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from ..calls import CacheControl, CallKind
 from ..config import CostTtlConfig, FeatureCache
 from ..errors import InvalidRequest
+from .entry import Entry
 
 __all__ = [
     "answer_is_storable",
+    "answering",
     "parse_body_cache",
     "parse_cache_control",
     "request_is_cacheable",
@@ -49,6 +51,18 @@ def ttl_for(
         multiplier *= rule.popular_multiplier
     ttl = round(base * multiplier)
     return int(min(max(ttl, rule.min_ttl_s), rule.max_ttl_s))
+
+
+def answering(
+    entry: Entry, policy: FeatureCache, control: CacheControl, now: float
+) -> Literal["fresh", "stale"] | None:
+    """How ``entry`` may answer at ``now``: ``fresh`` (within its TTL and the client's max-age),
+    ``stale`` (past its TTL, within stale-while-revalidate, no max-age asked), or not at all."""
+    if entry.fresh(now) and (control.max_age is None or entry.age(now) <= control.max_age):
+        return "fresh"
+    if control.max_age is None and now < entry.expires_at + policy.stale_while_revalidate_s:
+        return "stale"
+    return None
 
 
 def request_is_cacheable(policy: FeatureCache, kind: CallKind, body: dict[str, Any]) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import Awaitable, Callable
 
 from ..accounting.pricing import PriceBook
@@ -32,7 +31,7 @@ from .answers import (
 from .entry import Entry
 from .keys import CacheKey
 from .layered import LOCK_HELD, LOCK_NONE, LOCK_TAKEN, LayeredCache
-from .policy import request_is_cacheable
+from .policy import answering, request_is_cacheable
 from .streams import StreamFlight
 
 __all__ = ["CACHE_HEADER", "COALESCED_HEADER", "ServeFromCache"]
@@ -78,21 +77,15 @@ class ServeFromCache:
             cache.flights[key.key] = flight
         return await self._lead(call, key, policy, control, stale, server, flight)
 
-    def _may_answer(self, entry: Entry, policy: FeatureCache, control: CacheControl) -> bool:
-        """Whether ``entry`` may answer now: fresh enough, or within stale-while-revalidate."""
-        now = self._cache.clock()
-        if entry.fresh(now) and (control.max_age is None or entry.age(now) <= control.max_age):
-            return True
-        return control.max_age is None and now < entry.expires_at + policy.stale_while_revalidate_s
-
     def _from_entry(
         self, call: Call, key: CacheKey, entry: Entry, tier: str, policy: FeatureCache, control: CacheControl
     ) -> Reply | None:
         """A hit, or the stale entry while it is refreshed; None when the entry may not answer."""
         now = self._cache.clock()
-        if entry.fresh(now) and (control.max_age is None or entry.age(now) <= control.max_age):
+        state = answering(entry, policy, control, now)
+        if state == "fresh":
             return self._hit(call, key, entry, tier, policy, control, now)
-        if control.max_age is None and now < entry.expires_at + policy.stale_while_revalidate_s:
+        if state == "stale":
             self._refresh_in_background(call, key, policy, entry.hits)
             self._cache.stats.count(call.context.feature, "stale")
             return reply_from(call, entry, "stale", policy, now)
@@ -160,7 +153,7 @@ class ServeFromCache:
             if server and not control.no_cache:
                 token = cache.new_token() if cache.redis is not None else ""
                 entry, tier, lock_state = await cache.lookup(key, policy, token or None)
-                if entry is not None and self._may_answer(entry, policy, control):
+                if entry is not None and answering(entry, policy, control, cache.clock()) is not None:
                     flight.settle(entry, tier)
                     if cache.flights.get(key.key) is flight:
                         del cache.flights[key.key]  # free the slot for a background refresh
@@ -258,18 +251,20 @@ class ServeFromCache:
             entry = None
         except SluicegateError as exc:
             return self._stale_or_raise(call, stale, policy, control, exc)
-        if entry is not None:
-            now = cache.clock()
-            if control.max_age is None or entry.age(now) <= control.max_age:
-                # The leader's lookup found it in a tier, or the leader's upstream call made it.
-                label = ("hit-" + flight.tier if flight.tier else "miss") if entry.fresh(now) else "stale"
-                reply = reply_from(call, entry, label, policy, now)
-                reply.headers[COALESCED_HEADER] = "true"
-                return reply
+        now = cache.clock()
+        state = answering(entry, policy, control, now) if entry is not None else None
+        if entry is not None and state is not None:
+            # The leader's lookup found it in a tier, or the leader's upstream call made it.
+            label = ("hit-" + flight.tier if flight.tier else "miss") if state == "fresh" else "stale"
+            reply = reply_from(call, entry, label, policy, now)
+            reply.headers[COALESCED_HEADER] = "true"
+            return reply
         # The leader could not answer for us: go alone.
         reply = await self._upstream(call)
         if reply.stream is None:
-            entry = self._entries.from_body(call, policy, control, reply.body, reply.usage)
+            entry = self._entries.from_body(
+                call, policy, control, reply.body, reply.usage, payload=reply.payload
+            )
             return self._fresh_reply(reply, entry, policy, control)
         reply.headers[CACHE_HEADER] = "miss"
         return reply
@@ -335,7 +330,7 @@ class ServeFromCache:
         self, call: Call, key: CacheKey, policy: FeatureCache, hits: int, flight: Flight
     ) -> None:
         cache = self._cache
-        token = secrets.token_hex(8)
+        token = cache.new_token()
         locked = False
         try:
             locked = await cache.try_lock(key, token)
@@ -345,9 +340,12 @@ class ServeFromCache:
             plain = Call(call.kind, body, call.route, call.context, call.request_id, False, call.started)
             with contextlib.suppress(SluicegateError):
                 reply = await self._upstream(plain, miss=False)
-                entry = self._entries.from_body(plain, policy, call.cache, reply.body, reply.usage, hits=hits)
+                entry = self._entries.from_body(
+                    plain, policy, call.cache, reply.body, reply.usage, hits=hits, payload=reply.payload
+                )
                 if entry is not None:
-                    await cache.store(key, entry, policy)
+                    if await cache.store(key, entry, policy, token if cache.redis is not None else None):
+                        locked = False  # released by the store
                     cache.stats.count(call.context.feature, "stores")
                 flight.settle(entry)
         finally:
