@@ -40,6 +40,7 @@ __all__ = [
     "ProviderConfig",
     "RedisConfig",
     "RedisTierConfig",
+    "RemoteTierConfig",
     "ServerConfig",
     "Settings",
     "SqlTierConfig",
@@ -219,26 +220,27 @@ class MemoryTierConfig(Frozen):
     max_bytes: int = Field(64 * 1024 * 1024, ge=0)
 
 
-class RedisTierConfig(Frozen):
+class RemoteTierConfig(Frozen):
+    """What a shared tier (Redis, SQL) has in common: a timeout, a local breaker, compression."""
+
+    enabled: bool = True
+    compress_min_bytes: int = Field(1024, ge=0, description="zlib-compress values at least this big")
+    timeout_ms: float = Field(100.0, gt=0, description="each cache call to the tier gives up after this")
+    breaker_failures: int = Field(3, ge=1, description="consecutive failures that open the local breaker")
+    breaker_open_s: float = Field(2.0, gt=0, description="how long an open breaker skips the tier")
+
+
+class RedisTierConfig(RemoteTierConfig):
     """The Redis tier (used only when ``redis.url`` is set)."""
 
-    enabled: bool = True
-    compress_min_bytes: int = Field(1024, ge=0, description="zlib-compress values at least this big")
-    timeout_ms: float = Field(100.0, gt=0, description="each cache call to Redis gives up after this")
-    breaker_failures: int = Field(3, ge=1, description="consecutive failures that open the local breaker")
-    breaker_open_s: float = Field(2.0, gt=0, description="how long an open breaker skips Redis")
 
-
-class SqlTierConfig(Frozen):
+class SqlTierConfig(RemoteTierConfig):
     """The SQL tier: the ``cache_entries`` table in the gateway's database."""
 
-    enabled: bool = True
     timeout_ms: float = Field(1000.0, gt=0, description="each cache read from SQL gives up after this")
-    compress_min_bytes: int = Field(1024, ge=0, description="zlib-compress values at least this big")
+    breaker_open_s: float = Field(5.0, gt=0, description="how long an open breaker skips SQL")
     purge_interval_s: float = Field(300.0, gt=0, description="how often expired rows are purged")
     purge_batch: int = Field(1000, ge=1, description="rows deleted per purge statement")
-    breaker_failures: int = Field(3, ge=1)
-    breaker_open_s: float = Field(5.0, gt=0)
 
 
 class CostTtlConfig(Frozen):

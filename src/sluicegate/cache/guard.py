@@ -17,6 +17,8 @@ from typing import TypeVar
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..config import RemoteTierConfig
+
 __all__ = ["Breaker", "TierGuard"]
 
 T = TypeVar("T")
@@ -78,6 +80,11 @@ class TierGuard:
         self.timeout_s = timeout_s
         self.breaker = Breaker(failures, open_s)
         self._clock = clock
+
+    @classmethod
+    def for_tier(cls, name: str, config: RemoteTierConfig) -> TierGuard:
+        """The guard a tier's settings describe."""
+        return cls(name, config.timeout_ms / 1000, config.breaker_failures, config.breaker_open_s)
 
     @property
     def available(self) -> bool:

@@ -56,14 +56,12 @@ class LayeredCache:
         self.redis_guard: TierGuard | None = None
         if redis is not None and config.redis.enabled:
             self.redis = RedisTier(redis, config.redis.compress_min_bytes, config.redis.timeout_ms / 1000)
-            r = config.redis
-            self.redis_guard = TierGuard("redis", r.timeout_ms / 1000, r.breaker_failures, r.breaker_open_s)
+            self.redis_guard = TierGuard.for_tier("redis", config.redis)
         self.sql: SqlTier | None = None
         self.sql_guard: TierGuard | None = None
         if config.sql.enabled:
             self.sql = SqlTier(engine, config.sql.compress_min_bytes, config.sql.timeout_ms / 1000)
-            s = config.sql
-            self.sql_guard = TierGuard("sql", s.timeout_ms / 1000, s.breaker_failures, s.breaker_open_s)
+            self.sql_guard = TierGuard.for_tier("sql", config.sql)
         self.namespaces: dict[str, int] = {}
         self.namespace_store = SqlTier(engine, 0)
         self.bus: Bus = (
