@@ -20,6 +20,7 @@ from ._version import __version__
 from .auth import KeyStore, load_pepper
 from .config import CONFIG_ENV, MockBehaviour, Settings, load_settings
 from .errors import SluicegateError
+from .server.protocol import CoalescingHttpToolsProtocol
 from .store.db import create_engine, migrate
 from .upstream.mock import MockEngine
 from .upstream.mock_server import start_mock_server
@@ -131,7 +132,7 @@ def _serve_uvicorn(settings: Settings) -> None:
         port=cfg.port,
         workers=cfg.worker_count,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_level="warning",

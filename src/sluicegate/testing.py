@@ -18,6 +18,7 @@ import uvicorn
 
 from .config import MockBehaviour, Settings
 from .server.app import SluicegateApp, create_app
+from .server.protocol import CoalescingHttpToolsProtocol
 from .upstream.mock import MockCall, MockEngine
 from .upstream.mock_server import MockServerProtocol, start_mock_server
 
@@ -134,7 +135,7 @@ class GatewayServer:
             host="127.0.0.1",
             port=self.port,
             loop="asyncio",
-            http="httptools",
+            http=CoalescingHttpToolsProtocol,  # as `sluicegate serve` runs it
             lifespan="on",
             access_log=False,
             log_level="warning",

@@ -74,6 +74,8 @@ class LayeredCache:
         self._token_counter = itertools.count(1)
         self._purger: asyncio.Task[None] | None = None
         self._reloading: asyncio.Task[None] | None = None
+        self._plans: dict[int, tuple[bool, bool]] = {}
+        self._policies_seen: list[FeatureCache] = []
 
     def new_token(self) -> str:
         """A single-flight lock token unique to this process and call, without asking the OS."""
@@ -221,6 +223,11 @@ class LayeredCache:
             redis, guard = self.redis, self.redis_guard
             self.spawn(guard.run(lambda: redis.set(key, entry, keep), None))
 
+    def keep_locally(self, key: CacheKey, entry: Entry, policy: FeatureCache) -> None:
+        """Write ``entry`` to the in-process tier only: `store` for a feature with no shared tier."""
+        if self.memory is not None and "memory" in policy.tiers:
+            self.memory.put(key.key, entry, self.keep_s(entry, policy, self.clock()))
+
     async def store(
         self, key: CacheKey, entry: Entry, policy: FeatureCache, token: str | None = None
     ) -> bool:
@@ -286,11 +293,19 @@ class LayeredCache:
             tiers["sql"] = {**self.sql_guard.status(), "pending_writes": self.sql.pending}
         return {"enabled": True, "tiers": tiers, "in_flight": len(self.flights)}
 
+    def tiers_of(self, policy: FeatureCache) -> tuple[bool, bool]:
+        """Whether the feature keeps entries on the server at all (not only in browsers), and
+        whether it uses a shared tier (Redis or SQL); worked out once per policy."""
+        plan = self._plans.get(id(policy))
+        if plan is None:
+            tiers = policy.tiers
+            redis = "redis" in tiers and self.redis is not None
+            shared = redis or ("sql" in tiers and self.sql is not None)
+            plan = (shared or ("memory" in tiers and self.memory is not None), shared)
+            self._plans[id(policy)] = plan
+            self._policies_seen.append(policy)  # keeps the id from being reused
+        return plan
+
     def any_server_tier(self, policy: FeatureCache) -> bool:
         """Whether the feature keeps entries on the server at all (not only in browsers)."""
-        tiers = policy.tiers
-        return (
-            ("memory" in tiers and self.memory is not None)
-            or ("redis" in tiers and self.redis is not None)
-            or ("sql" in tiers and self.sql is not None)
-        )
+        return self.tiers_of(policy)[0]

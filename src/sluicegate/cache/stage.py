@@ -56,7 +56,7 @@ class ServeFromCache:
         reloading = cache.pending()
         if reloading is not None:
             await asyncio.shield(reloading)
-        server = cache.any_server_tier(policy)
+        server, shared = cache.tiers_of(policy)
         key = cache.key(call, policy)
         stale: Entry | None = None
         if server and not control.no_cache:
@@ -75,7 +75,7 @@ class ServeFromCache:
             # Registered before the first await, so that identical calls in this process wait for
             # this one's lookup and upstream call instead of repeating them.
             cache.flights[key.key] = flight
-        return await self._lead(call, key, policy, control, stale, server, flight)
+        return await self._lead(call, key, policy, control, stale, server, shared, flight)
 
     def _from_entry(
         self, call: Call, key: CacheKey, entry: Entry, tier: str, policy: FeatureCache, control: CacheControl
@@ -143,6 +143,7 @@ class ServeFromCache:
         control: CacheControl,
         stale: Entry | None,
         server: bool,
+        shared: bool,
         flight: Flight,
     ) -> Reply:
         """Look the key up in the shared tiers, then wait for another process or call upstream."""
@@ -150,7 +151,7 @@ class ServeFromCache:
         lock_state, token = LOCK_NONE, ""
         handed_over = False
         try:
-            if server and not control.no_cache:
+            if shared and not control.no_cache:
                 token = cache.new_token() if cache.redis is not None else ""
                 entry, tier, lock_state = await cache.lookup(key, policy, token or None)
                 if entry is not None and answering(entry, policy, control, cache.clock()) is not None:
@@ -191,7 +192,9 @@ class ServeFromCache:
                 call, policy, control, reply.body, reply.usage, hits=hits, payload=reply.payload
             )
             if entry is not None and server and not control.no_store:
-                if await cache.store(key, entry, policy, token if lock_state == LOCK_TAKEN else None):
+                if not shared:
+                    cache.keep_locally(key, entry, policy)
+                elif await cache.store(key, entry, policy, token if lock_state == LOCK_TAKEN else None):
                     lock_state = LOCK_NONE  # released by the store
                 cache.stats.count(call.context.feature, "stores")
             flight.settle(entry)
