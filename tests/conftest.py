@@ -109,7 +109,7 @@ async def database_url() -> AsyncIterator[str]:
         await conn.execute(
             text(
                 "DROP TABLE IF EXISTS virtual_keys, cache_entries, cache_namespaces, cache_stats,"
-                " alembic_version"
+                " usage_ledger, alembic_version"
             )
         )
     await engine.dispose()

@@ -88,3 +88,17 @@ def test_serve_answers_then_stops(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=15)[0]
     assert b"mock (mock)" in output
+
+
+def test_serve_refuses_a_model_with_no_price(tmp_path: Path) -> None:
+    """A model no price source knows stops `serve` before any worker starts, naming the model."""
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path}\n"
+        "providers:\n  local:\n    kind: openai\n    base_url: http://127.0.0.1:9/v1\n"
+        "models:\n  house-llama:\n    provider: local\n    upstream_model: llama-house-70b\n"
+    )
+    result = runner.invoke(app, ["serve", "--config", str(config), "--port", "9"])
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())  # rich wraps long lines
+    assert "house-llama (upstream llama-house-70b)" in output and "pricing.default" in output

@@ -53,10 +53,12 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt tokens, served from the provider's prompt cache
+    reasoning_tokens: int = 0  # of the completion tokens, spent reasoning
 
     @classmethod
     def from_payload(cls, value: object) -> Usage | None:
-        """Read OpenAI's ``usage`` object; None when absent or malformed."""
+        """Read OpenAI's ``usage`` object, with its token details; None when absent or malformed."""
         if not isinstance(value, dict):
             return None
         prompt = value.get("prompt_tokens")
@@ -64,7 +66,18 @@ class Usage:
         total = value.get("total_tokens")
         if not isinstance(prompt, int) or not isinstance(completion, int):
             return None
-        return cls(prompt, completion, total if isinstance(total, int) else prompt + completion)
+        total = total if isinstance(total, int) else prompt + completion
+        cached = _detail(value, "prompt_tokens_details", "cached_tokens")
+        reasoning = _detail(value, "completion_tokens_details", "reasoning_tokens")
+        if cached or reasoning:
+            return cls(prompt, completion, total, cached, reasoning)
+        return cls(prompt, completion, total)
+
+
+def _detail(usage: dict[str, Any], group: str, name: str) -> int:
+    details = usage.get(group)
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -94,6 +107,8 @@ class Call:
     stream: bool = False
     started: float = 0.0
     cache: CacheControl = NO_DIRECTIVES
+    attempt: int = 1  # of the upstream call this is (retries count up)
+    outcome: str = "none"  # what the cache made of it: miss, bypass, refresh; none without a cache
 
 
 class ReplyStream(Protocol):
@@ -103,6 +118,7 @@ class ReplyStream(Protocol):
     done: bool
     error: SluicegateError | None
     first_chunk_at: float | None
+    deltas: int  # chunks with answer content seen: the token estimate when no usage came
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         """Iterate over the SSE bytes."""
@@ -133,6 +149,25 @@ class Reply:
     status: int = 200
     # The body parsed, when a stage already did it (None: parse ``body`` if you need it).
     payload: Any = None
+
+
+# Fields budgets and limits rely on (the reservation is max tokens times n): null or a positive integer.
+_POSITIVE_INTEGERS = ("max_tokens", "max_completion_tokens", "n")
+
+
+def _check_positive_integer(name: str, value: object) -> None:
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    if type(value) is not int:
+        raise InvalidRequest(
+            f"invalid type for '{name}': expected an integer, got {shown}", param=name, code="invalid_type"
+        )
+    if value < 1:
+        raise InvalidRequest(
+            f"invalid '{name}': expected an integer of at least 1, got {shown}",
+            param=name,
+            code="integer_below_min_value",
+        )
 
 
 def validate_body(kind: CallKind, body: object) -> tuple[str, bool]:
@@ -166,6 +201,10 @@ def validate_body(kind: CallKind, body: object) -> tuple[str, bool]:
         stream = body.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             raise InvalidRequest("stream must be a boolean", param="stream", code="invalid_type")
+        for name in _POSITIVE_INTEGERS:
+            value = body.get(name)
+            if value is not None:
+                _check_positive_integer(name, value)
         return model, bool(stream)
     if body.get("input") is None:
         raise InvalidRequest(

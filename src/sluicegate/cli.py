@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import cli_cache
 from ._version import __version__
+from .accounting.pricing import PriceBook
 from .auth import KeyStore, load_pepper
 from .config import CONFIG_ENV, MockBehaviour, Settings, load_settings
 from .errors import SluicegateError
@@ -104,6 +105,11 @@ def serve(
 ) -> None:
     """Run the gateway."""
     settings = _settings(config, host=host, port=port, workers=workers, implementation=server)
+    try:
+        PriceBook.from_settings(settings)  # a model with no price stops here, not in each worker
+    except SluicegateError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
     _run(_migrated(settings, _nothing))
     if settings.auth.require_keys:
         load_pepper(settings)  # made once here rather than by racing workers
@@ -182,6 +188,9 @@ def mock_upstream(
     hang_rate: Annotated[float, typer.Option(help="Share of requests never answered.")] = 0.0,
     drop_after_chunks: Annotated[int | None, typer.Option(help="Streaming: cut every stream here.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the fault dice.")] = None,
+    usage: Annotated[
+        bool, typer.Option("--usage/--no-usage", help="Report token usage (off: as some servers).")
+    ] = True,
 ) -> None:
     """Run the mock provider as an OpenAI-compatible HTTP server (for benchmarks and fault tests)."""
     behaviour = MockBehaviour.model_validate(
@@ -197,6 +206,7 @@ def mock_upstream(
             "hang_rate": hang_rate,
             "drop_after_chunks": drop_after_chunks,
             "seed": seed,
+            "report_usage": usage,
         }
     )
 

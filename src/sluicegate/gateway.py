@@ -14,9 +14,11 @@ Build one with `create_gateway(settings)` and pass it explicitly; nothing here i
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +26,8 @@ import orjson
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .accounting.ledger import Ledger, RecordUsage
+from .accounting.outbox import Outbox
 from .accounting.pricing import PriceBook
 from .auth import Authenticator, KeyStore, load_pepper
 from .cache.layered import LayeredCache
@@ -38,6 +42,8 @@ from .store.db import create_engine, migrate, ping
 from .store.redis import create_redis
 from .upstream.providers import Provider, build_providers
 from .upstream.router import ModelCatalog, SendToProvider
+
+logger = logging.getLogger("sluicegate")
 
 __all__ = ["Gateway", "create_gateway"]
 
@@ -59,6 +65,8 @@ class Gateway:
         self.settings = settings
         self.providers = providers
         self.catalog = ModelCatalog(settings)
+        # Every model priced now: a model with no known price fails here, naming it.
+        self.prices = PriceBook.from_settings(settings)
         self.engine = engine
         self.redis = redis
         self.counters = Counters()
@@ -68,9 +76,23 @@ class Gateway:
         self.authenticator = Authenticator(settings, self._keys)
         self.cache: LayeredCache | None = None
         inner: Send = SendToProvider(providers)
+        self.outbox: Outbox | None = None
+        self.ledger: Ledger | None = None
+        if settings.ledger.enabled:
+            cfg = settings.ledger
+            self.outbox = Outbox(
+                engine,
+                Path(settings.data_dir) / "ledger-spool",
+                batch=cfg.batch,
+                interval_s=cfg.flush_interval_s,
+                max_pending=cfg.max_pending,
+                replay_interval_s=cfg.replay_interval_s,
+            )
+            self.ledger = Ledger(self.prices, self.outbox)
+            inner = RecordUsage(inner, self.ledger)
         if settings.cache.enabled:
             self.cache = LayeredCache(settings, engine, redis)
-            inner = ServeFromCache(inner, self.cache, PriceBook())
+            inner = ServeFromCache(inner, self.cache, self.prices, self.ledger)
         # `send` is the pipeline itself, so that a call costs no extra coroutine level.
         self.send: Send = RecordEvents(inner, sink or self.counters)
         probes: dict[str, Callable[[], Awaitable[Any]]] = {"database": lambda: ping(engine)}
@@ -101,6 +123,11 @@ class Gateway:
             await migrate(self.engine)
         await self.probes.check_once()
         self.probes.start()
+        if self.outbox is not None:
+            try:
+                await self.outbox.start()
+            except Exception as exc:  # the database is down: rows spool until it is back
+                logger.warning("ledger: could not replay spooled rows at start (%s)", exc)
         if self.cache is not None:
             await self.cache.start()
 
@@ -109,6 +136,8 @@ class Gateway:
         await self.probes.stop()
         if self.cache is not None:
             await self.cache.aclose()
+        if self.outbox is not None:
+            await self.outbox.aclose()
         for provider in self.providers.values():
             await provider.aclose()
         if self.redis is not None:

@@ -133,6 +133,19 @@ def test_stream_ends_with_done(server: GatewayServer) -> None:
             "model",
             "model_not_found",
         ),
+        *(
+            ({"model": "gpt-4o-mini", "messages": [{"role": "user"}], field: value}, 400, field, code)
+            for field in ("max_tokens", "max_completion_tokens", "n")
+            for value, code in (
+                (-5, "integer_below_min_value"),
+                (0, "integer_below_min_value"),
+                (1.5, "invalid_type"),
+                (10.0, "invalid_type"),
+                ("100", "invalid_type"),
+                (True, "invalid_type"),
+                ([1], "invalid_type"),
+            )
+        ),
     ],
 )
 def test_request_errors(
@@ -301,3 +314,12 @@ def test_key_is_checked_before_the_body(upstream: MockUpstream, tmp_path: Path) 
         assert status == 401
         assert "okr-template" not in error_of(raw)["message"]
     assert upstream.calls == []
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens", "n"])
+def test_positive_integers_and_null_are_accepted(server: GatewayServer, field: str) -> None:
+    """The fields the budget relies on take a positive integer, or null as OpenAI allows."""
+    for value in (1, 64, None):
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], field: value}
+        got, _, raw = post(server.url, "/v1/chat/completions", body)
+        assert got == 200, raw

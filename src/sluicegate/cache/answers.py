@@ -149,7 +149,7 @@ class EntryMaker:
         if not answer_is_storable(policy, call.kind, payload):
             return None
         now = self._clock()
-        cost = self._prices.cost_usd(call.route.upstream_model, usage)
+        cost = self._prices.cost_usd(call.route, usage)
         ttl = ttl_for(policy, self._rule, cost, hits, control.ttl)
         ctx = call.context
         # The scope's org and user (none for a global entry), as the key holds them.

@@ -79,7 +79,15 @@ class Entry:
             "org": self.org,
             "user": self.user,
             "model": self.model,
-            "usage": [usage.prompt_tokens, usage.completion_tokens, usage.total_tokens] if usage else None,
+            "usage": [
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.total_tokens,
+                usage.cached_tokens,
+                usage.reasoning_tokens,
+            ]
+            if usage
+            else None,
             "cost_usd": self.cost_usd,
             "tags": list(self.tags),
             "hits": self.hits,
@@ -117,6 +125,10 @@ def decode(data: bytes) -> Entry | None:
         if position != len(payload):
             return None  # cut short, or with bytes the meta does not account for
         usage = meta["usage"]
+        if usage is not None and not (
+            isinstance(usage, list) and 3 <= len(usage) <= 5 and all(type(n) is int for n in usage)
+        ):
+            return None  # an older entry has 3 counts, a newer one 5
         offsets = meta.get("offsets")
         return Entry(
             kind=meta["kind"],

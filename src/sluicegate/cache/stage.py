@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+from ..accounting.ledger import Ledger
 from ..accounting.pricing import PriceBook
 from ..calls import CacheControl, Call, Reply
 from ..config import FeatureCache
@@ -42,10 +43,13 @@ Send = Callable[[Call], Awaitable[Reply]]
 class ServeFromCache:
     """The cache stage; wraps the next stage (routing to the provider)."""
 
-    def __init__(self, send: Send, cache: LayeredCache, prices: PriceBook) -> None:
+    def __init__(
+        self, send: Send, cache: LayeredCache, prices: PriceBook, ledger: Ledger | None = None
+    ) -> None:
         self._send = send
         self._cache = cache
         self._entries = EntryMaker(prices, cache.config.ttl, cache.clock)
+        self._ledger = ledger
 
     async def __call__(self, call: Call) -> Reply:
         cache = self._cache
@@ -88,6 +92,8 @@ class ServeFromCache:
         if state == "stale":
             self._refresh_in_background(call, key, policy, entry.hits)
             self._cache.stats.count(call.context.feature, "stale")
+            if self._ledger is not None:
+                self._ledger.served(call, entry.usage, "stale")
             return reply_from(call, entry, "stale", policy, now)
         return None
 
@@ -111,8 +117,12 @@ class ServeFromCache:
             stats.count(feature, "tokens_saved", entry.usage.total_tokens)
         if control.if_none_match is not None and entry.etag in control.if_none_match:
             stats.count(feature, "hits_browser")
+            if self._ledger is not None:
+                self._ledger.served(call, entry.usage, "hit-browser-revalidated")
             return not_modified(entry, policy, now)
         stats.count(feature, "hits_" + tier)
+        if self._ledger is not None:
+            self._ledger.served(call, entry.usage, "hit-" + tier)
         threshold = policy.refresh_ahead_hits
         if (
             threshold is not None
@@ -127,6 +137,7 @@ class ServeFromCache:
 
     async def _bypass(self, call: Call, control: CacheControl) -> Reply:
         self._cache.stats.count(call.context.feature, "bypass")
+        call.outcome = "bypass"
         reply = await self._send(call)
         reply.headers[CACHE_HEADER] = "bypass"
         if control.no_store:
@@ -170,6 +181,8 @@ class ServeFromCache:
                     if entry is not None:
                         flight.settle(entry, "redis")
                         cache.stats.count(call.context.feature, "coalesced")
+                        if self._ledger is not None:
+                            self._ledger.served(call, entry.usage, "coalesced")
                         reply = reply_from(call, entry, "hit-redis", policy, cache.clock())
                         reply.headers[COALESCED_HEADER] = "true"
                         return reply
@@ -223,6 +236,7 @@ class ServeFromCache:
         return reply
 
     async def _upstream(self, call: Call, *, miss: bool = True) -> Reply:
+        call.outcome = "miss" if miss else "refresh"
         if miss:
             self._cache.stats.count(call.context.feature, "misses")
         self._cache.stats.count(call.context.feature, "upstream_calls")
@@ -246,6 +260,9 @@ class ServeFromCache:
         cache.stats.count(call.context.feature, "coalesced")
         if call.stream and flight.stream is not None and not flight.stream.finished:
             reader = flight.stream.reader(leader=False, wants_usage=wants_usage(call))
+            ledger = self._ledger
+            if ledger is not None:
+                reader.on_close(lambda ended: ledger.served(call, ended.usage, "coalesced"))
             return Reply(stream=reader, headers={CACHE_HEADER: "miss", COALESCED_HEADER: "true"})
         try:
             async with asyncio.timeout(cache.config.wait_s):
@@ -261,6 +278,8 @@ class ServeFromCache:
             label = ("hit-" + flight.tier if flight.tier else "miss") if state == "fresh" else "stale"
             reply = reply_from(call, entry, label, policy, now)
             reply.headers[COALESCED_HEADER] = "true"
+            if self._ledger is not None:
+                self._ledger.served(call, entry.usage, "coalesced")
             return reply
         # The leader could not answer for us: go alone.
         reply = await self._upstream(call)
@@ -283,6 +302,8 @@ class ServeFromCache:
         now = self._cache.clock()
         if stale is not None and policy.stale_if_error_s and now < stale.expires_at + policy.stale_if_error_s:
             self._cache.stats.count(call.context.feature, "stale")
+            if self._ledger is not None:
+                self._ledger.served(call, stale.usage, "stale")
             return reply_from(call, stale, "stale", policy, now)
         raise error
 

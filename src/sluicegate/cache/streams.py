@@ -43,6 +43,7 @@ class _Ending:
     done = False
     error: SluicegateError | None = None
     first_chunk_at: float | None = None
+    deltas = 0
 
     def __init__(self) -> None:
         self._callbacks: list[Callable[[Any], None]] = []

@@ -14,9 +14,17 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
-__all__ = ["cache_entries", "cache_namespaces", "cache_stats", "metadata", "virtual_keys"]
+__all__ = [
+    "cache_entries",
+    "cache_namespaces",
+    "cache_stats",
+    "metadata",
+    "usage_ledger",
+    "virtual_keys",
+]
 
 metadata = MetaData()
 
@@ -75,4 +83,34 @@ cache_stats = Table(
     Column("feature", String(64), primary_key=True),
     Column("metric", String(32), primary_key=True),
     Column("value", BigInteger, nullable=False),
+)
+
+# The usage ledger (docs/cost-control.md): append-only, one row per upstream attempt (attempt ≥ 1)
+# and one per answer served from the cache (attempt 0, with what it saved). Money is integer
+# micro-USD; `at` is Unix seconds. Unique on (request_id, attempt): a replayed row is a no-op.
+usage_ledger = Table(
+    "usage_ledger",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("org", String(128), nullable=False),
+    Column("user", String(128), nullable=True),
+    Column("key_id", String(32), nullable=True),
+    Column("feature", String(64), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("cached_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("reasoning_tokens", Integer, nullable=False),
+    Column("cost_micro", BigInteger, nullable=False),
+    Column("saved_micro", BigInteger, nullable=False),
+    Column("cache", String(32), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("latency_ms", Integer, nullable=False),
+    Column("priced_from", String(16), nullable=False),
+    UniqueConstraint("request_id", "attempt", name="uq_usage_ledger_request_attempt"),
+    Index("ix_usage_ledger_org_at", "org", "at"),
 )

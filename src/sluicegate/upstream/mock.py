@@ -182,6 +182,7 @@ class MockEngine:
         if payload.get("stream") is True:
             options = payload.get("stream_options")
             with_usage = isinstance(options, dict) and options.get("include_usage") is True
+            with_usage = with_usage and b.report_usage
             events = _stream_events(
                 ident, created, model, turn, pieces, finish, usage if with_usage else None, b.chunks
             )
@@ -200,7 +201,7 @@ class MockEngine:
             "created": created,
             "model": model,
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-            "usage": usage,
+            "usage": usage if b.report_usage else None,
             "system_fingerprint": "fp_sluicegate_mock",
         }
         return MockReply(200, _JSON_HEADERS, orjson.dumps(body), delay_s=self._latency_s(b.latency))

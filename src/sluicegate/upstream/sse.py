@@ -47,6 +47,7 @@ class SseRelay:
         self.done = False
         self.error: SluicegateError | None = None
         self.first_chunk_at: float | None = None
+        self.deltas = 0
         self._on_close: list[Callable[[Any], None]] = []
         self._closed = False
 
@@ -85,6 +86,7 @@ class SseRelay:
             await self.aclose()
 
     def _inspect(self, events: bytes) -> bytes:
+        self.deltas += events.count(b'"delta"')
         if _USAGE in events:
             events = self._take_usage(events)
         if _DONE in events:

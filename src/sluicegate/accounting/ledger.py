@@ -1,0 +1,175 @@
+"""What the usage ledger records: one row per upstream attempt, one per answer from the cache.
+
+The rows are built here (pure, no I/O) and handed to the `Outbox`, which makes them durable
+and writes them to the database in batches. Money is integer micro-USD. A call that used
+tokens is never recorded at $0: without the upstream's ``usage`` its tokens are estimated
+(``priced_from`` says ``estimate``), and a model without a price cannot be configured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+
+from ..calls import Call, ReplyStream, Usage
+from ..errors import SluicegateError, UpstreamError
+from .pricing import PriceBook
+
+__all__ = ["COLUMNS", "Ledger", "RecordUsage", "estimate_prompt_tokens", "row"]
+
+# The order of a row's values (the outbox keeps rows as tuples, and spools them as JSON arrays).
+COLUMNS = (
+    "request_id",
+    "attempt",
+    "at",
+    "org",
+    "user",
+    "key_id",
+    "feature",
+    "model",
+    "provider",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cost_micro",
+    "saved_micro",
+    "cache",
+    "status",
+    "latency_ms",
+    "priced_from",
+)
+Row = tuple[Any, ...]
+_CHARS_PER_TOKEN = 4  # the usual rough figure for English text with OpenAI's tokenizers
+
+
+class Sink(Protocol):
+    """Where rows go: the `Outbox`, or a list in tests."""
+
+    def add(self, row: Row) -> None:
+        """Keep ``row`` durably; it reaches the database later."""
+        ...
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """A rough token count of a request's prompt, for a call whose upstream reported no usage."""
+    prompt = body.get("messages", body.get("input", ""))
+    return max(1, -(-len(orjson.dumps(prompt)) // _CHARS_PER_TOKEN))
+
+
+def row(
+    call: Call,
+    attempt: int,
+    usage: Usage,
+    cost_micro: int,
+    saved_micro: int,
+    cache: str,
+    status: int,
+    latency_ms: int,
+    priced_from: str,
+    now: float,
+) -> Row:
+    """One ledger row, in `COLUMNS` order (pure)."""
+    ctx = call.context
+    return (
+        call.request_id,
+        attempt,
+        now,
+        ctx.org,
+        ctx.user,
+        ctx.key_id,
+        ctx.feature,
+        call.route.name,
+        call.route.provider,
+        usage.prompt_tokens,
+        usage.cached_tokens,
+        usage.completion_tokens,
+        usage.reasoning_tokens,
+        cost_micro,
+        saved_micro,
+        cache,
+        status,
+        latency_ms,
+        priced_from,
+    )
+
+
+_NO_USAGE = Usage()
+
+
+class Ledger:
+    """Turns what happened to a call into rows: attempts (with their cost) and cache answers
+    (with what they saved)."""
+
+    def __init__(self, prices: PriceBook, sink: Sink, clock: Callable[[], float] = time.time) -> None:
+        self.prices = prices
+        self._sink = sink
+        self._clock = clock
+
+    def attempt(
+        self, call: Call, usage: Usage | None, status: int, started: float, completion_estimate: int = 0
+    ) -> None:
+        """Record one upstream attempt of ``call``; ``usage`` None means the upstream reported
+        none (its tokens are then estimated) and ``status`` ≥ 400 one that failed unbilled."""
+        priced_from = "usage"
+        if usage is None:
+            if status >= 400 and not completion_estimate:
+                usage, priced_from = _NO_USAGE, "none"  # refused or failed before any answer
+            else:
+                usage = Usage(
+                    estimate_prompt_tokens(call.body),
+                    completion_estimate,
+                    0,
+                )
+                priced_from = "estimate"
+        cost = self.prices.cost_micro(call.route, usage) or 0
+        latency = int((time.perf_counter() - started) * 1000)
+        self._sink.add(
+            row(call, call.attempt, usage, cost, 0, call.outcome, status, latency, priced_from, self._clock())
+        )
+
+    def served(self, call: Call, usage: Usage | None, label: str) -> None:
+        """Record an answer served without an upstream call (a cache hit, a stale or a coalesced
+        answer), with the cost it saved."""
+        saved = (self.prices.cost_micro(call.route, usage) or 0) if usage is not None else 0
+        latency = int((time.perf_counter() - call.started) * 1000)
+        self._sink.add(
+            row(call, 0, usage or _NO_USAGE, 0, saved, label, 200, latency, "usage", self._clock())
+        )
+
+    def stream_closed(self, call: Call, relay: ReplyStream, started: float) -> None:
+        """Record a streamed attempt once it has ended, however it ended: from its usage chunk,
+        or from the chunks it produced when the upstream sent none."""
+        error = relay.error
+        status = error.status_code if error is not None else (200 if relay.done else 499)
+        self.attempt(call, relay.usage, status, started, completion_estimate=relay.deltas)
+
+
+Send = Callable[[Call], Any]
+
+
+class RecordUsage:
+    """The stage around the provider: one ledger row per upstream attempt."""
+
+    def __init__(self, send: Send, ledger: Ledger) -> None:
+        self._send = send
+        self._ledger = ledger
+
+    async def __call__(self, call: Call) -> Any:
+        started = time.perf_counter()
+        try:
+            reply = await self._send(call)
+        except UpstreamError as exc:
+            self._ledger.attempt(call, None, exc.status_code, started)
+            raise
+        except SluicegateError:
+            raise  # refused before any upstream call: nothing to record
+        if reply.stream is None:
+            self._ledger.attempt(call, reply.usage, 200, started)
+        else:
+            ledger = self._ledger
+            reply.stream.on_close(lambda relay: ledger.stream_closed(call, relay, started))
+        return reply

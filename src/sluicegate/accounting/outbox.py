@@ -1,0 +1,259 @@
+"""The ledger's outbox: every row is made durable in a local spool file first, then written to
+the database in batches, idempotently.
+
+Each process appends its rows to a spool file of its own (``<data_dir>/ledger-spool``), once
+per loop turn, holding an exclusive ``flock`` on it for its lifetime. Rows are inserted with
+``ON CONFLICT (request_id, attempt) DO NOTHING``, in the order they were recorded; when every
+row spooled so far is in the database the file is truncated. When the database is down the
+rows wait in memory (up to ``max_pending``; beyond that they are read back from the file) and
+go in when it returns. A process that dies leaves its file behind, unlocked: every process
+replays such files at start and every ``replay_interval_s``, then deletes them. A row that
+reached the database before the crash is skipped by the unique key, so nothing is counted
+twice and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..store.tables import usage_ledger
+from .ledger import COLUMNS, Row
+
+__all__ = ["Outbox", "insert_rows"]
+
+logger = logging.getLogger("sluicegate.ledger")
+_SUFFIX = ".jsonl"
+
+
+def _insert_sql(paramstyle: str) -> str:
+    """The driver-level INSERT of one row, idempotent on (request_id, attempt)."""
+    if paramstyle == "qmark":
+        marks = ", ".join("?" for _ in COLUMNS)
+    elif paramstyle == "numeric_dollar":
+        marks = ", ".join(f"${n}" for n in range(1, len(COLUMNS) + 1))
+    else:
+        marks = ", ".join("%s" for _ in COLUMNS)
+    names = ", ".join(f'"{name}"' for name in COLUMNS)
+    return (
+        f"INSERT INTO {usage_ledger.name} ({names}) VALUES ({marks}) "
+        "ON CONFLICT (request_id, attempt) DO NOTHING"
+    )
+
+
+async def insert_rows(engine: AsyncEngine, rows: Sequence[Row]) -> None:
+    """Insert ``rows``; a row whose (request_id, attempt) is already there is left as it is.
+
+    The rows go to the driver's ``executemany`` as they are (tuples in `COLUMNS` order): the
+    ledger takes a row per request, and SQLAlchemy's per-row parameter handling cost several
+    times what the database itself did.
+    """
+    if not rows:
+        return
+    async with engine.begin() as connection:
+        await connection.exec_driver_sql(_insert_sql(engine.dialect.paramstyle), list(rows))
+
+
+def _read_rows(path: Path, end: int | None = None) -> list[Row]:
+    """The rows spooled in ``path`` (up to byte ``end``); a torn last line is skipped."""
+    with path.open("rb") as handle:
+        data = handle.read() if end is None else handle.read(end)
+    rows: list[Row] = []
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        try:
+            values = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            logger.warning("ledger: skipped an unreadable spooled row in %s", path)
+            continue
+        if isinstance(values, list) and len(values) == len(COLUMNS):
+            rows.append(tuple(values))
+    return rows
+
+
+class Outbox:
+    """Spools rows, then writes them to the database in batches (see the module's docstring)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        spool_dir: Path,
+        *,
+        batch: int = 500,
+        interval_s: float = 0.2,
+        max_pending: int = 100_000,
+        replay_interval_s: float = 30.0,
+    ) -> None:
+        self._engine = engine
+        self._dir = spool_dir
+        self._batch = batch
+        self._interval = interval_s
+        self._max_pending = max_pending
+        self._replay_interval = replay_interval_s
+        self._pending: list[Row] = []  # spooled, not yet in the database, in order
+        self._overflowed = False  # rows were spooled without being kept in memory
+        self._lines: list[bytes] = []  # recorded this loop turn, not yet spooled
+        self._fd = -1
+        self._path: Path | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.written = 0  # rows this process has written to the database (for tests and status)
+
+    # The hot path
+
+    def add(self, row: Row) -> None:
+        """Keep ``row``: spooled at the end of this loop turn, in the database soon after."""
+        if not self._lines:
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self._spool)
+        self._lines.append(orjson.dumps(row) + b"\n")
+        if self._overflowed or len(self._pending) >= self._max_pending:
+            self._overflowed = True  # from here on the file is the only copy
+        else:
+            self._pending.append(row)
+        if len(self._pending) >= self._batch:
+            self._wake.set()
+
+    def _spool(self) -> None:
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
+        if self._fd < 0:
+            self._open()
+        data = b"".join(lines)
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
+
+    # Lifecycle
+
+    def _open(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        path = self._dir / f"{os.getpid()}-{secrets.token_hex(4)}{_SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._fd, self._path = fd, path
+
+    async def start(self) -> None:
+        """Replay what dead processes left behind, then write in the background."""
+        self._loop = asyncio.get_running_loop()
+        await self.replay_orphans()
+        self._task = self._loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        since_replay = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            since_replay += self._interval
+            try:
+                await self.flush()
+                if since_replay >= self._replay_interval:
+                    since_replay = 0.0
+                    await self.replay_orphans()
+            except Exception as exc:  # the database is down: the rows wait, spooled
+                logger.debug("ledger: rows not written yet (%s)", exc)
+
+    async def flush(self) -> None:
+        """Write every spooled row to the database; raises when the database is unreachable."""
+        async with self._lock:  # one writer at a time: each batch leaves the queue once
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
+        self._spool()
+        if self._overflowed:
+            await self._flush_from_file()
+            return
+        while self._pending:
+            batch = self._pending[: self._batch]
+            await insert_rows(self._engine, batch)
+            del self._pending[: len(batch)]
+            self.written += len(batch)
+        self._truncate_if_done()
+
+    async def _flush_from_file(self) -> None:
+        # Rows were spooled that are not in memory: the file has them all, in order.
+        assert self._path is not None
+        while True:
+            end = os.fstat(self._fd).st_size
+            rows = _read_rows(self._path, end)
+            for start in range(0, len(rows), self._batch):
+                await insert_rows(self._engine, rows[start : start + self._batch])
+            self._spool()
+            if os.fstat(self._fd).st_size == end:
+                # Nothing was added while writing: everything is in (no await from here on).
+                self.written += len(rows)
+                self._pending.clear()
+                self._overflowed = False
+                self._truncate_if_done()
+                return
+
+    def _truncate_if_done(self) -> None:
+        if self._fd >= 0 and not self._pending and not self._lines and not self._overflowed:
+            os.ftruncate(self._fd, 0)
+
+    async def replay_orphans(self) -> int:
+        """Write the rows of spool files no live process holds, then delete them; how many rows."""
+        if not self._dir.is_dir():
+            return 0
+        replayed = 0
+        for path in sorted(self._dir.glob("*" + _SUFFIX)):
+            if path == self._path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue  # another process replayed it meanwhile
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its process is alive
+                rows = _read_rows(path)
+                for start in range(0, len(rows), self._batch):
+                    await insert_rows(self._engine, rows[start : start + self._batch])
+                path.unlink(missing_ok=True)
+                replayed += len(rows)
+            finally:
+                os.close(fd)
+        if replayed:
+            logger.warning("ledger: replayed %d rows left behind by a process that stopped", replayed)
+        return replayed
+
+    @property
+    def backlog(self) -> int:
+        """Rows recorded and not yet in the database (at least; more when they overflowed)."""
+        return len(self._pending) + (1 if self._overflowed else 0)
+
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        """Write what is left; rows the database did not take stay spooled for the next start."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.flush()
+        except Exception as exc:
+            logger.warning("ledger: %d rows stay spooled for the next start (%s)", self.backlog, exc)
+        if self._fd >= 0:
+            done = not self._pending and not self._overflowed and os.fstat(self._fd).st_size == 0
+            os.close(self._fd)
+            self._fd = -1
+            if done and self._path is not None:
+                self._path.unlink(missing_ok=True)

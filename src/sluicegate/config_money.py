@@ -1,0 +1,48 @@
+"""Settings of cost control: prices (docs/cost-control.md); `sluicegate.config` re-exports them."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import Field
+
+from .config_base import Frozen
+
+__all__ = ["LedgerConfig", "PriceConfig", "PricingConfig"]
+
+
+class PriceConfig(Frozen):
+    """A model's price in US dollars per million tokens (a custom or self-hosted model, or an
+    override of genai-prices)."""
+
+    input_per_mtok: Decimal = Field(ge=0, description="prompt tokens not served from the provider's cache")
+    output_per_mtok: Decimal = Field(ge=0, description="completion tokens")
+    cached_input_per_mtok: Decimal | None = Field(
+        None, ge=0, description="prompt tokens the provider served from its cache (default: input)"
+    )
+    reasoning_per_mtok: Decimal | None = Field(
+        None, ge=0, description="reasoning tokens, part of the completion (default: output)"
+    )
+
+
+class PricingConfig(Frozen):
+    """Where prices come from: each model's ``price``, else genai-prices, else ``default``."""
+
+    provider_id: str | None = Field(
+        "openai", description="the genai-prices provider whose prices apply (None: guess from the model)"
+    )
+    default: PriceConfig | None = Field(
+        None, description="the price of models no other source knows (default: refuse them at start-up)"
+    )
+
+
+class LedgerConfig(Frozen):
+    """The usage ledger: spooled locally, written to the database in batches."""
+
+    enabled: bool = True
+    batch: int = Field(500, ge=1, description="rows per INSERT")
+    flush_interval_s: float = Field(0.2, gt=0, description="how often spooled rows are written")
+    max_pending: int = Field(100_000, ge=1, description="rows kept in memory while the database is down")
+    replay_interval_s: float = Field(
+        30.0, gt=0, description="how often the spools of processes that died are replayed"
+    )

@@ -1,0 +1,138 @@
+"""The usage ledger through the gateway: attempts with their cost, cache answers with what
+they saved, streams from their usage chunk or an estimate, failures unbilled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from sluicegate import RequestContext, create_gateway
+from sluicegate.accounting.ledger import COLUMNS, Ledger, Row
+from sluicegate.accounting.pricing import PriceBook
+from sluicegate.calls import Usage
+from sluicegate.config import MockBehaviour, Settings
+from sluicegate.errors import UpstreamError
+from sluicegate.gateway import Gateway
+from sluicegate.store.tables import usage_ledger
+from sluicegate.testing import mock_settings
+
+CONTEXT = RequestContext("acme", "ann", "insights", "key1")
+
+
+async def ledger_rows(gateway: Gateway) -> list[dict[str, Any]]:
+    assert gateway.outbox is not None
+    await gateway.outbox.flush()
+    async with gateway.engine.connect() as connection:
+        result = await connection.execute(select(usage_ledger).order_by(usage_ledger.c.id))
+        return [dict(row._mapping) for row in result]
+
+
+def body(content: str = "Draft three OKRs", **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **extra}
+
+
+async def test_a_miss_is_billed_and_a_hit_records_what_it_saved(tmp_path: Path) -> None:
+    async with create_gateway(mock_settings(data_dir=tmp_path)) as gateway:
+        first = await gateway.send(gateway.new_call("chat", body(), CONTEXT))
+        await gateway.send(gateway.new_call("chat", body(), CONTEXT))
+        rows = await ledger_rows(gateway)
+    assert first.usage is not None
+    expected = gateway.prices.cost_micro(gateway.catalog.resolve("gpt-4o-mini"), first.usage)
+    assert expected is not None and expected > 0
+    miss, hit = rows
+    assert (miss["attempt"], miss["cache"], miss["status"], miss["priced_from"]) == (1, "miss", 200, "usage")
+    assert (miss["org"], miss["user"], miss["key_id"], miss["feature"]) == ("acme", "ann", "key1", "insights")
+    assert (miss["prompt_tokens"], miss["completion_tokens"]) == (
+        first.usage.prompt_tokens,
+        first.usage.completion_tokens,
+    )
+    assert (miss["cost_micro"], miss["saved_micro"]) == (expected, 0)
+    assert (hit["attempt"], hit["cache"], hit["cost_micro"], hit["saved_micro"]) == (
+        0,
+        "hit-memory",
+        0,
+        expected,
+    )
+
+
+async def test_bypassed_and_streamed_calls_are_billed(tmp_path: Path) -> None:
+    async with create_gateway(mock_settings(data_dir=tmp_path)) as gateway:
+        chat = RequestContext("acme", "ann", "chat")  # chat caches no sampled answers
+        await gateway.send(gateway.new_call("chat", body("hot", temperature=0.9), chat))
+        reply = await gateway.send(gateway.new_call("chat", body("stream me", stream=True), CONTEXT))
+        assert reply.stream is not None
+        async for _ in reply.stream:
+            pass
+        await reply.stream.aclose()
+        rows = await ledger_rows(gateway)
+    bypass, stream = rows
+    assert (bypass["cache"], bypass["priced_from"]) == ("bypass", "usage") and bypass["cost_micro"] > 0
+    assert (stream["cache"], stream["status"], stream["priced_from"]) == ("miss", 200, "usage")
+    assert stream["completion_tokens"] > 0 and stream["cost_micro"] > 0
+
+
+async def test_a_stream_without_usage_is_billed_by_estimate(tmp_path: Path) -> None:
+    settings = mock_settings(
+        data_dir=tmp_path,
+        cache={"enabled": False},
+        providers={"upstream": {"kind": "mock", "mock": {"report_usage": False}}},
+    )
+    async with create_gateway(settings) as gateway:
+        reply = await gateway.send(gateway.new_call("chat", body("no usage please", stream=True), CONTEXT))
+        assert reply.stream is not None
+        async for _ in reply.stream:
+            pass
+        await reply.stream.aclose()
+        (row,) = await ledger_rows(gateway)
+    assert (row["cache"], row["priced_from"], row["status"]) == ("none", "estimate", 200)
+    assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0 and row["cost_micro"] > 0
+
+
+async def test_an_upstream_failure_is_recorded_unbilled(tmp_path: Path) -> None:
+    settings = mock_settings(
+        data_dir=tmp_path,
+        providers={"upstream": {"kind": "mock", "mock": MockBehaviour(error_rate=1.0, error_status=503)}},
+    )
+    async with create_gateway(settings) as gateway:
+        with pytest.raises(UpstreamError):
+            await gateway.send(gateway.new_call("chat", body(), CONTEXT))
+        (row,) = await ledger_rows(gateway)
+    assert (row["status"], row["cost_micro"], row["priced_from"], row["cache"]) == (503, 0, "none", "miss")
+
+
+async def test_the_ledger_can_be_switched_off(tmp_path: Path) -> None:
+    settings = mock_settings(data_dir=tmp_path, ledger={"enabled": False})
+    async with create_gateway(settings) as gateway:
+        await gateway.send(gateway.new_call("chat", body(), CONTEXT))
+        assert gateway.outbox is None and gateway.ledger is None
+
+
+class _Relay:
+    usage: Usage | None = None
+    done = False
+    error = None
+    first_chunk_at = None
+    deltas = 12
+
+
+def test_a_client_that_left_mid_stream_is_billed_for_what_was_produced(settings: Settings) -> None:
+    rows: list[Row] = []
+
+    class Sink:
+        def add(self, row: Row) -> None:
+            rows.append(row)
+
+    book = PriceBook.from_settings(settings)
+    ledger = Ledger(book, Sink(), clock=lambda: 1.0)
+    from sluicegate.gateway import create_gateway as _make  # the call needs a resolved route
+
+    gateway = _make(settings)
+    call = gateway.new_call("chat", body("long answer", stream=True), CONTEXT)
+    ledger.stream_closed(call, _Relay(), call.started)  # type: ignore[arg-type]
+    (row,) = rows
+    values = dict(zip(COLUMNS, row, strict=True))
+    assert (values["status"], values["priced_from"], values["completion_tokens"]) == (499, "estimate", 12)
+    assert values["cost_micro"] > 0

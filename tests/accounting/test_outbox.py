@@ -1,0 +1,179 @@
+"""The ledger's outbox: spooled first, written in batches, idempotent, and replayed after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sluicegate.accounting.ledger import COLUMNS, Row
+from sluicegate.accounting.outbox import Outbox, insert_rows
+from sluicegate.store.db import create_engine, migrate
+from sluicegate.store.tables import usage_ledger
+
+
+def make_row(request_id: str, attempt: int = 1, cost: int = 100) -> Row:
+    values = {
+        "request_id": request_id,
+        "attempt": attempt,
+        "at": 1_700_000_000.0,
+        "org": "acme",
+        "user": None,
+        "key_id": None,
+        "feature": "chat",
+        "model": "gpt-4o-mini",
+        "provider": "openai",
+        "prompt_tokens": 10,
+        "cached_tokens": 0,
+        "completion_tokens": 5,
+        "reasoning_tokens": 0,
+        "cost_micro": cost,
+        "saved_micro": 0,
+        "cache": "miss",
+        "status": 200,
+        "latency_ms": 3,
+        "priced_from": "usage",
+    }
+    return tuple(values[name] for name in COLUMNS)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    url: str = request.getfixturevalue("database_url")
+    return url
+
+
+@pytest.fixture
+async def engine(store_url: str) -> AsyncIterator[AsyncEngine]:
+    made = create_engine(store_url)
+    await migrate(made)
+    yield made
+    await made.dispose()
+
+
+async def totals(engine: AsyncEngine) -> tuple[int, int]:
+    """Rows and their summed cost."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            select(func.count(), func.coalesce(func.sum(usage_ledger.c.cost_micro), 0))
+        )
+        count, cost = result.one()
+    return int(count), int(cost)
+
+
+async def test_rows_are_spooled_at_the_end_of_the_turn_then_written_and_the_spool_emptied(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    outbox = Outbox(engine, tmp_path / "spool", batch=2)
+    await outbox.start()
+    for n in range(5):
+        outbox.add(make_row(f"r{n}"))
+    spool = list((tmp_path / "spool").glob("*.jsonl"))
+    assert spool == []  # nothing written yet this turn
+    await asyncio.sleep(0)
+    (path,) = (tmp_path / "spool").glob("*.jsonl")
+    assert len(path.read_bytes().splitlines()) == 5  # durable before the database has them
+    await outbox.flush()
+    assert await totals(engine) == (5, 500)
+    assert path.stat().st_size == 0
+    await outbox.aclose()
+    assert not path.exists()
+
+
+async def test_a_row_delivered_twice_and_out_of_order_counts_once(engine: AsyncEngine) -> None:
+    rows = [make_row("a"), make_row("b"), make_row("a", attempt=2, cost=7)]
+    await insert_rows(engine, rows)
+    await insert_rows(engine, [rows[2], rows[0], rows[1], rows[0]])
+    assert await totals(engine) == (3, 207)
+
+
+async def test_rows_wait_while_the_database_is_down_and_go_in_when_it_returns(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'late.db'}")  # no table yet: "down"
+    outbox = Outbox(engine, tmp_path / "spool", max_pending=3)
+    try:
+        for n in range(10):  # more than max_pending: the spool file is then the only full copy
+            outbox.add(make_row(f"r{n}"))
+        await asyncio.sleep(0)
+        with pytest.raises(OperationalError, match="no such table"):
+            await outbox.flush()
+        assert outbox.backlog > 0
+        await migrate(engine)  # the database is back
+        await outbox.flush()
+        assert await totals(engine) == (10, 1000)
+        assert outbox.backlog == 0
+        outbox.add(make_row("after"))
+        await outbox.flush()
+        assert await totals(engine) == (11, 1100)
+    finally:
+        await outbox.aclose()
+        await engine.dispose()
+
+
+async def test_a_live_process_spool_is_left_alone(engine: AsyncEngine, tmp_path: Path) -> None:
+    alive = Outbox(engine, tmp_path / "spool")
+    alive.add(make_row("held"))
+    await asyncio.sleep(0)  # spooled, and locked by `alive`
+    other = Outbox(engine, tmp_path / "spool")
+    assert await other.replay_orphans() == 0
+    assert await totals(engine) == (0, 0)
+    await alive.aclose()
+    assert await totals(engine) == (1, 100)
+
+
+_CRASHER = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from pathlib import Path
+    from sluicegate.accounting.outbox import Outbox
+    from sluicegate.store.db import create_engine
+    sys.path.insert(0, {tests!r})
+    from test_outbox import make_row
+
+    async def main():
+        outbox = Outbox(create_engine({url!r}), Path({spool!r}), interval_s=3600)
+        for n in range(20):
+            outbox.add(make_row(f"crash-{{n}}"))
+        await asyncio.sleep(0)  # spooled: the rows are durable
+        await outbox.flush() if {flush_some} else None
+        for n in range(20, 25):
+            outbox.add(make_row(f"crash-{{n}}"))
+        await asyncio.sleep(0)
+        os.kill(os.getpid(), signal.SIGKILL)  # before the rest reaches the database
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("flush_some", [False, True])
+async def test_rows_of_a_killed_process_are_replayed_once(
+    engine: AsyncEngine, store_url: str, tmp_path: Path, flush_some: bool
+) -> None:
+    spool = tmp_path / "spool"
+    script = _CRASHER.format(
+        tests=str(Path(__file__).parent), url=store_url, spool=str(spool), flush_some=flush_some
+    )
+    process = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", script], capture_output=True, timeout=60
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode()[-2000:]
+    assert await totals(engine) == ((20, 2000) if flush_some else (0, 0))
+    survivor = Outbox(engine, spool)
+    await survivor.start()  # replays what the dead process left
+    try:
+        assert await totals(engine) == (25, 2500)  # none lost, none twice
+        assert not [p for p in spool.glob("*.jsonl") if p.stat().st_size]
+        assert await survivor.replay_orphans() == 0
+    finally:
+        await survivor.aclose()
