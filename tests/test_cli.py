@@ -102,3 +102,32 @@ def test_serve_refuses_a_model_with_no_price(tmp_path: Path) -> None:
     assert result.exit_code == 2
     output = " ".join(result.output.split())  # rich wraps long lines
     assert "house-llama (upstream llama-house-70b)" in output and "pricing.default" in output
+
+
+def test_usage_prints_the_ledger_as_a_table_and_as_json(tmp_path: Path) -> None:
+    """`sluicegate usage` reads the ledger that a gateway wrote."""
+    import asyncio
+    import json
+
+    from sluicegate import RequestContext, create_gateway
+    from sluicegate.testing import mock_settings
+
+    async def spend() -> None:
+        async with create_gateway(mock_settings(data_dir=tmp_path)) as gateway:
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+            for _ in range(2):
+                await gateway.send(gateway.new_call("chat", body, RequestContext("acme", None, "chat")))
+
+    asyncio.run(spend())
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path}\ndatabase:\n  url: sqlite+aiosqlite:///{tmp_path}/sluicegate.db\n"
+    )
+    table = runner.invoke(app, ["usage", "--group-by", "org,feature", "--config", str(config)])
+    assert table.exit_code == 0, table.output
+    assert "acme" in table.output and "total" in table.output
+    raw = runner.invoke(app, ["usage", "--json", "--period", "all", "--config", str(config)])
+    report = json.loads(raw.output)
+    assert report["totals"]["requests"] == 2 and report["totals"]["cache_hits"] == 1
+    bad = runner.invoke(app, ["usage", "--group-by", "colour", "--config", str(config)])
+    assert bad.exit_code == 2 and "group_by" in bad.output

@@ -320,6 +320,15 @@ class Authenticator:
             )
         return record
 
+    def is_admin(self, authorization: str | None) -> bool:
+        """Whether ``authorization`` is the admin key (always, in local development mode)."""
+        if _browser_token(authorization) is not None:
+            return False
+        if self._admin_key is None:
+            return not self._require_keys
+        given = authorization.partition(" ")[2].strip().encode() if authorization else b""
+        return hmac.compare_digest(given, self._admin_key)
+
     def check_admin(self, authorization: str | None) -> None:
         """Allow admin routes: with the admin key, or freely in local development mode.
 

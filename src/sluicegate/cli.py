@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import cli_cache
+from . import cli_cache, cli_usage
 from ._version import __version__
 from .accounting.pricing import PriceBook
 from .auth import KeyStore, load_pepper
@@ -316,6 +316,30 @@ def warm(
 ) -> None:
     """Warm the cache from a file of requests, skipping entries that are already fresh."""
     cli_cache.warm_command(_settings(config), file, concurrency, max_requests, dry_run)
+
+
+@app.command("usage")
+def usage(
+    days: Annotated[float, typer.Option(help="Report the last N days.")] = 30,
+    group_by: Annotated[
+        str, typer.Option("--group-by", help="Comma list of org, user, key_id, feature, model.")
+    ] = "org",
+    period: Annotated[str, typer.Option(help="day, week, month (UTC) or all.")] = "day",
+    org: Annotated[str | None, typer.Option(help="Only this org.")] = None,
+    user: Annotated[str | None, typer.Option(help="Only this user.")] = None,
+    feature: Annotated[str | None, typer.Option(help="Only this feature.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Requests, tokens, cost, cache hits and cost saved, from the usage ledger."""
+    params = {"days": str(days), "group_by": group_by, "period": period}
+    params.update(
+        {k: v for k, v in {"org": org, "user": user, "feature": feature, "model": model}.items() if v}
+    )
+    status = cli_usage.usage_command(_settings(config), params, as_json)
+    if status:
+        raise typer.Exit(status)
 
 
 @app.command()

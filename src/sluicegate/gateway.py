@@ -6,7 +6,8 @@ The pipeline, outermost first (stages not yet built are marked with where they w
       [admit]               rate limit and budget reservation
       ServeFromCache        in-process → Redis → SQL, single-flight (when cache.enabled)
         [fallback, breaker, retry]
-          SendToProvider    route the call to its provider's transport
+          RecordUsage       the ledger: one row per upstream attempt (when ledger.enabled)
+            SendToProvider  route the call to its provider's transport
 
 Build one with `create_gateway(settings)` and pass it explicitly; nothing here is global.
 """

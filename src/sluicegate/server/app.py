@@ -8,7 +8,7 @@ import logging
 from ..config import Settings, load_settings
 from ..errors import MethodNotAllowed, NotFound, SluicegateError
 from ..gateway import Gateway, create_gateway
-from . import admin_routes, browser_routes, cache_routes, openai_routes, sdk_routes
+from . import admin_routes, browser_routes, cache_routes, openai_routes, sdk_routes, usage_routes
 from .cors import Cors
 from .http import Receive, Request, Scope, Send, send_error, send_json
 from .openai_routes import Handler
@@ -35,6 +35,7 @@ class SluicegateApp:
             "/api/ai/status": {"GET": admin_routes.status},
             "/api/ai/keys": {"GET": admin_routes.list_keys, "POST": admin_routes.create_key},
             "/api/ai/cache": {"GET": cache_routes.cache_stats},
+            "/api/ai/usage": {"GET": usage_routes.usage},
             "/api/ai/cache/invalidate": {"POST": cache_routes.invalidate},
             "/api/ai/cache/bump": {"POST": cache_routes.bump_namespace},
             "/api/ai/cache/warm": {"POST": cache_routes.warm_cache},

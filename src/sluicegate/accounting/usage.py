@@ -1,0 +1,186 @@
+"""Usage reports from the ledger: requests, tokens, cost, cache hits and cost saved, grouped by
+org, user, key, feature, model and period (day, week or month, in UTC).
+
+The database sums per group and per day (`query_days`); folding days into weeks or months and
+the totals are pure (`fold`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import Integer, case, cast, func, literal_column, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..errors import InvalidRequest
+from ..store.tables import usage_ledger
+
+__all__ = ["DIMENSIONS", "PERIODS", "UsageQuery", "fold", "query_days", "report"]
+
+DIMENSIONS = ("org", "user", "key_id", "feature", "model")
+PERIODS = ("day", "week", "month", "all")
+Period = Literal["day", "week", "month", "all"]
+METRICS = (
+    "requests",
+    "upstream_calls",
+    "cache_hits",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cost_micro",
+    "saved_micro",
+)
+_DAY_S = 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    """What to report: a time range (Unix seconds, ``until`` excluded), grouping and filters."""
+
+    since: float
+    until: float
+    group_by: tuple[str, ...] = ("org",)
+    period: Period = "day"
+    org: str | None = None
+    user: str | None = None
+    feature: str | None = None
+    model: str | None = None
+
+    @classmethod
+    def parse(cls, params: dict[str, str], now: float, org: str | None) -> UsageQuery:
+        """A query from URL parameters (``days``, ``since``, ``until``, ``group_by``, ``period``,
+        filters); ``org`` forces the org filter (an org's key sees only its own org)."""
+        try:
+            until = float(params["until"]) if "until" in params else now
+            if "since" in params:
+                since = float(params["since"])
+            else:
+                since = until - float(params.get("days", "30")) * _DAY_S
+        except ValueError:
+            raise InvalidRequest(
+                "since and until are Unix seconds, days a number", code="invalid_range"
+            ) from None
+        if not since < until:
+            raise InvalidRequest("the range is empty: since must be before until", code="invalid_range")
+        group_by = tuple(g for g in params.get("group_by", "org").split(",") if g)
+        unknown = [g for g in group_by if g not in DIMENSIONS]
+        if unknown or len(set(group_by)) != len(group_by):
+            raise InvalidRequest(
+                f"group_by takes distinct values among {', '.join(DIMENSIONS)}; "
+                f"got {params.get('group_by')!r}",
+                param="group_by",
+                code="invalid_group_by",
+            )
+        period = params.get("period", "day")
+        if period not in PERIODS:
+            raise InvalidRequest(
+                f"period is one of {', '.join(PERIODS)}", param="period", code="invalid_period"
+            )
+        forced = org if org is not None else params.get("org")
+        return cls(
+            since,
+            until,
+            group_by,
+            period,  # type: ignore[arg-type]
+            forced,
+            params.get("user"),
+            params.get("feature"),
+            params.get("model"),
+        )
+
+
+def _day_number(engine: AsyncEngine) -> Any:
+    at = usage_ledger.c.at
+    if engine.dialect.name == "postgresql":
+        return cast(func.floor(at / _DAY_S), Integer)
+    return cast(at / _DAY_S, Integer)  # SQLite truncates, and every `at` is positive
+
+
+async def query_days(engine: AsyncEngine, query: UsageQuery) -> list[dict[str, Any]]:
+    """Sums per group and per UTC day (``day`` is days since 1970-01-01)."""
+    c = usage_ledger.c
+    day = _day_number(engine).label("day")
+    served = c.attempt == 0
+    columns = [getattr(c, name) for name in query.group_by]
+    statement = (
+        select(
+            *columns,
+            day,
+            func.sum(case((served, 1), else_=0)).label("cache_hits"),
+            func.sum(case((served, 0), else_=1)).label("upstream_calls"),
+            func.count(func.distinct(c.request_id)).label("requests"),
+            func.sum(c.prompt_tokens).label("prompt_tokens"),
+            func.sum(c.cached_tokens).label("cached_tokens"),
+            func.sum(c.completion_tokens).label("completion_tokens"),
+            func.sum(c.reasoning_tokens).label("reasoning_tokens"),
+            func.sum(c.cost_micro).label("cost_micro"),
+            func.sum(c.saved_micro).label("saved_micro"),
+        )
+        .where(c.at >= query.since, c.at < query.until)
+        .group_by(*columns, literal_column("day"))
+    )
+    for name in ("org", "user", "feature", "model"):
+        value = getattr(query, name)
+        if value is not None:
+            statement = statement.where(getattr(c, name) == value)
+    async with engine.connect() as connection:
+        result = await connection.execute(statement)
+        return [dict(row._mapping) for row in result]
+
+
+def _bucket(day: int, period: Period) -> str:
+    date = dt.date(1970, 1, 1) + dt.timedelta(days=day)
+    if period == "day":
+        return date.isoformat()
+    if period == "week":
+        return (date - dt.timedelta(days=date.weekday())).isoformat()  # the Monday it starts on
+    if period == "month":
+        return date.strftime("%Y-%m")
+    return "all"
+
+
+def fold(days: Iterable[dict[str, Any]], group_by: Sequence[str], period: Period) -> list[dict[str, Any]]:
+    """Day sums folded into the period's buckets, sorted by bucket then group (pure)."""
+    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for day in days:
+        bucket = _bucket(int(day["day"]), period)
+        key = (bucket, *(day[name] for name in group_by))
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = {"period": bucket, **{name: day[name] for name in group_by}}
+            row.update(dict.fromkeys(METRICS, 0))
+        for metric in METRICS:
+            row[metric] += int(day[metric] or 0)
+    ordered = sorted(rows.values(), key=lambda r: (r["period"], *(str(r[n]) for n in group_by)))
+    for row in ordered:
+        _dollars(row)
+    return ordered
+
+
+def _dollars(row: dict[str, Any]) -> None:
+    row["cost_usd"] = row["cost_micro"] / 1_000_000
+    row["saved_usd"] = row["saved_micro"] / 1_000_000
+
+
+async def report(engine: AsyncEngine, query: UsageQuery) -> dict[str, Any]:
+    """The usage report: one row per period and group, and the totals."""
+    rows = fold(await query_days(engine, query), query.group_by, query.period)
+    totals: dict[str, Any] = dict.fromkeys(METRICS, 0)
+    for row in rows:
+        for metric in METRICS:
+            totals[metric] += row[metric]
+    _dollars(totals)
+    return {
+        "object": "usage",
+        "since": query.since,
+        "until": query.until,
+        "period": query.period,
+        "group_by": list(query.group_by),
+        "filters": {n: getattr(query, n) for n in ("org", "user", "feature", "model") if getattr(query, n)},
+        "data": rows,
+        "totals": totals,
+    }

@@ -1,0 +1,57 @@
+"""``GET /api/ai/usage``: the ledger summed by org, user, key, feature, model and period.
+
+The admin key sees every org (and may filter by one); an org's key sees only its own org,
+whatever it asks for; browser tokens are refused.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+
+import orjson
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..accounting.usage import UsageQuery, report
+from ..browser_tokens import BrowserPrincipal
+from ..errors import NotFound, PermissionDenied, ServiceUnavailable
+from ..gateway import Gateway
+from .http import Request, send_json
+
+__all__ = ["usage"]
+
+
+async def _caller_org(gateway: Gateway, request: Request) -> str | None:
+    """None for the admin (every org), else the caller's own org."""
+    authenticator = gateway.authenticator
+    if authenticator.is_admin(request.authorization):
+        return None
+    principal = await authenticator.authenticate(request.authorization)
+    if principal is None:
+        return None  # keys are not required: local development
+    if isinstance(principal, BrowserPrincipal):
+        raise PermissionDenied("browser tokens cannot read usage; call it from your backend with a key")
+    return principal.org
+
+
+async def usage(gateway: Gateway, request: Request) -> None:
+    """``GET /api/ai/usage?days=30&group_by=org,feature&period=day``."""
+    org = await _caller_org(gateway, request)
+    if gateway.ledger is None:
+        raise NotFound(
+            "the usage ledger is off on this gateway (ledger.enabled: false)", code="ledger_disabled"
+        )
+    raw = request.scope.get("query_string", b"").decode("latin-1")
+    params = dict(urllib.parse.parse_qsl(raw))
+    query = UsageQuery.parse(params, time.time(), org)
+    try:
+        if gateway.outbox is not None:
+            await gateway.outbox.flush()  # this worker's latest rows count too
+        body = await report(gateway.engine, query)
+    except SQLAlchemyError as exc:
+        raise ServiceUnavailable(
+            f"the usage ledger's database is unreachable ({type(exc).__name__}); rows are kept "
+            "and will be there when it is back",
+            code="ledger_unavailable",
+        ) from None
+    await send_json(request, 200, orjson.dumps(body))

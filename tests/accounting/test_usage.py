@@ -1,0 +1,97 @@
+"""Usage reports: folding day sums into weeks and months (pure), and the query on both databases."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sluicegate.accounting.outbox import insert_rows
+from sluicegate.accounting.usage import UsageQuery, fold, report
+from sluicegate.errors import InvalidRequest
+from sluicegate.store.db import create_engine, migrate
+from tests.accounting.test_outbox import make_row
+
+
+def day_number(date: str) -> int:
+    return (dt.date.fromisoformat(date) - dt.date(1970, 1, 1)).days
+
+
+def day_sum(date: str, org: str, **metrics: int) -> dict[str, Any]:
+    base = dict.fromkeys(
+        (
+            "requests",
+            "upstream_calls",
+            "cache_hits",
+            "prompt_tokens",
+            "cached_tokens",
+            "completion_tokens",
+            "reasoning_tokens",
+            "cost_micro",
+            "saved_micro",
+        ),
+        0,
+    )
+    return {"day": day_number(date), "org": org, **base, **metrics}
+
+
+def test_days_fold_into_iso_weeks_and_months() -> None:
+    days = [
+        day_sum("2026-11-22", "acme", requests=1, cost_micro=10),  # a Sunday: the week of the 16th
+        day_sum("2026-11-23", "acme", requests=2, cost_micro=20),  # Monday
+        day_sum("2026-11-29", "acme", requests=3, cost_micro=30),  # Sunday, same week
+        day_sum("2026-12-01", "acme", requests=4, cost_micro=40),
+    ]
+    weeks = fold(days, ["org"], "week")
+    assert [(w["period"], w["requests"], w["cost_micro"]) for w in weeks] == [
+        ("2026-11-16", 1, 10),
+        ("2026-11-23", 5, 50),
+        ("2026-11-30", 4, 40),
+    ]
+    months = fold(days, ["org"], "month")
+    assert [(m["period"], m["requests"]) for m in months] == [("2026-11", 6), ("2026-12", 4)]
+    (everything,) = fold(days, ["org"], "all")
+    assert (everything["requests"], everything["cost_usd"]) == (10, 0.0001)
+
+
+def test_the_query_is_checked_and_an_org_key_is_pinned_to_its_org() -> None:
+    query = UsageQuery.parse({"days": "7", "org": "globex"}, now=1_000_000.0, org="acme")
+    assert (query.org, query.since, query.until) == ("acme", 1_000_000.0 - 7 * 86_400, 1_000_000.0)
+    assert UsageQuery.parse({"org": "globex"}, now=1e6, org=None).org == "globex"
+    with pytest.raises(InvalidRequest):
+        UsageQuery.parse({"group_by": "org,org"}, now=1e6, org=None)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
+    url: str = request.getfixturevalue("database_url")
+    return url
+
+
+@pytest.fixture
+async def engine(store_url: str) -> AsyncIterator[AsyncEngine]:
+    made = create_engine(store_url)
+    await migrate(made)
+    yield made
+    await made.dispose()
+
+
+async def test_the_report_sums_per_day_on_the_database(engine: AsyncEngine) -> None:
+    at = dt.datetime(2026, 11, 25, 23, 59, tzinfo=dt.UTC).timestamp()
+    rows = [make_row("a"), make_row("b"), make_row("b", attempt=0, cost=0)]
+    rows = [(r[0], r[1], at + i * 120, *r[3:]) for i, r in enumerate(rows)]  # the last one: next day
+    await insert_rows(engine, rows)
+    body = await report(engine, UsageQuery(at - 86_400, at + 86_400, ("org", "feature"), "day"))
+    assert [(r["period"], r["requests"], r["upstream_calls"], r["cache_hits"]) for r in body["data"]] == [
+        ("2026-11-25", 1, 1, 0),
+        ("2026-11-26", 1, 1, 1),  # one request: its upstream call and a stale answer
+    ]
+    assert body["totals"]["cost_micro"] == 200
+    nobody = await report(engine, UsageQuery(at - 86_400, at + 86_400, ("org",), "all", org="initech"))
+    assert nobody["data"] == [] and nobody["totals"]["requests"] == 0

@@ -1,0 +1,77 @@
+"""``GET /api/ai/usage`` over real HTTP: sums from the ledger, and each org sees only its own."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluicegate.testing import GatewayServer, MockUpstream, mock_settings
+from tests.conftest import chat_body
+from tests.server.test_cache_routes import ADMIN, call, http
+
+
+def chat_as(server: GatewayServer, key: str, content: str, feature: str = "insights") -> None:
+    headers = {"authorization": f"Bearer {key}", "x-sluicegate-feature": feature}
+    body = chat_body()
+    body["messages"] = [{"role": "user", "content": content}]
+    status, _, raw = http(server.url + "/v1/chat/completions", "POST", body, headers)
+    assert status == 200, raw
+
+
+@pytest.fixture
+def keyed(upstream: MockUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("SLUICEGATE_ADMIN_KEY", ADMIN)
+    settings = mock_settings(upstream.url, data_dir=tmp_path, auth={"require_keys": True})
+    with GatewayServer(settings) as server:
+        keys = {}
+        for org in ("acme", "globex"):
+            status, made = call(server.url + "/api/ai/keys", "POST", {"org": org}, ADMIN)
+            assert status == 201
+            keys[org] = made["key"]
+        yield server, keys
+
+
+def test_usage_sums_cost_and_savings_and_orgs_see_only_their_own(keyed: Any) -> None:
+    server, keys = keyed
+    chat_as(server, keys["acme"], "plan q3")
+    chat_as(server, keys["acme"], "plan q3")  # a hit
+    chat_as(server, keys["globex"], "plan q4", feature="chat")
+
+    status, everything = call(server.url + "/api/ai/usage?group_by=org,feature", key=ADMIN)
+    assert status == 200
+    rows = {(r["org"], r["feature"]): r for r in everything["data"]}
+    acme = rows[("acme", "insights")]
+    assert (acme["requests"], acme["upstream_calls"], acme["cache_hits"]) == (2, 1, 1)
+    assert acme["cost_micro"] > 0 and acme["saved_micro"] == acme["cost_micro"]
+    assert acme["period"] == time.strftime("%Y-%m-%d", time.gmtime())
+    assert rows[("globex", "chat")]["requests"] == 1
+    assert everything["totals"]["requests"] == 3
+
+    # An org's key sees its own org only, even when it asks for another one.
+    status, own = call(server.url + "/api/ai/usage?org=globex&period=month", key=keys["acme"])
+    assert status == 200
+    assert [r["org"] for r in own["data"]] == ["acme"] and own["filters"] == {"org": "acme"}
+    assert own["data"][0]["period"] == time.strftime("%Y-%m", time.gmtime())
+
+
+def test_usage_needs_a_key_and_checks_its_parameters(keyed: Any) -> None:
+    server, keys = keyed
+    assert call(server.url + "/api/ai/usage")[0] == 401
+    for query, code in (
+        ("group_by=org,colour", "invalid_group_by"),
+        ("period=fortnight", "invalid_period"),
+        ("days=abc", "invalid_range"),
+        ("since=10&until=5", "invalid_range"),
+    ):
+        status, body = call(server.url + "/api/ai/usage?" + query, key=keys["acme"])
+        assert (status, body["error"]["code"]) == (400, code), query
+
+
+def test_usage_says_when_the_ledger_is_off(upstream: MockUpstream, tmp_path: Path) -> None:
+    settings = mock_settings(upstream.url, data_dir=tmp_path, ledger={"enabled": False})
+    with GatewayServer(settings) as server:
+        status, body = call(server.url + "/api/ai/usage")
+    assert (status, body["error"]["code"]) == (404, "ledger_disabled")
