@@ -1,4 +1,4 @@
-"""The ``sluicegate`` command: serve, mock-upstream, keys, cache, warm."""
+"""The ``sluicegate`` command: serve, mock-upstream, keys, cache, warm, usage."""
 
 from __future__ import annotations
 
