@@ -3,6 +3,7 @@ they saved, streams from their usage chunk or an estimate, failures unbilled."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,43 @@ def test_a_client_that_left_mid_stream_is_billed_for_what_was_produced(settings:
     values = dict(zip(COLUMNS, row, strict=True))
     assert (values["status"], values["priced_from"], values["completion_tokens"]) == (499, "estimate", 12)
     assert values["cost_micro"] > 0
+
+
+async def test_a_call_cancelled_while_upstream_is_billed_by_estimate(tmp_path: Path) -> None:
+    settings = mock_settings(
+        data_dir=tmp_path,
+        cache={"enabled": False},
+        providers={"upstream": {"kind": "mock", "mock": {"latency": 5000}}},
+    )
+    async with create_gateway(settings) as gateway:
+        task = asyncio.create_task(gateway.send(gateway.new_call("chat", body(max_tokens=100), CONTEXT)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        (row,) = await ledger_rows(gateway)
+    assert (row["status"], row["priced_from"]) == (499, "estimate")
+    assert row["prompt_tokens"] > 0 and row["cost_micro"] > 0
+
+
+def test_a_pending_row_is_priced_at_the_prompt_and_the_completion_limit(settings: Settings) -> None:
+    begun: list[Row] = []
+
+    class Sink:
+        def begin(self, row: Row) -> None:
+            begun.append(row)
+
+        def add(self, row: Row) -> None:
+            raise AssertionError("no outcome yet")
+
+        def drop(self, request_id: str, attempt: int) -> None:
+            raise AssertionError("not dropped")
+
+    gateway = create_gateway(settings)
+    ledger = Ledger(PriceBook.from_settings(settings), Sink())
+    call = gateway.new_call("chat", body(max_tokens=100, n=2), CONTEXT)
+    ledger.begin(call)
+    values = dict(zip(COLUMNS, begun[0], strict=True))
+    assert (values["status"], values["priced_from"], values["completion_tokens"]) == (0, "pending", 200)
+    # gpt-4o-mini: $0.60 per million output tokens, so 200 tokens are at least 120 µUSD
+    assert values["cost_micro"] >= 120

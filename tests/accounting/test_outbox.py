@@ -21,7 +21,7 @@ from sluicegate.store.db import create_engine, migrate
 from sluicegate.store.tables import usage_ledger
 
 
-def make_row(request_id: str, attempt: int = 1, cost: int = 100) -> Row:
+def make_row(request_id: str, attempt: int = 1, cost: int = 100, priced_from: str = "usage") -> Row:
     values = {
         "request_id": request_id,
         "attempt": attempt,
@@ -41,7 +41,7 @@ def make_row(request_id: str, attempt: int = 1, cost: int = 100) -> Row:
         "cache": "miss",
         "status": 200,
         "latency_ms": 3,
-        "priced_from": "usage",
+        "priced_from": priced_from,
     }
     return tuple(values[name] for name in COLUMNS)
 
@@ -148,6 +148,12 @@ _CRASHER = textwrap.dedent(
         await outbox.flush() if {flush_some} else None
         for n in range(20, 25):
             outbox.add(make_row(f"crash-{{n}}"))
+        for n in range(3):  # attempts under way: upstream has them, their outcome never comes
+            outbox.begin(make_row(f"inflight-{{n}}", cost=7, priced_from="pending"))
+        outbox.begin(make_row("answered", priced_from="pending"))
+        outbox.add(make_row("answered", cost=50))
+        outbox.begin(make_row("refused", priced_from="pending"))
+        outbox.drop("refused", 1)
         await asyncio.sleep(0)
         os.kill(os.getpid(), signal.SIGKILL)  # before the rest reaches the database
 
@@ -172,8 +178,36 @@ async def test_rows_of_a_killed_process_are_replayed_once(
     survivor = Outbox(engine, spool)
     await survivor.start()  # replays what the dead process left
     try:
-        assert await totals(engine) == (25, 2500)  # none lost, none twice
+        # 25 rows, "answered" once at its real cost, 3 interrupted at their estimate, no "refused"
+        assert await totals(engine) == (29, 2500 + 50 + 3 * 7)
+        async with engine.connect() as connection:
+            result = await connection.execute(
+                select(usage_ledger.c.request_id, usage_ledger.c.priced_from).where(
+                    usage_ledger.c.priced_from != "usage"
+                )
+            )
+            assert sorted(result.all()) == [(f"inflight-{n}", "interrupted") for n in range(3)]
         assert not [p for p in spool.glob("*.jsonl") if p.stat().st_size]
         assert await survivor.replay_orphans() == 0
     finally:
         await survivor.aclose()
+
+
+async def test_a_pending_attempt_is_spooled_at_once_and_kept_through_truncation(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    outbox = Outbox(engine, tmp_path / "spool")
+    await outbox.start()
+    outbox.begin(make_row("slow", priced_from="pending"))
+    (path,) = (tmp_path / "spool").glob("*.jsonl")
+    assert b'"slow"' in path.read_bytes()  # no loop turn needed
+    outbox.add(make_row("quick"))
+    await outbox.flush()
+    assert await totals(engine) == (1, 100)  # a pending row never goes in from a live process
+    assert b'"slow"' in path.read_bytes() and b'"quick"' not in path.read_bytes()
+    outbox.add(make_row("slow", cost=30))  # its outcome
+    await outbox.flush()
+    assert await totals(engine) == (2, 130) and path.stat().st_size == 0
+    outbox.begin(make_row("left-open", cost=9, priced_from="pending"))
+    await outbox.aclose()  # a clean stop with an attempt still open: recorded as interrupted
+    assert await totals(engine) == (3, 139)

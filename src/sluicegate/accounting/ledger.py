@@ -8,6 +8,7 @@ tokens is never recorded at $0: without the upstream's ``usage`` its tokens are 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -49,8 +50,17 @@ _CHARS_PER_TOKEN = 4  # the usual rough figure for English text with OpenAI's to
 class Sink(Protocol):
     """Where rows go: the `Outbox`, or a list in tests."""
 
+    def begin(self, row: Row) -> None:
+        """An attempt is about to go upstream: keep its ``pending`` row durably at once, so that
+        it is billed (by estimate) even if this process dies before its outcome is known."""
+        ...
+
     def add(self, row: Row) -> None:
-        """Keep ``row`` durably; it reaches the database later."""
+        """Keep ``row`` durably (it completes a pending row of the same attempt, if any)."""
+        ...
+
+    def drop(self, request_id: str, attempt: int) -> None:
+        """The pending attempt never reached the upstream: forget it."""
         ...
 
 
@@ -109,14 +119,32 @@ class Ledger:
         self._sink = sink
         self._clock = clock
 
+    def begin(self, call: Call) -> None:
+        """An attempt of ``call`` is about to go upstream: a ``pending`` row, priced at the
+        prompt's estimate plus the completion's limit, stands for it until `attempt` records
+        its outcome. Replayed from a dead process's spool, it becomes ``interrupted``."""
+        body = call.body
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        choices = body.get("n") or 1
+        usage = Usage(estimate_prompt_tokens(body), limit * choices if isinstance(limit, int) else 0, 0)
+        cost = self.prices.cost_micro(call.route, usage) or 0
+        self._sink.begin(
+            row(call, call.attempt, usage, cost, 0, call.outcome, 0, 0, "pending", self._clock())
+        )
+
+    def never_sent(self, call: Call) -> None:
+        """The attempt `begin` announced was refused before it reached the upstream."""
+        self._sink.drop(call.request_id, call.attempt)
+
     def attempt(
         self, call: Call, usage: Usage | None, status: int, started: float, completion_estimate: int = 0
     ) -> None:
         """Record one upstream attempt of ``call``; ``usage`` None means the upstream reported
-        none (its tokens are then estimated) and ``status`` ≥ 400 one that failed unbilled."""
+        none (its tokens are then estimated) and ``status`` ≥ 400 one that failed unbilled
+        (499, a client that left, is billed by estimate: the upstream had the prompt)."""
         priced_from = "usage"
         if usage is None:
-            if status >= 400 and not completion_estimate:
+            if status >= 400 and status != 499 and not completion_estimate:
                 usage, priced_from = _NO_USAGE, "none"  # refused or failed before any answer
             else:
                 usage = Usage(
@@ -160,13 +188,18 @@ class RecordUsage:
 
     async def __call__(self, call: Call) -> Any:
         started = time.perf_counter()
+        self._ledger.begin(call)
         try:
             reply = await self._send(call)
         except UpstreamError as exc:
             self._ledger.attempt(call, None, exc.status_code, started)
             raise
         except SluicegateError:
-            raise  # refused before any upstream call: nothing to record
+            self._ledger.never_sent(call)  # refused before any upstream call
+            raise
+        except asyncio.CancelledError:
+            self._ledger.attempt(call, None, 499, started)  # the client left while it waited
+            raise
         if reply.stream is None:
             self._ledger.attempt(call, reply.usage, 200, started)
         else:

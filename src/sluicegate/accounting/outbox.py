@@ -1,6 +1,11 @@
 """The ledger's outbox: every row is made durable in a local spool file first, then written to
 the database in batches, idempotently.
 
+Before an attempt goes upstream its ``pending`` row is written to the spool at once (`begin`);
+its outcome replaces it. A pending row found without an outcome in the spool of a process that
+died becomes ``interrupted`` and is billed at its estimate (the prompt, plus the completion's
+limit), so that a call the provider served while the gateway died is still in the ledger.
+
 Each process appends its rows to a spool file of its own (``<data_dir>/ledger-spool``), once
 per loop turn, holding an exclusive ``flock`` on it for its lifetime. Rows are inserted with
 ``ON CONFLICT (request_id, attempt) DO NOTHING``, in the order they were recorded; when every
@@ -22,6 +27,7 @@ import os
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -63,11 +69,22 @@ async def insert_rows(engine: AsyncEngine, rows: Sequence[Row]) -> None:
         await connection.exec_driver_sql(_insert_sql(engine.dialect.paramstyle), list(rows))
 
 
-def _read_rows(path: Path, end: int | None = None) -> list[Row]:
-    """The rows spooled in ``path`` (up to byte ``end``); a torn last line is skipped."""
+_PRICED_FROM = COLUMNS.index("priced_from")
+PENDING, INTERRUPTED = "pending", "interrupted"
+
+
+def _read_rows(path: Path, end: int | None = None, *, interrupt: bool = True) -> list[Row]:
+    """The rows spooled in ``path`` (up to byte ``end``), settled: a pending row whose outcome
+    is also there gives way to it, one that was dropped goes, and one left alone (its process
+    died during the call) becomes ``interrupted``, billed at its estimate; with ``interrupt``
+    False (this process's own file, whose pending attempts are still under way) it is left
+    out. A torn line is skipped.
+    """
     with path.open("rb") as handle:
         data = handle.read() if end is None else handle.read(end)
-    rows: list[Row] = []
+    done: dict[tuple[Any, Any], Row] = {}
+    pending: dict[tuple[Any, Any], Row] = {}
+    dropped: set[tuple[Any, Any]] = set()
     for line in data.split(b"\n"):
         if not line:
             continue
@@ -76,8 +93,20 @@ def _read_rows(path: Path, end: int | None = None) -> list[Row]:
         except orjson.JSONDecodeError:
             logger.warning("ledger: skipped an unreadable spooled row in %s", path)
             continue
-        if isinstance(values, list) and len(values) == len(COLUMNS):
-            rows.append(tuple(values))
+        if not isinstance(values, list):
+            continue
+        if len(values) == 3 and values[0] == "drop":
+            dropped.add((values[1], values[2]))
+        elif len(values) == len(COLUMNS):
+            key = (values[0], values[1])
+            if values[_PRICED_FROM] == PENDING:
+                pending[key] = tuple(values)
+            else:
+                done[key] = tuple(values)
+    rows = list(done.values())
+    for key, row in pending.items():
+        if interrupt and key not in done and key not in dropped:
+            rows.append((*row[:_PRICED_FROM], INTERRUPTED, *row[_PRICED_FROM + 1 :]))
     return rows
 
 
@@ -103,6 +132,7 @@ class Outbox:
         self._pending: list[Row] = []  # spooled, not yet in the database, in order
         self._overflowed = False  # rows were spooled without being kept in memory
         self._lines: list[bytes] = []  # recorded this loop turn, not yet spooled
+        self._open: dict[tuple[str, int], bytes] = {}  # pending attempts: their spooled lines
         self._fd = -1
         self._path: Path | None = None
         self._task: asyncio.Task[None] | None = None
@@ -113,8 +143,27 @@ class Outbox:
 
     # The hot path
 
+    def begin(self, row: Row) -> None:
+        """Spool an attempt's pending row now, before the attempt goes upstream."""
+        line = orjson.dumps(row) + b"\n"
+        self._open[(row[0], row[1])] = line
+        self._write(line)
+
+    def drop(self, request_id: str, attempt: int) -> None:
+        """Forget a pending attempt that never went upstream."""
+        if self._open.pop((request_id, attempt), None) is not None:
+            self._queue(orjson.dumps(["drop", request_id, attempt]) + b"\n")
+
+    def _queue(self, line: bytes) -> None:
+        if not self._lines:
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self._spool)
+        self._lines.append(line)
+
     def add(self, row: Row) -> None:
         """Keep ``row``: spooled at the end of this loop turn, in the database soon after."""
+        if self._open:
+            self._open.pop((row[0], row[1]), None)
         if not self._lines:
             loop = self._loop or asyncio.get_running_loop()
             loop.call_soon(self._spool)
@@ -128,18 +177,19 @@ class Outbox:
 
     def _spool(self) -> None:
         lines, self._lines = self._lines, []
-        if not lines:
-            return
+        if lines:
+            self._write(b"".join(lines))
+
+    def _write(self, data: bytes) -> None:
         if self._fd < 0:
-            self._open()
-        data = b"".join(lines)
+            self._open_file()
         while data:
             written = os.write(self._fd, data)
             data = data[written:]
 
     # Lifecycle
 
-    def _open(self) -> None:
+    def _open_file(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
         path = self._dir / f"{os.getpid()}-{secrets.token_hex(4)}{_SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -190,7 +240,7 @@ class Outbox:
         assert self._path is not None
         while True:
             end = os.fstat(self._fd).st_size
-            rows = _read_rows(self._path, end)
+            rows = _read_rows(self._path, end, interrupt=False)
             for start in range(0, len(rows), self._batch):
                 await insert_rows(self._engine, rows[start : start + self._batch])
             self._spool()
@@ -205,6 +255,8 @@ class Outbox:
     def _truncate_if_done(self) -> None:
         if self._fd >= 0 and not self._pending and not self._lines and not self._overflowed:
             os.ftruncate(self._fd, 0)
+            if self._open:  # attempts still under way keep their pending rows
+                self._write(b"".join(self._open.values()))
 
     async def replay_orphans(self) -> int:
         """Write the rows of spool files no live process holds, then delete them; how many rows."""
@@ -234,6 +286,13 @@ class Outbox:
             logger.warning("ledger: replayed %d rows left behind by a process that stopped", replayed)
         return replayed
 
+    def _interrupt_open(self) -> None:
+        """At shutdown: attempts still open are recorded as interrupted, at their estimate."""
+        lines, self._open = list(self._open.values()), {}
+        for line in lines:
+            row = tuple(orjson.loads(line))
+            self.add((*row[:_PRICED_FROM], INTERRUPTED, *row[_PRICED_FROM + 1 :]))
+
     @property
     def backlog(self) -> int:
         """Rows recorded and not yet in the database (at least; more when they overflowed)."""
@@ -246,6 +305,7 @@ class Outbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._interrupt_open()
         try:
             async with asyncio.timeout(timeout_s):
                 await self.flush()

@@ -1,0 +1,166 @@
+"""The ledger under faults, with real processes: a gateway killed by SIGKILL with calls in
+flight, while the database is unreachable. Afterwards the ledger holds exactly one row per
+call the mock provider received: none lost, none twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from sluicegate.config import MockBehaviour
+from sluicegate.store.db import create_engine
+from sluicegate.store.tables import usage_ledger
+from sluicegate.testing import MockUpstream
+from tests.integration.conftest import GatewayProcess, free_port, post
+
+pytestmark = pytest.mark.postgres
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+
+
+class TcpProxy:
+    """A TCP proxy to PostgreSQL in a thread of its own; `cut` makes the database unreachable
+    (listener closed, every connection dropped) until `restore`."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def __enter__(self) -> TcpProxy:
+        self._thread.start()
+        self.restore()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(PG_HOST, PG_PORT)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    def restore(self) -> None:
+        async def start() -> asyncio.Server:
+            return await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
+
+        self._server = self._run(start())
+
+    def cut(self) -> None:
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            for writer in list(self._writers):
+                with contextlib.suppress(Exception):
+                    writer.transport.abort()
+            self._writers.clear()
+
+        self._run(stop())
+
+
+@pytest.fixture
+def pg_proxy(database_url: str) -> Iterator[TcpProxy]:
+    with TcpProxy() as proxy:
+        yield proxy
+
+
+async def _ledger_rows(url: str) -> tuple[int, int]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            attempts = await connection.scalar(
+                select(func.count()).select_from(usage_ledger).where(usage_ledger.c.attempt >= 1)
+            )
+            interrupted = await connection.scalar(
+                select(func.count())
+                .select_from(usage_ledger)
+                .where(usage_ledger.c.priced_from == "interrupted")
+            )
+        return int(attempts or 0), int(interrupted or 0)
+    finally:
+        await engine.dispose()
+
+
+def test_a_killed_gateway_and_a_database_outage_lose_no_row_and_count_none_twice(
+    gateway_processes: Callable[..., list[GatewayProcess]], pg_proxy: TcpProxy, tmp_path: Path
+) -> None:
+    with MockUpstream(MockBehaviour(latency=300)) as upstream:
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:{pg_proxy.port}/test"
+        config: dict[str, Any] = {
+            "data_dir": str(tmp_path / "data"),  # one machine: the survivor replays the spool
+            "database": {"url": url},
+            "providers": {"up": {"kind": "openai", "base_url": upstream.url}},
+            "models": {"gpt-4o-mini": {"provider": "up"}},
+            "cache": {"enabled": False},
+            "ledger": {"flush_interval_s": 0.1, "replay_interval_s": 1.0},
+        }
+        victim, survivor = gateway_processes(config, count=2)
+        counter = itertools.count()
+        stop = threading.Event()
+        answered = [0]
+
+        def client() -> None:
+            while not stop.is_set():
+                n = next(counter)
+                target = victim if n % 2 else survivor
+                body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"call {n}"}]}
+                with contextlib.suppress(OSError):
+                    if post(target.url + "/v1/chat/completions", body).status_code == 200:
+                        answered[0] += 1
+
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        pg_proxy.cut()  # the database goes away under load
+        time.sleep(1.0)
+        victim.process.send_signal(signal.SIGKILL)  # with calls in flight and rows not yet written
+        time.sleep(2.0)
+        pg_proxy.restore()
+        time.sleep(1.5)
+        stop.set()
+        for thread in threads:
+            thread.join(40)
+
+        received = sum(1 for call in upstream.calls if call.path.endswith("/chat/completions"))
+        assert received > 50 and answered[0] > 0
+        deadline = time.monotonic() + 20
+        rows, interrupted = asyncio.run(_ledger_rows(url))
+        while rows != received and time.monotonic() < deadline:
+            time.sleep(0.5)
+            rows, interrupted = asyncio.run(_ledger_rows(url))
+        assert rows == received, f"{received} calls reached the provider, the ledger has {rows} rows"
+        assert interrupted > 0  # the calls in flight in the killed process, billed by estimate
+        assert survivor.process.poll() is None
+        spools = (tmp_path / "data" / "ledger-spool").glob(f"{victim.process.pid}-*.jsonl")
+        assert list(spools) == []  # the dead process's spool was replayed and removed
