@@ -94,24 +94,26 @@ async def redis_url() -> AsyncIterator[str]:
     await client.aclose()
 
 
+_DROP_ALL = text(
+    "DROP TABLE IF EXISTS virtual_keys, cache_entries, cache_namespaces, cache_stats,"
+    " usage_ledger, alembic_version"
+)
+
+
 @pytest.fixture
 async def database_url() -> AsyncIterator[str]:
-    """The real PostgreSQL, with sluicegate's tables dropped after the test."""
+    """The real PostgreSQL, with sluicegate's tables dropped before and after the test (a
+    benchmark run shares the database and may leave them behind)."""
     engine = create_engine(DATABASE_URL)
     try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        async with engine.begin() as conn:
+            await conn.execute(_DROP_ALL)
     except Exception as exc:
         await engine.dispose()
         service_missing("PostgreSQL", DATABASE_URL, exc)
     yield DATABASE_URL
     async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "DROP TABLE IF EXISTS virtual_keys, cache_entries, cache_namespaces, cache_stats,"
-                " usage_ledger, alembic_version"
-            )
-        )
+        await conn.execute(_DROP_ALL)
     await engine.dispose()
 
 

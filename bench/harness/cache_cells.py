@@ -58,11 +58,13 @@ HIT_BODY: dict[str, Any] = {
 }
 MISS_BODY: dict[str, Any] = dict(HIT_BODY, messages=[{"role": "user", "content": f"{PROMPT} ({COUNTER})"}])
 
-_ONLY_MEMORY = (
-    "cache:\n  memory:\n    enabled: true\n  redis:\n    enabled: false\n  sql:\n    enabled: false\n"
-)
-_ONLY_REDIS = "cache:\n  memory:\n    enabled: false\n  sql:\n    enabled: false\n"
-_ONLY_SQL = "cache:\n  memory:\n    enabled: false\n  redis:\n    enabled: false\n"
+# Each tier is measured alone: the usage ledger (a stage of its own, which writes a row per
+# request) is off, and the `+ ledger` systems show what it adds with the embedded SQLite.
+_NO_LEDGER = "ledger:\n  enabled: false\n"
+_MEMORY = "cache:\n  memory:\n    enabled: true\n  redis:\n    enabled: false\n  sql:\n    enabled: false\n"
+_ONLY_MEMORY = _MEMORY + _NO_LEDGER
+_ONLY_REDIS = "cache:\n  memory:\n    enabled: false\n  sql:\n    enabled: false\n" + _NO_LEDGER
+_ONLY_SQL = "cache:\n  memory:\n    enabled: false\n  redis:\n    enabled: false\n" + _NO_LEDGER
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ def _pg_address(url: str) -> tuple[str, int]:
 
 def _sluicegate(tier: str, expect: str, yaml: str, database_url: str | None = None) -> CacheSystem:
     name = tier.replace("sql-", "sql (") + (")" if tier.startswith("sql-") else "")
+    name = name.replace("-ledger", " + ledger")
     return CacheSystem(
         f"sg-cache-{tier}", f"sluicegate cache: {name}", "sluicegate", tier, expect, yaml, database_url
     )
@@ -112,7 +115,10 @@ def hit_systems(
 ) -> list[CacheSystem]:
     """The systems of the hit cells that can run here; the others are listed in ``problems``."""
     redis_up = _reachable(*LITELLM_REDIS)
-    out = [_sluicegate("memory", "hit-memory", _ONLY_MEMORY)]
+    out = [
+        _sluicegate("memory", "hit-memory", _ONLY_MEMORY),
+        _sluicegate("memory-ledger", "hit-memory", _MEMORY),
+    ]
     if redis_up:
         out.append(
             _sluicegate("redis", "hit-redis", f"redis:\n  url: {json.dumps(SG_REDIS_URL)}\n" + _ONLY_REDIS)
@@ -133,7 +139,10 @@ def hit_systems(
 
 
 # With the cache off the gateway has no cache stage, and its answers carry no cache header.
-MISS_SYSTEMS = (_sluicegate("off", NO_HEADER, CACHE_OFF_YAML),)
+MISS_SYSTEMS = (
+    _sluicegate("off", NO_HEADER, CACHE_OFF_YAML + _NO_LEDGER),
+    _sluicegate("off-ledger", NO_HEADER, CACHE_OFF_YAML),
+)
 
 
 def sluicegate_cache_yaml(spec: CacheSystem) -> str:
@@ -171,7 +180,7 @@ def run_cache_phase(bench: Bench, mock: System) -> None:
 
 
 def _miss_expect(spec: CacheSystem) -> str:
-    return spec.expect if spec.tier == "off" else "miss"
+    return spec.expect if spec.tier.startswith("off") else "miss"
 
 
 def _start(

@@ -53,6 +53,14 @@ async def read(reply: Reply) -> bytes:
     return b"".join([blob async for blob in reply.stream])
 
 
+async def only_in_memory(gateway: Gateway) -> None:
+    """Leave the entries only in the in-process tier (the SQL tier's copy, written behind the
+    answer, is deleted), so that a test may age them there alone."""
+    assert gateway.cache is not None and gateway.cache.sql is not None
+    await gateway.cache.sql.flush()
+    await gateway.cache.sql.delete_where(org="acme")
+
+
 @pytest.fixture
 async def gw(tmp_path: Path) -> Any:
     """A started gateway with the test features and the in-process mock."""
@@ -128,6 +136,7 @@ async def test_no_store_is_never_stored(gw: Gateway) -> None:
 async def test_max_age_refuses_older_entries(gw: Gateway) -> None:
     """max-age=N accepts an entry at most N seconds old."""
     await send(gw)
+    await only_in_memory(gw)
     assert gw.cache is not None
     for entry in gw.cache.memory.entries():  # type: ignore[union-attr]
         entry.created_at -= 30
@@ -273,6 +282,7 @@ async def test_stale_if_error_serves_the_expired_entry(tmp_path: Path) -> None:
     settings = mock_settings(data_dir=tmp_path / "data", features=features(stale_if_error_s=600))
     async with create_gateway(settings) as gateway:
         first = await send(gateway)
+        await only_in_memory(gateway)
         assert gateway.cache is not None
         for entry in gateway.cache.memory.entries():  # type: ignore[union-attr]
             entry.expires_at = time.time() - 100  # expired 100 s ago
@@ -288,6 +298,7 @@ async def test_stale_while_revalidate_serves_stale_and_refreshes_once(tmp_path: 
     settings = mock_settings(data_dir=tmp_path / "data", features=features(stale_while_revalidate_s=600))
     async with create_gateway(settings) as gateway:
         await send(gateway)
+        await only_in_memory(gateway)
         assert gateway.cache is not None
         for entry in gateway.cache.memory.entries():  # type: ignore[union-attr]
             entry.expires_at = time.time() - 100  # expired 100 s ago
