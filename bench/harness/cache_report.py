@@ -163,4 +163,4 @@ def cache_section(rec: Record, summ: Summary) -> list[str]:
 
 
 def _miss_word(meta: dict[str, str]) -> str:
-    return meta["expect"] if meta["tier"] == "off" else "miss"
+    return meta["expect"] if meta["tier"].startswith("off") else "miss"

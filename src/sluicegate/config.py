@@ -35,7 +35,7 @@ from .config_cache import (
     SqlTierConfig,
     Tier,
 )
-from .config_money import LedgerConfig, PriceConfig, PricingConfig
+from .config_money import LedgerConfig, LimitsConfig, PriceConfig, PricingConfig, RequestLimit
 from .errors import ConfigError
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "FeatureConfig",
     "Latency",
     "LedgerConfig",
+    "LimitsConfig",
     "MemoryTierConfig",
     "MockBehaviour",
     "ModelConfig",
@@ -58,6 +59,7 @@ __all__ = [
     "RedisConfig",
     "RedisTierConfig",
     "RemoteTierConfig",
+    "RequestLimit",
     "Scope",
     "ServerConfig",
     "Settings",
@@ -274,6 +276,7 @@ class Settings(BaseSettings):
     browser: BrowserConfig = BrowserConfig()
     pricing: PricingConfig = PricingConfig()
     ledger: LedgerConfig = LedgerConfig()
+    limits: LimitsConfig = LimitsConfig()
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     features: dict[str, FeatureConfig] = Field(default_factory=default_features)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Literal
 
 from pydantic import Field
 
 from .config_base import Frozen
 
-__all__ = ["LedgerConfig", "PriceConfig", "PricingConfig"]
+__all__ = ["LedgerConfig", "LimitsConfig", "PriceConfig", "PricingConfig", "RequestLimit"]
 
 
 class PriceConfig(Frozen):
@@ -45,4 +46,33 @@ class LedgerConfig(Frozen):
     max_pending: int = Field(100_000, ge=1, description="rows kept in memory while the database is down")
     replay_interval_s: float = Field(
         30.0, gt=0, description="how often the spools of processes that died are replayed"
+    )
+
+
+class RequestLimit(Frozen):
+    """At most ``limit`` requests per ``window_s`` seconds for each user, org or key."""
+
+    per: Literal["user", "org", "key"]
+    limit: int = Field(ge=1)
+    window_s: int = Field(3600, ge=1, le=30 * 86400)
+    feature: str | None = Field(None, description="only this feature's requests (default: all)")
+
+    @property
+    def name(self) -> str:
+        """The policy's name in the RateLimit headers, e.g. ``user-3600``."""
+        return f"{self.per}{'-' + self.feature if self.feature else ''}-{self.window_s}"
+
+
+class LimitsConfig(Frozen):
+    """Rate limits on requests (docs/cost-control.md); none by default."""
+
+    requests: tuple[RequestLimit, ...] = ()
+    redis_timeout_ms: float = Field(
+        1000.0, gt=0, description="a check Redis has not answered by then counts as Redis being down"
+    )
+    local_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="with Redis configured but down, each replica admits this share of a limit alone",
     )

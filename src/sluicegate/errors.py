@@ -9,6 +9,7 @@ so the HTTP layer and library users see the same thing::
     │   └── RequestTooLarge         413 invalid_request_error / request_too_large
     ├── AuthenticationFailed        401 authentication_error / invalid_api_key
     ├── PermissionDenied            403 permission_error
+    ├── RateLimited                 429 requests / rate_limit_exceeded (with Retry-After)
     ├── ServiceUnavailable          503 api_error / service_unavailable
     ├── NotFound                    404 invalid_request_error
     │   ├── ModelNotFound           404 invalid_request_error / model_not_found
@@ -33,6 +34,7 @@ __all__ = [
     "ModelNotFound",
     "NotFound",
     "PermissionDenied",
+    "RateLimited",
     "RequestTooLarge",
     "ServiceUnavailable",
     "SluicegateError",
@@ -124,6 +126,14 @@ class PermissionDenied(SluicegateError):
     status = 403
     type = "permission_error"
     default_code = "permission_denied"
+
+
+class RateLimited(SluicegateError):
+    """A rate limit of this gateway refused the request; ``Retry-After`` says when to come back."""
+
+    status = 429
+    type = "requests"
+    default_code = "rate_limit_exceeded"
 
 
 class ServiceUnavailable(SluicegateError):

@@ -3,7 +3,8 @@
 The pipeline, outermost first (stages not yet built are marked with where they will plug in)::
 
     RecordEvents            observe: one frozen event per call
-      [admit]               rate limit and budget reservation
+      LimitRequests         rate limits on requests (when limits.requests are set)
+      [budget]              budget reservation
       ServeFromCache        in-process → Redis → SQL, single-flight (when cache.enabled)
         [fallback, breaker, retry]
           RecordUsage       the ledger: one row per upstream attempt (when ledger.enabled)
@@ -30,6 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .accounting.ledger import Ledger, RecordUsage
 from .accounting.outbox import Outbox
 from .accounting.pricing import PriceBook
+from .admission.redis_limits import RedisLimiter
+from .admission.sql_limits import SqlLimiter
+from .admission.stage import LimitRequests
 from .auth import Authenticator, KeyStore, load_pepper
 from .cache.layered import LayeredCache
 from .cache.policy import parse_body_cache, parse_cache_control
@@ -94,6 +98,16 @@ class Gateway:
         if settings.cache.enabled:
             self.cache = LayeredCache(settings, engine, redis)
             inner = ServeFromCache(inner, self.cache, self.prices, self.ledger)
+        limits = settings.limits
+        if limits.requests:
+            longest = max(rule.window_s for rule in limits.requests)
+            inner = LimitRequests(
+                inner,
+                limits.requests,
+                RedisLimiter(redis, limits.redis_timeout_ms / 1000) if redis is not None else None,
+                SqlLimiter(engine, longest) if redis is None else None,
+                limits.local_share,
+            )
         # `send` is the pipeline itself, so that a call costs no extra coroutine level.
         self.send: Send = RecordEvents(inner, sink or self.counters)
         probes: dict[str, Callable[[], Awaitable[Any]]] = {"database": lambda: ping(engine)}

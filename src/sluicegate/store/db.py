@@ -66,6 +66,10 @@ async def migrate(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             await connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
+        elif engine.dialect.name == "sqlite":
+            # The database's write lock, taken at once: workers that start together on one
+            # file migrate one after the other (the others wait up to the busy timeout).
+            await connection.exec_driver_sql("BEGIN IMMEDIATE")
         await connection.run_sync(_upgrade)
 
 

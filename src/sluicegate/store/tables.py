@@ -22,6 +22,7 @@ __all__ = [
     "cache_namespaces",
     "cache_stats",
     "metadata",
+    "rate_events",
     "usage_ledger",
     "virtual_keys",
 ]
@@ -113,4 +114,15 @@ usage_ledger = Table(
     Column("priced_from", String(16), nullable=False),
     UniqueConstraint("request_id", "attempt", name="uq_usage_ledger_request_attempt"),
     Index("ix_usage_ledger_org_at", "org", "at"),
+)
+
+# The rate limits' sliding logs when no Redis is configured (docs/cost-control.md): one row per
+# request counted against a limit; rows older than the longest window are purged.
+rate_events = Table(
+    "rate_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("key", String(512), nullable=False),
+    Column("at", Float, nullable=False),
+    Index("ix_rate_events_key_at", "key", "at"),
 )

@@ -1,0 +1,1 @@
+"""Admission: rate limits on requests, before the cache (docs/cost-control.md)."""

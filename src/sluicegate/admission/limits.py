@@ -1,0 +1,112 @@
+"""Rate-limit decisions that need no I/O: which limits a request counts against, their keys, the
+IETF ``RateLimit`` headers, and the in-process sliding log a replica falls back to when Redis,
+configured, is down.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..cache.keys import escape
+from ..calls import RequestContext
+from ..config import RequestLimit
+
+__all__ = ["Check", "LocalLog", "Verdict", "checks_for", "headers_for"]
+
+_ANONYMOUS = "%00anon"  # the org's users who send no user id share one log, as in the cache
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One limit a request counts against, and the Redis key of its log."""
+
+    rule: RequestLimit
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of the checks: admitted or not, and for each check what is left and when
+    its oldest request leaves the window (seconds)."""
+
+    admitted: bool
+    remaining: tuple[int, ...]
+    reset_s: tuple[int, ...]
+    blocked: int | None = None  # the index of the check that refused
+    retry_after_s: int = 0
+
+
+def checks_for(rules: Sequence[RequestLimit], context: RequestContext) -> list[Check]:
+    """The limits that apply to a request of ``context``, with their keys (one hash slot per org)."""
+    out: list[Check] = []
+    for rule in rules:
+        if rule.feature is not None and rule.feature != context.feature:
+            continue
+        if rule.per == "user":
+            subject = escape(context.user) if context.user else _ANONYMOUS
+        elif rule.per == "key":
+            if context.key_id is None:
+                continue  # no key: local development
+            subject = escape(context.key_id)
+        else:
+            subject = ""
+        feature = escape(rule.feature) if rule.feature else "*"
+        key = f"sg:rl:{{o:{escape(context.org)}}}:{rule.per}:{subject}:{feature}:{rule.window_s}"
+        out.append(Check(rule, key))
+    return out
+
+
+def headers_for(checks: Sequence[Check], verdict: Verdict) -> dict[str, str]:
+    """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers), plus
+    ``Retry-After`` on a refusal."""
+    policy = ", ".join(f'"{c.rule.name}";q={c.rule.limit};w={c.rule.window_s}' for c in checks)
+    each = zip(checks, verdict.remaining, verdict.reset_s, strict=True)
+    state = ", ".join(f'"{c.rule.name}";r={r};t={t}' for c, r, t in each)
+    out = {"ratelimit-policy": policy, "ratelimit": state}
+    if not verdict.admitted:
+        out["retry-after"] = str(max(1, verdict.retry_after_s))
+    return out
+
+
+class LocalLog:
+    """A sliding log per key in this process: each replica's share of a limit while Redis is down."""
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self._logs: dict[str, deque[float]] = {}
+
+    def check(self, checks: Sequence[Check], now: float) -> Verdict:
+        """Admit (and log) a request at ``now`` if every check has room in its share (pure but
+        for the log itself)."""
+        logs: list[deque[float]] = []
+        for index, check in enumerate(checks):
+            log = self._logs.setdefault(check.key, deque())
+            window = check.rule.window_s
+            while log and log[0] <= now - window:
+                log.popleft()
+            limit = max(1, math.floor(check.rule.limit * self.share))
+            if len(log) >= limit:
+                retry = math.ceil(log[0] + window - now)
+                return Verdict(False, _zeros(checks), _resets(checks, logs, now), index, retry)
+            logs.append(log)
+        remaining = []
+        for check, log in zip(checks, logs, strict=True):
+            log.append(now)
+            remaining.append(max(0, math.floor(check.rule.limit * self.share) - len(log)))
+        return Verdict(True, tuple(remaining), _resets(checks, logs, now))
+
+
+def _zeros(checks: Sequence[Check]) -> tuple[int, ...]:
+    return tuple(0 for _ in checks)
+
+
+def _resets(checks: Sequence[Check], logs: Sequence[deque[float]], now: float) -> tuple[int, ...]:
+    out = []
+    for index, check in enumerate(checks):
+        log = logs[index] if index < len(logs) else None
+        oldest = log[0] if log else now
+        out.append(max(0, math.ceil(oldest + check.rule.window_s - now)))
+    return tuple(out)

@@ -1,0 +1,86 @@
+"""The rate-limit stage: before the cache, every request counts against its limits.
+
+With Redis configured the limits live there (`RedisLimiter`), exact across every replica.
+While Redis is down each replica admits its ``limits.local_share`` of each limit on its own
+(`LocalLog`), logs a warning once, and goes back to Redis when it answers again. Without
+Redis the limits live in the database (`SqlLimiter`), exact across the workers that share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from redis.exceptions import RedisError
+
+from ..calls import Call, Reply
+from ..config import RequestLimit
+from ..errors import RateLimited
+from .limits import Check, LocalLog, Verdict, checks_for, headers_for
+from .redis_limits import RedisLimiter
+from .sql_limits import SqlLimiter
+
+__all__ = ["LimitRequests"]
+
+logger = logging.getLogger("sluicegate.limits")
+Send = Callable[[Call], Awaitable[Reply]]
+
+
+class LimitRequests:
+    """Refuses a request over any of its limits with a 429; adds the RateLimit headers."""
+
+    def __init__(
+        self,
+        send: Send,
+        rules: Sequence[RequestLimit],
+        redis: RedisLimiter | None,
+        sql: SqlLimiter | None,
+        local_share: float,
+    ) -> None:
+        self._send = send
+        self._rules = tuple(rules)
+        self._redis = redis
+        self._sql = sql
+        self._local = LocalLog(local_share)
+        self._redis_down = False
+
+    async def __call__(self, call: Call) -> Reply:
+        checks = checks_for(self._rules, call.context)
+        if not checks:
+            return await self._send(call)
+        verdict = await self._decide(checks, call.request_id)
+        headers = headers_for(checks, verdict)
+        if not verdict.admitted:
+            assert verdict.blocked is not None
+            rule = checks[verdict.blocked].rule
+            raise RateLimited(
+                f"rate limit reached: at most {rule.limit} requests per {rule.window_s} s for each "
+                f"{rule.per}{' in feature ' + rule.feature if rule.feature else ''}; "
+                f"try again in {verdict.retry_after_s} s",
+                headers=headers,
+            )
+        reply = await self._send(call)
+        reply.headers.update(headers)
+        return reply
+
+    async def _decide(self, checks: list[Check], member: str) -> Verdict:
+        if self._redis is not None:
+            try:
+                verdict = await self._redis.admit(checks, member)
+            except (RedisError, OSError, TimeoutError) as exc:
+                if not self._redis_down:
+                    self._redis_down = True
+                    logger.warning(
+                        "rate limits: Redis is unreachable (%s); this replica enforces its share "
+                        "(limits.local_share) of each limit alone until it is back",
+                        exc,
+                    )
+                return self._local.check(checks, time.time())
+            if self._redis_down:
+                self._redis_down = False
+                logger.warning("rate limits: Redis is back; limits are global again")
+            return verdict
+        if self._sql is not None:
+            return await self._sql.admit(checks, member)
+        return self._local.check(checks, time.time())

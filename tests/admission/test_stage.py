@@ -1,0 +1,72 @@
+"""The rate-limit stage: headers on answers, 429 with Retry-After, and the local share while
+Redis is down."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from sluicegate import RequestContext, create_gateway
+from sluicegate.admission.redis_limits import RedisLimiter
+from sluicegate.admission.stage import LimitRequests
+from sluicegate.calls import Call, Reply
+from sluicegate.config import RequestLimit
+from sluicegate.errors import RateLimited
+from sluicegate.testing import mock_settings
+
+ANN = RequestContext("acme", "ann", "chat")
+
+
+def body(n: int) -> dict[str, object]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q {n}"}]}
+
+
+async def test_answers_carry_the_headers_and_the_limit_refuses_with_429(tmp_path: Path) -> None:
+    settings = mock_settings(
+        data_dir=tmp_path, limits={"requests": [{"per": "user", "limit": 2, "window_s": 60}]}
+    )
+    async with create_gateway(settings) as gateway:
+        first = await gateway.send(gateway.new_call("chat", body(1), ANN))
+        assert first.headers["ratelimit-policy"] == '"user-60";q=2;w=60'
+        assert first.headers["ratelimit"] == '"user-60";r=1;t=60'
+        await gateway.send(gateway.new_call("chat", body(2), ANN))
+        with pytest.raises(RateLimited) as refused:
+            await gateway.send(gateway.new_call("chat", body(3), ANN))
+        # another user has a log of their own
+        other = RequestContext("acme", "bob", "chat")
+        assert (await gateway.send(gateway.new_call("chat", body(4), other))).headers["ratelimit"]
+    error = refused.value
+    assert (error.status_code, error.code) == (429, "rate_limit_exceeded")
+    assert 1 <= int(error.headers["retry-after"]) <= 60
+    assert "2 requests per 60 s for each user" in error.message
+
+
+async def test_without_limits_the_stage_is_not_there(tmp_path: Path) -> None:
+    async with create_gateway(mock_settings(data_dir=tmp_path)) as gateway:
+        reply = await gateway.send(gateway.new_call("chat", body(1), ANN))
+    assert "ratelimit" not in reply.headers
+
+
+async def test_with_redis_down_each_replica_admits_its_share(caplog: pytest.LogCaptureFixture) -> None:
+    async def answer(call: Call) -> Reply:
+        return Reply(body=b"{}")
+
+    unreachable: Redis = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    rules = [RequestLimit(per="user", limit=10, window_s=60)]
+    stage = LimitRequests(answer, rules, RedisLimiter(unreachable, 0.5), None, local_share=0.5)
+    caplog.set_level(logging.WARNING, "sluicegate.limits")
+    admitted = 0
+    for n in range(8):
+        call = Call("chat", body(n), None, ANN, f"r{n}")  # type: ignore[arg-type]
+        try:
+            await stage(call)
+            admitted += 1
+        except RateLimited:
+            pass
+    await unreachable.aclose()
+    assert admitted == 5
+    warnings = [r for r in caplog.records if "Redis is unreachable" in r.getMessage()]
+    assert len(warnings) == 1  # once per outage, not per request
