@@ -99,13 +99,16 @@ class Gateway:
             self.cache = LayeredCache(settings, engine, redis)
             inner = ServeFromCache(inner, self.cache, self.prices, self.ledger)
         limits = settings.limits
+        self._sql_limiter: SqlLimiter | None = None
         if limits.requests:
-            longest = max(rule.window_s for rule in limits.requests)
+            if redis is None:
+                longest = max(rule.window_s for rule in limits.requests)
+                self._sql_limiter = SqlLimiter(engine, longest)
             inner = LimitRequests(
                 inner,
                 limits.requests,
                 RedisLimiter(redis, limits.redis_timeout_ms / 1000) if redis is not None else None,
-                SqlLimiter(engine, longest) if redis is None else None,
+                self._sql_limiter,
                 limits.local_share,
             )
         # `send` is the pipeline itself, so that a call costs no extra coroutine level.
@@ -153,6 +156,8 @@ class Gateway:
             await self.cache.aclose()
         if self.outbox is not None:
             await self.outbox.aclose()
+        if self._sql_limiter is not None:
+            self._sql_limiter.close()
         for provider in self.providers.values():
             await provider.aclose()
         if self.redis is not None:

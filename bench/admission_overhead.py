@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""What rate limits and the usage ledger add to a request: one gateway worker per variant in
+front of the 0 ms mock, wrk at c=50 with a distinct user per request (so that no limit is
+reached), rounds alternating between the variants, CPU of each gateway from /proc.
+
+    .venv/bin/python bench/admission_overhead.py            # about 2 minutes
+    .venv/bin/python bench/admission_overhead.py --rounds 5 --duration 8
+
+Variants (cache off in all, so every request goes upstream):
+  plain         no limits, no ledger
+  limit-redis   a per-user limit of 100 an hour, in Redis (db 13 of 127.0.0.1:6379, flushed)
+  limit-sql     the same limit without Redis: rows in the embedded SQLite
+  ledger        no limits, the usage ledger on (SQLite)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SG = [str(ROOT / ".venv" / "bin" / "sluicegate")]
+REDIS_URL = "redis://127.0.0.1:6379/13"
+LIMIT = "limits:\n  requests:\n    - {per: user, limit: 100, window_s: 3600}\n"
+VARIANTS = {
+    "plain": "ledger:\n  enabled: false\n",
+    "limit-redis": f"ledger:\n  enabled: false\nredis:\n  url: {REDIS_URL}\n" + LIMIT,
+    "limit-sql": "ledger:\n  enabled: false\n" + LIMIT,
+    "ledger": "",
+}
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+counter = 0
+nonce = tostring(os.time()) .. tostring(math.floor(os.clock() * 1000000))
+request = function()
+  counter = counter + 1
+  local headers = {["Content-Type"] = "application/json"}
+  headers["x-sluicegate-user"] = "u" .. nonce .. "-" .. counter
+  return wrk.format("POST", nil, headers,
+    '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Write three OKRs"}],"temperature":0}')
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def wait_up(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("install wrk first (make wrk)")
+    work = Path(tempfile.mkdtemp(prefix="sg-admission-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        mock_port = free_port()
+        started.append(
+            subprocess.Popen(
+                [*SG, "mock-upstream", "--port", str(mock_port)], env=env, start_new_session=True
+            )
+        )
+        servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+        subprocess.run(["redis-cli", "-n", "13", "flushdb"], check=False, capture_output=True)
+        for name, extra in VARIANTS.items():
+            folder = work / name
+            folder.mkdir()
+            config = folder / "sluicegate.yaml"
+            config.write_text(
+                f"data_dir: {folder}\nproviders:\n  mock:\n    kind: openai\n"
+                f"    base_url: http://127.0.0.1:{mock_port}/v1\nmodels:\n  gpt-4o-mini:\n"
+                "    provider: mock\ncache:\n  enabled: false\n" + extra
+            )
+            port = free_port()
+            command = [*SG, "serve", "--config", str(config), "--port", str(port), "--workers", "1"]
+            process = subprocess.Popen(
+                command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            started.append(process)
+            servers[name] = (port, process)
+        for port, _ in servers.values():
+            wait_up(f"http://127.0.0.1:{port}/api/ai/status")
+        script = work / "users.lua"
+        script.write_text(LUA)
+        print(f"{'round':>5} {'variant':<12} {'req/s':>8} {'CPU µs/req':>11} {'p50 ms':>7} {'p99 ms':>7}")
+        for round_ in range(args.rounds):
+            for name, (port, process) in servers.items():
+                before = cpu_ticks(process.pid)
+                out = subprocess.run(
+                    [
+                        "wrk",
+                        "-t1",
+                        "-c50",
+                        f"-d{args.duration}s",
+                        "--latency",
+                        "-s",
+                        str(script),
+                        f"http://127.0.0.1:{port}/v1/chat/completions",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                ticks = cpu_ticks(process.pid) - before
+                requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+                rps = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))  # type: ignore[union-attr]
+                p50 = re.search(r"50%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+                p99 = re.search(r"99%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+                cpu_us = ticks / os.sysconf("SC_CLK_TCK") / requests * 1e6
+                print(f"{round_:>5} {name:<12} {rps:>8,.0f} {cpu_us:>11.1f} {p50:>7} {p99:>7}", flush=True)
+    finally:
+        for process in started:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in started:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        subprocess.run(["redis-cli", "-n", "13", "flushdb"], check=False, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
