@@ -131,3 +131,18 @@ def test_usage_prints_the_ledger_as_a_table_and_as_json(tmp_path: Path) -> None:
     assert report["totals"]["requests"] == 2 and report["totals"]["cache_hits"] == 1
     bad = runner.invoke(app, ["usage", "--group-by", "colour", "--config", str(config)])
     assert bad.exit_code == 2 and "group_by" in bad.output
+
+
+def test_stop_stops_and_resume(tmp_path: Path) -> None:
+    """`sluicegate stop`, `stops` and `resume` set, list and lift emergency stops."""
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text(f"data_dir: {tmp_path}\ndatabase:\n  url: sqlite+aiosqlite:///{tmp_path}/db.sqlite\n")
+    args = ["--config", str(config)]
+    stopped = runner.invoke(app, ["stop", "--org", "acme", "--reason", "runaway loop", *args])
+    assert stopped.exit_code == 0 and "org:acme" in stopped.output
+    listed = runner.invoke(app, ["stops", *args])
+    assert "org:acme" in listed.output and "runaway loop" in listed.output
+    assert "lifted" in runner.invoke(app, ["resume", "--org", "acme", *args]).output
+    assert "no stop was in force" in runner.invoke(app, ["resume", "--org", "acme", *args]).output
+    assert "no emergency stop" in runner.invoke(app, ["stops", *args]).output
+    assert runner.invoke(app, ["stop", "--reason", " ", *args]).exit_code == 2

@@ -9,6 +9,7 @@ from sluicegate import errors
 from sluicegate.errors import (
     AuthenticationFailed,
     ConfigError,
+    EmergencyStopped,
     InvalidRequest,
     MethodNotAllowed,
     ModelNotFound,
@@ -37,6 +38,7 @@ TABLE: list[tuple[type[SluicegateError], int, str, str | None]] = [
     (MethodNotAllowed, 405, "invalid_request_error", "method_not_allowed"),
     (ServiceUnavailable, 503, "api_error", "service_unavailable"),
     (RateLimited, 429, "requests", "rate_limit_exceeded"),
+    (EmergencyStopped, 503, "api_error", "emergency_stop"),
     (UpstreamError, 502, "upstream_error", None),
     (UpstreamUnavailable, 502, "upstream_error", "upstream_unavailable"),
     (UpstreamTimeout, 504, "upstream_error", "upstream_timeout"),

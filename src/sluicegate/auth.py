@@ -225,8 +225,9 @@ class Authenticator:
         self._store = store
         self._ttl = settings.auth.key_cache_seconds
         self._clock = clock
-        # Keys seen recently, so that the hot path does not query the database: revocation
-        # takes effect within `key_cache_seconds`.
+        # Keys seen recently, so that the hot path does not query the database. A revocation
+        # reaches every worker within `controls.poll_interval_s` (`Controls` calls `forget`),
+        # and at the latest when the entry expires after `key_cache_seconds`.
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
         admin = os.environ.get(settings.auth.admin_key_env)
         self._admin_key = admin.encode() if admin else None
@@ -302,6 +303,12 @@ class Authenticator:
                 )
             return RequestContext(key.org, key.user, feature, None)
         return RequestContext(key.org, user or key.user, feature, key.id)
+
+    def forget(self, key_ids: set[str]) -> None:
+        """Drop the cached records of these keys (revoked elsewhere): the next use looks again."""
+        for key, (record, _) in list(self._cache.items()):
+            if record is not None and record.id in key_ids:
+                del self._cache[key]
 
     async def _lookup(self, key: str) -> KeyRecord:
         now = self._clock()

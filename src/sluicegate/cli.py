@@ -1,4 +1,4 @@
-"""The ``sluicegate`` command: serve, mock-upstream, keys, cache, warm, usage."""
+"""The ``sluicegate`` command: serve, mock-upstream, keys, cache, warm, usage, stop, resume, stops."""
 
 from __future__ import annotations
 
@@ -338,6 +338,39 @@ def usage(
         {k: v for k, v in {"org": org, "user": user, "feature": feature, "model": model}.items() if v}
     )
     status = cli_usage.usage_command(_settings(config), params, as_json)
+    if status:
+        raise typer.Exit(status)
+
+
+@app.command("stop")
+def stop(
+    reason: Annotated[str, typer.Option(help="Why: every refused caller is told.")],
+    org: Annotated[str | None, typer.Option(help="Only this org (default: every org).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Emergency stop: no more upstream calls (cached answers are still served), on every gateway."""
+    status = cli_usage.stop_command(_settings(config), "stop", org, reason)
+    if status:
+        raise typer.Exit(status)
+
+
+@app.command("resume")
+def resume(
+    org: Annotated[
+        str | None, typer.Option(help="The org whose stop to lift (default: the global one).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Lift an emergency stop."""
+    status = cli_usage.stop_command(_settings(config), "resume", org, None)
+    if status:
+        raise typer.Exit(status)
+
+
+@app.command("stops")
+def stops(config: ConfigOption = None) -> None:
+    """List the emergency stops in force."""
+    status = cli_usage.stop_command(_settings(config), "list", None, None)
     if status:
         raise typer.Exit(status)
 

@@ -1,4 +1,5 @@
-"""``sluicegate usage``: the ledger summed by group and period, as a table or JSON.
+"""The cost-control commands: ``sluicegate usage`` (the ledger summed by group and period, as a
+table or JSON) and ``sluicegate stop|resume|stops`` (the emergency stop).
 
 It reads the configured database directly (a clean shutdown or the next flush of each worker
 puts its latest rows there; the HTTP route also flushes the worker that answers it).
@@ -16,11 +17,12 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from .accounting.usage import UsageQuery, report
+from .admission import stop as controls
 from .config import Settings
 from .errors import SluicegateError
 from .store.db import create_engine, migrate
 
-__all__ = ["usage_command"]
+__all__ = ["stop_command", "usage_command"]
 
 console = Console(stderr=True)
 out = Console()
@@ -64,4 +66,43 @@ def usage_command(settings: Settings, params: dict[str, str], as_json: bool) -> 
             f"{row['saved_usd']:.6f}",
         )
     out.print(table)
+    return 0
+
+
+def stop_command(settings: Settings, action: str, org: str | None, reason: str | None) -> int:
+    """Set, lift or list emergency stops in the configured database; the exit status."""
+
+    async def run() -> Any:
+        engine = create_engine(settings.database.url)
+        try:
+            await migrate(engine)
+            if action == "stop":
+                return await controls.set_stop(engine, org, reason or "")
+            if action == "resume":
+                return await controls.clear_stop(engine, org)
+            return await controls.list_stops(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        result = uvloop.run(run())
+    except SluicegateError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        return 2
+    except (SQLAlchemyError, OSError) as exc:
+        console.print(f"[red]error:[/red] the database is unreachable: {exc}")
+        return 1
+    interval = settings.controls.poll_interval_s
+    if action == "stop":
+        console.print(f"stopped upstream calls for {result.scope}; every gateway obeys within {interval:g} s")
+    elif action == "resume":
+        what = controls.scope_of(org)
+        console.print(f"lifted the stop for {what}" if result else f"no stop was in force for {what}")
+    else:
+        table = Table("scope", "since (UTC)", "reason")
+        for stop in result:
+            table.add_row(
+                stop.scope, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stop.since)), stop.reason
+            )
+        out.print(table if result else "no emergency stop is in force")
     return 0

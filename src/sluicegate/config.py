@@ -35,7 +35,7 @@ from .config_cache import (
     SqlTierConfig,
     Tier,
 )
-from .config_money import LedgerConfig, LimitsConfig, PriceConfig, PricingConfig, RequestLimit
+from .config_money import ControlsConfig, LedgerConfig, LimitsConfig, PriceConfig, PricingConfig, RequestLimit
 from .errors import ConfigError
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "AuthConfig",
     "BrowserConfig",
     "CacheConfig",
+    "ControlsConfig",
     "CostTtlConfig",
     "DatabaseConfig",
     "FeatureCache",
@@ -277,6 +278,7 @@ class Settings(BaseSettings):
     pricing: PricingConfig = PricingConfig()
     ledger: LedgerConfig = LedgerConfig()
     limits: LimitsConfig = LimitsConfig()
+    controls: ControlsConfig = ControlsConfig()
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     features: dict[str, FeatureConfig] = Field(default_factory=default_features)

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from .config_base import Frozen
 
-__all__ = ["LedgerConfig", "LimitsConfig", "PriceConfig", "PricingConfig", "RequestLimit"]
+__all__ = ["ControlsConfig", "LedgerConfig", "LimitsConfig", "PriceConfig", "PricingConfig", "RequestLimit"]
 
 
 class PriceConfig(Frozen):
@@ -61,6 +61,12 @@ class RequestLimit(Frozen):
     def name(self) -> str:
         """The policy's name in the RateLimit headers, e.g. ``user-3600``."""
         return f"{self.per}{'-' + self.feature if self.feature else ''}-{self.window_s}"
+
+
+class ControlsConfig(Frozen):
+    """How fast every worker learns of an emergency stop or a key revocation made elsewhere."""
+
+    poll_interval_s: float = Field(0.5, gt=0, le=10, description="how often each worker reads them")
 
 
 class LimitsConfig(Frozen):

@@ -11,6 +11,7 @@ so the HTTP layer and library users see the same thing::
     ├── PermissionDenied            403 permission_error
     ├── RateLimited                 429 requests / rate_limit_exceeded (with Retry-After)
     ├── ServiceUnavailable          503 api_error / service_unavailable
+    │   └── EmergencyStopped        503 api_error / emergency_stop
     ├── NotFound                    404 invalid_request_error
     │   ├── ModelNotFound           404 invalid_request_error / model_not_found
     │   └── MethodNotAllowed        405 invalid_request_error / method_not_allowed
@@ -29,6 +30,7 @@ import orjson
 __all__ = [
     "AuthenticationFailed",
     "ConfigError",
+    "EmergencyStopped",
     "InvalidRequest",
     "MethodNotAllowed",
     "ModelNotFound",
@@ -141,6 +143,12 @@ class ServiceUnavailable(SluicegateError):
 
     status = 503
     default_code = "service_unavailable"
+
+
+class EmergencyStopped(ServiceUnavailable):
+    """An emergency stop covers the caller: no upstream calls until an admin lifts it."""
+
+    default_code = "emergency_stop"
 
 
 class NotFound(SluicegateError):

@@ -6,6 +6,7 @@ The pipeline, outermost first (stages not yet built are marked with where they w
       LimitRequests         rate limits on requests (when limits.requests are set)
       [budget]              budget reservation
       ServeFromCache        in-process → Redis → SQL, single-flight (when cache.enabled)
+        StopUpstream        the emergency stop: no upstream call while one covers the org
         [fallback, breaker, retry]
           RecordUsage       the ledger: one row per upstream attempt (when ledger.enabled)
             SendToProvider  route the call to its provider's transport
@@ -34,6 +35,7 @@ from .accounting.pricing import PriceBook
 from .admission.redis_limits import RedisLimiter
 from .admission.sql_limits import SqlLimiter
 from .admission.stage import LimitRequests
+from .admission.stop import Controls, StopUpstream
 from .auth import Authenticator, KeyStore, load_pepper
 from .cache.layered import LayeredCache
 from .cache.policy import parse_body_cache, parse_cache_control
@@ -95,6 +97,8 @@ class Gateway:
             )
             self.ledger = Ledger(self.prices, self.outbox)
             inner = RecordUsage(inner, self.ledger)
+        self.controls = Controls(engine, self.authenticator.forget, settings.controls.poll_interval_s)
+        inner = StopUpstream(inner, self.controls)
         if settings.cache.enabled:
             self.cache = LayeredCache(settings, engine, redis)
             inner = ServeFromCache(inner, self.cache, self.prices, self.ledger)
@@ -141,6 +145,11 @@ class Gateway:
             await migrate(self.engine)
         await self.probes.check_once()
         self.probes.start()
+        try:
+            await self.controls.refresh()
+        except Exception as exc:  # the database is down: no stop known yet; the poll retries
+            logger.warning("controls: could not read the emergency stops at start (%s)", exc)
+        self.controls.start()
         if self.outbox is not None:
             try:
                 await self.outbox.start()
@@ -152,6 +161,7 @@ class Gateway:
     async def aclose(self) -> None:
         """Stop background work, flush the cache's pending writes, and release connections."""
         await self.probes.stop()
+        await self.controls.stop()
         if self.cache is not None:
             await self.cache.aclose()
         if self.outbox is not None:

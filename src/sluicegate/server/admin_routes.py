@@ -1,4 +1,4 @@
-"""The ``/api/ai/*`` routes: status (public) and key management (admin)."""
+"""The ``/api/ai/*`` routes: status (public), key management and the emergency stop (admin)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Any
 import orjson
 
 from .._version import __version__
+from ..admission import stop as stop_controls
 from ..errors import InvalidRequest
 from ..gateway import Gateway
 from .http import Request, read_json, send_json
 
-__all__ = ["create_key", "list_keys", "revoke_key", "status"]
+__all__ = ["create_key", "list_keys", "list_stops", "resume", "revoke_key", "set_stop", "status"]
 
 
 async def status(gateway: Gateway, request: Request) -> None:
@@ -75,4 +76,40 @@ async def revoke_key(gateway: Gateway, request: Request) -> None:
     gateway.authenticator.check_admin(request.authorization)
     key_id = request.scope["path"].rsplit("/", 1)[-1]
     record = await gateway.keys.revoke(key_id)
+    gateway.authenticator.forget({record.id})  # this worker at once, the others at their next poll
     await send_json(request, 200, orjson.dumps(record.to_dict()))
+
+
+async def list_stops(gateway: Gateway, request: Request) -> None:
+    """``GET /api/ai/stop``: the emergency stops in force (admin)."""
+    gateway.authenticator.check_admin(request.authorization)
+    stops = await stop_controls.list_stops(gateway.engine)
+    await send_json(request, 200, orjson.dumps({"stops": [s.to_dict() for s in stops]}))
+
+
+async def _org_and_reason(gateway: Gateway, request: Request) -> tuple[str | None, Any]:
+    body = await read_json(request, gateway.settings.server.max_body_bytes)
+    if not isinstance(body, dict) or not isinstance(body.get("org", ""), str | None):
+        raise InvalidRequest("send a JSON object with an optional string org", param="org")
+    return body.get("org"), body.get("reason")
+
+
+async def set_stop(gateway: Gateway, request: Request) -> None:
+    """``POST /api/ai/stop`` with ``{"org"?, "reason"}``: stop upstream calls for the org, or
+    for everyone; every replica obeys within ``controls.poll_interval_s`` (admin)."""
+    gateway.authenticator.check_admin(request.authorization)
+    org, reason = await _org_and_reason(gateway, request)
+    if not isinstance(reason, str):
+        raise InvalidRequest("say why in reason: it is shown to every refused caller", param="reason")
+    stop = await stop_controls.set_stop(gateway.engine, org, reason)
+    await gateway.controls.refresh()  # this worker at once, the others at their next poll
+    await send_json(request, 201, orjson.dumps(stop.to_dict()))
+
+
+async def resume(gateway: Gateway, request: Request) -> None:
+    """``POST /api/ai/resume`` with ``{"org"?}``: lift the org's stop, or the global one (admin)."""
+    gateway.authenticator.check_admin(request.authorization)
+    org, _ = await _org_and_reason(gateway, request)
+    lifted = await stop_controls.clear_stop(gateway.engine, org)
+    await gateway.controls.refresh()
+    await send_json(request, 200, orjson.dumps({"scope": stop_controls.scope_of(org), "lifted": lifted}))

@@ -36,6 +36,8 @@ class SluicegateApp:
             "/api/ai/keys": {"GET": admin_routes.list_keys, "POST": admin_routes.create_key},
             "/api/ai/cache": {"GET": cache_routes.cache_stats},
             "/api/ai/usage": {"GET": usage_routes.usage},
+            "/api/ai/stop": {"GET": admin_routes.list_stops, "POST": admin_routes.set_stop},
+            "/api/ai/resume": {"POST": admin_routes.resume},
             "/api/ai/cache/invalidate": {"POST": cache_routes.invalidate},
             "/api/ai/cache/bump": {"POST": cache_routes.bump_namespace},
             "/api/ai/cache/warm": {"POST": cache_routes.warm_cache},

@@ -21,6 +21,7 @@ __all__ = [
     "cache_entries",
     "cache_namespaces",
     "cache_stats",
+    "emergency_stops",
     "metadata",
     "rate_events",
     "usage_ledger",
@@ -125,4 +126,14 @@ rate_events = Table(
     Column("key", String(512), nullable=False),
     Column("at", Float, nullable=False),
     Index("ix_rate_events_key_at", "key", "at"),
+)
+
+# Emergency stops in force (docs/cost-control.md): scope "global" or "org:<org>". Every worker
+# reads this small table every `controls.poll_interval_s`.
+emergency_stops = Table(
+    "emergency_stops",
+    metadata,
+    Column("scope", String(160), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("since", Float, nullable=False),
 )

@@ -1,0 +1,169 @@
+"""The emergency stop: no more upstream calls, globally or for one org, on every replica within
+a second; cached answers are still served.
+
+Stops live in the ``emergency_stops`` table. Every worker reads it every
+``controls.poll_interval_s`` (0.5 s by default) in the same query round that picks up key
+revocations, so a stop or a revocation set on any replica, by the admin API or the CLI, is
+obeyed everywhere within that interval plus one query. The stage sits between the cache and
+the provider: a hit never reaches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..calls import Call, Reply
+from ..errors import EmergencyStopped, InvalidRequest
+from ..store.tables import emergency_stops, virtual_keys
+
+__all__ = ["Controls", "Stop", "StopUpstream", "clear_stop", "list_stops", "scope_of", "set_stop"]
+
+logger = logging.getLogger("sluicegate.controls")
+Send = Callable[[Call], Awaitable[Reply]]
+GLOBAL = "global"
+_CLOCK_SKEW = timedelta(seconds=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """A stop in force: its scope (``global`` or ``org:<org>``), why, and since when."""
+
+    scope: str
+    reason: str
+    since: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"scope": self.scope, "reason": self.reason, "since": self.since}
+
+
+def scope_of(org: str | None) -> str:
+    """The scope of a stop for ``org``, or the global one."""
+    if org is not None and not org:
+        raise InvalidRequest("org must be a non-empty string", param="org")
+    return GLOBAL if org is None else "org:" + org
+
+
+async def set_stop(engine: AsyncEngine, org: str | None, reason: str, now: float | None = None) -> Stop:
+    """Stop upstream calls for ``org`` (None: everyone), or update the reason of a stop in force."""
+    if not reason.strip():
+        raise InvalidRequest("say why: the reason is shown to every refused caller", param="reason")
+    stop = Stop(scope_of(org), reason.strip(), time.time() if now is None else now)
+    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    statement = insert(emergency_stops).values(scope=stop.scope, reason=stop.reason, since=stop.since)
+    statement = statement.on_conflict_do_update(index_elements=["scope"], set_={"reason": stop.reason})
+    async with engine.begin() as connection:
+        await connection.execute(statement)
+    return stop
+
+
+async def clear_stop(engine: AsyncEngine, org: str | None) -> bool:
+    """Lift the stop for ``org`` (None: the global one); whether there was one."""
+    async with engine.begin() as connection:
+        result = await connection.execute(
+            delete(emergency_stops).where(emergency_stops.c.scope == scope_of(org))
+        )
+    return bool(result.rowcount)
+
+
+async def list_stops(engine: AsyncEngine) -> list[Stop]:
+    """The stops in force."""
+    async with engine.connect() as connection:
+        rows = await connection.execute(select(emergency_stops).order_by(emergency_stops.c.scope))
+        return [Stop(row.scope, row.reason, float(row.since)) for row in rows]
+
+
+class Controls:
+    """This worker's copy of the stops in force, and the poll that keeps it (and the key cache)
+    current."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        forget_keys: Callable[[set[str]], None],
+        interval_s: float = 0.5,
+    ) -> None:
+        self._engine = engine
+        self._forget_keys = forget_keys
+        self._interval = interval_s
+        self.stops: dict[str, Stop] = {}
+        self._revoked_since = datetime.now(UTC)
+        self._task: asyncio.Task[None] | None = None
+
+    def stop_for(self, org: str) -> Stop | None:
+        """The stop that covers ``org``, if any (hot path: two dictionary lookups)."""
+        stops = self.stops
+        if not stops:
+            return None
+        return stops.get(GLOBAL) or stops.get("org:" + org)
+
+    async def refresh(self) -> None:
+        """Read the stops, and forget cached keys revoked since the last read."""
+        stops = {stop.scope: stop for stop in await list_stops(self._engine)}
+        if stops.keys() != self.stops.keys():
+            logger.warning("emergency stops in force: %s", ", ".join(stops) or "none")
+        self.stops = stops
+        since = self._revoked_since - _CLOCK_SKEW  # replicas' clocks differ a little
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(virtual_keys.c.id, virtual_keys.c.revoked_at).where(virtual_keys.c.revoked_at >= since)
+            )
+            revoked = {str(row.id): row.revoked_at for row in rows}
+        if revoked:
+            self._forget_keys(set(revoked))
+            latest = max(_aware(at) for at in revoked.values())
+            self._revoked_since = max(self._revoked_since, latest)
+
+    def start(self) -> None:
+        """Poll in the background."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.refresh()
+            except Exception as exc:  # the database is down: keep what we know
+                logger.debug("controls: not refreshed (%s)", exc)
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class StopUpstream:
+    """The stage before the provider: refuses upstream calls an emergency stop covers."""
+
+    def __init__(self, send: Send, controls: Controls) -> None:
+        self._send = send
+        self._controls = controls
+
+    async def __call__(self, call: Call) -> Reply:
+        stop = self._controls.stop_for(call.context.org)
+        if stop is not None:
+            who = "every org" if stop.scope == GLOBAL else f"the org {call.context.org!r}"
+            raise EmergencyStopped(
+                f"upstream calls are stopped for {who} (emergency stop since "
+                f"{datetime.fromtimestamp(stop.since, UTC):%Y-%m-%d %H:%M:%S} UTC: {stop.reason}); "
+                "cached answers are still served; an admin lifts it with `sluicegate resume`",
+            )
+        return await self._send(call)

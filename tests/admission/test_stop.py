@@ -1,0 +1,58 @@
+"""The emergency stop: upstream calls refused for the org (or everyone), cached answers served."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sluicegate import RequestContext, create_gateway
+from sluicegate.admission import stop as controls
+from sluicegate.errors import EmergencyStopped, InvalidRequest
+from sluicegate.testing import mock_settings
+
+ACME = RequestContext("acme", "ann", "insights")
+GLOBEX = RequestContext("globex", "gus", "insights")
+
+
+def body(text: str) -> dict[str, object]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
+
+
+async def test_a_stop_refuses_upstream_calls_but_serves_the_cache(tmp_path: Path) -> None:
+    async with create_gateway(mock_settings(data_dir=tmp_path)) as gateway:
+        await gateway.send(gateway.new_call("chat", body("cached"), ACME))
+        await controls.set_stop(gateway.engine, "acme", "runaway loop in the insights job")
+        await gateway.controls.refresh()
+        hit = await gateway.send(gateway.new_call("chat", body("cached"), ACME))
+        assert hit.headers["x-sluicegate-cache"] == "hit-memory"
+        with pytest.raises(EmergencyStopped) as stopped:
+            await gateway.send(gateway.new_call("chat", body("new question"), ACME))
+        assert (stopped.value.status_code, stopped.value.code) == (503, "emergency_stop")
+        assert "runaway loop" in stopped.value.message and "acme" in stopped.value.message
+        # another org is not stopped
+        await gateway.send(gateway.new_call("chat", body("new question"), GLOBEX))
+
+        await controls.set_stop(gateway.engine, None, "provider bill alert")
+        await gateway.controls.refresh()
+        with pytest.raises(EmergencyStopped, match="every org"):
+            await gateway.send(gateway.new_call("chat", body("another one"), GLOBEX))
+        assert [s.scope for s in await controls.list_stops(gateway.engine)] == ["global", "org:acme"]
+
+        assert await controls.clear_stop(gateway.engine, None)
+        assert await controls.clear_stop(gateway.engine, "acme")
+        assert not await controls.clear_stop(gateway.engine, "acme")
+        await gateway.controls.refresh()
+        await gateway.send(gateway.new_call("chat", body("back to work"), ACME))
+
+
+async def test_a_stop_needs_a_reason_and_a_real_org(tmp_path: Path) -> None:
+    async with create_gateway(mock_settings(data_dir=tmp_path)) as gateway:
+        with pytest.raises(InvalidRequest, match="reason"):
+            await controls.set_stop(gateway.engine, None, "  ")
+        with pytest.raises(InvalidRequest, match="org"):
+            await controls.set_stop(gateway.engine, "", "why")
+        first = await controls.set_stop(gateway.engine, "acme", "one")
+        second = await controls.set_stop(gateway.engine, "acme", "two")  # updates the reason
+        assert [s.reason for s in await controls.list_stops(gateway.engine)] == ["two"]
+        assert second.scope == first.scope == "org:acme"
