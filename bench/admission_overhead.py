@@ -11,6 +11,7 @@ Variants (cache off in all, so every request goes upstream):
   limit-redis   a per-user limit of 100 an hour, in Redis (db 13 of 127.0.0.1:6379, flushed)
   limit-sql     the same limit without Redis: rows in the embedded SQLite
   ledger        no limits, the usage ledger on (SQLite)
+  budget        a budget for the org (SQLite): a reservation and a settlement per request
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ VARIANTS = {
     "limit-redis": f"ledger:\n  enabled: false\nredis:\n  url: {REDIS_URL}\n" + LIMIT,
     "limit-sql": "ledger:\n  enabled: false\n" + LIMIT,
     "ledger": "",
+    "budget": "ledger:\n  enabled: false\nbudgets:\n  orgs:\n    - {org: local, limit_usd: 1000000}\n",
 }
 LUA = """
 wrk.method = "POST"
@@ -139,8 +141,8 @@ def main() -> None:
                 ticks = cpu_ticks(process.pid) - before
                 requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
                 rps = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))  # type: ignore[union-attr]
-                p50 = re.search(r"50%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
-                p99 = re.search(r"99%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+                p50 = re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1)  # type: ignore[union-attr]
+                p99 = re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1)  # type: ignore[union-attr]
                 cpu_us = ticks / os.sysconf("SC_CLK_TCK") / requests * 1e6
                 print(f"{round_:>5} {name:<12} {rps:>8,.0f} {cpu_us:>11.1f} {p50:>7} {p99:>7}", flush=True)
     finally:

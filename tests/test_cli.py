@@ -146,3 +146,16 @@ def test_stop_stops_and_resume(tmp_path: Path) -> None:
     assert "no stop was in force" in runner.invoke(app, ["resume", "--org", "acme", *args]).output
     assert "no emergency stop" in runner.invoke(app, ["stops", *args]).output
     assert runner.invoke(app, ["stop", "--reason", " ", *args]).exit_code == 2
+
+
+def test_budgets_set_and_list(tmp_path: Path) -> None:
+    """`sluicegate budgets set` stores an org's budget; `list` shows it with its period."""
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text(f"data_dir: {tmp_path}\ndatabase:\n  url: sqlite+aiosqlite:///{tmp_path}/db.sqlite\n")
+    args = ["--config", str(config)]
+    made = runner.invoke(app, ["budgets", "set", "--org", "acme", "--limit-usd", "250", *args])
+    assert made.exit_code == 0, made.output
+    listed = runner.invoke(app, ["budgets", "list", *args])
+    assert "org:acme" in listed.output and "250.00" in listed.output
+    bad = runner.invoke(app, ["budgets", "set", "--org", "acme", "--limit-usd", "lots", *args])
+    assert bad.exit_code == 2 and "limit-usd" in bad.output

@@ -8,6 +8,7 @@ import pytest
 from sluicegate import errors
 from sluicegate.errors import (
     AuthenticationFailed,
+    BudgetExceeded,
     ConfigError,
     EmergencyStopped,
     InvalidRequest,
@@ -39,6 +40,7 @@ TABLE: list[tuple[type[SluicegateError], int, str, str | None]] = [
     (ServiceUnavailable, 503, "api_error", "service_unavailable"),
     (RateLimited, 429, "requests", "rate_limit_exceeded"),
     (EmergencyStopped, 503, "api_error", "emergency_stop"),
+    (BudgetExceeded, 429, "requests", "budget_exceeded"),
     (UpstreamError, 502, "upstream_error", None),
     (UpstreamUnavailable, 502, "upstream_error", "upstream_unavailable"),
     (UpstreamTimeout, 504, "upstream_error", "upstream_timeout"),

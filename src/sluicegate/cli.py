@@ -342,6 +342,31 @@ def usage(
         raise typer.Exit(status)
 
 
+budgets_app = typer.Typer(help="Set and list budgets per org.", no_args_is_help=True)
+app.add_typer(budgets_app, name="budgets")
+
+
+@budgets_app.command("set")
+def budgets_set(
+    org: Annotated[str, typer.Option(help="The org.")],
+    limit_usd: Annotated[str, typer.Option("--limit-usd", help="Its limit in US dollars.")],
+    period: Annotated[str, typer.Option(help="day, week or month (UTC).")] = "month",
+    config: ConfigOption = None,
+) -> None:
+    """Set an org's budget; every gateway applies it within a second."""
+    status = cli_usage.budgets_command(_settings(config), org, limit_usd, period)
+    if status:
+        raise typer.Exit(status)
+
+
+@budgets_app.command("list")
+def budgets_list(config: ConfigOption = None) -> None:
+    """List the budgets and their current period: spent, reserved, share used."""
+    status = cli_usage.budgets_command(_settings(config), None, None, "month")
+    if status:
+        raise typer.Exit(status)
+
+
 @app.command("stop")
 def stop(
     reason: Annotated[str, typer.Option(help="Why: every refused caller is told.")],

@@ -1,5 +1,6 @@
 """The cost-control commands: ``sluicegate usage`` (the ledger summed by group and period, as a
-table or JSON) and ``sluicegate stop|resume|stops`` (the emergency stop).
+table or JSON), ``sluicegate budgets set|list`` and ``sluicegate stop|resume|stops`` (the
+emergency stop).
 
 It reads the configured database directly (a clean shutdown or the next flush of each worker
 puts its latest rows there; the HTTP route also flushes the worker that answers it).
@@ -8,6 +9,7 @@ puts its latest rows there; the HTTP route also flushes the worker that answers 
 from __future__ import annotations
 
 import time
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -18,11 +20,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .accounting.usage import UsageQuery, report
 from .admission import stop as controls
+from .admission.budgets import BudgetStore
 from .config import Settings
 from .errors import SluicegateError
 from .store.db import create_engine, migrate
 
-__all__ = ["stop_command", "usage_command"]
+__all__ = ["budgets_command", "stop_command", "usage_command"]
 
 console = Console(stderr=True)
 out = Console()
@@ -105,4 +108,54 @@ def stop_command(settings: Settings, action: str, org: str | None, reason: str |
                 stop.scope, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stop.since)), stop.reason
             )
         out.print(table if result else "no emergency stop is in force")
+    return 0
+
+
+def budgets_command(settings: Settings, org: str | None, limit_usd: str | None, period: str) -> int:
+    """Set an org's budget (with ``org`` and ``limit_usd``), or list the budgets; the exit status."""
+
+    async def run() -> list[Any]:
+        engine = create_engine(settings.database.url)
+        try:
+            await migrate(engine)
+            store = BudgetStore(engine, settings.budgets)
+            await store.refresh()
+            if org is not None and limit_usd is not None:
+                amount = Decimal(limit_usd)
+                if not amount.is_finite() or amount < 0:
+                    raise InvalidOperation
+                await store.set_limit(org, amount, period)  # type: ignore[arg-type]
+            return [await store.usage(budget) for budget in store.budgets.values()]
+        finally:
+            await engine.dispose()
+
+    if (org is None) != (limit_usd is None) or period not in ("day", "week", "month"):
+        console.print("[red]error:[/red] give both --org and --limit-usd (period: day, week or month)")
+        return 2
+    try:
+        periods = uvloop.run(run())
+    except InvalidOperation:
+        console.print(f"[red]error:[/red] --limit-usd must be a number of US dollars ≥ 0, not {limit_usd!r}")
+        return 2
+    except (SQLAlchemyError, OSError) as exc:
+        console.print(f"[red]error:[/red] the database is unreachable: {exc}")
+        return 1
+    if org is not None:
+        console.print(
+            f"set the {period}ly budget of {org} to ${limit_usd}; every gateway applies it within "
+            f"{settings.controls.poll_interval_s:g} s"
+        )
+    table = Table("scope", "period", "limit $", "spent $", "reserved $", "used")
+    for usage in periods:
+        row = usage.to_dict()
+        used = f"{row['used']:.1%}" if row["used"] is not None else "-"
+        table.add_row(
+            row["scope"],
+            row["period"],
+            f"{row['limit_usd']:,.2f}",
+            f"{row['spent_usd']:,.4f}",
+            f"{row['reserved_usd']:,.4f}",
+            used,
+        )
+    out.print(table if periods else "no budget is set")
     return 0

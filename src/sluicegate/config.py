@@ -35,13 +35,23 @@ from .config_cache import (
     SqlTierConfig,
     Tier,
 )
-from .config_money import ControlsConfig, LedgerConfig, LimitsConfig, PriceConfig, PricingConfig, RequestLimit
+from .config_money import (
+    BudgetsConfig,
+    ControlsConfig,
+    LedgerConfig,
+    LimitsConfig,
+    OrgBudget,
+    PriceConfig,
+    PricingConfig,
+    RequestLimit,
+)
 from .errors import ConfigError
 
 __all__ = [
     "ALL_TIERS",
     "AuthConfig",
     "BrowserConfig",
+    "BudgetsConfig",
     "CacheConfig",
     "ControlsConfig",
     "CostTtlConfig",
@@ -54,6 +64,7 @@ __all__ = [
     "MemoryTierConfig",
     "MockBehaviour",
     "ModelConfig",
+    "OrgBudget",
     "PriceConfig",
     "PricingConfig",
     "ProviderConfig",
@@ -279,6 +290,7 @@ class Settings(BaseSettings):
     ledger: LedgerConfig = LedgerConfig()
     limits: LimitsConfig = LimitsConfig()
     controls: ControlsConfig = ControlsConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     features: dict[str, FeatureConfig] = Field(default_factory=default_features)

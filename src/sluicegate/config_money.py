@@ -9,7 +9,16 @@ from pydantic import Field
 
 from .config_base import Frozen
 
-__all__ = ["ControlsConfig", "LedgerConfig", "LimitsConfig", "PriceConfig", "PricingConfig", "RequestLimit"]
+__all__ = [
+    "BudgetsConfig",
+    "ControlsConfig",
+    "LedgerConfig",
+    "LimitsConfig",
+    "OrgBudget",
+    "PriceConfig",
+    "PricingConfig",
+    "RequestLimit",
+]
 
 
 class PriceConfig(Frozen):
@@ -81,4 +90,32 @@ class LimitsConfig(Frozen):
         gt=0,
         le=1,
         description="with Redis configured but down, each replica admits this share of a limit alone",
+    )
+
+
+class OrgBudget(Frozen):
+    """An org's spending limit per period (UTC)."""
+
+    org: str = Field(min_length=1)
+    limit_usd: Decimal = Field(ge=0)
+    period: Literal["day", "week", "month"] = "month"
+
+
+class BudgetsConfig(Frozen):
+    """Budgets per org (docs/cost-control.md#budgets): none by default."""
+
+    orgs: tuple[OrgBudget, ...] = ()
+    alert_at: float = Field(0.8, gt=0, le=1, description="share of the limit that raises the alert")
+    throttle_at: float = Field(
+        0.95, gt=0, le=1, description="share of the limit past which the org is throttled"
+    )
+    throttle_model: str | None = Field(
+        None, description="past throttle_at, misses go to this (cheaper) model; unset: cache only"
+    )
+    webhook_url: str | None = Field(None, description="the alert is also POSTed here as JSON")
+    lease_s: float = Field(
+        600.0, gt=0, description="a reservation whose call never settles is released after this"
+    )
+    default_max_tokens: int = Field(
+        4096, ge=1, description="the worst case of a request that sets no max_tokens"
     )

@@ -10,6 +10,7 @@ so the HTTP layer and library users see the same thing::
     ├── AuthenticationFailed        401 authentication_error / invalid_api_key
     ├── PermissionDenied            403 permission_error
     ├── RateLimited                 429 requests / rate_limit_exceeded (with Retry-After)
+    │   └── BudgetExceeded          429 requests / budget_exceeded or budget_throttled
     ├── ServiceUnavailable          503 api_error / service_unavailable
     │   └── EmergencyStopped        503 api_error / emergency_stop
     ├── NotFound                    404 invalid_request_error
@@ -29,6 +30,7 @@ import orjson
 
 __all__ = [
     "AuthenticationFailed",
+    "BudgetExceeded",
     "ConfigError",
     "EmergencyStopped",
     "InvalidRequest",
@@ -136,6 +138,12 @@ class RateLimited(SluicegateError):
     status = 429
     type = "requests"
     default_code = "rate_limit_exceeded"
+
+
+class BudgetExceeded(RateLimited):
+    """The org's budget for the period has no room for this call; cached answers still come."""
+
+    default_code = "budget_exceeded"
 
 
 class ServiceUnavailable(SluicegateError):

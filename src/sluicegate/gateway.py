@@ -6,6 +6,7 @@ The pipeline, outermost first (stages not yet built are marked with where they w
       LimitRequests         rate limits on requests (when limits.requests are set)
       [budget]              budget reservation
       ServeFromCache        in-process → Redis → SQL, single-flight (when cache.enabled)
+        ReserveBudget       budgets: reserve a miss's worst case, settle its cost after
         StopUpstream        the emergency stop: no upstream call while one covers the org
         [fallback, breaker, retry]
           RecordUsage       the ledger: one row per upstream attempt (when ledger.enabled)
@@ -32,6 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .accounting.ledger import Ledger, RecordUsage
 from .accounting.outbox import Outbox
 from .accounting.pricing import PriceBook
+from .admission.budget_stage import ReserveBudget
+from .admission.budgets import BudgetStore
 from .admission.redis_limits import RedisLimiter
 from .admission.sql_limits import SqlLimiter
 from .admission.stage import LimitRequests
@@ -97,8 +100,12 @@ class Gateway:
             )
             self.ledger = Ledger(self.prices, self.outbox)
             inner = RecordUsage(inner, self.ledger)
-        self.controls = Controls(engine, self.authenticator.forget, settings.controls.poll_interval_s)
+        self.budgets = BudgetStore(engine, settings.budgets)
+        self.controls = Controls(
+            engine, self.authenticator.forget, settings.controls.poll_interval_s, also=(self.budgets.poll,)
+        )
         inner = StopUpstream(inner, self.controls)
+        inner = ReserveBudget(inner, self.budgets, self.prices, self.catalog, settings.budgets)
         if settings.cache.enabled:
             self.cache = LayeredCache(settings, engine, redis)
             inner = ServeFromCache(inner, self.cache, self.prices, self.ledger)
@@ -168,6 +175,7 @@ class Gateway:
             await self.outbox.aclose()
         if self._sql_limiter is not None:
             self._sql_limiter.close()
+        self.budgets.close()
         for provider in self.providers.values():
             await provider.aclose()
         if self.redis is not None:

@@ -75,3 +75,16 @@ def test_usage_says_when_the_ledger_is_off(upstream: MockUpstream, tmp_path: Pat
     with GatewayServer(settings) as server:
         status, body = call(server.url + "/api/ai/usage")
     assert (status, body["error"]["code"]) == (404, "ledger_disabled")
+
+
+def test_budgets_route_sets_and_lists_and_refuses_bad_values(keyed: Any) -> None:
+    server, keys = keyed
+    status, made = call(server.url + "/api/ai/budgets", "POST", {"org": "acme", "limit_usd": 25}, ADMIN)
+    assert status == 201 and made["scope"] == "org:acme" and made["limit_usd"] == 25
+    status, listed = call(server.url + "/api/ai/budgets", key=ADMIN)
+    assert [b["scope"] for b in listed["budgets"]] == ["org:acme"]
+    for bad in ({"org": "acme", "limit_usd": -1}, {"org": "acme", "limit_usd": "x"}, {"limit_usd": 5}):
+        assert call(server.url + "/api/ai/budgets", "POST", bad, ADMIN)[0] == 400
+    assert (
+        call(server.url + "/api/ai/budgets", "POST", {"org": "acme", "limit_usd": 1}, keys["acme"])[0] == 401
+    )

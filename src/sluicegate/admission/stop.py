@@ -92,9 +92,11 @@ class Controls:
         engine: AsyncEngine,
         forget_keys: Callable[[set[str]], None],
         interval_s: float = 0.5,
+        also: tuple[Callable[[], Awaitable[object]], ...] = (),
     ) -> None:
         self._engine = engine
         self._forget_keys = forget_keys
+        self._also = also  # more to refresh on each poll (the budgets)
         self._interval = interval_s
         self.stops: dict[str, Stop] = {}
         self._revoked_since = datetime.now(UTC)
@@ -123,6 +125,8 @@ class Controls:
             self._forget_keys(set(revoked))
             latest = max(_aware(at) for at in revoked.values())
             self._revoked_since = max(self._revoked_since, latest)
+        for refresh in self._also:
+            await refresh()
 
     def start(self) -> None:
         """Poll in the background."""

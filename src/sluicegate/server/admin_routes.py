@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -14,7 +15,17 @@ from ..errors import InvalidRequest
 from ..gateway import Gateway
 from .http import Request, read_json, send_json
 
-__all__ = ["create_key", "list_keys", "list_stops", "resume", "revoke_key", "set_stop", "status"]
+__all__ = [
+    "create_key",
+    "list_budgets",
+    "list_keys",
+    "list_stops",
+    "resume",
+    "revoke_key",
+    "set_budget",
+    "set_stop",
+    "status",
+]
 
 
 async def status(gateway: Gateway, request: Request) -> None:
@@ -113,3 +124,34 @@ async def resume(gateway: Gateway, request: Request) -> None:
     lifted = await stop_controls.clear_stop(gateway.engine, org)
     await gateway.controls.refresh()
     await send_json(request, 200, orjson.dumps({"scope": stop_controls.scope_of(org), "lifted": lifted}))
+
+
+async def list_budgets(gateway: Gateway, request: Request) -> None:
+    """``GET /api/ai/budgets``: every budget in force and its current period (admin)."""
+    gateway.authenticator.check_admin(request.authorization)
+    store = gateway.budgets
+    await store.refresh()
+    periods = [(await store.usage(budget)).to_dict() for budget in store.budgets.values()]
+    await send_json(request, 200, orjson.dumps({"budgets": periods}))
+
+
+async def set_budget(gateway: Gateway, request: Request) -> None:
+    """``POST /api/ai/budgets`` with ``{"org", "limit_usd", "period"?}``: set an org's budget; every
+    worker applies it within ``controls.poll_interval_s`` (admin)."""
+    gateway.authenticator.check_admin(request.authorization)
+    body = await read_json(request, gateway.settings.server.max_body_bytes)
+    if not isinstance(body, dict) or not isinstance(body.get("org"), str) or not body["org"]:
+        raise InvalidRequest("send a JSON object with the org's name in org", param="org")
+    limit = body.get("limit_usd")
+    if isinstance(limit, bool) or not isinstance(limit, int | float | str):
+        raise InvalidRequest("limit_usd must be a number of US dollars", param="limit_usd")
+    try:
+        amount = Decimal(str(limit))
+    except ArithmeticError:
+        raise InvalidRequest("limit_usd must be a number of US dollars", param="limit_usd") from None
+    period = body.get("period", "month")
+    if not amount.is_finite() or amount < 0 or period not in ("day", "week", "month"):
+        raise InvalidRequest("limit_usd is ≥ 0 and period is day, week or month", param="limit_usd")
+    budget = await gateway.budgets.set_limit(body["org"], amount, period)
+    usage = await gateway.budgets.usage(budget)
+    await send_json(request, 201, orjson.dumps(usage.to_dict()))

@@ -18,6 +18,10 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "budget_alerts",
+    "budget_limits",
+    "budget_periods",
+    "budget_reservations",
     "cache_entries",
     "cache_namespaces",
     "cache_stats",
@@ -136,4 +140,42 @@ emergency_stops = Table(
     Column("scope", String(160), primary_key=True),
     Column("reason", Text, nullable=False),
     Column("since", Float, nullable=False),
+)
+
+# Budgets (docs/cost-control.md#budgets): limits set at run time (they override the config's),
+# spend and reservations per scope and period, reservations as leases, alerts sent once.
+budget_limits = Table(
+    "budget_limits",
+    metadata,
+    Column("scope", String(160), primary_key=True),
+    Column("limit_micro", BigInteger, nullable=False),
+    Column("period", String(8), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+budget_periods = Table(
+    "budget_periods",
+    metadata,
+    Column("scope", String(160), primary_key=True),
+    Column("period", String(16), primary_key=True),
+    Column("spent_micro", BigInteger, nullable=False),
+    Column("reserved_micro", BigInteger, nullable=False),
+)
+budget_reservations = Table(
+    "budget_reservations",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("scope", String(160), nullable=False),
+    Column("period", String(16), nullable=False),
+    Column("amount_micro", BigInteger, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("state", String(8), nullable=False),
+    Index("ix_budget_reservations_open", "state", "expires_at"),
+)
+budget_alerts = Table(
+    "budget_alerts",
+    metadata,
+    Column("scope", String(160), primary_key=True),
+    Column("period", String(16), primary_key=True),
+    Column("level", String(16), primary_key=True),
+    Column("at", Float, nullable=False),
 )

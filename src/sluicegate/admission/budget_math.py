@@ -1,0 +1,105 @@
+"""Budget arithmetic, with no I/O: periods, worst-case estimates, reservations and settlements.
+
+A budget has a limit in micro-USD per period (a UTC day, ISO week or month). Before a miss
+goes upstream its worst-case cost is reserved, and only if spent + reserved + estimate stays
+within the limit; ``max_tokens`` is clamped to what is left. After the call the actual cost
+is settled: the reservation leaves ``reserved`` and the cost joins ``spent``, once, however
+many times the settlement arrives. A reservation whose process died expires (its lease) and
+leaves ``reserved``; a late settlement of it still counts its cost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["Book", "Decision", "Period", "decide", "period_bounds"]
+
+Period = Literal["day", "week", "month"]
+MIN_COMPLETION_TOKENS = 16  # below this an answer is not worth calling for: refuse instead
+
+
+def period_bounds(period: Period, now: float) -> tuple[str, float]:
+    """The period ``now`` falls in: its name (``2026-11``, ``2026-W48``, ``2026-11-25``) and the
+    Unix time it ends (UTC)."""
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    if period == "day":
+        start, end = today, today + dt.timedelta(days=1)
+        name = today.isoformat()
+    elif period == "week":
+        start = today - dt.timedelta(days=today.weekday())
+        end = start + dt.timedelta(days=7)
+        year, week, _ = today.isocalendar()
+        name = f"{year}-W{week:02d}"
+    else:
+        start = today.replace(day=1)
+        end = (start + dt.timedelta(days=32)).replace(day=1)
+        name = start.strftime("%Y-%m")
+    del start
+    return name, dt.datetime.combine(end, dt.time(), dt.UTC).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Whether a call may go upstream, with how many completion tokens and what to reserve."""
+
+    admitted: bool
+    max_tokens: int
+    reserve_micro: int
+
+
+def decide(
+    limit: int, spent: int, reserved: int, prompt_micro: int, out_pico: int, asked_tokens: int
+) -> Decision:
+    """The worst case of a call is its prompt plus ``asked_tokens`` at the output rate
+    (``out_pico`` pico-USD a token). Admit it whole if it fits, or with fewer completion tokens
+    (at least `MIN_COMPLETION_TOKENS`) if that fits; refuse otherwise (pure)."""
+    room = limit - spent - reserved - prompt_micro
+    if room <= 0:
+        return Decision(False, 0, 0)
+    affordable = asked_tokens if out_pico <= 0 else min(asked_tokens, (room * 1_000_000) // out_pico)
+    if affordable < min(asked_tokens, MIN_COMPLETION_TOKENS):
+        return Decision(False, 0, 0)
+    completion_micro = math.ceil(affordable * out_pico / 1_000_000)
+    return Decision(True, affordable, prompt_micro + completion_micro)
+
+
+@dataclass
+class Book:
+    """One budget's period in memory: the model the stores follow, and what the property tests
+    check (spent + reserved never exceeds the limit through reservations; reserved ≥ 0)."""
+
+    limit: int
+    spent: int = 0
+    reserved: int = 0
+    open: dict[str, tuple[int, float]] = field(default_factory=dict)  # id → (amount, lease end)
+    settled: set[str] = field(default_factory=set)
+
+    def reserve(self, rid: str, prompt_micro: int, out_pico: int, asked: int, lease_end: float) -> Decision:
+        if rid in self.open or rid in self.settled:
+            return Decision(False, 0, 0)
+        decision = decide(self.limit, self.spent, self.reserved, prompt_micro, out_pico, asked)
+        if decision.admitted:
+            self.reserved += decision.reserve_micro
+            self.open[rid] = (decision.reserve_micro, lease_end)
+        return decision
+
+    def settle(self, rid: str, cost_micro: int) -> bool:
+        """Count ``cost_micro`` once; whether this settlement counted."""
+        if rid in self.settled:
+            return False
+        self.settled.add(rid)
+        held = self.open.pop(rid, None)
+        if held is not None:
+            self.reserved -= held[0]
+        self.spent += cost_micro
+        return True
+
+    def expire(self, now: float) -> int:
+        """Release the reservations whose lease ended; how many."""
+        gone = [rid for rid, (_, end) in self.open.items() if end <= now]
+        for rid in gone:
+            self.reserved -= self.open.pop(rid)[0]
+        return len(gone)

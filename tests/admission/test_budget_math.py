@@ -1,0 +1,83 @@
+"""Budget arithmetic: periods, decisions, and a state machine over reserve, settle, duplicate
+settle, lease expiry and the clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from sluicegate.admission.budget_math import MIN_COMPLETION_TOKENS, Book, decide, period_bounds
+
+
+def ts(text: str) -> float:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp()
+
+
+def test_periods_are_utc_days_iso_weeks_and_months() -> None:
+    now = ts("2026-11-25T23:59:59")
+    assert period_bounds("day", now) == ("2026-11-25", ts("2026-11-26T00:00:00"))
+    assert period_bounds("week", now) == ("2026-W48", ts("2026-11-30T00:00:00"))
+    assert period_bounds("month", now) == ("2026-11", ts("2026-12-01T00:00:00"))
+    assert period_bounds("month", ts("2026-12-31T12:00:00"))[1] == ts("2027-01-01T00:00:00")
+
+
+def test_a_call_is_admitted_whole_clamped_or_refused() -> None:
+    out = 600_000  # $0.60 per million output tokens, in pico-USD a token
+    assert decide(10_000, 0, 0, 100, out, 1000) == decide(10_000, 0, 0, 100, out, 1000)
+    whole = decide(10_000, 0, 0, 100, out, 1000)
+    assert (whole.admitted, whole.max_tokens, whole.reserve_micro) == (True, 1000, 700)
+    clamped = decide(1_000, 500, 200, 100, out, 1000)  # 200 µUSD left after the prompt
+    assert (clamped.admitted, clamped.max_tokens, clamped.reserve_micro) == (True, 333, 300)
+    assert decide(1_000, 500, 390, 100, out, 1000).max_tokens == 16  # 10 µUSD: 16 tokens, exactly
+    assert not decide(1_000, 500, 395, 100, out, 1000).admitted  # 5 µUSD: not 16 tokens
+    assert decide(1_000, 500, 390, 100, out, 10).admitted  # a small ask that fits whole
+    assert not decide(1_000, 900, 0, 100, out, MIN_COMPLETION_TOKENS).admitted
+
+
+class BudgetMachine(RuleBasedStateMachine):
+    """Whatever happens, reservations never take spent + reserved past the limit, and reserved
+    never goes negative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.book = Book(limit=50_000)
+        self.now = 0.0
+        self.next_id = 0
+        self.amounts: dict[str, int] = {}
+
+    @rule(prompt=st.integers(0, 5_000), asked=st.integers(1, 20_000), lease=st.floats(1, 100))
+    def reserve(self, prompt: int, asked: int, lease: float) -> None:
+        rid = f"r{self.next_id}"
+        self.next_id += 1
+        decision = self.book.reserve(rid, prompt, 600_000, asked, self.now + lease)
+        if decision.admitted:
+            self.amounts[rid] = decision.reserve_micro
+            assert decision.max_tokens <= asked
+
+    @rule(data=st.data())
+    def settle(self, data: st.DataObject) -> None:
+        if not self.amounts:
+            return
+        rid = data.draw(st.sampled_from(sorted(self.amounts)))
+        # the provider bills at most the reserved worst case
+        cost = data.draw(st.integers(0, self.amounts[rid]))
+        before = self.book.spent
+        counted = self.book.settle(rid, cost)
+        assert counted == (self.book.spent == before + cost) or cost == 0
+        again = self.book.settle(rid, cost)  # delivered twice
+        assert not again and self.book.spent == before + (cost if counted else 0)
+
+    @rule(seconds=st.floats(0, 60))
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.book.expire(self.now)
+
+    @invariant()
+    def within_the_limit(self) -> None:
+        assert self.book.reserved >= 0
+        assert self.book.spent + self.book.reserved <= self.book.limit
+
+
+TestBudgetMachine = BudgetMachine.TestCase

@@ -1,0 +1,115 @@
+"""Budgets through the gateway and in the store: reserve, clamp, settle once, lease, alert once,
+throttle and refuse, with cached answers still served."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from sluicegate import RequestContext, create_gateway
+from sluicegate.admission.budgets import BudgetStore
+from sluicegate.config import BudgetsConfig
+from sluicegate.errors import BudgetExceeded
+from sluicegate.store.db import create_engine, migrate
+from sluicegate.testing import mock_settings
+
+ACME = RequestContext("acme", "ann", "insights")
+MODELS = {"gpt-4o": {"provider": "upstream"}, "gpt-4o-mini": {"provider": "upstream", "aliases": ["fast"]}}
+
+
+def body(text_: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text_}], **extra}
+
+
+def settings(tmp_path: Path, limit_usd: str, models: dict[str, Any] | None = None, **budgets: Any) -> Any:
+    return mock_settings(
+        data_dir=tmp_path,
+        budgets={"orgs": [{"org": "acme", "limit_usd": limit_usd}], **budgets},
+        providers={"upstream": {"kind": "mock", "mock": {"answer_words": 400}}},
+        **({"models": models} if models else {}),
+    )
+
+
+async def test_spend_stops_at_the_limit_and_cached_answers_still_come(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "sluicegate.budgets")
+    async with create_gateway(settings(tmp_path, "0.001", throttle_at=1.0)) as gateway:
+        # room for the whole answer: a truncated one would not be cached
+        first = await gateway.send(gateway.new_call("chat", body("cached one", max_tokens=700), ACME))
+        refused = None
+        for n in range(40):
+            try:
+                await gateway.send(gateway.new_call("chat", body(f"q {n}", max_tokens=100), ACME))
+            except BudgetExceeded as exc:
+                refused = exc
+                break
+        assert refused is not None and refused.code == "budget_exceeded"
+        assert "resets at" in refused.message and "sluicegate budgets set" in refused.message
+        assert int(refused.headers["retry-after"]) > 0
+        hit = await gateway.send(gateway.new_call("chat", body("cached one", max_tokens=700), ACME))
+        assert hit.body == first.body and hit.headers["x-sluicegate-cache"] == "hit-memory"
+        budget = gateway.budgets.budget_for("acme")
+        assert budget is not None
+        usage = await gateway.budgets.usage(budget)
+        assert usage.spent_micro <= 1000 and usage.reserved_micro == 0
+        # another org has no budget
+        await gateway.send(gateway.new_call("chat", body("free", max_tokens=100), RequestContext("globex")))
+    alerts = [r for r in caplog.records if "budget alert" in r.getMessage()]
+    assert len(alerts) == 1
+
+
+async def test_max_tokens_is_clamped_to_what_is_left(tmp_path: Path) -> None:
+    async with create_gateway(settings(tmp_path, "0.0005", throttle_at=1.0)) as gateway:
+        call = gateway.new_call("chat", body("long one"), ACME)  # no max_tokens: 4096 worst case
+        reply = await gateway.send(call)
+        assert call.body["max_tokens"] < 4096
+        assert reply.usage is not None and reply.usage.completion_tokens <= call.body["max_tokens"]
+
+
+async def test_past_the_throttle_misses_go_to_the_cheaper_model_or_nowhere(tmp_path: Path) -> None:
+    async with create_gateway(settings(tmp_path, "0.01", throttle_at=0.0001)) as gateway:
+        await gateway.send(gateway.new_call("chat", body("first", max_tokens=10), ACME))
+        with pytest.raises(BudgetExceeded) as throttled:  # past 0.01 % of the limit: cache only
+            await gateway.send(gateway.new_call("chat", body("second", max_tokens=10), ACME))
+        assert throttled.value.code == "budget_throttled"
+        assert "only cached answers" in throttled.value.message
+        budget = gateway.budgets.budget_for("acme")
+        assert budget is not None and (await gateway.budgets.usage(budget)).reserved_micro == 0
+    cheaper = settings(tmp_path / "b", "0.01", throttle_at=0.0001, throttle_model="fast", models=MODELS)
+    async with create_gateway(cheaper) as gateway:
+        first = gateway.new_call("chat", {**body("first", max_tokens=10), "model": "gpt-4o"}, ACME)
+        await gateway.send(first)
+        second = gateway.new_call("chat", {**body("second", max_tokens=10), "model": "gpt-4o"}, ACME)
+        await gateway.send(second)
+        assert (first.route.name, second.route.name) == ("gpt-4o", "gpt-4o-mini")
+
+
+async def test_settlements_count_once_and_leases_release_the_dead(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'b.db'}")
+    await migrate(engine)
+    now = [1_800_000_000.0]
+    config = BudgetsConfig(orgs=({"org": "acme", "limit_usd": Decimal("1")},), lease_s=60)  # type: ignore[arg-type]
+    store = BudgetStore(engine, config, clock=lambda: now[0])
+    budget = store.budget_for("acme")
+    assert budget is not None
+    decision, usage = await store.reserve(budget, "r1:1", 100, 600_000, 1000)
+    assert decision.admitted and usage.reserved_micro == 700
+    assert (await store.settle("r1:1", 400)) is not None
+    assert await store.settle("r1:1", 400) is None  # delivered twice, counted once
+    await store.reserve(budget, "r2:1", 100, 600_000, 1000)  # its process dies
+    now[0] += 61
+    assert await store.reap() == 1
+    after = await store.usage(budget)
+    assert (after.spent_micro, after.reserved_micro) == (400, 0)
+    late = await store.settle("r2:1", 300)  # the answer came after all
+    assert late is not None and (late.spent_micro, late.reserved_micro) == (700, 0)
+    async with engine.connect() as connection:
+        states = (await connection.execute(text("SELECT state FROM budget_reservations ORDER BY id"))).all()
+    assert [s for (s,) in states] == ["settled", "settled"]
+    await engine.dispose()

@@ -1,0 +1,78 @@
+"""A budget under load across 4 gateway processes sharing one database: 1,000 concurrent
+requests, a mock that bills every call up to max_tokens. The settled spend stays within the
+budget, nothing is left reserved, the refusals are budget_exceeded, and the spend matches
+the ledger to the micro-dollar."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sqlalchemy import text
+
+from sluicegate.config import MockBehaviour
+from sluicegate.store.db import create_engine
+from sluicegate.testing import MockUpstream
+from tests.integration.conftest import GatewayProcess, Response, post
+
+LIMIT_MICRO = 10_000  # $0.01: room for about 80 calls of 200 completion tokens
+
+
+async def _totals(url: str) -> tuple[int, int, int]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            spent, reserved = (
+                await connection.execute(text("SELECT spent_micro, reserved_micro FROM budget_periods"))
+            ).one()
+            ledger = await connection.scalar(
+                text(
+                    "SELECT coalesce(sum(cost_micro), 0) FROM usage_ledger"
+                    " WHERE org = 'local' AND attempt >= 1"
+                )
+            )
+        return int(spent), int(reserved), int(ledger or 0)
+    finally:
+        await engine.dispose()
+
+
+def test_a_budget_holds_across_4_processes_under_1000_concurrent_requests(
+    gateway_processes: Callable[..., list[GatewayProcess]], tmp_path: Path
+) -> None:
+    with MockUpstream(MockBehaviour(answer_words=400)) as upstream:
+        database = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'sluicegate.db'}"
+        config = {
+            "data_dir": str(tmp_path / "data"),
+            "database": {"url": database},
+            "providers": {"up": {"kind": "openai", "base_url": upstream.url}},
+            "models": {"gpt-4o-mini": {"provider": "up"}},
+            "cache": {"enabled": False},
+            "budgets": {"orgs": [{"org": "local", "limit_usd": "0.01"}], "throttle_at": 1.0},  # the dev org
+        }
+        servers = gateway_processes(config, count=4)
+
+        def one(n: int) -> Response:
+            body = {
+                "model": "gpt-4o-mini",
+                "max_tokens": 200,
+                "messages": [{"role": "user", "content": f"q {n}"}],
+            }
+            return post(servers[n % 4].url + "/v1/chat/completions", body)
+
+        with ThreadPoolExecutor(max_workers=250) as pool:
+            responses = list(pool.map(one, range(1000)))
+        statuses = [r.status_code for r in responses]
+        admitted = statuses.count(200)
+        assert 20 <= admitted <= 100 and statuses.count(429) == 1000 - admitted, set(statuses)
+        codes = {r.json()["error"]["code"] for r in responses if r.status_code == 429}
+        assert codes == {"budget_exceeded"}
+        deadline = time.monotonic() + 10
+        spent, reserved, ledger = asyncio.run(_totals(database))
+        while (reserved or ledger != spent) and time.monotonic() < deadline:
+            time.sleep(0.3)
+            spent, reserved, ledger = asyncio.run(_totals(database))
+        assert spent <= LIMIT_MICRO and reserved == 0
+        assert ledger == spent  # the budget and the ledger priced the same calls alike
