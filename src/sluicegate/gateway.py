@@ -4,7 +4,6 @@ The pipeline, outermost first (stages not yet built are marked with where they w
 
     RecordEvents            observe: one frozen event per call
       LimitRequests         rate limits on requests (when limits.requests are set)
-      [budget]              budget reservation
       ServeFromCache        in-process → Redis → SQL, single-flight (when cache.enabled)
         ReserveBudget       budgets: reserve a miss's worst case, settle its cost after
         StopUpstream        the emergency stop: no upstream call while one covers the org

@@ -3,8 +3,12 @@ throttle and refuse, with cached answers still served."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import threading
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +117,38 @@ async def test_settlements_count_once_and_leases_release_the_dead(tmp_path: Path
         states = (await connection.execute(text("SELECT state FROM budget_reservations ORDER BY id"))).all()
     assert [s for (s,) in states] == ["settled", "settled"]
     await engine.dispose()
+
+
+async def test_the_alert_is_posted_to_the_webhook_once(tmp_path: Path) -> None:
+    received: list[bytes] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["content-length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        async with create_gateway(settings(tmp_path, "0.001", throttle_at=1.0, webhook_url=url)) as gateway:
+            for n in range(40):
+                try:
+                    await gateway.send(gateway.new_call("chat", body(f"q {n}", max_tokens=100), ACME))
+                except BudgetExceeded:
+                    break
+            for _ in range(50):
+                if received:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(received) == 1
+    alert = json.loads(received[0])
+    assert alert["event"] == "budget_alert" and alert["scope"] == "org:acme" and alert["used"] >= 0.8
