@@ -1,14 +1,17 @@
 """A budget under load across 4 gateway processes sharing one database: 1,000 concurrent
 requests, a mock that bills every call up to max_tokens. The settled spend stays within the
-budget, nothing is left reserved, the refusals are budget_exceeded, and the spend matches
-the ledger to the micro-dollar."""
+budget, nothing is left reserved, the refusals are budget_exceeded, the spend matches the
+ledger to the micro-dollar, and the 80 % alert reaches its webhook exactly once."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from sqlalchemy import text
@@ -39,9 +42,24 @@ async def _totals(url: str) -> tuple[int, int, int]:
         await engine.dispose()
 
 
+class _Hook(BaseHTTPRequestHandler):
+    received: list[bytes] = []
+
+    def do_POST(self) -> None:
+        self.received.append(self.rfile.read(int(self.headers["content-length"])))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def test_a_budget_holds_across_4_processes_under_1000_concurrent_requests(
     gateway_processes: Callable[..., list[GatewayProcess]], tmp_path: Path
 ) -> None:
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    _Hook.received = []
     with MockUpstream(MockBehaviour(answer_words=400)) as upstream:
         database = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'sluicegate.db'}"
         config = {
@@ -50,7 +68,11 @@ def test_a_budget_holds_across_4_processes_under_1000_concurrent_requests(
             "providers": {"up": {"kind": "openai", "base_url": upstream.url}},
             "models": {"gpt-4o-mini": {"provider": "up"}},
             "cache": {"enabled": False},
-            "budgets": {"orgs": [{"org": "local", "limit_usd": "0.01"}], "throttle_at": 1.0},  # the dev org
+            "budgets": {  # for the dev org, which every request without a key belongs to
+                "orgs": [{"org": "local", "limit_usd": "0.01"}],
+                "throttle_at": 1.0,
+                "webhook_url": f"http://127.0.0.1:{hook.server_address[1]}/alert",
+            },
         }
         servers = gateway_processes(config, count=4)
 
@@ -76,3 +98,11 @@ def test_a_budget_holds_across_4_processes_under_1000_concurrent_requests(
             spent, reserved, ledger = asyncio.run(_totals(database))
         assert spent <= LIMIT_MICRO and reserved == 0
         assert ledger == spent  # the budget and the ledger priced the same calls alike
+        deadline = time.monotonic() + 5  # the alert is posted after its settlement
+        while not _Hook.received and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # and a second one would have had time to come
+    hook.shutdown()
+    hook.server_close()
+    assert len(_Hook.received) == 1  # one alert, whichever of the 4 processes crossed 80 % first
+    assert json.loads(_Hook.received[0])["scope"] == "org:local"
