@@ -145,10 +145,11 @@ def budgets_command(settings: Settings, org: str | None, limit_usd: str | None, 
             f"set the {period}ly budget of {org} to ${limit_usd}; every gateway applies it within "
             f"{settings.controls.poll_interval_s:g} s"
         )
-    table = Table("scope", "period", "limit $", "spent $", "reserved $", "used")
+    table = Table("scope", "period", "limit $", "spent $", "reserved $", "used", "forecast $")
     for usage in periods:
         row = usage.to_dict()
         used = f"{row['used']:.1%}" if row["used"] is not None else "-"
+        projected = "-" if row["forecast_usd"] is None else f"{row['forecast_usd']:,.4f}"
         table.add_row(
             row["scope"],
             row["period"],
@@ -156,6 +157,7 @@ def budgets_command(settings: Settings, org: str | None, limit_usd: str | None, 
             f"{row['spent_usd']:,.4f}",
             f"{row['reserved_usd']:,.4f}",
             used,
+            projected,
         )
     out.print(table if periods else "no budget is set")
     return 0

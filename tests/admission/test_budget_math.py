@@ -8,7 +8,14 @@ import datetime as dt
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from sluicegate.admission.budget_math import MIN_COMPLETION_TOKENS, Book, decide, period_bounds
+from sluicegate.admission.budget_math import (
+    MIN_COMPLETION_TOKENS,
+    Book,
+    decide,
+    forecast,
+    period_bounds,
+    period_start,
+)
 
 
 def ts(text: str) -> float:
@@ -81,3 +88,15 @@ class BudgetMachine(RuleBasedStateMachine):
 
 
 TestBudgetMachine = BudgetMachine.TestCase
+
+
+def test_the_forecast_runs_the_recent_burn_rate_to_the_end_of_the_period() -> None:
+    now = ts("2026-11-25T12:00:00")
+    assert period_start("month", now) == ts("2026-11-01T00:00:00")
+    assert period_start("week", now) == ts("2026-11-23T00:00:00")
+    assert period_start("day", now) == ts("2026-11-25T00:00:00")
+    ends = period_bounds("month", now)[1]  # 5.5 days away
+    # 1,000 µUSD a day lately, 20,000 spent so far: 5,500 more by the end
+    assert forecast(20_000, 1_000, 86_400, now, ends) == 25_500
+    assert forecast(20_000, 0, 86_400, now, ends) == 20_000
+    assert forecast(7, 1_000, 0, now, ends) == 7  # the first instant of a period

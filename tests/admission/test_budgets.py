@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from sluicegate import RequestContext, create_gateway
+from sluicegate.admission.budget_math import period_start
 from sluicegate.admission.budgets import BudgetStore
 from sluicegate.config import BudgetsConfig
 from sluicegate.errors import BudgetExceeded
@@ -152,3 +154,26 @@ async def test_the_alert_is_posted_to_the_webhook_once(tmp_path: Path) -> None:
     assert len(received) == 1
     alert = json.loads(received[0])
     assert alert["event"] == "budget_alert" and alert["scope"] == "org:acme" and alert["used"] >= 0.8
+
+
+async def test_a_forecast_past_the_limit_alerts_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "sluicegate.budgets")
+    async with create_gateway(settings(tmp_path, "0.001", throttle_at=1.0, alert_at=1.0)) as gateway:
+        await gateway.send(gateway.new_call("chat", body("one", max_tokens=300), ACME))
+        assert gateway.outbox is not None
+        await gateway.outbox.flush()
+        budget = gateway.budgets.budget_for("acme")
+        assert budget is not None
+        # Seen from the month's second day, whatever today is: about 180 µUSD in the last day,
+        # and at that rate the month passes $0.001.
+        second_day = period_start("month", time.time()) + 86_400
+        gateway.budgets.clock = lambda: second_day
+        usage = await gateway.budgets.usage(budget)
+        assert usage.forecast_micro is not None and usage.forecast_micro > budget.limit_micro
+        assert usage.to_dict()["forecast_usd"] == usage.forecast_micro / 1_000_000
+        await gateway.budgets.check_forecasts()
+        await gateway.budgets.check_forecasts()
+    forecasts = [r for r in caplog.records if "budget forecast" in r.getMessage()]
+    assert len(forecasts) == 1

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Book", "Decision", "Period", "decide", "period_bounds"]
+__all__ = ["Book", "Decision", "Period", "decide", "forecast", "period_bounds", "period_start"]
 
 Period = Literal["day", "week", "month"]
 MIN_COMPLETION_TOKENS = 16  # below this an answer is not worth calling for: refuse instead
@@ -39,6 +39,26 @@ def period_bounds(period: Period, now: float) -> tuple[str, float]:
         name = start.strftime("%Y-%m")
     del start
     return name, dt.datetime.combine(end, dt.time(), dt.UTC).timestamp()
+
+
+def period_start(period: Period, now: float) -> float:
+    """The Unix time the period ``now`` falls in began (UTC)."""
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    if period == "day":
+        start = today
+    elif period == "week":
+        start = today - dt.timedelta(days=today.weekday())
+    else:
+        start = today.replace(day=1)
+    return dt.datetime.combine(start, dt.time(), dt.UTC).timestamp()
+
+
+def forecast(spent: int, recent_micro: int, window_s: float, now: float, ends_at: float) -> int:
+    """The spend at the end of the period if the recent burn rate (``recent_micro`` over the
+    last ``window_s`` seconds) goes on until then (pure)."""
+    if window_s <= 0:
+        return spent
+    return spent + math.ceil(recent_micro / window_s * max(0.0, ends_at - now))
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,14 +7,12 @@ settle the actual cost after the call, alert once at ``alert_at``, throttle past
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..accounting.pricing import PriceBook
@@ -139,24 +137,6 @@ class ReserveBudget:
         if usage is None or not budget.limit_micro:
             return
         crossed = usage.spent_micro >= self._config.alert_at * budget.limit_micro
-        if crossed and await self._store.alert_once(usage, f"{self._config.alert_at:g}"):
-            await self._alert(usage)
-
-    async def _alert(self, usage: Usage) -> None:
-        report = {"event": "budget_alert", "level": self._config.alert_at, **usage.to_dict()}
-        logger.warning(
-            "budget alert: %s has spent $%.4f of $%.2f this %s (%s)",
-            usage.budget.scope,
-            usage.spent_micro / 1_000_000,
-            usage.budget.limit_micro / 1_000_000,
-            usage.budget.period,
-            usage.period,
-        )
-        url = self._config.webhook_url
-        if url:
-            with contextlib.suppress(Exception):
-                async with (
-                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
-                    session.post(url, json=report) as response,
-                ):
-                    await response.read()
+        level = f"{self._config.alert_at:g}"
+        if crossed and await self._store.alert_once(usage, level):
+            await self._store.notify(usage, level)

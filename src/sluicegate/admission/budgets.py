@@ -11,6 +11,8 @@ and leaves ``reserved``, and a late settlement of it still adds its cost to ``sp
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -19,16 +21,22 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..config import BudgetsConfig
 from ..store.tables import budget_limits
-from .budget_math import Decision, Period, decide, period_bounds
+from .budget_math import Decision, Period, decide, forecast, period_bounds, period_start
 
 __all__ = ["Budget", "BudgetStore", "Usage"]
 
 _MICRO = Decimal(1_000_000)
+_FORECAST_WINDOW_S = 86_400.0
+_RECENT = (
+    "SELECT coalesce(sum(cost_micro), 0) FROM usage_ledger WHERE org = :o AND at > :since AND attempt >= 1"
+)
+logger = logging.getLogger("sluicegate.budgets")
 _NEW_PERIOD = (
     "INSERT INTO budget_periods (scope, period, spent_micro, reserved_micro) "
     "VALUES (:s, :p, 0, 0) ON CONFLICT (scope, period) DO NOTHING"
@@ -71,6 +79,7 @@ class Usage:
     ends_at: float
     spent_micro: int
     reserved_micro: int
+    forecast_micro: int | None = None  # the period's end, at the last day's burn rate
 
     def to_dict(self) -> dict[str, Any]:
         limit = self.budget.limit_micro
@@ -82,6 +91,7 @@ class Usage:
             "reserved_usd": self.reserved_micro / 1_000_000,
             "used": round((self.spent_micro + self.reserved_micro) / limit, 4) if limit else None,
             "resets_at": self.ends_at,
+            "forecast_usd": None if self.forecast_micro is None else self.forecast_micro / 1_000_000,
         }
 
 
@@ -127,6 +137,7 @@ class BudgetStore:
         if self.budgets and now - self._reaped_at >= 5.0:
             self._reaped_at = now
             await self.reap()
+            await self.check_forecasts()
 
     async def set_limit(self, org: str, limit_usd: Decimal, period: Period) -> Budget:
         """Set (or replace) an org's budget at run time; every worker applies it at its next poll."""
@@ -196,13 +207,56 @@ class BudgetStore:
         return int(rows[0][0]), int(rows[0][1])
 
     async def usage(self, budget: Budget) -> Usage:
-        """The budget's current period."""
+        """The budget's current period, with its forecast: the spend at the period's end if the
+        burn rate of the last day (from the ledger; less early in a period) goes on."""
         now = self.clock()
         period, ends = period_bounds(budget.period, now)
+        window = min(_FORECAST_WINDOW_S, now - period_start(budget.period, now))
+        org = budget.scope.removeprefix("org:")
         async with self._engine.connect() as connection:
             row = (await connection.execute(text(_PERIOD), {"s": budget.scope, "p": period})).first()
+            recent = await connection.scalar(text(_RECENT), {"o": org, "since": now - window})
         spent, reserved = (int(row[0]), int(row[1])) if row else (0, 0)
-        return Usage(budget, period, ends, spent, reserved)
+        projected = forecast(spent, int(recent or 0), window, now, ends)
+        return Usage(budget, period, ends, spent, reserved, projected)
+
+    async def notify(self, usage: Usage, level: str) -> None:
+        """Log an alert, and POST it to the webhook if there is one."""
+        limit = usage.budget.limit_micro / 1_000_000
+        if level == "forecast":
+            logger.warning(
+                "budget forecast: %s is on course to spend $%.4f of $%.2f by the end of %s",
+                usage.budget.scope,
+                (usage.forecast_micro or 0) / 1_000_000,
+                limit,
+                usage.period,
+            )
+        else:
+            logger.warning(
+                "budget alert: %s has spent $%.4f of $%.2f this %s (%s)",
+                usage.budget.scope,
+                usage.spent_micro / 1_000_000,
+                limit,
+                usage.budget.period,
+                usage.period,
+            )
+        url = self._config.webhook_url
+        if url:
+            report = {"event": "budget_" + ("forecast" if level == "forecast" else "alert"), "level": level}
+            with contextlib.suppress(Exception):
+                async with (
+                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+                    session.post(url, json={**report, **usage.to_dict()}) as response,
+                ):
+                    await response.read()
+
+    async def check_forecasts(self) -> None:
+        """One alert per budget and period whose forecast passes its limit."""
+        for budget in list(self.budgets.values()):
+            usage = await self.usage(budget)
+            over = usage.forecast_micro is not None and usage.forecast_micro > budget.limit_micro
+            if over and await self.alert_once(usage, "forecast"):
+                await self.notify(usage, "forecast")
 
     async def reserve(
         self, budget: Budget, rid: str, prompt_micro: int, out_pico: int, asked_tokens: int
