@@ -44,6 +44,7 @@ from .config_money import (
     PriceConfig,
     PricingConfig,
     RequestLimit,
+    SpendBreakerConfig,
 )
 from .errors import ConfigError
 
@@ -75,6 +76,7 @@ __all__ = [
     "Scope",
     "ServerConfig",
     "Settings",
+    "SpendBreakerConfig",
     "SqlTierConfig",
     "Tier",
     "Timeouts",

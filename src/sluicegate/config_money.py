@@ -18,6 +18,7 @@ __all__ = [
     "PriceConfig",
     "PricingConfig",
     "RequestLimit",
+    "SpendBreakerConfig",
 ]
 
 
@@ -72,10 +73,20 @@ class RequestLimit(Frozen):
         return f"{self.per}{'-' + self.feature if self.feature else ''}-{self.window_s}"
 
 
+class SpendBreakerConfig(Frozen):
+    """Stops an org's upstream calls by itself when it spends too fast (a runaway loop)."""
+
+    max_usd: Decimal | None = Field(
+        None, ge=0, description="an org spending more than this within the window is stopped (default: off)"
+    )
+    window_minutes: float = Field(5.0, gt=0, le=1440)
+
+
 class ControlsConfig(Frozen):
     """How fast every worker learns of an emergency stop or a key revocation made elsewhere."""
 
     poll_interval_s: float = Field(0.5, gt=0, le=10, description="how often each worker reads them")
+    spend_breaker: SpendBreakerConfig = SpendBreakerConfig()
 
 
 class LimitsConfig(Frozen):

@@ -37,7 +37,7 @@ from .admission.budgets import BudgetStore
 from .admission.redis_limits import RedisLimiter
 from .admission.sql_limits import SqlLimiter
 from .admission.stage import LimitRequests
-from .admission.stop import Controls, StopUpstream
+from .admission.stop import Controls, SpendBreaker, StopUpstream
 from .auth import Authenticator, KeyStore, load_pepper
 from .cache.layered import LayeredCache
 from .cache.policy import parse_body_cache, parse_cache_control
@@ -100,8 +100,12 @@ class Gateway:
             self.ledger = Ledger(self.prices, self.outbox)
             inner = RecordUsage(inner, self.ledger)
         self.budgets = BudgetStore(engine, settings.budgets)
+        self.breaker = SpendBreaker(engine, settings.controls.spend_breaker)
         self.controls = Controls(
-            engine, self.authenticator.forget, settings.controls.poll_interval_s, also=(self.budgets.poll,)
+            engine,
+            self.authenticator.forget,
+            settings.controls.poll_interval_s,
+            also=(self.budgets.poll, lambda: self.breaker.check(self.controls.stops)),
         )
         inner = StopUpstream(inner, self.controls)
         inner = ReserveBudget(inner, self.budgets, self.prices, self.catalog, settings.budgets)

@@ -56,3 +56,29 @@ async def test_a_stop_needs_a_reason_and_a_real_org(tmp_path: Path) -> None:
         second = await controls.set_stop(gateway.engine, "acme", "two")  # updates the reason
         assert [s.reason for s in await controls.list_stops(gateway.engine)] == ["two"]
         assert second.scope == first.scope == "org:acme"
+
+
+async def test_the_spend_rate_breaker_stops_a_runaway_org(tmp_path: Path) -> None:
+    settings = mock_settings(
+        data_dir=tmp_path, controls={"spend_breaker": {"max_usd": "0.00005", "window_minutes": 5}}
+    )
+    async with create_gateway(settings) as gateway:
+        for n in range(5):  # a loop: about $0.0001 in a moment, past the $0.00005 allowed
+            await gateway.send(gateway.new_call("chat", body(f"again {n}"), ACME))
+        await gateway.send(gateway.new_call("chat", body("just one"), GLOBEX))
+        assert gateway.outbox is not None
+        await gateway.outbox.flush()
+        assert await gateway.breaker.check(gateway.controls.stops, now_please=True) == ["acme"]
+        await gateway.controls.refresh()
+        with pytest.raises(EmergencyStopped, match="spend-rate breaker"):
+            await gateway.send(gateway.new_call("chat", body("one more"), ACME))
+        assert await gateway.breaker.check(gateway.controls.stops) == []  # checked at most every 5 s
+        assert await gateway.breaker.check(gateway.controls.stops, now_please=True) == []  # stopped
+        cached = await gateway.send(gateway.new_call("chat", body("again 1"), ACME))
+        assert cached.headers["x-sluicegate-cache"] == "hit-memory"
+
+
+async def test_the_breaker_is_off_by_default(tmp_path: Path) -> None:
+    async with create_gateway(mock_settings(data_dir=tmp_path)) as gateway:
+        await gateway.send(gateway.new_call("chat", body("x"), ACME))
+        assert await gateway.breaker.check(gateway.controls.stops, now_please=True) == []

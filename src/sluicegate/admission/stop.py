@@ -18,16 +18,26 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..calls import Call, Reply
+from ..config import SpendBreakerConfig
 from ..errors import EmergencyStopped, InvalidRequest
 from ..store.tables import emergency_stops, virtual_keys
 
-__all__ = ["Controls", "Stop", "StopUpstream", "clear_stop", "list_stops", "scope_of", "set_stop"]
+__all__ = [
+    "Controls",
+    "SpendBreaker",
+    "Stop",
+    "StopUpstream",
+    "clear_stop",
+    "list_stops",
+    "scope_of",
+    "set_stop",
+]
 
 logger = logging.getLogger("sluicegate.controls")
 Send = Callable[[Call], Awaitable[Reply]]
@@ -171,3 +181,50 @@ class StopUpstream:
                 "cached answers are still served; an admin lifts it with `sluicegate resume`",
             )
         return await self._send(call)
+
+
+_SPEND_BY_ORG = (
+    "SELECT org, sum(cost_micro) FROM usage_ledger WHERE at > :since AND attempt >= 1 "
+    "GROUP BY org HAVING sum(cost_micro) > :most"
+)
+
+
+class SpendBreaker:
+    """Engages an org's emergency stop when the ledger shows it spent more than
+    ``spend_breaker.max_usd`` within the last ``window_minutes`` (checked every 5 s on each
+    worker; the stop is one row, whichever worker sets it first)."""
+
+    def __init__(
+        self, engine: AsyncEngine, config: SpendBreakerConfig, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._engine = engine
+        self._config = config
+        self._clock = clock
+        self._checked_at = 0.0
+
+    async def check(self, stops: dict[str, Stop] | None = None, *, now_please: bool = False) -> list[str]:
+        """Stop the orgs over the rate (at most every 5 s, unless ``now_please``); the orgs it
+        stopped now."""
+        if self._config.max_usd is None:
+            return []
+        now = self._clock()
+        if now - self._checked_at < 5.0 and not now_please:
+            return []
+        self._checked_at = now
+        window_s = self._config.window_minutes * 60
+        most = int(self._config.max_usd * 1_000_000)
+        async with self._engine.connect() as connection:
+            result = await connection.execute(text(_SPEND_BY_ORG), {"since": now - window_s, "most": most})
+            rows = result.all()
+        stopped = []
+        for org, spent in rows:
+            if stops is not None and ("org:" + str(org)) in stops:
+                continue
+            reason = (
+                f"spend-rate breaker: ${int(spent) / 1_000_000:,.4f} in the last "
+                f"{self._config.window_minutes:g} minutes (more than ${self._config.max_usd})"
+            )
+            await set_stop(self._engine, str(org), reason, now)
+            logger.warning("emergency stop engaged for org %s by the %s", org, reason)
+            stopped.append(str(org))
+        return stopped

@@ -119,6 +119,7 @@ usage_ledger = Table(
     Column("priced_from", String(16), nullable=False),
     UniqueConstraint("request_id", "attempt", name="uq_usage_ledger_request_attempt"),
     Index("ix_usage_ledger_org_at", "org", "at"),
+    Index("ix_usage_ledger_at", "at"),
 )
 
 # The rate limits' sliding logs when no Redis is configured (docs/cost-control.md): one row per
