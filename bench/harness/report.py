@@ -97,7 +97,10 @@ def _scenario_tables(a: argparse.Namespace, summ: Summary, ll: str | None) -> li
         w(f"## {SCENARIO_TITLES[scen].format(chunks=a.chunks)}")
         w("")
         w(
-            "Medians over rounds. `ratio` = sluicegate req/s ÷ LiteLLM req/s in the same cell. "
+            "Medians over rounds. sluicegate runs with its response cache and usage ledger off (the "
+            "core pipeline, as 0.1.0 was measured; the ledger's cost is in the cache cells' `+ ledger` "
+            "rows and `bench/admission_overhead.py`). "
+            "`ratio` = sluicegate req/s ÷ LiteLLM req/s in the same cell. "
             "CPU = CPU-seconds of the server's whole process tree per 1,000 completed requests. "
             "`other CPU %` = the most CPU (in % of one core) that processes this harness did not start "
             "used during any round of the cell; above 15 the cell is noisy."

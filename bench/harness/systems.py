@@ -49,9 +49,13 @@ class System:
 # The pass-through cells measure the gateway without its response cache: they repeat one
 # request, which the cache (on by default) would otherwise answer from the second time on.
 CACHE_OFF_YAML = "cache:\n  enabled: false\n"
+# ... and without the usage ledger (on by default), so that they measure the core pipeline as
+# 0.1.0 did; what the ledger adds is measured beside it (`+ ledger` in the cache cells, and
+# `bench/admission_overhead.py`).
+CORE_YAML = CACHE_OFF_YAML + "ledger:\n  enabled: false\n"
 
 
-def sluicegate_yaml(mock: System, extra: str = CACHE_OFF_YAML) -> str:
+def sluicegate_yaml(mock: System, extra: str = CORE_YAML) -> str:
     """The config of a sluicegate under test: one provider, the mock, and ``extra`` YAML."""
     return (
         "providers:\n  bench-mock:\n    kind: openai\n"
@@ -112,10 +116,10 @@ class Launcher:
         mock: System,
         *,
         label: str | None = None,
-        extra_yaml: str = CACHE_OFF_YAML,
+        extra_yaml: str = CORE_YAML,
     ) -> System:
         """Start ``sluicegate serve`` in front of ``mock``, with ``extra_yaml`` added to its config
-        (by default the cache switched off)."""
+        (by default the cache and the usage ledger switched off)."""
         port = free_port()
         label = label or "sluicegate" + (f" [{server}]" if server else "")
         s = System(key, label, "sluicegate", SLUICEGATE_TOKEN)
