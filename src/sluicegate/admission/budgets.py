@@ -10,13 +10,10 @@ and leaves ``reserved``, and a late settlement of it still adds its cost to ``sp
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -27,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..config import BudgetsConfig
 from ..store.tables import budget_limits
+from ..store.transactions import Query, WriteTransactions
 from .budget_math import Decision, Period, decide, forecast, period_bounds, period_start
 
 __all__ = ["Budget", "BudgetStore", "Usage"]
@@ -49,8 +47,6 @@ _EXPIRED = (
 )
 _RELEASE = "UPDATE budget_periods SET reserved_micro = reserved_micro - :a WHERE scope = :s AND period = :p"
 _EXPIRE = "UPDATE budget_reservations SET state = 'expired' WHERE id = :id"
-Rows = tuple[list[Any], int]
-Query = Callable[[str, dict[str, Any]], Rows]
 _SET_LIMIT = "INSERT INTO budget_limits (scope, limit_micro, period, updated_at) VALUES (:s, :l, :p, :t)"
 _PERIOD = "SELECT spent_micro, reserved_micro FROM budget_periods WHERE scope = :s AND period = :p"
 _RESERVE = (
@@ -105,14 +101,7 @@ class BudgetStore:
         self._config = config
         self.clock = clock
         self._reaped_at = 0.0
-        # One write transaction at a time in this process: SQLite would make the others spin
-        # on its write lock; across processes the database's own lock serialises them.
-        self._lock = asyncio.Lock()
-        self._sqlite = engine.dialect.name == "sqlite"
-        database = engine.url.database
-        self._sqlite_path = database if self._sqlite and database and database != ":memory:" else None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluicegate-budgets")
-        self._db: sqlite3.Connection | None = None
+        self._transactions = WriteTransactions(engine, "budgets")
         self._configured = {
             "org:" + b.org: Budget("org:" + b.org, int(b.limit_usd * _MICRO), b.period) for b in config.orgs
         }
@@ -151,59 +140,15 @@ class BudgetStore:
         self.budgets = {**self.budgets, budget.scope: budget}
         return budget
 
-    async def _transaction(self, work: Callable[[Query], Any]) -> Any:
-        """Run ``work`` in one write transaction that holds the database's (SQLite) or the rows'
-        (PostgreSQL, ``FOR UPDATE``) lock. On SQLite the whole transaction is one trip to a
-        thread and connection of the store's own: through aiosqlite each statement was a trip of
-        its own, and a reservation and its settlement cost 7-8 ms of CPU."""
-        async with self._lock:
-            if self._sqlite_path is not None:
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._thread, self._sqlite_transaction, work)
-            async with self._engine.connect() as connection:
-
-                def run(sync: Any) -> Any:
-                    def query(sql: str, params: dict[str, Any]) -> Rows:
-                        result = sync.execute(text(sql), params)
-                        return (result.all() if result.returns_rows else [], result.rowcount)
-
-                    return work(query)
-
-                outcome = await connection.run_sync(run)
-                await connection.commit()
-                return outcome
-
-    def _sqlite_transaction(self, work: Callable[[Query], Any]) -> Any:
-        if self._db is None:
-            assert self._sqlite_path is not None
-            self._db = sqlite3.connect(self._sqlite_path, timeout=5.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        db = self._db
-
-        def query(sql: str, params: dict[str, Any]) -> Rows:
-            cursor = db.execute(sql, params)
-            return (cursor.fetchall(), cursor.rowcount)
-
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            outcome = work(query)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return outcome
-
     def close(self) -> None:
-        """Close the SQLite connection and its thread."""
-        if self._db is not None:
-            db, self._db = self._db, None
-            self._thread.submit(db.close).result(5)
-        self._thread.shutdown(wait=False)
+        """Close the store's SQLite connection and its thread."""
+        self._transactions.close()
 
     def _period_row(self, q: Query, scope: str, period: str) -> tuple[int, int]:
         q(_NEW_PERIOD, {"s": scope, "p": period})
-        rows, _ = q(_PERIOD + ("" if self._sqlite else " FOR UPDATE"), {"s": scope, "p": period})
+        rows, _ = q(
+            _PERIOD + (" FOR UPDATE" if self._transactions.postgres else ""), {"s": scope, "p": period}
+        )
         return int(rows[0][0]), int(rows[0][1])
 
     async def usage(self, budget: Budget) -> Usage:
@@ -277,7 +222,7 @@ class BudgetStore:
                 q(_RESERVE, {"id": rid, "s": budget.scope, "p": period, "a": amount, "e": lease_end})
             return decision, spent, reserved
 
-        decision, spent, reserved = await self._transaction(work)
+        decision, spent, reserved = await self._transactions.run(work)
         return decision, Usage(budget, period, ends, spent, reserved)
 
     async def settle(self, rid: str, cost_micro: int) -> Usage | None:
@@ -295,7 +240,7 @@ class BudgetStore:
             q(_SETTLED, {"id": rid})
             return scope, period, spent, reserved
 
-        outcome = await self._transaction(work)
+        outcome = await self._transactions.run(work)
         if outcome is None:
             return None
         scope, period, spent, reserved = outcome
@@ -314,7 +259,7 @@ class BudgetStore:
                 q(_EXPIRE, {"id": rid})
             return len(rows)
 
-        reaped: int = await self._transaction(work)
+        reaped: int = await self._transactions.run(work)
         return reaped
 
     async def alert_once(self, usage: Usage, level: str) -> bool:

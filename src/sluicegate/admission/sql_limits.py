@@ -13,25 +13,22 @@ shares; with Redis configured the limits live there instead.
 
 from __future__ import annotations
 
-import asyncio
 import math
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..cache.batching import Batcher
+from ..store.transactions import Query, WriteTransactions
 from .limits import Check, Verdict
 
 __all__ = ["SqlLimiter", "decide"]
 
-_INSERT = text("INSERT INTO rate_events (key, at) VALUES (:key, :at)")
-_PURGE = text("DELETE FROM rate_events WHERE at < :before")
-_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+_INSERT = "INSERT INTO rate_events (key, at) VALUES (:key, :at)"
+_PURGE = "DELETE FROM rate_events WHERE at < :before"
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"
 _PURGE_EVERY_S = 60.0
 
 
@@ -72,57 +69,15 @@ class SqlLimiter:
     def __init__(
         self, engine: AsyncEngine, longest_window_s: int, clock: Callable[[], float] = time.time
     ) -> None:
-        self._engine = engine
         self._keep_s = longest_window_s
         self._clock = clock
-        self._postgres = engine.dialect.name == "postgresql"
         self._purged_at = 0.0
-        self._lock = asyncio.Lock()
+        self._transactions = WriteTransactions(engine, "limits")
         self._batch: Batcher[tuple[Check, ...], Verdict] = Batcher(self._run)
-        database = engine.url.database
-        self._sqlite_path = database if engine.dialect.name == "sqlite" and database else None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluicegate-limits")
-        self._sqlite: sqlite3.Connection | None = None
-
-    def _run_sqlite(self, batch: list[tuple[Check, ...]], now: float) -> list[Verdict]:
-        if self._sqlite is None:
-            assert self._sqlite_path is not None
-            # autocommit mode: the transaction is ours, opened with BEGIN IMMEDIATE below
-            self._sqlite = sqlite3.connect(self._sqlite_path, timeout=5.0, isolation_level=None)
-            self._sqlite.execute("PRAGMA journal_mode=WAL")
-            self._sqlite.execute("PRAGMA synchronous=NORMAL")
-        db = self._sqlite
-        keys = sorted({check.key for checks in batch for check in checks})
-        window_of = {check.key: check.rule.window_s for checks in batch for check in checks}
-        clauses = " OR ".join("(key = ? AND at > ?)" for _ in keys)
-        params: list[Any] = []
-        for key in keys:
-            params += [key, now - window_of[key]]
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            rows = db.execute(
-                f"SELECT key, count(*), min(at) FROM rate_events WHERE {clauses} GROUP BY key", params
-            ).fetchall()
-            windows = {str(key): (int(count), float(first)) for key, count, first in rows}
-            verdicts, logged = decide(batch, windows, now)
-            if logged:
-                db.executemany("INSERT INTO rate_events (key, at) VALUES (?, ?)", [(k, now) for k in logged])
-            if now - self._purged_at > _PURGE_EVERY_S:
-                self._purged_at = now
-                db.execute("DELETE FROM rate_events WHERE at < ?", (now - self._keep_s,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return verdicts
 
     def close(self) -> None:
         """Close the SQLite connection and its thread."""
-        if self._sqlite is not None:
-            sqlite = self._sqlite
-            self._thread.submit(sqlite.close).result(5)
-            self._sqlite = None
-        self._thread.shutdown(wait=False)
+        self._transactions.close()
 
     async def admit(self, checks: Sequence[Check], member: str) -> Verdict:
         """Log the request in every limit if each has room; otherwise refuse and log nothing."""
@@ -130,42 +85,26 @@ class SqlLimiter:
         return await self._batch(tuple(checks))
 
     async def _run(self, batch: list[tuple[Check, ...]]) -> list[Verdict]:
-        if self._sqlite_path is not None:
-            # One trip to a thread of our own for the whole transaction: through aiosqlite each
-            # statement, cursor and fetch was a trip of its own, a dozen per check.
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._thread, self._run_sqlite, batch, self._clock())
-        async with self._lock, self._engine.connect() as connection:
-            if not self._postgres:
-                await connection.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                verdicts = await self._decide(connection, batch)
-            except BaseException:
-                await connection.rollback()
-                raise
-            await connection.commit()
-        return verdicts
-
-    async def _decide(self, connection: AsyncConnection, batch: list[tuple[Check, ...]]) -> list[Verdict]:
-        keys = sorted({check.key for checks in batch for check in checks})
-        if self._postgres:
-            for key in keys:
-                await connection.execute(_LOCK, {"key": key})
         now = self._clock()
+        return await self._transactions.run(lambda q: self._decide(q, batch, now))
+
+    def _decide(self, q: Query, batch: list[tuple[Check, ...]], now: float) -> list[Verdict]:
+        keys = sorted({check.key for checks in batch for check in checks})
+        if self._transactions.postgres:
+            for key in keys:
+                q(_LOCK, {"key": key})
         # Each key holds one limit's log, so each has its own window.
         window_of = {check.key: check.rule.window_s for checks in batch for check in checks}
         clauses = " OR ".join(f"(key = :k{i} AND at > :s{i})" for i in range(len(keys)))
         params: dict[str, Any] = {}
         for i, key in enumerate(keys):
             params[f"k{i}"], params[f"s{i}"] = key, now - window_of[key]
-        rows = await connection.execute(
-            text(f"SELECT key, count(*), min(at) FROM rate_events WHERE {clauses} GROUP BY key"), params
-        )
+        rows, _ = q(f"SELECT key, count(*), min(at) FROM rate_events WHERE {clauses} GROUP BY key", params)
         windows = {str(key): (int(count), float(first)) for key, count, first in rows}
         verdicts, logged = decide(batch, windows, now)
         if logged:
-            await connection.execute(_INSERT, [{"key": key, "at": now} for key in logged])
+            q(_INSERT, [{"key": key, "at": now} for key in logged])
         if now - self._purged_at > _PURGE_EVERY_S:
             self._purged_at = now
-            await connection.execute(_PURGE, {"before": now - self._keep_s})
+            q(_PURGE, {"before": now - self._keep_s})
         return verdicts

@@ -1,0 +1,95 @@
+"""Short write transactions that must see and change shared state atomically (rate limits,
+budgets): one at a time per process, and holding a lock that serialises them across processes.
+
+On a SQLite file each transaction starts with ``BEGIN IMMEDIATE``, which takes the database's
+write lock at once, and runs whole on a ``sqlite3`` connection in a thread of its own: one trip
+per transaction, where through aiosqlite every statement, cursor and fetch was a trip of its own
+(a dozen per rate-limit check, 7-8 ms of CPU per budget reservation and settlement). On
+PostgreSQL the work runs through the engine, and locks what it needs itself (``FOR UPDATE``,
+advisory locks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .db import SQLITE_PRAGMAS
+
+__all__ = ["Query", "Rows", "WriteTransactions"]
+
+T = TypeVar("T")
+Params = Mapping[str, Any] | Sequence[Mapping[str, Any]]
+Rows = tuple[list[Any], int]
+# One statement with named (``:name``) parameters, or a list of them for executemany: the rows
+# it returned, and the rows it changed.
+Query = Callable[[str, Params], Rows]
+
+
+class WriteTransactions:
+    """Runs ``work(query)`` in one write transaction (see the module's docstring)."""
+
+    def __init__(self, engine: AsyncEngine, name: str) -> None:
+        self._engine = engine
+        self.postgres = engine.dialect.name == "postgresql"
+        database = engine.url.database
+        sqlite_file = engine.dialect.name == "sqlite" and database and database != ":memory:"
+        self._sqlite_path = database if sqlite_file else None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sluicegate-{name}")
+        self._db: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self, work: Callable[[Query], T]) -> T:
+        """``work``'s outcome, committed; rolled back if it raises."""
+        async with self._lock:
+            if self._sqlite_path is not None:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._thread, self._sqlite_transaction, work)
+            async with self._engine.connect() as connection:
+
+                def run(sync: Any) -> T:
+                    def query(sql: str, params: Params) -> Rows:
+                        result = sync.execute(text(sql), params)
+                        return (result.all() if result.returns_rows else [], result.rowcount)
+
+                    return work(query)
+
+                outcome = await connection.run_sync(run)
+                await connection.commit()  # leaving the block without it rolls back
+                return outcome
+
+    def _sqlite_transaction(self, work: Callable[[Query], T]) -> T:
+        if self._db is None:
+            assert self._sqlite_path is not None
+            # Autocommit mode: the transaction is ours, opened with BEGIN IMMEDIATE below.
+            self._db = sqlite3.connect(self._sqlite_path, isolation_level=None)
+            for pragma in SQLITE_PRAGMAS:
+                self._db.execute(pragma)
+        db = self._db
+
+        def query(sql: str, params: Params) -> Rows:
+            one = isinstance(params, Mapping)
+            cursor = db.execute(sql, params) if one else db.executemany(sql, params)
+            return (cursor.fetchall(), cursor.rowcount)
+
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            outcome = work(query)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return outcome
+
+    def close(self) -> None:
+        """Close the SQLite connection and its thread."""
+        if self._db is not None:
+            db, self._db = self._db, None
+            self._thread.submit(db.close).result(5)
+        self._thread.shutdown(wait=False)
