@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sluicegate import Gateway, Settings, create_gateway
-from sluicegate.store.db import create_engine
+from sluicegate.store.db import create_engine, migrate
 from sluicegate.testing import GatewayServer, MockUpstream, mock_settings
 
 REDIS_URL = os.environ.get("SLUICEGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -125,3 +126,21 @@ def chat_body(**extra: Any) -> dict[str, Any]:
         "messages": [{"role": "user", "content": "Suggest an OKR"}],
         **extra,
     }
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLite file, or the real PostgreSQL (its tables dropped before and after the test)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("database_url")
+    return url
+
+
+@pytest.fixture
+async def engine(store_url: str) -> AsyncIterator[AsyncEngine]:
+    """A migrated engine on the store: each test that uses it runs on SQLite and PostgreSQL."""
+    made = create_engine(store_url)
+    await migrate(made)
+    yield made
+    await made.dispose()

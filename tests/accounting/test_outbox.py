@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -44,22 +43,6 @@ def make_row(request_id: str, attempt: int = 1, cost: int = 100, priced_from: st
         "priced_from": priced_from,
     }
     return tuple(values[name] for name in COLUMNS)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
-    url: str = request.getfixturevalue("database_url")
-    return url
-
-
-@pytest.fixture
-async def engine(store_url: str) -> AsyncIterator[AsyncEngine]:
-    made = create_engine(store_url)
-    await migrate(made)
-    yield made
-    await made.dispose()
 
 
 async def totals(engine: AsyncEngine) -> tuple[int, int]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sluicegate.accounting.outbox import insert_rows
 from sluicegate.accounting.usage import UsageQuery, fold, report
 from sluicegate.errors import InvalidRequest
-from sluicegate.store.db import create_engine, migrate
 from tests.accounting.test_outbox import make_row
 
 
@@ -64,22 +61,6 @@ def test_the_query_is_checked_and_an_org_key_is_pinned_to_its_org() -> None:
     assert UsageQuery.parse({"org": "globex"}, now=1e6, org=None).org == "globex"
     with pytest.raises(InvalidRequest):
         UsageQuery.parse({"group_by": "org,org"}, now=1e6, org=None)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
-    url: str = request.getfixturevalue("database_url")
-    return url
-
-
-@pytest.fixture
-async def engine(store_url: str) -> AsyncIterator[AsyncEngine]:
-    made = create_engine(store_url)
-    await migrate(made)
-    yield made
-    await made.dispose()
 
 
 async def test_the_report_sums_per_day_on_the_database(engine: AsyncEngine) -> None:

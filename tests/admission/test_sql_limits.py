@@ -6,36 +6,16 @@ import asyncio
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sluicegate.admission.limits import checks_for
 from sluicegate.admission.sql_limits import SqlLimiter
 from sluicegate.calls import RequestContext
 from sluicegate.config import RequestLimit
-from sluicegate.store.db import create_engine, migrate
 
 ANN = RequestContext("acme", "ann", "chat")
 LIMIT = RequestLimit(per="user", limit=25, window_s=3600)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'limits.db'}"
-    url: str = request.getfixturevalue("database_url")
-    return url
-
-
-@pytest.fixture
-async def engine(store_url: str) -> AsyncIterator[AsyncEngine]:
-    made = create_engine(store_url)
-    await migrate(made)
-    yield made
-    await made.dispose()
 
 
 async def test_limits_hold_and_refusals_log_nothing(engine: AsyncEngine) -> None:

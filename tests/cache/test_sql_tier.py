@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, select, text
@@ -19,24 +18,6 @@ from sluicegate.store.tables import cache_entries
 pytestmark = pytest.mark.filterwarnings("default:SKIPPING:pytest.PytestWarning")
 
 COMPRESS = 256
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A SQLite file, or the real PostgreSQL (its tables dropped after the test)."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'cache.db'}"
-    url: str = request.getfixturevalue("database_url")
-    return url
-
-
-@pytest.fixture
-async def engine(store_url: str) -> AsyncIterator[AsyncEngine]:
-    """A migrated engine on the store."""
-    made = create_engine(store_url)
-    await migrate(made)
-    yield made
-    await made.dispose()
 
 
 @pytest.fixture
