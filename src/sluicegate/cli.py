@@ -22,7 +22,7 @@ from .auth import KeyStore, load_pepper
 from .config import CONFIG_ENV, MockBehaviour, Settings, load_settings
 from .errors import SluicegateError
 from .server.protocol import CoalescingHttpToolsProtocol
-from .store.db import create_engine, migrate
+from .store.db import with_migrated
 from .upstream.mock import MockEngine
 from .upstream.mock_server import start_mock_server
 
@@ -77,12 +77,7 @@ def _settings(config: Path | None, **server: Any) -> Settings:
 
 async def _migrated(settings: Settings, action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     """Bring the schema up to date, then run ``action`` on the engine."""
-    engine = create_engine(settings.database.url)
-    try:
-        await migrate(engine)
-        return await action(engine)
-    finally:
-        await engine.dispose()
+    return await with_migrated(settings.database.url, action)
 
 
 async def _with_keys(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:

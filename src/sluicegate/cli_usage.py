@@ -17,13 +17,14 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .accounting.usage import UsageQuery, report
 from .admission import stop as controls
 from .admission.budgets import BudgetStore
 from .config import Settings
 from .errors import SluicegateError
-from .store.db import create_engine, migrate
+from .store.db import with_migrated
 
 __all__ = ["budgets_command", "stop_command", "usage_command"]
 
@@ -31,20 +32,11 @@ console = Console(stderr=True)
 out = Console()
 
 
-async def _report(settings: Settings, query: UsageQuery) -> dict[str, Any]:
-    engine = create_engine(settings.database.url)
-    try:
-        await migrate(engine)
-        return await report(engine, query)
-    finally:
-        await engine.dispose()
-
-
 def usage_command(settings: Settings, params: dict[str, str], as_json: bool) -> int:
     """Print the report; the exit status."""
     try:
         query = UsageQuery.parse(params, time.time(), None)
-        body = uvloop.run(_report(settings, query))
+        body = uvloop.run(with_migrated(settings.database.url, lambda engine: report(engine, query)))
     except SluicegateError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
         return 2
@@ -75,20 +67,15 @@ def usage_command(settings: Settings, params: dict[str, str], as_json: bool) -> 
 def stop_command(settings: Settings, action: str, org: str | None, reason: str | None) -> int:
     """Set, lift or list emergency stops in the configured database; the exit status."""
 
-    async def run() -> Any:
-        engine = create_engine(settings.database.url)
-        try:
-            await migrate(engine)
-            if action == "stop":
-                return await controls.set_stop(engine, org, reason or "")
-            if action == "resume":
-                return await controls.clear_stop(engine, org)
-            return await controls.list_stops(engine)
-        finally:
-            await engine.dispose()
+    async def run(engine: AsyncEngine) -> Any:
+        if action == "stop":
+            return await controls.set_stop(engine, org, reason or "")
+        if action == "resume":
+            return await controls.clear_stop(engine, org)
+        return await controls.list_stops(engine)
 
     try:
-        result = uvloop.run(run())
+        result = uvloop.run(with_migrated(settings.database.url, run))
     except SluicegateError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
         return 2
@@ -114,11 +101,9 @@ def stop_command(settings: Settings, action: str, org: str | None, reason: str |
 def budgets_command(settings: Settings, org: str | None, limit_usd: str | None, period: str) -> int:
     """Set an org's budget (with ``org`` and ``limit_usd``), or list the budgets; the exit status."""
 
-    async def run() -> list[Any]:
-        engine = create_engine(settings.database.url)
+    async def run(engine: AsyncEngine) -> list[Any]:
+        store = BudgetStore(engine, settings.budgets)
         try:
-            await migrate(engine)
-            store = BudgetStore(engine, settings.budgets)
             await store.refresh()
             if org is not None and limit_usd is not None:
                 amount = Decimal(limit_usd)
@@ -127,13 +112,13 @@ def budgets_command(settings: Settings, org: str | None, limit_usd: str | None, 
                 await store.set_limit(org, amount, period)  # type: ignore[arg-type]
             return [await store.usage(budget) for budget in store.budgets.values()]
         finally:
-            await engine.dispose()
+            store.close()
 
     if (org is None) != (limit_usd is None) or period not in ("day", "week", "month"):
         console.print("[red]error:[/red] give both --org and --limit-usd (period: day, week or month)")
         return 2
     try:
-        periods = uvloop.run(run())
+        periods = uvloop.run(with_migrated(settings.database.url, run))
     except InvalidOperation:
         console.print(f"[red]error:[/red] --limit-usd must be a number of US dollars ≥ 0, not {limit_usd!r}")
         return 2

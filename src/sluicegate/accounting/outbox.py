@@ -73,6 +73,11 @@ _PRICED_FROM = COLUMNS.index("priced_from")
 PENDING, INTERRUPTED = "pending", "interrupted"
 
 
+def _interrupted(row: Row) -> Row:
+    """A pending row whose outcome will never come, billed at its estimate."""
+    return (*row[:_PRICED_FROM], INTERRUPTED, *row[_PRICED_FROM + 1 :])
+
+
 def _read_rows(path: Path, end: int | None = None, *, interrupt: bool = True) -> list[Row]:
     """The rows spooled in ``path`` (up to byte ``end``), settled: a pending row whose outcome
     is also there gives way to it, one that was dropped goes, and one left alone (its process
@@ -106,7 +111,7 @@ def _read_rows(path: Path, end: int | None = None, *, interrupt: bool = True) ->
     rows = list(done.values())
     for key, row in pending.items():
         if interrupt and key not in done and key not in dropped:
-            rows.append((*row[:_PRICED_FROM], INTERRUPTED, *row[_PRICED_FROM + 1 :]))
+            rows.append(_interrupted(row))
     return rows
 
 
@@ -291,7 +296,7 @@ class Outbox:
         lines, self._open = list(self._open.values()), {}
         for line in lines:
             row = tuple(orjson.loads(line))
-            self.add((*row[:_PRICED_FROM], INTERRUPTED, *row[_PRICED_FROM + 1 :]))
+            self.add(_interrupted(row))
 
     @property
     def backlog(self) -> int:

@@ -6,8 +6,9 @@ PostgreSQL (asyncpg). Migrations are Alembic's, run in-process by `migrate`.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -15,9 +16,10 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-__all__ = ["create_engine", "migrate", "ping"]
+__all__ = ["SQLITE_PRAGMAS", "create_engine", "migrate", "ping", "with_migrated"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+T = TypeVar("T")
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -71,6 +73,17 @@ async def migrate(engine: AsyncEngine) -> None:
             # file migrate one after the other (the others wait up to the busy timeout).
             await connection.exec_driver_sql("BEGIN IMMEDIATE")
         await connection.run_sync(_upgrade)
+
+
+async def with_migrated(url: str, action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Bring the schema at ``url`` up to date, run ``action`` on an engine for it, and dispose
+    of the engine (the CLI's commands that work on the database directly)."""
+    engine = create_engine(url)
+    try:
+        await migrate(engine)
+        return await action(engine)
+    finally:
+        await engine.dispose()
 
 
 async def ping(engine: AsyncEngine) -> None:
