@@ -43,10 +43,14 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.chdir(tmp_path)
 
 
+# Retries back off for milliseconds, not the default's hundreds, so failing tests stay quick.
+FAST_RETRIES = {"retry": {"base_ms": 5, "cap_ms": 50}}
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings with the in-process mock and a SQLite file in the test's folder."""
-    return mock_settings(data_dir=tmp_path / "data")
+    return mock_settings(data_dir=tmp_path / "data", resilience=FAST_RETRIES)
 
 
 @pytest.fixture
@@ -71,7 +75,7 @@ def serve(settings: Settings) -> GatewayServer:
 @pytest.fixture
 def http_settings(upstream: MockUpstream, tmp_path: Path) -> Settings:
     """Settings pointing at the HTTP mock."""
-    return mock_settings(upstream.url, data_dir=tmp_path / "data")
+    return mock_settings(upstream.url, data_dir=tmp_path / "data", resilience=FAST_RETRIES)
 
 
 @pytest.fixture

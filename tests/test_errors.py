@@ -7,8 +7,10 @@ import pytest
 
 from sluicegate import errors
 from sluicegate.errors import (
+    AllUpstreamsFailed,
     AuthenticationFailed,
     BudgetExceeded,
+    CircuitOpen,
     ConfigError,
     EmergencyStopped,
     InvalidRequest,
@@ -38,6 +40,8 @@ TABLE: list[tuple[type[SluicegateError], int, str, str | None]] = [
     (ModelNotFound, 404, "invalid_request_error", "model_not_found"),
     (MethodNotAllowed, 405, "invalid_request_error", "method_not_allowed"),
     (ServiceUnavailable, 503, "api_error", "service_unavailable"),
+    (CircuitOpen, 503, "api_error", "circuit_open"),
+    (AllUpstreamsFailed, 503, "api_error", "all_upstreams_failed"),
     (RateLimited, 429, "requests", "rate_limit_exceeded"),
     (EmergencyStopped, 503, "api_error", "emergency_stop"),
     (BudgetExceeded, 429, "requests", "budget_exceeded"),

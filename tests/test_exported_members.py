@@ -13,7 +13,9 @@ def test_all_is_sorted_and_exported() -> None:
 def test_public_names_are_pinned() -> None:
     """Adding or removing a public name is a deliberate change."""
     assert set(sluicegate.__all__) == {
+        "AllUpstreamsFailed",
         "AuthenticationFailed",
+        "CircuitOpen",
         "ConfigError",
         "FeatureConfig",
         "Gateway",
@@ -26,6 +28,7 @@ def test_public_names_are_pinned() -> None:
         "ProviderConfig",
         "RequestContext",
         "RequestTooLarge",
+        "ServiceUnavailable",
         "Settings",
         "SluicegateError",
         "Timeouts",

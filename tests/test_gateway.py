@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from sluicegate import (
+    AllUpstreamsFailed,
     Gateway,
     InvalidRequest,
+    MockBehaviour,
     ModelNotFound,
     RequestContext,
     Settings,
@@ -63,15 +65,24 @@ async def test_errors_are_raised(gateway: Gateway) -> None:
 
 
 async def test_upstream_error_is_raised_and_counted(tmp_path: object) -> None:
-    """An upstream failure raises UpstreamError with its status, and is recorded."""
+    """An upstream failure, once retried, raises AllUpstreamsFailed with the upstream's error
+    as its cause, and is recorded."""
     settings = mock_settings(
-        providers={"upstream": {"kind": "mock", "mock": {"error_rate": 1, "error_status": 503}}}
+        providers={"upstream": {"kind": "mock", "mock": {"error_rate": 1, "error_status": 400}}}
     )
     async with create_gateway(settings) as gw:
-        with pytest.raises(UpstreamError) as caught:
+        with pytest.raises(UpstreamError) as refused:
+            await gw.chat(model="gpt-4o-mini", messages=MESSAGES)
+        assert refused.value.status_code == 400  # the upstream's answer on purpose: passed on
+        gw.providers["upstream"].transport.engine.behaviour = MockBehaviour(  # type: ignore[attr-defined]
+            error_rate=1, error_status=503
+        )
+        with pytest.raises(AllUpstreamsFailed) as caught:
             await gw.chat(model="gpt-4o-mini", messages=MESSAGES)
         assert caught.value.status_code == 503
-        assert gw.counters.errors == {"503": 1}
+        assert isinstance(caught.value.__cause__, UpstreamError)
+        assert caught.value.__cause__.status_code == 503
+        assert gw.counters.errors == {"400": 1, "all_upstreams_failed": 1}
 
 
 async def test_broken_stream_raises() -> None:

@@ -20,13 +20,16 @@ from .config import (
     load_settings,
 )
 from .errors import (
+    AllUpstreamsFailed,
     AuthenticationFailed,
+    CircuitOpen,
     ConfigError,
     InvalidRequest,
     ModelNotFound,
     NotFound,
     PermissionDenied,
     RequestTooLarge,
+    ServiceUnavailable,
     SluicegateError,
     UpstreamError,
     UpstreamStreamBroken,
@@ -36,7 +39,9 @@ from .errors import (
 from .gateway import Gateway, create_gateway
 
 __all__ = [
+    "AllUpstreamsFailed",
     "AuthenticationFailed",
+    "CircuitOpen",
     "ConfigError",
     "FeatureConfig",
     "Gateway",
@@ -49,6 +54,7 @@ __all__ = [
     "ProviderConfig",
     "RequestContext",
     "RequestTooLarge",
+    "ServiceUnavailable",
     "Settings",
     "SluicegateError",
     "Timeouts",

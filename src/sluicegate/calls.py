@@ -6,6 +6,7 @@ Validation checks only the fields sluicegate uses (``model``, ``messages``, ``st
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -44,6 +45,11 @@ class ModelRoute:
     name: str
     provider: str
     upstream_model: str
+
+    @property
+    def deployment(self) -> str:
+        """The deployment: ``provider/upstream_model``."""
+        return f"{self.provider}/{self.upstream_model}"
 
 
 @dataclass(slots=True, frozen=True)
@@ -109,6 +115,7 @@ class Call:
     cache: CacheControl = NO_DIRECTIVES
     attempt: int = 1  # of the upstream call this is (retries count up)
     outcome: str = "none"  # what the cache made of it: miss, bypass, refresh; none without a cache
+    deadline: float = math.inf  # perf_counter() time by which the request must be answered
 
 
 class ReplyStream(Protocol):

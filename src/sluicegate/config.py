@@ -46,17 +46,29 @@ from .config_money import (
     RequestLimit,
     SpendBreakerConfig,
 )
+from .config_resilience import (
+    FALLBACK_CAUSES,
+    BreakerConfig,
+    DeploymentConfig,
+    FallbackCause,
+    ResilienceConfig,
+    RetryConfig,
+)
 from .errors import ConfigError
 
 __all__ = [
     "ALL_TIERS",
+    "FALLBACK_CAUSES",
     "AuthConfig",
+    "BreakerConfig",
     "BrowserConfig",
     "BudgetsConfig",
     "CacheConfig",
     "ControlsConfig",
     "CostTtlConfig",
     "DatabaseConfig",
+    "DeploymentConfig",
+    "FallbackCause",
     "FeatureCache",
     "FeatureConfig",
     "Latency",
@@ -73,6 +85,8 @@ __all__ = [
     "RedisTierConfig",
     "RemoteTierConfig",
     "RequestLimit",
+    "ResilienceConfig",
+    "RetryConfig",
     "Scope",
     "ServerConfig",
     "Settings",
@@ -135,6 +149,10 @@ class MockBehaviour(Frozen):
     answer_words: int | None = Field(None, ge=1, description="words per answer (default: from the prompt)")
     error_rate: float = Field(0.0, ge=0, le=1)
     error_status: int = Field(500, ge=400, le=599)
+    error_code: str | None = Field(None, description="the injected error's code, e.g. insufficient_quota")
+    error_retry_after: str | None = Field(
+        None, description="the injected error's Retry-After header (seconds or an HTTP date)"
+    )
     rate_limit_rate: float = Field(0.0, ge=0, le=1, description="share of requests answered 429")
     retry_after_s: int = Field(1, ge=0)
     hang_rate: float = Field(0.0, ge=0, le=1, description="share of requests never answered")
@@ -174,6 +192,24 @@ class ModelConfig(Frozen):
     price: PriceConfig | None = Field(
         None, description="its price (default: genai-prices, then pricing.default)"
     )
+    weight: float = Field(1.0, gt=0, description="the first deployment's share under weighted routing")
+    deployments: tuple[DeploymentConfig, ...] = Field(
+        (), description="more deployments of the same model, load-balanced with the first"
+    )
+    fallbacks: tuple[str, ...] = Field(
+        (), description="other models to try, in order, when every deployment of this one failed"
+    )
+    serves: tuple[Literal["chat", "embeddings"], ...] | None = Field(
+        None,
+        min_length=1,
+        description="the kinds of call it answers (default: embeddings if its name says so, else chat)",
+    )
+
+    def kinds(self, name: str) -> tuple[str, ...]:
+        """The kinds of call the model ``name`` answers."""
+        if self.serves is not None:
+            return self.serves
+        return ("embeddings",) if "embedding" in name else ("chat",)
 
 
 class FeatureConfig(Frozen):
@@ -182,6 +218,12 @@ class FeatureConfig(Frozen):
     description: str = ""
     latency_target_ms: int | None = Field(None, ge=1)
     cache: FeatureCache = FeatureCache()
+    deadline_s: float | None = Field(
+        None, gt=0, description="the end-to-end deadline of its requests (default: resilience.deadline_s)"
+    )
+    fallback_answer: str | None = Field(
+        None, description="a static answer served, marked as degraded, when every upstream option failed"
+    )
 
 
 class ServerConfig(Frozen):
@@ -240,7 +282,7 @@ def default_catalog(
             kind="openai", base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY"
         )
         target = "openai"
-    models = {MOCK_MODEL: ModelConfig(provider="mock")}
+    models = {MOCK_MODEL: ModelConfig(provider="mock", serves=("chat", "embeddings"))}
     models.update({name: ModelConfig(provider=target) for name in DEFAULT_OPENAI_MODELS})
     return providers, models
 
@@ -293,6 +335,7 @@ class Settings(BaseSettings):
     limits: LimitsConfig = LimitsConfig()
     controls: ControlsConfig = ControlsConfig()
     budgets: BudgetsConfig = BudgetsConfig()
+    resilience: ResilienceConfig = ResilienceConfig()
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     features: dict[str, FeatureConfig] = Field(default_factory=default_features)
@@ -332,6 +375,12 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"models.{name}.provider: unknown provider {model.provider!r} (known: {known})"
                 )
+            for deployment in model.deployments:
+                if deployment.provider not in self.providers:
+                    raise ValueError(f"models.{name}.deployments: unknown provider {deployment.provider!r}")
+            for fallback in model.fallbacks:
+                if fallback == name or fallback not in self.models:
+                    raise ValueError(f"models.{name}.fallbacks: {fallback!r} is not another configured model")
             for public in (name, *model.aliases):
                 if public in seen:
                     raise ValueError(

@@ -12,7 +12,9 @@ so the HTTP layer and library users see the same thing::
     ├── RateLimited                 429 requests / rate_limit_exceeded (with Retry-After)
     │   └── BudgetExceeded          429 requests / budget_exceeded or budget_throttled
     ├── ServiceUnavailable          503 api_error / service_unavailable
-    │   └── EmergencyStopped        503 api_error / emergency_stop
+    │   ├── EmergencyStopped        503 api_error / emergency_stop
+    │   ├── CircuitOpen             503 api_error / circuit_open (with Retry-After)
+    │   └── AllUpstreamsFailed      503 api_error / all_upstreams_failed (with Retry-After)
     ├── NotFound                    404 invalid_request_error
     │   ├── ModelNotFound           404 invalid_request_error / model_not_found
     │   └── MethodNotAllowed        405 invalid_request_error / method_not_allowed
@@ -29,8 +31,10 @@ from typing import Any, ClassVar
 import orjson
 
 __all__ = [
+    "AllUpstreamsFailed",
     "AuthenticationFailed",
     "BudgetExceeded",
+    "CircuitOpen",
     "ConfigError",
     "EmergencyStopped",
     "InvalidRequest",
@@ -157,6 +161,20 @@ class EmergencyStopped(ServiceUnavailable):
     """An emergency stop covers the caller: no upstream calls until an admin lifts it."""
 
     default_code = "emergency_stop"
+
+
+class CircuitOpen(ServiceUnavailable):
+    """A deployment's breaker is open (or it is cooling down after a 429): no call goes to it
+    until the time the message and ``Retry-After`` give."""
+
+    default_code = "circuit_open"
+
+
+class AllUpstreamsFailed(ServiceUnavailable):
+    """Every deployment and fallback of the model failed and the feature has no degraded answer;
+    the message gives the last failure, ``Retry-After`` when to try again."""
+
+    default_code = "all_upstreams_failed"
 
 
 class NotFound(SluicegateError):

@@ -4,12 +4,15 @@ The pipeline, outermost first (stages not yet built are marked with where they w
 
     RecordEvents            observe: one frozen event per call
       LimitRequests         rate limits on requests (when limits.requests are set)
+      Degrade               every upstream option failed: the static answer, or a 503
       ServeFromCache        in-process → Redis → SQL, single-flight (when cache.enabled)
         ReserveBudget       budgets: reserve a miss's worst case, settle its cost after
         StopUpstream        the emergency stop: no upstream call while one covers the org
-        [fallback, breaker, retry]
-          RecordUsage       the ledger: one row per upstream attempt (when ledger.enabled)
-            SendToProvider  route the call to its provider's transport
+        RouteCall           the model's deployments, then its fallback models, in turn
+          GuardDeployment   the deployment's circuit breaker
+            RetryCall       full-jitter retries inside the provider's retry budget
+              RecordUsage   the ledger: one row per upstream attempt (when ledger.enabled)
+                SendToProvider  hand the call to its provider's transport
 
 Build one with `create_gateway(settings)` and pass it explicitly; nothing here is global.
 """
@@ -47,6 +50,8 @@ from .config import Settings
 from .errors import UpstreamError
 from .observe.events import Counters, EventSink, RecordEvents
 from .observe.health import HealthProbes
+from .resilience.degrade import Degrade
+from .resilience.stages import Breakers, GuardDeployment, RetryCall, RouteCall
 from .store.db import create_engine, migrate, ping
 from .store.redis import create_redis
 from .upstream.providers import Provider, build_providers
@@ -99,6 +104,12 @@ class Gateway:
             )
             self.ledger = Ledger(self.prices, self.outbox)
             inner = RecordUsage(inner, self.ledger)
+        resilience = settings.resilience
+        self.breakers = Breakers(resilience)
+        inner = RetryCall(inner, resilience, self.breakers)
+        if resilience.breaker.enabled:
+            inner = GuardDeployment(inner, self.breakers, resilience)
+        inner = RouteCall(inner, self.catalog, resilience, settings.features)
         self.budgets = BudgetStore(engine, settings.budgets)
         self.breaker = SpendBreaker(engine, settings.controls.spend_breaker)
         self.controls = Controls(
@@ -112,6 +123,7 @@ class Gateway:
         if settings.cache.enabled:
             self.cache = LayeredCache(settings, engine, redis)
             inner = ServeFromCache(inner, self.cache, self.prices, self.ledger)
+        inner = Degrade(inner, resilience, settings.features)
         limits = settings.limits
         self._sql_limiter: SqlLimiter | None = None
         if limits.requests:
@@ -229,7 +241,7 @@ class Gateway:
         return Call(
             kind,
             body,
-            self.catalog.resolve(model),
+            self.catalog.resolve(model, kind),
             context or self._default_context,
             request_id or self.new_request_id(),
             stream,

@@ -15,7 +15,7 @@ from sluicegate.accounting.ledger import COLUMNS, Ledger, Row
 from sluicegate.accounting.pricing import PriceBook
 from sluicegate.calls import Usage
 from sluicegate.config import MockBehaviour, Settings
-from sluicegate.errors import UpstreamError
+from sluicegate.errors import AllUpstreamsFailed
 from sluicegate.gateway import Gateway
 from sluicegate.store.tables import usage_ledger
 from sluicegate.testing import mock_settings
@@ -96,12 +96,17 @@ async def test_an_upstream_failure_is_recorded_unbilled(tmp_path: Path) -> None:
     settings = mock_settings(
         data_dir=tmp_path,
         providers={"upstream": {"kind": "mock", "mock": MockBehaviour(error_rate=1.0, error_status=503)}},
+        resilience={"retry": {"max_attempts": 2, "base_ms": 1}},
     )
     async with create_gateway(settings) as gateway:
-        with pytest.raises(UpstreamError):
+        with pytest.raises(AllUpstreamsFailed):
             await gateway.send(gateway.new_call("chat", body(), CONTEXT))
-        (row,) = await ledger_rows(gateway)
-    assert (row["status"], row["cost_micro"], row["priced_from"], row["cache"]) == (503, 0, "none", "miss")
+        rows = await ledger_rows(gateway)
+    # One row per attempt: the first and its retry.
+    assert [(r["attempt"], r["status"], r["cost_micro"], r["priced_from"], r["cache"]) for r in rows] == [
+        (1, 503, 0, "none", "miss"),
+        (2, 503, 0, "none", "miss"),
+    ]
 
 
 async def test_the_ledger_can_be_switched_off(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sluicegate import Gateway, RequestContext, UpstreamError, create_gateway
+from sluicegate import AllUpstreamsFailed, Gateway, RequestContext, UpstreamError, create_gateway
 from sluicegate.calls import Reply
 from sluicegate.testing import mock_settings
 from sluicegate.upstream.mock import MockEngine
@@ -186,7 +186,7 @@ async def test_errors_are_not_cached(gw: Gateway) -> None:
     engine_of(gw).behaviour = engine_of(gw).behaviour.model_copy(
         update={"error_rate": 1.0, "error_status": 503}
     )
-    with pytest.raises(UpstreamError):
+    with pytest.raises(AllUpstreamsFailed):
         await send(gw)
     engine_of(gw).behaviour = engine_of(gw).behaviour.model_copy(update={"error_rate": 0.0})
     assert (await send(gw)).headers["x-sluicegate-cache"] == "miss"

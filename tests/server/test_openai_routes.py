@@ -198,14 +198,41 @@ def test_wrong_method_is_405(server: GatewayServer) -> None:
 
 
 @pytest.mark.parametrize(
-    ("behaviour", "status", "kind", "code"),
+    ("behaviour", "retry_after"),
     [
-        ({"error_rate": 1.0, "error_status": 503}, 503, "server_error", None),
-        ({"error_rate": 1.0, "error_status": 500}, 500, "server_error", None),
-        ({"rate_limit_rate": 1.0, "retry_after_s": 7}, 429, "rate_limit_error", "rate_limit_exceeded"),
+        ({"error_rate": 1.0, "error_status": 503}, "5"),
+        ({"error_rate": 1.0, "error_status": 500}, "5"),
+        ({"rate_limit_rate": 1.0, "retry_after_s": 0}, "0"),
     ],
 )
-def test_upstream_errors_are_passed_on(
+def test_upstream_failures_end_in_a_clear_503(
+    server: GatewayServer, upstream: MockUpstream, behaviour: dict[str, Any], retry_after: str
+) -> None:
+    """An upstream failure that retries could not mend is a 503 with Retry-After, naming the
+    model and quoting the upstream's message."""
+    upstream.behave(**behaviour)
+    got, headers, raw = post(server.url, "/v1/chat/completions", chat_body())
+    assert got == 503 and headers["retry-after"] == retry_after
+    error = error_of(raw)
+    assert (error["type"], error["code"]) == ("api_error", "all_upstreams_failed")
+    assert "'gpt-4o-mini'" in error["message"] and "mock:" in error["message"]
+    assert "Traceback" not in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status", "kind", "code"),
+    [
+        ({"error_rate": 1.0, "error_status": 400}, 400, "invalid_request_error", None),
+        ({"error_rate": 1.0, "error_status": 422}, 422, "invalid_request_error", None),
+        (
+            {"error_rate": 1.0, "error_status": 429, "error_code": "insufficient_quota"},
+            503,
+            "api_error",
+            "all_upstreams_failed",
+        ),
+    ],
+)
+def test_upstream_refusals_are_passed_on(
     server: GatewayServer,
     upstream: MockUpstream,
     behaviour: dict[str, Any],
@@ -213,39 +240,40 @@ def test_upstream_errors_are_passed_on(
     kind: str,
     code: str | None,
 ) -> None:
-    """Upstream errors keep their status, type, code and message (and Retry-After)."""
+    """What the upstream refused on purpose keeps its status, type, code and message; a quota
+    error is not retried, and degrades like any failure."""
     upstream.behave(**behaviour)
-    got, headers, raw = post(server.url, "/v1/chat/completions", chat_body())
+    got, _, raw = post(server.url, "/v1/chat/completions", chat_body())
     assert got == status
     error = error_of(raw)
     assert (error["type"], error["code"]) == (kind, code)
-    assert error["message"].startswith("mock:")
-    assert "Traceback" not in error["message"]
-    if status == 429:
-        assert headers["retry-after"] == "7"
+    assert "mock:" in error["message"]
+    assert len(upstream.engine.calls) == 1
 
 
 def test_upstream_error_through_the_sdk(client: openai.OpenAI, upstream: MockUpstream) -> None:
-    """The SDK raises its own RateLimitError for an upstream 429."""
-    upstream.behave(rate_limit_rate=1.0)
-    with pytest.raises(openai.RateLimitError) as caught:
+    """The SDK raises its own InternalServerError for the 503 of an upstream that keeps failing."""
+    upstream.behave(rate_limit_rate=1.0, retry_after_s=0)
+    with pytest.raises(openai.InternalServerError) as caught:
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
-    assert caught.value.status_code == 429
+    assert caught.value.status_code == 503
 
 
-def test_upstream_hang_is_504(server: GatewayServer, upstream: MockUpstream) -> None:
-    """An upstream that never answers hits the first-byte timeout: 504."""
+def test_upstream_hang_is_a_503(upstream: MockUpstream, tmp_path: Path) -> None:
+    """An upstream that never answers hits the first-byte timeout (2 s here), then a 503."""
     upstream.behave(hang_rate=1.0)
-    status, _, raw = post(server.url, "/v1/chat/completions", chat_body())
-    assert status == 504 and error_of(raw)["code"] == "upstream_timeout"
+    settings = mock_settings(upstream.url, data_dir=tmp_path, resilience={"retry": {"max_attempts": 1}})
+    with GatewayServer(settings) as gw:
+        status, _, raw = post(gw.url, "/v1/chat/completions", chat_body())
+    assert status == 503 and "(timeout)" in error_of(raw)["message"]
 
 
-def test_upstream_unreachable_is_502(tmp_path: Path) -> None:
-    """An upstream that refuses connections is a 502."""
+def test_upstream_unreachable_is_a_503(tmp_path: Path) -> None:
+    """An upstream that refuses connections is a 503 saying it could not be reached."""
     settings = mock_settings("http://127.0.0.1:9/v1", data_dir=tmp_path)
     with GatewayServer(settings) as gw:
         status, _, raw = post(gw.url, "/v1/chat/completions", chat_body())
-    assert status == 502 and error_of(raw)["code"] == "upstream_unavailable"
+    assert status == 503 and "could not reach the upstream" in error_of(raw)["message"]
 
 
 def test_dropped_stream_ends_with_error_event(server: GatewayServer, upstream: MockUpstream) -> None:
@@ -272,10 +300,10 @@ def test_dropped_stream_through_the_sdk(client: openai.OpenAI, upstream: MockUps
 
 def test_stream_error_before_first_byte_is_plain_json(server: GatewayServer, upstream: MockUpstream) -> None:
     """When the upstream refuses a stream outright, the client gets the status, not a stream."""
-    upstream.behave(error_rate=1.0, error_status=502)
+    upstream.behave(error_rate=1.0, error_status=400)
     status, headers, raw = post(server.url, "/v1/chat/completions", chat_body(stream=True))
-    assert status == 502 and headers["content-type"] == "application/json"
-    assert error_of(raw)["type"] == "server_error"
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert error_of(raw)["type"] == "invalid_request_error"
 
 
 def test_client_leaving_mid_stream_stops_the_relay(server: GatewayServer, upstream: MockUpstream) -> None:

@@ -152,7 +152,11 @@ class MockEngine:
             )
         roll -= b.rate_limit_rate
         if roll < b.error_rate:
-            return _error(b.error_status, "mock: injected upstream failure", "server_error", None)
+            kind = "server_error" if b.error_status >= 500 else "invalid_request_error"
+            if b.error_status == 429:
+                kind = "insufficient_quota" if b.error_code == "insufficient_quota" else "rate_limit_error"
+            extra = {"retry-after": b.error_retry_after} if b.error_retry_after is not None else {}
+            return _error(b.error_status, "mock: injected upstream failure", kind, b.error_code, **extra)
         return None
 
     def _latency_s(self, latency: Latency) -> float:

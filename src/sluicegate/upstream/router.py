@@ -1,34 +1,48 @@
-"""The routing stage: which provider serves a call.
+"""Models and their deployments: what a public model name resolves to, and the innermost stage.
 
-Today a model has one provider. Fallback chains and hedging will live here, wrapping
-`SendToProvider` with the breaker and retry stages in between.
+A model has one or more deployments (a provider and the provider's name for it) and an
+optional chain of fallback models. The catalog keeps, per model, its deployments with their
+weights and its fallbacks; `sluicegate.resilience.stages.RouteCall` orders them per call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..calls import Call, ModelRoute, Reply
+from ..calls import Call, CallKind, ModelRoute, Reply
 from ..config import Settings
-from ..errors import ModelNotFound
+from ..errors import InvalidRequest, ModelNotFound
 from .providers import Provider
 
 __all__ = ["ModelCatalog", "SendToProvider"]
 
 
 class ModelCatalog:
-    """Resolves the model names clients use (names and aliases) to routes."""
+    """Resolves the model names clients use (names and aliases) to routes, and knows each
+    model's deployments and fallbacks."""
 
     def __init__(self, settings: Settings) -> None:
         self._routes: dict[str, ModelRoute] = {}
+        self._kinds: dict[str, tuple[str, ...]] = {}
+        # Per configured model: its deployments with their weights, first the primary one.
+        self.deployments: dict[str, tuple[tuple[ModelRoute, float], ...]] = {}
+        self.fallbacks: dict[str, tuple[str, ...]] = {}
         for name, model in settings.models.items():
             route = ModelRoute(name, model.provider, model.upstream_model or name)
+            more = tuple(
+                (ModelRoute(name, d.provider, d.upstream_model or route.upstream_model), d.weight)
+                for d in model.deployments
+            )
+            self.deployments[name] = ((route, model.weight), *more)
+            self.fallbacks[name] = model.fallbacks
+            self._kinds[name] = model.kinds(name)
             for public in (name, *model.aliases):
                 self._routes[public] = route
         self.names = tuple(settings.models)
 
-    def resolve(self, model: str) -> ModelRoute:
-        """The route for ``model``; `ModelNotFound` when it is not configured."""
+    def resolve(self, model: str, kind: CallKind | None = None) -> ModelRoute:
+        """The route for ``model``; `ModelNotFound` when it is not configured, `InvalidRequest`
+        when it does not serve ``kind`` of call."""
         route = self._routes.get(model)
         if route is None:
             raise ModelNotFound(
@@ -36,7 +50,20 @@ class ModelCatalog:
                 "GET /v1/models lists the available ones",
                 param="model",
             )
+        if kind is not None and kind not in self._kinds[route.name]:
+            serves = " and ".join(self._kinds[route.name])
+            path = "/v1/embeddings" if kind == "chat" else "/v1/chat/completions"
+            raise InvalidRequest(
+                f"the model {model!r} serves {serves} only, not {kind}; "
+                f"send it to {path}, or pick a {kind} model from GET /v1/models",
+                param="model",
+                code="model_not_supported",
+            )
         return route
+
+    def has_alternatives(self, name: str) -> bool:
+        """Whether ``name`` has more than one deployment or any fallback."""
+        return len(self.deployments[name]) > 1 or bool(self.fallbacks[name])
 
 
 class SendToProvider:

@@ -1,0 +1,1 @@
+"""Resilience: circuit breakers, retries, fallback chains and graceful degradation (docs/resilience.md)."""

@@ -1,0 +1,280 @@
+"""The resilience stages, outermost first: route (deployments and fallbacks), breaker, retry.
+
+    RouteCall         orders the model's deployments, then its fallback models', and tries
+                      them in turn on the failures listed in ``resilience.fallback_on``
+      GuardDeployment the deployment's circuit breaker: refuse at once while it is open
+        RetryCall     retries with full-jitter backoff inside the provider's retry budget
+
+All three respect the request's deadline (``call.deadline``), which `RouteCall` sets. A stream
+is retried only until its reply has begun: once the first byte has gone to the client, a cut
+stream ends with an error event instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from ..calls import Call, ModelRoute, Reply
+from ..config import FeatureConfig, ResilienceConfig
+from ..errors import CircuitOpen, SluicegateError, UpstreamError, UpstreamTimeout
+from ..upstream.router import ModelCatalog
+from .breaker import REFUSED, CircuitBreaker
+from .classify import classify
+from .retry import RetryBudget, backoff_s, retry_after_s
+
+__all__ = ["Breakers", "GuardDeployment", "RetryCall", "RouteCall"]
+
+Send = Callable[[Call], Awaitable[Reply]]
+MODEL_HEADER = "x-sluicegate-model"
+DEPLOYMENT_HEADER = "x-sluicegate-deployment"
+FALLBACK_HEADER = "x-sluicegate-fallback"
+
+
+class Breakers:
+    """The circuit breakers of this process, one per deployment, made on first use."""
+
+    def __init__(self, config: ResilienceConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config.breaker
+        self.clock = clock
+        self._by_route: dict[ModelRoute, CircuitBreaker] = {}
+
+    def __getitem__(self, route: ModelRoute) -> CircuitBreaker:
+        breaker = self._by_route.get(route)
+        if breaker is None:
+            breaker = self._by_route[route] = CircuitBreaker(self._config)
+        return breaker
+
+    def states(self) -> dict[str, str]:
+        """Each known deployment's breaker state, for the status page."""
+        return {route.deployment: breaker.state for route, breaker in self._by_route.items()}
+
+
+class RetryCall:
+    """Retry one deployment on the retryable failures (`classify`), with full-jitter backoff,
+    honouring ``Retry-After``, at most ``max_attempts`` times, inside the retry budget and the
+    request's deadline."""
+
+    def __init__(
+        self,
+        inner: Send,
+        config: ResilienceConfig,
+        breakers: Breakers,
+        *,
+        wall: Callable[[], float] = time.time,
+        draw: Callable[[], float] = random.random,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self._inner = inner
+        self._retry = config.retry
+        self._breakers = breakers
+        self._budgets: dict[str, RetryBudget] = {}
+        self._wall = wall
+        self._draw = draw
+        self._sleep = sleep
+
+    def _budget(self, provider: str) -> RetryBudget:
+        budget = self._budgets.get(provider)
+        if budget is None:
+            retry = self._retry
+            budget = RetryBudget(retry.budget_ratio, retry.budget_floor, retry.budget_window_s)
+            self._budgets[provider] = budget
+        return budget
+
+    async def __call__(self, call: Call) -> Reply:
+        clock = self._breakers.clock
+        budget = self._budget(call.route.provider)
+        budget.first(clock())
+        retry = self._retry
+        tries = 1
+        while True:
+            try:
+                return await self._attempt(call)
+            except SluicegateError as exc:
+                verdict = classify(exc)
+                if not verdict.retry:
+                    raise
+                waited = retry_after_s(exc.headers, self._wall()) if exc.headers else None
+                now = clock()
+                if verdict.cools_down and waited:
+                    self._breakers[call.route].cool_down(now + waited)
+                if tries >= retry.max_attempts:
+                    raise
+                delay = backoff_s(tries, retry.base_ms / 1000, retry.cap_ms / 1000, self._draw)
+                if waited is not None:
+                    delay = max(delay, waited)
+                # No retry that the deadline would cut short, none past the budget.
+                if time.perf_counter() + delay >= call.deadline or not budget.try_retry(now):
+                    raise
+            await self._sleep(delay)
+            tries += 1
+            call.attempt += 1
+
+    async def _attempt(self, call: Call) -> Reply:
+        remaining = call.deadline - time.perf_counter()
+        if remaining == float("inf"):
+            return await self._inner(call)
+        if remaining <= 0:
+            raise _deadline_passed(call)
+        try:
+            async with asyncio.timeout(remaining):
+                return await self._inner(call)
+        except TimeoutError:
+            raise _deadline_passed(call) from None
+
+
+def _deadline_passed(call: Call) -> UpstreamTimeout:
+    return UpstreamTimeout(
+        f"provider {call.route.provider}: no answer within the request's deadline "
+        f"({call.deadline - call.started:.0f} s from its arrival)"
+    )
+
+
+class GuardDeployment:
+    """The deployment's circuit breaker: refuse at once while it is open or cooling down,
+    and tell it how each call ended."""
+
+    def __init__(self, inner: Send, breakers: Breakers, config: ResilienceConfig) -> None:
+        self._inner = inner
+        self._breakers = breakers
+        self._slow_s = config.breaker.slow_call_s
+
+    async def __call__(self, call: Call) -> Reply:
+        breakers = self._breakers
+        breaker = breakers[call.route]
+        clock = breakers.clock
+        started = clock()
+        ticket = breaker.acquire(started)
+        if ticket == REFUSED:
+            raise _refused(call.route, breaker.retry_at(started) - started)
+        try:
+            reply = await self._inner(call)
+        except SluicegateError as exc:
+            verdict = classify(exc)
+            if verdict.breaker_failure:
+                now = clock()
+                breaker.record(ticket, now, failed=True, slow=now - started >= self._slow_s)
+            else:
+                breaker.release(ticket)
+            raise
+        except BaseException:
+            breaker.release(ticket)  # cancelled: the client left; no verdict
+            raise
+        now = clock()
+        slow = now - started >= self._slow_s
+        stream = reply.stream
+        if stream is None:
+            breaker.record(ticket, now, failed=False, slow=slow)
+        else:
+            # A stream's verdict comes when it ends: cut by the upstream, or whole.
+            def ended(relay: Any) -> None:
+                if isinstance(relay.error, UpstreamError):
+                    breaker.record(ticket, clock(), failed=classify(relay.error).breaker_failure, slow=slow)
+                elif relay.done:
+                    breaker.record(ticket, clock(), failed=False, slow=slow)
+                else:
+                    breaker.release(ticket)
+
+            stream.on_close(ended)
+        return reply
+
+
+def _refused(route: ModelRoute, wait_s: float) -> CircuitOpen:
+    seconds = max(1, round(wait_s + 0.499))
+    return CircuitOpen(
+        f"the deployment {route.deployment} is failing and its circuit breaker is open: "
+        f"no call goes to it for {seconds} s",
+        headers={"retry-after": str(seconds)},
+    )
+
+
+class RouteCall:
+    """Try the model's deployments, then its fallback models', on the configured failures.
+
+    The answer says who gave it: ``X-Sluicegate-Model`` and ``X-Sluicegate-Deployment``, and
+    ``X-Sluicegate-Fallback`` with the model and deployment that failed first when another
+    answered.
+    """
+
+    def __init__(
+        self,
+        inner: Send,
+        catalog: ModelCatalog,
+        config: ResilienceConfig,
+        features: Mapping[str, FeatureConfig],
+        *,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self._inner = inner
+        self._catalog = catalog
+        self._fallback_on = frozenset(config.fallback_on)
+        self._deadline_s = config.deadline_s
+        self._deadlines = {
+            name: feature.deadline_s for name, feature in features.items() if feature.deadline_s is not None
+        }
+        self._latency = config.routing == "latency"
+        self._draw = draw
+        self.latencies: dict[ModelRoute, float] = {}  # recent latency per deployment (an EWMA)
+
+    async def __call__(self, call: Call) -> Reply:
+        call.deadline = call.started + self._deadlines.get(call.context.feature, self._deadline_s)
+        name = call.route.name
+        if not self._catalog.has_alternatives(name):
+            reply = await self._inner(call)
+            _label(reply, call.route, None)
+            return reply
+        first: tuple[ModelRoute, SluicegateError] | None = None
+        for index, route in enumerate(self._options(name)):
+            if index:
+                call.attempt += 1
+            call.route = route
+            started = time.perf_counter()
+            try:
+                reply = await self._inner(call)
+            except SluicegateError as exc:
+                cause = classify(exc).cause
+                if cause is None or cause not in self._fallback_on or time.perf_counter() >= call.deadline:
+                    raise
+                if first is None:
+                    first = (route, exc)
+                last = exc
+                continue
+            self._observe(route, time.perf_counter() - started)
+            _label(reply, route, first)
+            return reply
+        raise last
+
+    def _options(self, name: str) -> list[ModelRoute]:
+        options = self._ordered(name)
+        for fallback in self._catalog.fallbacks[name]:
+            options.extend(self._ordered(fallback))
+        return options
+
+    def _ordered(self, name: str) -> list[ModelRoute]:
+        deployments = self._catalog.deployments[name]
+        if len(deployments) == 1:
+            return [deployments[0][0]]
+        if self._latency:
+            # Least recent latency first; a deployment not yet measured goes first.
+            latencies = self.latencies
+            return sorted((route for route, _ in deployments), key=lambda r: latencies.get(r, 0.0))
+        # A weighted random order: each key is u^(1/w), largest first.
+        keyed = sorted(deployments, key=lambda item: self._draw() ** (1 / item[1]), reverse=True)
+        return [route for route, _ in keyed]
+
+    def _observe(self, route: ModelRoute, seconds: float) -> None:
+        old = self.latencies.get(route)
+        self.latencies[route] = seconds if old is None else old * 0.8 + seconds * 0.2
+
+
+def _label(reply: Reply, route: ModelRoute, first: tuple[ModelRoute, SluicegateError] | None) -> None:
+    headers = reply.headers
+    headers[MODEL_HEADER] = route.name
+    headers[DEPLOYMENT_HEADER] = route.deployment
+    if first is not None:
+        failed, error = first
+        reason = error.code or error.status_code
+        headers[FALLBACK_HEADER] = f"{failed.name} via {failed.deployment} ({reason})"
