@@ -8,6 +8,7 @@ reached), rounds alternating between the variants, CPU of each gateway from /pro
 
 Variants (cache off in all, so every request goes upstream):
   plain         no limits, no ledger
+  plain@REF     the same, running the code of git revision REF (with --baseline REF): before/after
   limit-redis   a per-user limit of 100 an hour, in Redis (db 13 of 127.0.0.1:6379, flushed)
   limit-sql     the same limit without Redis: rows in the embedded SQLite
   ledger        no limits, the usage ledger on (SQLite)
@@ -83,6 +84,8 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
+    parser.add_argument("--baseline", metavar="REF", help="also run `plain` on the code of git revision REF")
+    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="run only these variants")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("install wrk first (make wrk)")
@@ -99,8 +102,20 @@ def main() -> None:
         )
         servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
         subprocess.run(["redis-cli", "-n", "13", "flushdb"], check=False, capture_output=True)
-        for name, extra in VARIANTS.items():
-            folder = work / name
+        variants = {
+            name: (extra, env) for name, extra in VARIANTS.items() if not args.only or name in args.only
+        }
+        if args.baseline:
+            # The same plain config, served by the code of an earlier revision (its src first on the path).
+            old = work / "baseline"
+            old.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", args.baseline, "src"], capture_output=True, check=True
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+            variants[f"plain@{args.baseline}"] = (VARIANTS["plain"], {**env, "PYTHONPATH": str(old / "src")})
+        for name, (extra, variant_env) in variants.items():
+            folder = work / name.replace("@", "-at-").replace("/", "-")
             folder.mkdir()
             config = folder / "sluicegate.yaml"
             config.write_text(
@@ -111,7 +126,11 @@ def main() -> None:
             port = free_port()
             command = [*SG, "serve", "--config", str(config), "--port", str(port), "--workers", "1"]
             process = subprocess.Popen(
-                command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                env=variant_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             started.append(process)
             servers[name] = (port, process)

@@ -234,6 +234,18 @@ class ServerConfig(Frozen):
     workers: int = Field(0, ge=0, description="0 means one per core")
     implementation: Literal["uvicorn", "granian"] = "uvicorn"
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    max_head_bytes: int = Field(
+        32 * 1024, ge=1024, description="the request line and headers: larger is a 431"
+    )
+    head_timeout_s: float = Field(
+        30.0, gt=0, description="the request line and headers must arrive within this (408 after)"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body must arrive within this once its headers have (408 after)"
+    )
+    max_connections: int = Field(
+        4096, ge=1, description="open connections per worker; a request beyond them is a 503"
+    )
     status_probe_interval_s: float = Field(5.0, gt=0)
     gc_thresholds: tuple[int, int, int] = Field(
         (50_000, 20, 20),

@@ -6,7 +6,8 @@ so the HTTP layer and library users see the same thing::
     SluicegateError
     ├── ConfigError                 (startup only: a bad sluicegate.yaml or environment value)
     ├── InvalidRequest              400 invalid_request_error
-    │   └── RequestTooLarge         413 invalid_request_error / request_too_large
+    │   ├── RequestTooLarge         413 invalid_request_error / request_too_large
+    │   └── RequestTimeout          408 invalid_request_error / request_timeout
     ├── AuthenticationFailed        401 authentication_error / invalid_api_key
     ├── PermissionDenied            403 permission_error
     ├── RateLimited                 429 requests / rate_limit_exceeded (with Retry-After)
@@ -43,6 +44,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "RateLimited",
+    "RequestTimeout",
     "RequestTooLarge",
     "ServiceUnavailable",
     "SluicegateError",
@@ -118,6 +120,13 @@ class RequestTooLarge(InvalidRequest):
 
     status = 413
     default_code = "request_too_large"
+
+
+class RequestTimeout(InvalidRequest):
+    """The client took longer than the gateway allows to send its request."""
+
+    status = 408
+    default_code = "request_timeout"
 
 
 class AuthenticationFailed(SluicegateError):

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from sluicegate.calls import Call, ModelRoute, Reply, RequestContext
-from sluicegate.config import FeatureConfig, ResilienceConfig, Settings
+from sluicegate.config import FeatureConfig, MockBehaviour, ResilienceConfig, Settings
 from sluicegate.errors import (
     AllUpstreamsFailed,
     BudgetExceeded,
@@ -23,6 +23,8 @@ from sluicegate.errors import (
 )
 from sluicegate.resilience.degrade import Degrade
 from sluicegate.resilience.stages import Breakers, GuardDeployment, RetryCall, RouteCall
+from sluicegate.upstream.mock import MockEngine, MockTransport
+from sluicegate.upstream.providers import Provider
 from sluicegate.upstream.router import ModelCatalog
 
 ROUTE = ModelRoute("gpt-4o", "openai", "gpt-4o")
@@ -134,11 +136,14 @@ async def test_the_retry_budget_caps_retries() -> None:
 
 
 async def test_the_deadline_cuts_an_attempt_short() -> None:
-    script = Script(["hang"])
-    config = ResilienceConfig()
-    stage = RetryCall(script, config, Breakers(config))
+    """The provider hands what is left of the deadline to its transport as the exchange's timeout."""
+    provider = Provider("openai", MockTransport(MockEngine(MockBehaviour(hang_rate=1.0))))
+    started = time.perf_counter()
     with pytest.raises(UpstreamTimeout, match="deadline"):
-        await stage(make_call(deadline_in=0.05))
+        await provider.send(make_call(deadline_in=0.05))
+    assert time.perf_counter() - started < 1
+    with pytest.raises(UpstreamTimeout, match="deadline"):
+        await provider.send(make_call(deadline_in=-1))
 
 
 # The breaker stage

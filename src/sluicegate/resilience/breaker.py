@@ -16,7 +16,6 @@ counting as a failure.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Literal
 
 from ..config_resilience import BreakerConfig
@@ -34,6 +33,7 @@ class CircuitBreaker:
         "_config",
         "_failures",
         "_generation",
+        "_next",
         "_outcomes",
         "_permits",
         "_probe_failures",
@@ -50,7 +50,8 @@ class CircuitBreaker:
         self._config = config
         self.state: State = "closed"
         self._generation = 0
-        self._outcomes: deque[tuple[bool, bool]] = deque()
+        self._outcomes: list[int] = []
+        self._next = 0  # the oldest outcome, once the ring is full
         self._failures = 0
         self._slow = 0
         self.opens = 0  # consecutive opens without a close in between
@@ -113,16 +114,24 @@ class CircuitBreaker:
         self.cool_until = max(self.cool_until, until)
 
     def _count(self, failed: bool, slow: bool, now: float) -> None:
-        outcomes = self._outcomes
-        if len(outcomes) >= self._config.window:
-            old_failed, old_slow = outcomes.popleft()
-            self._failures -= old_failed
-            self._slow -= old_slow
-        outcomes.append((failed, slow))
+        # The window is a ring of outcomes: bit 1 a failure, bit 2 a slow call.
+        ring = self._outcomes
+        outcome = failed | slow << 1
+        if len(ring) < self._config.window:
+            ring.append(outcome)
+        else:
+            old = ring[self._next]
+            ring[self._next] = outcome
+            self._next = (self._next + 1) % len(ring)
+            self._failures -= old & 1
+            self._slow -= old >> 1
         self._failures += failed
         self._slow += slow
-        calls = len(outcomes)
-        if calls >= self._config.min_calls and self._tripped(self._failures, self._slow, calls):
+        calls = len(ring)
+        # A success can trip it only by bringing the window up to min_calls.
+        minimum = self._config.min_calls
+        checked = (outcome or calls == minimum) and calls >= minimum
+        if checked and self._tripped(self._failures, self._slow, calls):
             self._open(now)
 
     def _tripped(self, failures: int, slow: int, calls: int) -> bool:
@@ -148,5 +157,6 @@ class CircuitBreaker:
     def _enter(self, state: State) -> None:
         self.state = state
         self._generation += 1
-        self._outcomes.clear()
+        self._outcomes = []
+        self._next = 0
         self._failures = self._slow = 0

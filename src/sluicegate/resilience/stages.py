@@ -5,7 +5,8 @@
       GuardDeployment the deployment's circuit breaker: refuse at once while it is open
         RetryCall     retries with full-jitter backoff inside the provider's retry budget
 
-All three respect the request's deadline (``call.deadline``), which `RouteCall` sets. A stream
+All three respect the request's deadline (``call.deadline``), which `RouteCall` sets and the
+provider hands to its transport as the exchange's timeout (so no timer of ours runs). A stream
 is retried only until its reply has begun: once the first byte has gone to the client, a cut
 stream ends with an error event instead.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 from ..calls import Call, ModelRoute, Reply
 from ..config import FeatureConfig, ResilienceConfig
-from ..errors import CircuitOpen, SluicegateError, UpstreamError, UpstreamTimeout
+from ..errors import CircuitOpen, SluicegateError, UpstreamError
 from ..upstream.router import ModelCatalog
 from .breaker import REFUSED, CircuitBreaker
 from .classify import classify
@@ -92,7 +93,7 @@ class RetryCall:
         tries = 1
         while True:
             try:
-                return await self._attempt(call)
+                return await self._inner(call)
             except SluicegateError as exc:
                 verdict = classify(exc)
                 if not verdict.retry:
@@ -112,25 +113,6 @@ class RetryCall:
             await self._sleep(delay)
             tries += 1
             call.attempt += 1
-
-    async def _attempt(self, call: Call) -> Reply:
-        remaining = call.deadline - time.perf_counter()
-        if remaining == float("inf"):
-            return await self._inner(call)
-        if remaining <= 0:
-            raise _deadline_passed(call)
-        try:
-            async with asyncio.timeout(remaining):
-                return await self._inner(call)
-        except TimeoutError:
-            raise _deadline_passed(call) from None
-
-
-def _deadline_passed(call: Call) -> UpstreamTimeout:
-    return UpstreamTimeout(
-        f"provider {call.route.provider}: no answer within the request's deadline "
-        f"({call.deadline - call.started:.0f} s from its arrival)"
-    )
 
 
 class GuardDeployment:
@@ -218,13 +200,21 @@ class RouteCall:
         self._latency = config.routing == "latency"
         self._draw = draw
         self.latencies: dict[ModelRoute, float] = {}  # recent latency per deployment (an EWMA)
+        self._alone = frozenset(name for name in catalog.deployments if not catalog.has_alternatives(name))
+        self._labels = {  # the headers naming each deployment, made once
+            route: (route.name, route.deployment)
+            for deployments in catalog.deployments.values()
+            for route, _ in deployments
+        }
 
     async def __call__(self, call: Call) -> Reply:
         call.deadline = call.started + self._deadlines.get(call.context.feature, self._deadline_s)
         name = call.route.name
-        if not self._catalog.has_alternatives(name):
+        if name in self._alone:
             reply = await self._inner(call)
-            _label(reply, call.route, None)
+            headers = reply.headers
+            label = self._labels.get(call.route)
+            headers[MODEL_HEADER], headers[DEPLOYMENT_HEADER] = label or (name, call.route.deployment)
             return reply
         first: tuple[ModelRoute, SluicegateError] | None = None
         for index, route in enumerate(self._options(name)):

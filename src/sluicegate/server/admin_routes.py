@@ -71,7 +71,9 @@ async def list_keys(gateway: Gateway, request: Request) -> None:
 async def create_key(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/keys`` with ``{"org", "user"?, "name"?}``: a new key, shown once (admin)."""
     gateway.authenticator.check_admin(request.authorization)
-    body = await read_json(request, gateway.settings.server.max_body_bytes)
+    body = await read_json(
+        request, gateway.settings.server.max_body_bytes, gateway.settings.server.body_timeout_s
+    )
     if not isinstance(body, dict) or not isinstance(body.get("org"), str):
         raise InvalidRequest("send a JSON object with a string org", param="org")
     fields = {f: body.get(f) for f in ("user", "name")}
@@ -99,7 +101,9 @@ async def list_stops(gateway: Gateway, request: Request) -> None:
 
 
 async def _org_and_reason(gateway: Gateway, request: Request) -> tuple[str | None, Any]:
-    body = await read_json(request, gateway.settings.server.max_body_bytes)
+    body = await read_json(
+        request, gateway.settings.server.max_body_bytes, gateway.settings.server.body_timeout_s
+    )
     if not isinstance(body, dict) or not isinstance(body.get("org", ""), str | None):
         raise InvalidRequest("send a JSON object with an optional string org", param="org")
     return body.get("org"), body.get("reason")
@@ -139,7 +143,9 @@ async def set_budget(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/budgets`` with ``{"org", "limit_usd", "period"?}``: set an org's budget; every
     worker applies it within ``controls.poll_interval_s`` (admin)."""
     gateway.authenticator.check_admin(request.authorization)
-    body = await read_json(request, gateway.settings.server.max_body_bytes)
+    body = await read_json(
+        request, gateway.settings.server.max_body_bytes, gateway.settings.server.body_timeout_s
+    )
     if not isinstance(body, dict) or not isinstance(body.get("org"), str) or not body["org"]:
         raise InvalidRequest("send a JSON object with the org's name in org", param="org")
     limit = body.get("limit_usd")

@@ -31,7 +31,7 @@ async def create_browser_token(gateway: Gateway, request: Request) -> None:
             code="browser_token_not_allowed",
         )
     settings = gateway.settings
-    body = await read_json(request, settings.server.max_body_bytes)
+    body = await read_json(request, settings.server.max_body_bytes, settings.server.body_timeout_s)
     if not isinstance(body, dict):
         raise InvalidRequest('send a JSON object such as {"user": "ann"}')
     user = _user(body.get("user"))

@@ -26,7 +26,9 @@ def _cache(gateway: Gateway, request: Request) -> LayeredCache:
 
 
 async def _body(gateway: Gateway, request: Request) -> dict[str, Any]:
-    body = await read_json(request, gateway.settings.server.max_body_bytes)
+    body = await read_json(
+        request, gateway.settings.server.max_body_bytes, gateway.settings.server.body_timeout_s
+    )
     if not isinstance(body, dict):
         raise InvalidRequest("send a JSON object")
     return body

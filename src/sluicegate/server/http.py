@@ -7,13 +7,14 @@ one pass over the headers, and the body bytes. ``bench/RESULTS.md`` has the meas
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from ..errors import InvalidRequest, RequestTooLarge, SluicegateError
+from ..errors import InvalidRequest, RequestTimeout, RequestTooLarge, SluicegateError
 
 __all__ = [
     "Receive",
@@ -85,8 +86,9 @@ class Request:
         return request
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body; `RequestTooLarge` as soon as it is known to exceed ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The whole body; `RequestTooLarge` as soon as it is known to exceed ``limit`` bytes,
+    `RequestTimeout` when the rest of it takes longer than ``timeout_s`` to arrive."""
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     message = await request.receive()
@@ -97,13 +99,20 @@ async def read_body(request: Request, limit: int) -> bytes:
         return body
     parts = [body]
     size = len(body)
-    while message.get("more_body", False):
-        message = await request.receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
+    try:
+        # Only a body in several pieces arms a timer: a slow client cannot hold the worker.
+        async with asyncio.timeout(timeout_s):
+            while message.get("more_body", False):
+                message = await request.receive()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                parts.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {timeout_s:g} s (server.body_timeout_s)"
+        ) from None
     return b"".join(parts)
 
 
@@ -111,9 +120,9 @@ def _too_large(limit: int) -> RequestTooLarge:
     return RequestTooLarge(f"the request body is larger than the gateway's limit of {limit} bytes")
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, limit: int, timeout_s: float = 30.0) -> Any:
     """The body parsed as JSON; `InvalidRequest` when it is not JSON."""
-    body = await read_body(request, limit)
+    body = await read_body(request, limit, timeout_s)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

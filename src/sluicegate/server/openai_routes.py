@@ -35,7 +35,9 @@ def forwarder(kind: CallKind) -> Handler:
     async def forward(gateway: Gateway, request: Request) -> None:
         # The key first: an unauthenticated caller learns nothing from the body's errors.
         key = await gateway.authenticator.authenticate(request.authorization)
-        body = await read_json(request, gateway.settings.server.max_body_bytes)
+        body = await read_json(
+            request, gateway.settings.server.max_body_bytes, gateway.settings.server.body_timeout_s
+        )
         context = gateway.authenticator.context(
             key, request.feature, request.user, body if isinstance(body, dict) else None
         )

@@ -317,8 +317,11 @@ class MockTransport:
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         reply = self.engine.reply(request.method, request.path, request.body)
-        if reply.hang or reply.delay_s > self.first_byte_timeout:
-            await asyncio.sleep(self.first_byte_timeout)
+        wait = self.first_byte_timeout
+        if request.timeout_s is not None:
+            wait = min(wait, request.timeout_s)
+        if reply.hang or reply.delay_s > wait:
+            await asyncio.sleep(wait)
             raise UpstreamTimeout("provider mock: the upstream did not answer in time")
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)

@@ -6,7 +6,9 @@ an entry, never another branch.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,12 +16,12 @@ import orjson
 
 from ..calls import Call, Reply, Usage
 from ..config import ProviderConfig, Settings
-from ..errors import ConfigError, UpstreamError
+from ..errors import ConfigError, UpstreamError, UpstreamTimeout
 from .mock import MockEngine, MockTransport
 from .sse import SseRelay
 from .transport import AiohttpTransport, Transport, UpstreamRequest, UpstreamResponse
 
-__all__ = ["TRANSPORTS", "Provider", "build_providers", "upstream_error"]
+__all__ = ["TRANSPORTS", "Provider", "build_providers", "deadline_passed", "upstream_error"]
 
 _PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 _ERROR_HEADERS = ("retry-after", "retry-after-ms")
@@ -73,6 +75,14 @@ def upstream_error(provider: str, response: UpstreamResponse) -> UpstreamError:
     )
 
 
+def deadline_passed(call: Call) -> UpstreamTimeout:
+    """The error of a call whose deadline passed before the upstream answered."""
+    return UpstreamTimeout(
+        f"provider {call.route.provider}: no answer within the request's deadline "
+        f"({call.deadline - call.started:.0f} s from its arrival)"
+    )
+
+
 class Provider:
     """Sends calls to one OpenAI-compatible upstream."""
 
@@ -95,7 +105,16 @@ class Provider:
                 body["stream_options"] = {**options, "include_usage": True}
                 strip_usage = True
         request = UpstreamRequest("POST", _PATHS[call.kind], orjson.dumps(body), call.stream)
-        response = await self.transport.send(request)
+        if call.deadline != math.inf:
+            request.timeout_s = call.deadline - time.perf_counter()
+            if request.timeout_s <= 0:
+                raise deadline_passed(call)
+        try:
+            response = await self.transport.send(request)
+        except UpstreamTimeout:
+            if time.perf_counter() >= call.deadline:
+                raise deadline_passed(call) from None
+            raise
         if response.status >= 400:
             await response.release()
             raise upstream_error(self.name, response)

@@ -29,6 +29,7 @@ class UpstreamRequest:
     path: str
     body: bytes
     stream: bool = False
+    timeout_s: float | None = None  # what is left of the request's deadline: bounds the whole exchange
 
 
 async def _nothing() -> None:
@@ -132,7 +133,20 @@ class AiohttpTransport:
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         session = self._session or self._open()
         try:
-            response = await session.request(request.method, self._url(request.path), data=request.body)
+            if request.timeout_s is not None and request.timeout_s < self._timeouts.total:
+                # The request's deadline is nearer than the provider's total: aiohttp's one timer
+                # for the exchange is armed at it instead (no timer of our own on the hot path).
+                # (aiohttp reads an explicit timeout=None as "no timeout at all".)
+                timeout = aiohttp.ClientTimeout(
+                    total=request.timeout_s,
+                    sock_connect=self._timeouts.connect,
+                    sock_read=self._timeouts.first_byte,
+                )
+                response = await session.request(
+                    request.method, self._url(request.path), data=request.body, timeout=timeout
+                )
+            else:
+                response = await session.request(request.method, self._url(request.path), data=request.body)
             if request.stream and response.status < 400:
                 return UpstreamResponse(
                     response.status,
