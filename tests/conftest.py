@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -41,6 +42,37 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
             monkeypatch.delenv(name)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+# The run's log: every record of every test at DEBUG, in one file; a planted secret must never
+# be in it (tests/test_no_secrets_in_logs.py plants it; pytest_sessionfinish checks the file).
+PLANTED_SECRET = "sgplanted-4b1d9e70c2"
+_SESSION_LOG = Path(os.environ.get("SLUICEGATE_TEST_LOG", "/tmp")) / f"sluicegate-tests-{os.getpid()}.log"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _SESSION_LOG.write_text("")
+    # Appending: uvicorn's dictConfig closes every handler, and only an appending one reopens.
+    handler = logging.FileHandler(_SESSION_LOG, mode="a", encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger("sluicegate").setLevel(logging.DEBUG)
+
+
+def session_log_text() -> str:
+    """What the run has logged so far."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    return _SESSION_LOG.read_text(encoding="utf-8", errors="replace") if _SESSION_LOG.exists() else ""
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    text = session_log_text()
+    if PLANTED_SECRET in text:
+        lines = [line for line in text.splitlines() if PLANTED_SECRET in line]
+        print(f"\nthe planted secret reached the log in {len(lines)} line(s), e.g.: {lines[0][:300]}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # Retries back off for milliseconds, not the default's hundreds, so failing tests stay quick.

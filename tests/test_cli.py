@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from sluicegate import __version__
@@ -159,3 +160,31 @@ def test_budgets_set_and_list(tmp_path: Path) -> None:
     assert "org:acme" in listed.output and "250.00" in listed.output
     bad = runner.invoke(app, ["budgets", "set", "--org", "acme", "--limit-usd", "lots", *args])
     assert bad.exit_code == 2 and "limit-usd" in bad.output
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::"])
+def test_serve_refuses_an_open_network_address_without_keys(tmp_path: Path, host: str) -> None:
+    """Without keys, admin routes are open and every caller spends the providers' money: serve
+    refuses a non-loopback address unless told explicitly."""
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text(f"data_dir: {tmp_path}\n")
+    result = runner.invoke(app, ["serve", "--config", str(config), "--host", host, "--port", "9"])
+    assert result.exit_code == 2
+    assert "auth.require_keys" in " ".join(result.output.split())
+
+
+def test_serve_allows_an_open_network_address_when_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sluicegate import cli_serve
+
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text(f"data_dir: {tmp_path}\nauth: {{allow_unauthenticated_network: true}}\n")
+    served: list[str] = []
+    monkeypatch.setattr(
+        cli_serve, "serve_uvicorn", lambda settings, console: served.append(settings.server.host)
+    )
+    monkeypatch.setattr("sluicegate.cli.serve_uvicorn", cli_serve.serve_uvicorn)
+    result = runner.invoke(app, ["serve", "--config", str(config), "--host", "0.0.0.0", "--port", "9"])
+    assert result.exit_code == 0, result.output
+    assert served == ["0.0.0.0"]

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-import uvicorn
 import uvloop
 from rich.console import Console
 from rich.table import Table
@@ -19,9 +18,9 @@ from . import cli_cache, cli_usage
 from ._version import __version__
 from .accounting.pricing import PriceBook
 from .auth import KeyStore, load_pepper
+from .cli_serve import refuse_open_network, serve_granian, serve_uvicorn
 from .config import CONFIG_ENV, MockBehaviour, Settings, load_settings
 from .errors import SluicegateError
-from .server.protocol import CoalescingHttpToolsProtocol
 from .store.db import with_migrated
 from .upstream.mock import MockEngine
 from .upstream.mock_server import start_mock_server
@@ -51,7 +50,6 @@ ConfigOption = Annotated[
         show_default=False,
     ),
 ]
-APP_TARGET = "sluicegate.server.app:app_from_environment"
 
 
 def _run(coroutine: Awaitable[T]) -> T:
@@ -100,6 +98,7 @@ def serve(
 ) -> None:
     """Run the gateway."""
     settings = _settings(config, host=host, port=port, workers=workers, implementation=server)
+    refuse_open_network(settings, console)
     try:
         PriceBook.from_settings(settings)  # a model with no price stops here, not in each worker
     except SluicegateError as exc:
@@ -117,53 +116,11 @@ def serve(
         f"{cfg.implementation} worker(s); providers: {sources}; "
         f"keys {'required' if settings.auth.require_keys else 'not required (local dev org)'}"
     )
-    runners: dict[str, Callable[[Settings], None]] = {
-        "uvicorn": _serve_uvicorn,
-        "granian": _serve_granian,
+    runners: dict[str, Callable[[Settings, Console], None]] = {
+        "uvicorn": serve_uvicorn,
+        "granian": serve_granian,
     }
-    runners[cfg.implementation](settings)
-
-
-def _serve_uvicorn(settings: Settings) -> None:
-    cfg = settings.server
-    uvicorn.run(
-        APP_TARGET,
-        factory=True,
-        host=cfg.host,
-        port=cfg.port,
-        workers=cfg.worker_count,
-        loop="uvloop",
-        http=CoalescingHttpToolsProtocol,
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        date_header=False,
-        proxy_headers=False,
-        backlog=2048,
-    )
-
-
-def _serve_granian(settings: Settings) -> None:
-    try:
-        from granian import Granian  # an optional extra
-        from granian.constants import Interfaces, Loops
-        from granian.log import LogLevels
-    except ImportError:
-        console.print("[red]error:[/red] granian is not installed: pip install 'sluicegate[granian]'")
-        raise typer.Exit(2) from None
-    cfg = settings.server
-    Granian(
-        APP_TARGET,
-        factory=True,
-        address=cfg.host,
-        port=cfg.port,
-        workers=cfg.worker_count,
-        interface=Interfaces.ASGI,
-        loop=Loops.uvloop,
-        log_level=LogLevels.warning,
-        backlog=2048,
-    ).serve()
+    runners[cfg.implementation](settings, console)
 
 
 @app.command("mock-upstream")

@@ -246,6 +246,9 @@ class ServerConfig(Frozen):
     max_connections: int = Field(
         4096, ge=1, description="open connections per worker; a request beyond them is a 503"
     )
+    drain_timeout_s: float = Field(
+        30.0, gt=0, description="on SIGTERM, how long in-flight requests and streams may take to finish"
+    )
     status_probe_interval_s: float = Field(5.0, gt=0)
     gc_thresholds: tuple[int, int, int] = Field(
         (50_000, 20, 20),
@@ -281,6 +284,10 @@ class AuthConfig(Frozen):
     pepper_env: str = "SLUICEGATE_KEY_PEPPER"
     admin_key_env: str = "SLUICEGATE_ADMIN_KEY"
     key_cache_seconds: float = Field(30.0, ge=0)
+    allow_unauthenticated_network: bool = Field(
+        False,
+        description="serve without keys (admin routes open) on a non-loopback address; off: serve refuses",
+    )
 
 
 def default_catalog(

@@ -22,7 +22,7 @@ from .server.protocol import CoalescingHttpToolsProtocol
 from .upstream.mock import MockCall, MockEngine
 from .upstream.mock_server import MockServerProtocol, start_mock_server
 
-__all__ = ["GatewayServer", "MockUpstream", "mock_settings"]
+__all__ = ["GatewayServer", "MockUpstream", "free_port", "mock_settings"]
 
 
 def mock_settings(
@@ -117,7 +117,8 @@ class MockUpstream:
         self._thread.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -129,7 +130,7 @@ class GatewayServer:
 
     def __init__(self, settings: Settings | None = None, *, app: SluicegateApp | None = None) -> None:
         self.app = app or create_app(settings)
-        self.port = _free_port()
+        self.port = free_port()
         config = uvicorn.Config(
             self.app,
             host="127.0.0.1",

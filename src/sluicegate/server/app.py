@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import time
 
 from ..config import Settings, load_settings
-from ..errors import MethodNotAllowed, NotFound, SluicegateError
+from ..errors import AuthenticationFailed, MethodNotAllowed, NotFound, SluicegateError
 from ..gateway import Gateway, create_gateway
 from . import admin_routes, browser_routes, cache_routes, openai_routes, sdk_routes, usage_routes
+from .auth_delay import FailedAuthDelay
 from .cors import Cors
 from .http import Receive, Request, Scope, Send, send_error, send_json
 from .openai_routes import Handler
@@ -53,6 +56,7 @@ class SluicegateApp:
         for path in ("/chat/completions", "/embeddings", "/models"):
             self._routes[path] = self._routes["/v1" + path]
         self._cors = Cors.from_settings(gateway.settings.browser)
+        self._auth_delay = FailedAuthDelay()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,6 +75,13 @@ class SluicegateApp:
                     raise NotFound(f"unknown request URL: {what}", code="unknown_url")
                 raise MethodNotAllowed(f"{what} is not allowed; use {', '.join(methods)}")
             await handler(self.gateway, request)
+        except AuthenticationFailed as exc:
+            # Repeated failures from one address are answered more and more slowly.
+            client = scope.get("client")
+            delay = self._auth_delay.failed(client[0] if client else "", time.monotonic())
+            if delay:
+                await asyncio.sleep(delay)
+            await send_error(request, exc)
         except SluicegateError as exc:
             await send_error(request, exc)
         except Exception:

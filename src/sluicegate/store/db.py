@@ -29,7 +29,9 @@ def create_engine(url: str) -> AsyncEngine:
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite and parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, pool_pre_ping=not sqlite)
+    # hide_parameters: a database error's message (which gets logged) never carries the values
+    # written, such as a cached answer.
+    engine = create_async_engine(url, pool_pre_ping=not sqlite, hide_parameters=True)
     if sqlite and parsed.database and parsed.database != ":memory:":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine

@@ -1,0 +1,84 @@
+"""How `sluicegate serve` runs the gateway: the address check, and the uvicorn and granian runners."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from .config import Settings
+from .server.protocol import CoalescingHttpToolsProtocol
+
+__all__ = ["APP_TARGET", "refuse_open_network", "serve_granian", "serve_uvicorn"]
+
+APP_TARGET = "sluicegate.server.app:app_from_environment"
+
+
+def refuse_open_network(settings: Settings, console: Console) -> None:
+    """Without keys every caller is the dev org and admin routes are open: loopback only,
+    unless the config says so explicitly."""
+    host = settings.server.host
+    if settings.auth.require_keys or settings.auth.allow_unauthenticated_network or _is_loopback(host):
+        return
+    console.print(
+        f"[red]error:[/red] refusing to serve on {host} without keys: anyone who can reach it "
+        "could spend your providers' money and use the admin routes. Set auth.require_keys: true "
+        "(and SLUICEGATE_ADMIN_KEY), bind 127.0.0.1, or set auth.allow_unauthenticated_network: "
+        "true if the network is yours alone"
+    )
+    raise typer.Exit(2)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_uvicorn(settings: Settings, console: Console) -> None:
+    cfg = settings.server
+    uvicorn.run(
+        APP_TARGET,
+        factory=True,
+        host=cfg.host,
+        port=cfg.port,
+        workers=cfg.worker_count,
+        loop="uvloop",
+        http=CoalescingHttpToolsProtocol,
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        date_header=False,
+        proxy_headers=False,
+        backlog=2048,
+        timeout_graceful_shutdown=math.ceil(cfg.drain_timeout_s),
+    )
+
+
+def serve_granian(settings: Settings, console: Console) -> None:
+    try:
+        from granian import Granian  # an optional extra
+        from granian.constants import Interfaces, Loops
+        from granian.log import LogLevels
+    except ImportError:
+        console.print("[red]error:[/red] granian is not installed: pip install 'sluicegate[granian]'")
+        raise typer.Exit(2) from None
+    cfg = settings.server
+    Granian(
+        APP_TARGET,
+        factory=True,
+        address=cfg.host,
+        port=cfg.port,
+        workers=cfg.worker_count,
+        interface=Interfaces.ASGI,
+        loop=Loops.uvloop,
+        log_level=LogLevels.warning,
+        backlog=2048,
+    ).serve()
