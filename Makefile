@@ -5,7 +5,7 @@ PYTHON ?= python3
 # Byte-compiled modules start faster; some environments switch them off.
 RUN := env -u PYTHONDONTWRITEBYTECODE
 
-.PHONY: serve test lint format types check bench bench-quick bench-cache workload mock-upstream wrk clean
+.PHONY: serve test lint format types check bench bench-quick bench-cache workload chaos mock-upstream wrk clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ bench-cache: $(VENV)/.installed-dev wrk  ## the response-cache cells alone, besi
 
 workload: $(VENV)/.installed-dev  ## 100 users of the three features for 60 s (about a minute and a half)
 	$(RUN) $(PY) bench/workload.py
+
+chaos: $(VENV)/.installed-dev  ## 50 clients for 60 s while a fault strikes every 2 s (needs Redis; about 75 s)
+	$(RUN) $(PY) bench/chaos.py
 
 clean:
 	rm -rf $(VENV) .sluicegate .pytest_cache .mypy_cache .ruff_cache
