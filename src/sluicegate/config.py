@@ -156,6 +156,8 @@ class MockBehaviour(Frozen):
     rate_limit_rate: float = Field(0.0, ge=0, le=1, description="share of requests answered 429")
     retry_after_s: int = Field(1, ge=0)
     hang_rate: float = Field(0.0, ge=0, le=1, description="share of requests never answered")
+    slow_rate: float = Field(0.0, ge=0, le=1, description="share of requests answered after slow_ms instead")
+    slow_ms: float = Field(3000.0, ge=0, description="the latency of the slow share")
     drop_after_chunks: int | None = Field(None, ge=0, description="streaming: cut the stream here")
     report_usage: bool = Field(True, description="off: answers carry no usage, as some servers send")
     seed: int | None = None
@@ -223,6 +225,15 @@ class FeatureConfig(Frozen):
     )
     fallback_answer: str | None = Field(
         None, description="a static answer served, marked as degraded, when every upstream option failed"
+    )
+    hedge: bool = Field(
+        False, description="when the first byte is late, send the same request to the next deployment too"
+    )
+    hedge_after_ms: int | None = Field(
+        None,
+        ge=1,
+        description="how late is late (default: the deployment's recent p95 time to first byte, "
+        "at most half of latency_target_ms)",
     )
 
 

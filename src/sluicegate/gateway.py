@@ -51,7 +51,7 @@ from .errors import UpstreamError
 from .observe.events import Counters, EventSink, RecordEvents
 from .observe.health import HealthProbes
 from .resilience.degrade import Degrade
-from .resilience.stages import Breakers, GuardDeployment, RetryCall, RouteCall
+from .resilience.stages import Breakers, GuardDeployment, RetryBudgets, RetryCall, RouteCall
 from .store.db import create_engine, migrate, ping
 from .store.redis import create_redis
 from .upstream.providers import Provider, build_providers
@@ -106,10 +106,11 @@ class Gateway:
             inner = RecordUsage(inner, self.ledger)
         resilience = settings.resilience
         self.breakers = Breakers(resilience)
-        inner = RetryCall(inner, resilience, self.breakers)
+        budgets = RetryBudgets(resilience)
+        inner = RetryCall(inner, resilience, self.breakers, budgets=budgets)
         if resilience.breaker.enabled:
             inner = GuardDeployment(inner, self.breakers, resilience)
-        inner = RouteCall(inner, self.catalog, resilience, settings.features)
+        inner = RouteCall(inner, self.catalog, resilience, settings.features, budgets=budgets)
         self.budgets = BudgetStore(engine, settings.budgets)
         self.breaker = SpendBreaker(engine, settings.controls.spend_breaker)
         self.controls = Controls(

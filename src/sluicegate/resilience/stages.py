@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from ..errors import CircuitOpen, SluicegateError, UpstreamError
 from ..upstream.router import ModelCatalog
 from .breaker import REFUSED, CircuitBreaker
 from .classify import classify
+from .hedging import HEDGE_HEADER, hedge_delay_s, race
 from .retry import RetryBudget, backoff_s, retry_after_s
 
 __all__ = ["Breakers", "GuardDeployment", "RetryCall", "RouteCall"]
@@ -33,6 +35,23 @@ Send = Callable[[Call], Awaitable[Reply]]
 MODEL_HEADER = "x-sluicegate-model"
 DEPLOYMENT_HEADER = "x-sluicegate-deployment"
 FALLBACK_HEADER = "x-sluicegate-fallback"
+
+
+class RetryBudgets:
+    """The retry budget of each provider in this process, made on first use; retries and
+    hedges both spend from it."""
+
+    def __init__(self, config: ResilienceConfig) -> None:
+        self._retry = config.retry
+        self._budgets: dict[str, RetryBudget] = {}
+
+    def __getitem__(self, provider: str) -> RetryBudget:
+        budget = self._budgets.get(provider)
+        if budget is None:
+            retry = self._retry
+            budget = RetryBudget(retry.budget_ratio, retry.budget_floor, retry.budget_window_s)
+            self._budgets[provider] = budget
+        return budget
 
 
 class Breakers:
@@ -65,6 +84,7 @@ class RetryCall:
         config: ResilienceConfig,
         breakers: Breakers,
         *,
+        budgets: RetryBudgets | None = None,
         wall: Callable[[], float] = time.time,
         draw: Callable[[], float] = random.random,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -72,22 +92,14 @@ class RetryCall:
         self._inner = inner
         self._retry = config.retry
         self._breakers = breakers
-        self._budgets: dict[str, RetryBudget] = {}
+        self._budgets = budgets or RetryBudgets(config)
         self._wall = wall
         self._draw = draw
         self._sleep = sleep
 
-    def _budget(self, provider: str) -> RetryBudget:
-        budget = self._budgets.get(provider)
-        if budget is None:
-            retry = self._retry
-            budget = RetryBudget(retry.budget_ratio, retry.budget_floor, retry.budget_window_s)
-            self._budgets[provider] = budget
-        return budget
-
     async def __call__(self, call: Call) -> Reply:
         clock = self._breakers.clock
-        budget = self._budget(call.route.provider)
+        budget = self._budgets[call.route.provider]
         budget.first(clock())
         retry = self._retry
         tries = 1
@@ -188,9 +200,13 @@ class RouteCall:
         config: ResilienceConfig,
         features: Mapping[str, FeatureConfig],
         *,
+        budgets: RetryBudgets | None = None,
         draw: Callable[[], float] = random.random,
     ) -> None:
         self._inner = inner
+        self._budgets = budgets or RetryBudgets(config)
+        self._hedges = {name: feature for name, feature in features.items() if feature.hedge}
+        self._recent: dict[ModelRoute, deque[float]] = {}  # recent times to reply, for hedge delays
         self._catalog = catalog
         self._fallback_on = frozenset(config.fallback_on)
         self._deadline_s = config.deadline_s
@@ -217,13 +233,23 @@ class RouteCall:
             headers[MODEL_HEADER], headers[DEPLOYMENT_HEADER] = label or (name, call.route.deployment)
             return reply
         first: tuple[ModelRoute, SluicegateError] | None = None
-        for index, route in enumerate(self._options(name)):
+        options = self._options(name)
+        hedge = self._hedges.get(call.context.feature)
+        hedged: list[bool] = []  # set when a hedge was sent: the second option has been tried
+        for index, route in enumerate(options):
+            if index == 1 and hedged:
+                continue
             if index:
                 call.attempt += 1
             call.route = route
             started = time.perf_counter()
             try:
-                reply = await self._inner(call)
+                if hedge is not None and index == 0 and len(options) > 1:
+                    reply = await self._hedged(call, hedge, route, options[1], hedged)
+                    route = call.route
+                else:
+                    reply = await self._inner(call)
+                    self._observe(route, time.perf_counter() - started)
             except SluicegateError as exc:
                 cause = classify(exc).cause
                 if cause is None or cause not in self._fallback_on or time.perf_counter() >= call.deadline:
@@ -232,7 +258,6 @@ class RouteCall:
                     first = (route, exc)
                 last = exc
                 continue
-            self._observe(route, time.perf_counter() - started)
             _label(reply, route, first)
             return reply
         raise last
@@ -258,6 +283,34 @@ class RouteCall:
     def _observe(self, route: ModelRoute, seconds: float) -> None:
         old = self.latencies.get(route)
         self.latencies[route] = seconds if old is None else old * 0.8 + seconds * 0.2
+        recent = self._recent.get(route)
+        if recent is None:
+            recent = self._recent[route] = deque(maxlen=100)
+        recent.append(seconds)
+
+    async def _hedged(
+        self, call: Call, feature: FeatureConfig, first: ModelRoute, second: ModelRoute, sent: list[bool]
+    ) -> Reply:
+        """Race ``first`` against a hedge to ``second`` sent if ``first`` is late (hedging.py);
+        ``sent`` gets True when the hedge goes."""
+        delay = hedge_delay_s(feature.hedge_after_ms, feature.latency_target_ms, self._recent.get(first, ()))
+        delay = min(delay, max(0.0, call.deadline - time.perf_counter()))
+        budget = self._budgets[second.provider]
+
+        def may_hedge() -> bool:
+            if budget.try_retry(time.monotonic()):
+                sent.append(True)
+                return True
+            return False
+
+        started = time.perf_counter()
+        reply, answered, hedged = await race(self._inner, call, first, second, delay, may_hedge)
+        if answered.route == first:
+            self._observe(first, time.perf_counter() - started)
+        call.route, call.attempt = answered.route, max(call.attempt, answered.attempt)
+        if hedged:
+            reply.headers[HEDGE_HEADER] = "won" if answered.route == second else "sent"
+        return reply
 
 
 def _label(reply: Reply, route: ModelRoute, first: tuple[ModelRoute, SluicegateError] | None) -> None:

@@ -90,7 +90,7 @@ class MockEngine:
         self._rng = random.Random(value.seed)
         # With no dice to roll, the same request always gets the same reply: remember it, so
         # that in benchmarks the mock costs next to nothing.
-        dice = value.hang_rate or value.rate_limit_rate or value.error_rate
+        dice = value.hang_rate or value.rate_limit_rate or value.error_rate or value.slow_rate
         self._memo: dict[tuple[str, str, bytes], MockReply] | None = (
             None if dice or value.latency.distribution != "fixed" else {}
         )
@@ -160,6 +160,8 @@ class MockEngine:
         return None
 
     def _latency_s(self, latency: Latency) -> float:
+        if self._behaviour.slow_rate and self._rng.random() < self._behaviour.slow_rate:
+            return self._behaviour.slow_ms / 1000
         if latency.distribution == "uniform":
             return self._rng.uniform(latency.ms, latency.max_ms or latency.ms) / 1000
         if latency.distribution == "lognormal":

@@ -1,0 +1,126 @@
+"""Tests for sluicegate.resilience.hedging and hedging in RouteCall."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from sluicegate.calls import Call, ModelRoute, Reply
+from sluicegate.config import FeatureConfig, ResilienceConfig, Settings
+from sluicegate.errors import UpstreamError
+from sluicegate.resilience.hedging import hedge_delay_s, p95, race
+from sluicegate.resilience.stages import RouteCall
+from sluicegate.upstream.router import ModelCatalog
+
+from .test_stages import make_call
+
+A = ModelRoute("m", "a", "m")
+B = ModelRoute("m", "b", "m")
+
+
+def test_the_delay_is_the_configured_one_first() -> None:
+    assert hedge_delay_s(300, 2000, [5.0] * 50) == 0.3
+
+
+def test_the_delay_is_the_recent_p95_at_most_half_the_target() -> None:
+    fast = [0.05] * 95 + [0.2] * 5
+    assert p95(fast) == 0.05
+    assert hedge_delay_s(None, 2000, fast) == 0.05
+    slow_often = [0.05] * 90 + [3.0] * 10
+    assert hedge_delay_s(None, 2000, slow_often) == 1.0  # p95 is 3 s: half the target instead
+
+
+def test_with_too_few_samples_half_the_target_or_a_second() -> None:
+    assert hedge_delay_s(None, 1500, [0.01] * 19) == 0.75
+    assert hedge_delay_s(None, None, []) == 1.0
+
+
+class Upstream:
+    """Answers per provider after a delay, or raises."""
+
+    def __init__(self, **plan: Any) -> None:
+        self.plan = plan
+        self.started: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def __call__(self, call: Call) -> Reply:
+        provider = call.route.provider
+        self.started.append(provider)
+        delay, outcome = self.plan[provider]
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            self.cancelled.append(provider)
+            raise
+        if isinstance(outcome, Exception):
+            raise outcome
+        return Reply(body=provider.encode())
+
+
+async def test_a_fast_first_reply_sends_no_hedge() -> None:
+    upstream = Upstream(a=(0.01, "ok"), b=(0.01, "ok"))
+    reply, answered, hedged = await race(upstream, make_call(), A, B, 0.2, lambda: True)
+    assert (reply.body, answered.route, hedged, upstream.started) == (b"a", A, False, ["a"])
+
+
+async def test_a_late_first_reply_is_hedged_and_the_loser_cancelled() -> None:
+    upstream = Upstream(a=(5.0, "ok"), b=(0.01, "ok"))
+    started = time.perf_counter()
+    reply, answered, hedged = await race(upstream, make_call(), A, B, 0.05, lambda: True)
+    assert (reply.body, answered.route, answered.attempt, hedged) == (b"b", B, 2, True)
+    assert time.perf_counter() - started < 1
+    await asyncio.sleep(0)
+    assert upstream.cancelled == ["a"]
+
+
+async def test_no_hedge_without_budget() -> None:
+    upstream = Upstream(a=(0.1, "ok"), b=(0.01, "ok"))
+    reply, _, hedged = await race(upstream, make_call(), A, B, 0.01, lambda: False)
+    assert (reply.body, hedged, upstream.started) == (b"a", False, ["a"])
+
+
+async def test_when_both_fail_the_last_error_is_raised() -> None:
+    upstream = Upstream(
+        a=(0.05, UpstreamError("a down", status=503)), b=(0.1, UpstreamError("b down", status=503))
+    )
+    with pytest.raises(UpstreamError, match="b down"):
+        await race(upstream, make_call(), A, B, 0.01, lambda: True)
+
+
+async def test_a_hedge_that_fails_leaves_the_first_to_answer() -> None:
+    upstream = Upstream(a=(0.1, "ok"), b=(0.01, UpstreamError("b down", status=503)))
+    reply, answered, hedged = await race(upstream, make_call(), A, B, 0.02, lambda: True)
+    assert (reply.body, answered.route, hedged) == (b"a", A, True)
+
+
+def hedging_route(upstream: Upstream, **feature: Any) -> tuple[RouteCall, ModelCatalog]:
+    settings = Settings(
+        providers={"a": {"kind": "mock"}, "b": {"kind": "mock"}},
+        models={"m": {"provider": "a", "weight": 1e9, "deployments": [{"provider": "b", "weight": 1e-9}]}},
+    )
+    catalog = ModelCatalog(settings)
+    features = {"default": FeatureConfig(hedge=True, **feature)}
+    return RouteCall(upstream, catalog, ResilienceConfig(), features, draw=lambda: 0.5), catalog
+
+
+async def test_route_call_hedges_a_late_deployment() -> None:
+    upstream = Upstream(a=(5.0, "ok"), b=(0.01, "ok"))
+    stage, catalog = hedging_route(upstream, hedge_after_ms=50)
+    call = make_call()
+    call.route = catalog.resolve("m")
+    reply = await stage(call)
+    assert reply.body == b"b" and reply.headers["x-sluicegate-hedge"] == "won"
+    assert reply.headers["x-sluicegate-deployment"] == "b/m" and call.route.provider == "b"
+
+
+async def test_route_call_falls_back_when_the_first_fails_before_hedging() -> None:
+    upstream = Upstream(a=(0.01, UpstreamError("a down", status=503)), b=(0.01, "ok"))
+    stage, catalog = hedging_route(upstream, hedge_after_ms=500)
+    call = make_call()
+    call.route = catalog.resolve("m")
+    reply = await stage(call)
+    assert reply.body == b"b" and "x-sluicegate-hedge" not in reply.headers
+    assert upstream.started == ["a", "b"]
