@@ -291,7 +291,7 @@ def test_embedding_zero_dimensions_is_400() -> None:
         (b"[1, 2]", "object"),
         (b'{"model": "m"}', "required"),
         (b'{"messages": [{"role": "user", "content": "x"}]}', "required"),
-        (b'{"model": "m", "messages": []}', "required"),
+        (b'{"model": "m", "messages": []}', "empty array"),
     ],
 )
 def test_bad_chat_body_is_400(body: bytes, words: str) -> None:

@@ -24,6 +24,7 @@ import orjson
 from ..config import Latency, MockBehaviour
 from ..errors import UpstreamStreamBroken, UpstreamTimeout
 from .mock_replies import MockRequestError, Turn, digest, mock_answer, plan_turn
+from .mock_validate import Refusal, check_chat, check_embeddings
 from .transport import UpstreamRequest, UpstreamResponse
 
 __all__ = ["MockCall", "MockEngine", "MockReply", "MockTransport", "mock_answer"]
@@ -70,6 +71,18 @@ class MockCall:
 def _error(status: int, message: str, kind: str, code: str | None, **headers: str) -> MockReply:
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return MockReply(status, {**_JSON_HEADERS, **headers}, orjson.dumps(body))
+
+
+def _refused(refusal: Refusal) -> MockReply:
+    body = {
+        "error": {
+            "message": refusal.message,
+            "type": "invalid_request_error",
+            "param": refusal.param,
+            "code": refusal.code,
+        }
+    }
+    return MockReply(400, _JSON_HEADERS, orjson.dumps(body))
 
 
 class MockEngine:
@@ -171,8 +184,12 @@ class MockEngine:
     def _chat(self, payload: dict[str, Any]) -> MockReply:
         messages = payload.get("messages")
         model = payload.get("model")
-        if not isinstance(messages, list) or not messages or not isinstance(model, str):
+        if not isinstance(model, str):
             return _error(400, "mock: model and messages are required", "invalid_request_error", None)
+        refusal = check_chat(payload)
+        if refusal is not None:
+            return _refused(refusal)
+        assert isinstance(messages, list)
         b = self._behaviour
         try:
             turn = plan_turn(payload, b.answer_words)
@@ -213,6 +230,9 @@ class MockEngine:
         return MockReply(200, _JSON_HEADERS, orjson.dumps(body), delay_s=self._latency_s(b.latency))
 
     def _embeddings(self, payload: dict[str, Any]) -> MockReply:
+        refusal = check_embeddings(payload)
+        if refusal is not None:
+            return _refused(refusal)
         raw = payload.get("input")
         inputs = [raw] if isinstance(raw, str) else raw
         if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
