@@ -116,6 +116,7 @@ class Call:
     attempt: int = 1  # of the upstream call this is (retries count up)
     outcome: str = "none"  # what the cache made of it: miss, bypass, refresh; none without a cache
     deadline: float = math.inf  # perf_counter() time by which the request must be answered
+    timeouts: tuple[float | None, float | None] | None = None  # the feature's connect and first-byte
 
 
 class ReplyStream(Protocol):

@@ -226,6 +226,14 @@ class FeatureConfig(Frozen):
     fallback_answer: str | None = Field(
         None, description="a static answer served, marked as degraded, when every upstream option failed"
     )
+    connect_timeout_s: float | None = Field(
+        None, gt=0, description="connecting upstream (default: the provider's timeouts.connect)"
+    )
+    first_byte_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="the first byte and each gap in a stream (default: the provider's timeouts.first_byte)",
+    )
     hedge: bool = Field(
         False, description="when the first byte is late, send the same request to the next deployment too"
     )

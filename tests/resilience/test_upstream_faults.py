@@ -157,3 +157,23 @@ async def test_a_stream_cut_after_three_chunks(tmp_path: Path) -> None:
             async for _ in again.stream:
                 pass
         assert len(upstream.calls) == 2
+
+
+async def test_a_feature_timeout_overrides_the_providers(tmp_path: Path) -> None:
+    """The provider waits 5 s for a first byte; the feature, 0.1 s: three attempts end quickly."""
+    with MockUpstream() as upstream:
+        upstream.behave(hang_rate=1.0)
+        provider = {"kind": "openai", "base_url": upstream.url, "timeouts": {"first_byte": 5, "total": 30}}
+        settings = settings_for(
+            upstream,
+            tmp_path,
+            providers={"upstream": provider},
+            features={"default": {"first_byte_timeout_s": 0.1}},
+        )
+        async with create_gateway(settings) as gateway:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(AllUpstreamsFailed, match="timeout"):
+                await gateway.chat(model="gpt-4o-mini", messages=MESSAGES)
+            assert loop.time() - started < 2
+        assert len(upstream.calls) == 3

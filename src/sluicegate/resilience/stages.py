@@ -206,6 +206,11 @@ class RouteCall:
         self._inner = inner
         self._budgets = budgets or RetryBudgets(config)
         self._hedges = {name: feature for name, feature in features.items() if feature.hedge}
+        self._timeouts = {
+            name: (feature.connect_timeout_s, feature.first_byte_timeout_s)
+            for name, feature in features.items()
+            if feature.connect_timeout_s is not None or feature.first_byte_timeout_s is not None
+        }
         self._recent: dict[ModelRoute, deque[float]] = {}  # recent times to reply, for hedge delays
         self._catalog = catalog
         self._fallback_on = frozenset(config.fallback_on)
@@ -225,6 +230,8 @@ class RouteCall:
 
     async def __call__(self, call: Call) -> Reply:
         call.deadline = call.started + self._deadlines.get(call.context.feature, self._deadline_s)
+        if self._timeouts:
+            call.timeouts = self._timeouts.get(call.context.feature)
         name = call.route.name
         if name in self._alone:
             reply = await self._inner(call)

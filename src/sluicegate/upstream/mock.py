@@ -340,8 +340,9 @@ class MockTransport:
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         reply = self.engine.reply(request.method, request.path, request.body)
         wait = self.first_byte_timeout
-        if request.timeout_s is not None:
-            wait = min(wait, request.timeout_s)
+        for bound in (request.timeout_s, request.first_byte_s):
+            if bound is not None:
+                wait = min(wait, bound)
         if reply.hang or reply.delay_s > wait:
             await asyncio.sleep(wait)
             raise UpstreamTimeout("provider mock: the upstream did not answer in time")

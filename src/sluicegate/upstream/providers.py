@@ -109,6 +109,8 @@ class Provider:
             request.timeout_s = call.deadline - time.perf_counter()
             if request.timeout_s <= 0:
                 raise deadline_passed(call)
+        if call.timeouts is not None:
+            request.connect_s, request.first_byte_s = call.timeouts
         try:
             response = await self.transport.send(request)
         except UpstreamTimeout:

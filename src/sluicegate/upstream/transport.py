@@ -30,6 +30,8 @@ class UpstreamRequest:
     body: bytes
     stream: bool = False
     timeout_s: float | None = None  # what is left of the request's deadline: bounds the whole exchange
+    connect_s: float | None = None  # the feature's own connect timeout, if it has one
+    first_byte_s: float | None = None  # the feature's own first-byte (and between-chunks) timeout
 
 
 async def _nothing() -> None:
@@ -133,14 +135,17 @@ class AiohttpTransport:
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         session = self._session or self._open()
         try:
-            if request.timeout_s is not None and request.timeout_s < self._timeouts.total:
-                # The request's deadline is nearer than the provider's total: aiohttp's one timer
-                # for the exchange is armed at it instead (no timer of our own on the hot path).
-                # (aiohttp reads an explicit timeout=None as "no timeout at all".)
+            own = request.connect_s is not None or request.first_byte_s is not None
+            if own or (request.timeout_s is not None and request.timeout_s < self._timeouts.total):
+                # The request's deadline is nearer than the provider's total, or its feature has
+                # timeouts of its own: aiohttp's one timer for the exchange is armed with them
+                # (no timer of our own on the hot path). An explicit timeout=None would mean
+                # "no timeout at all" to aiohttp, so it is never passed.
+                timeouts = self._timeouts
                 timeout = aiohttp.ClientTimeout(
-                    total=request.timeout_s,
-                    sock_connect=self._timeouts.connect,
-                    sock_read=self._timeouts.first_byte,
+                    total=min(timeouts.total, request.timeout_s or timeouts.total),
+                    sock_connect=request.connect_s or timeouts.connect,
+                    sock_read=request.first_byte_s or timeouts.first_byte,
                 )
                 response = await session.request(
                     request.method, self._url(request.path), data=request.body, timeout=timeout
