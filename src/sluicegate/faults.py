@@ -27,6 +27,8 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
+from .testing import free_port
+
 __all__ = ["FaultProxy", "Faults"]
 
 
@@ -41,13 +43,6 @@ class Faults:
     blackhole: bool = False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class FaultProxy:
     """A TCP proxy from ``127.0.0.1:port`` to ``host:target_port`` with injectable faults."""
 
@@ -58,7 +53,7 @@ class FaultProxy:
             raise ValueError("the fault proxy only forwards to loopback addresses")
         self.host = host
         self.target_port = target_port
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.faults = Faults()
         self._rng = random.Random(seed)
         self._loop = asyncio.new_event_loop()

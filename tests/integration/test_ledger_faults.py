@@ -18,79 +18,21 @@ import pytest
 from sqlalchemy import func, select
 
 from sluicegate.config import MockBehaviour
+from sluicegate.faults import FaultProxy
 from sluicegate.store.db import create_engine
 from sluicegate.store.tables import usage_ledger
 from sluicegate.testing import MockUpstream
-from tests.integration.conftest import GatewayProcess, free_port, post
+from tests.integration.conftest import GatewayProcess, post
 
 pytestmark = pytest.mark.postgres
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 
 
-class TcpProxy:
-    """A TCP proxy to PostgreSQL in a thread of its own; `cut` makes the database unreachable
-    (listener closed, every connection dropped) until `restore`."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    def __enter__(self) -> TcpProxy:
-        self._thread.start()
-        self.restore()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cut()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
-
-    def _run(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(PG_HOST, PG_PORT)
-        except OSError:
-            writer.close()
-            return
-        self._writers.update((writer, up_writer))
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    def restore(self) -> None:
-        async def start() -> asyncio.Server:
-            return await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
-
-        self._server = self._run(start())
-
-    def cut(self) -> None:
-        async def stop() -> None:
-            if self._server is not None:
-                self._server.close()
-                self._server = None
-            for writer in list(self._writers):
-                with contextlib.suppress(Exception):
-                    writer.transport.abort()
-            self._writers.clear()
-
-        self._run(stop())
-
-
 @pytest.fixture
-def pg_proxy(database_url: str) -> Iterator[TcpProxy]:
-    with TcpProxy() as proxy:
+def pg_proxy(database_url: str) -> Iterator[FaultProxy]:
+    """PostgreSQL through a fault proxy, so that the test can cut it."""
+    with FaultProxy(PG_HOST, PG_PORT) as proxy:
         yield proxy
 
 
@@ -112,7 +54,7 @@ async def _ledger_rows(url: str) -> tuple[int, int]:
 
 
 def test_a_killed_gateway_and_a_database_outage_lose_no_row_and_count_none_twice(
-    gateway_processes: Callable[..., list[GatewayProcess]], pg_proxy: TcpProxy, tmp_path: Path
+    gateway_processes: Callable[..., list[GatewayProcess]], pg_proxy: FaultProxy, tmp_path: Path
 ) -> None:
     with MockUpstream(MockBehaviour(latency=300)) as upstream:
         url = f"postgresql+asyncpg://postgres@127.0.0.1:{pg_proxy.port}/test"

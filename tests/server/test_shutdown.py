@@ -68,6 +68,16 @@ def stream(port: int, into: list[bytes], started: threading.Event) -> None:
         conn.close()
 
 
+def begin_stream(port: int) -> tuple[list[bytes], threading.Thread]:
+    """A stream read in a thread; returns once its first bytes have arrived."""
+    received: list[bytes] = []
+    started = threading.Event()
+    reader = threading.Thread(target=stream, args=(port, received, started))
+    reader.start()
+    assert started.wait(10)
+    return received, reader
+
+
 def cached_rows(tmp_path: Path) -> int:
     with sqlite3.connect(tmp_path / ".sluicegate" / "sluicegate.db") as db:
         return int(db.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
@@ -75,12 +85,8 @@ def cached_rows(tmp_path: Path) -> int:
 
 def test_sigterm_finishes_the_stream_stops_accepting_and_flushes_the_cache(tmp_path: Path) -> None:
     process, port = start(tmp_path, drain_s=10, chunks=20)  # a stream of about 2 s
-    received: list[bytes] = []
-    started = threading.Event()
-    reader = threading.Thread(target=stream, args=(port, received, started))
-    reader.start()
+    received, reader = begin_stream(port)
     try:
-        assert started.wait(10)
         process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         with pytest.raises(ConnectionRefusedError):  # no longer accepting
@@ -97,12 +103,8 @@ def test_sigterm_finishes_the_stream_stops_accepting_and_flushes_the_cache(tmp_p
 
 def test_the_drain_timeout_bounds_the_wait(tmp_path: Path) -> None:
     process, port = start(tmp_path, drain_s=1, chunks=100)  # a stream of about 10 s
-    received: list[bytes] = []
-    started = threading.Event()
-    reader = threading.Thread(target=stream, args=(port, received, started))
-    reader.start()
+    received, reader = begin_stream(port)
     try:
-        assert started.wait(10)
         stopping = time.monotonic()
         process.send_signal(signal.SIGTERM)
         process.wait(15)
