@@ -124,3 +124,16 @@ async def test_route_call_falls_back_when_the_first_fails_before_hedging() -> No
     reply = await stage(call)
     assert reply.body == b"b" and "x-sluicegate-hedge" not in reply.headers
     assert upstream.started == ["a", "b"]
+
+
+async def test_a_client_that_leaves_cancels_every_attempt() -> None:
+    upstream = Upstream(a=(5.0, "ok"), b=(5.0, "ok"))
+    for delay in (1.0, 0.01):  # before the hedge, and after it
+        upstream.cancelled.clear()
+        racing = asyncio.ensure_future(race(upstream, make_call(), A, B, delay, lambda: True))
+        await asyncio.sleep(0.05)
+        racing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await racing
+        await asyncio.sleep(0)
+        assert sorted(upstream.cancelled) == (["a"] if delay == 1.0 else ["a", "b"])

@@ -59,14 +59,18 @@ async def race(
     error when both fail."""
     primary = replace(call, route=first)
     first_task = asyncio.ensure_future(send(primary))
-    done, _ = await asyncio.wait({first_task}, timeout=delay_s)
-    if done or not may_hedge():
-        return await first_task, primary, False
-    backup = replace(call, route=second, attempt=call.attempt + 1)
-    tasks = {first_task: primary, asyncio.ensure_future(send(backup)): backup}
-    pending = set(tasks)
-    error: BaseException | None = None
+    pending = {first_task}
     try:
+        # asyncio.wait does not cancel what it waits for: the finally below does, when the
+        # caller is cancelled (the client left) or an attempt raised.
+        done, pending = await asyncio.wait(pending, timeout=delay_s)
+        if done or not may_hedge():
+            pending = set()
+            return await first_task, primary, False
+        backup = replace(call, route=second, attempt=call.attempt + 1)
+        tasks = {first_task: primary, asyncio.ensure_future(send(backup)): backup}
+        pending = set(tasks)
+        error: BaseException | None = None
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
