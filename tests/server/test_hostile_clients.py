@@ -5,6 +5,7 @@ OpenAI's error shape, never a reset or a socket held forever."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import socket
 import time
@@ -141,3 +142,23 @@ def test_a_normal_request_still_works_and_keeps_alive(server: GatewayServer) -> 
         time.sleep(0.8)  # idle between requests is the keep-alive timeout's business, not a 408
         sock.sendall(CHAT + b"Content-Length: %d\r\n\r\n" % len(body) + body)
         assert read_response(sock)[0] == 200
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["keep-alive", "connection-close"])
+def test_a_client_that_sends_its_whole_body_first_still_reads_the_413(
+    server: GatewayServer, close: bool
+) -> None:
+    """http.client sends all 8 MB before it reads: without a lingering close, the gateway's
+    close with unread bytes made the kernel reset the connection, and the client saw
+    `Connection reset by peer` instead of the 413 (every time, with `Connection: close`)."""
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "' + b"x" * (8 << 20) + b'"}]}'
+    headers = {"content-type": "application/json", **({"connection": "close"} if close else {})}
+    for _ in range(5):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.request("POST", "/v1/chat/completions", body, headers)
+            response = conn.getresponse()
+            assert response.status == 413
+            assert error_code(response.read()) == "request_too_large"
+        finally:
+            conn.close()
