@@ -45,6 +45,14 @@ class ModelRoute:
     name: str
     provider: str
     upstream_model: str
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Routes key the breakers, the retry budgets and the labels: hash once, not per lookup.
+        object.__setattr__(self, "_hash", hash((self.name, self.provider, self.upstream_model)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def deployment(self) -> str:

@@ -87,7 +87,7 @@ class CircuitBreaker:
             at = max(at, now + 1.0)  # the probes' verdict is pending
         return max(at, now)
 
-    def record(self, ticket: int, now: float, *, failed: bool, slow: bool) -> None:
+    def record(self, ticket: int, now: float, failed: bool, slow: bool) -> None:
         """The outcome of the call admitted with ``ticket``."""
         if ticket != self._generation or ticket == REFUSED:
             return

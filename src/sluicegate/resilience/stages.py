@@ -37,40 +37,36 @@ DEPLOYMENT_HEADER = "x-sluicegate-deployment"
 FALLBACK_HEADER = "x-sluicegate-fallback"
 
 
-class RetryBudgets:
+class RetryBudgets(dict[str, RetryBudget]):
     """The retry budget of each provider in this process, made on first use; retries and
-    hedges both spend from it."""
+    hedges both spend from it. (A dict: a lookup costs no Python call.)"""
 
     def __init__(self, config: ResilienceConfig) -> None:
+        super().__init__()
         self._retry = config.retry
-        self._budgets: dict[str, RetryBudget] = {}
 
-    def __getitem__(self, provider: str) -> RetryBudget:
-        budget = self._budgets.get(provider)
-        if budget is None:
-            retry = self._retry
-            budget = RetryBudget(retry.budget_ratio, retry.budget_floor, retry.budget_window_s)
-            self._budgets[provider] = budget
+    def __missing__(self, provider: str) -> RetryBudget:
+        retry = self._retry
+        budget = self[provider] = RetryBudget(retry.budget_ratio, retry.budget_floor, retry.budget_window_s)
         return budget
 
 
-class Breakers:
-    """The circuit breakers of this process, one per deployment, made on first use."""
+class Breakers(dict[ModelRoute, CircuitBreaker]):
+    """The circuit breakers of this process, one per deployment, made on first use. (A dict:
+    a lookup costs no Python call.)"""
 
     def __init__(self, config: ResilienceConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self._config = config.breaker
         self.clock = clock
-        self._by_route: dict[ModelRoute, CircuitBreaker] = {}
 
-    def __getitem__(self, route: ModelRoute) -> CircuitBreaker:
-        breaker = self._by_route.get(route)
-        if breaker is None:
-            breaker = self._by_route[route] = CircuitBreaker(self._config)
+    def __missing__(self, route: ModelRoute) -> CircuitBreaker:
+        breaker = self[route] = CircuitBreaker(self._config)
         return breaker
 
     def states(self) -> dict[str, str]:
         """Each known deployment's breaker state, for the status page."""
-        return {route.deployment: breaker.state for route, breaker in self._by_route.items()}
+        return {route.deployment: breaker.state for route, breaker in self.items()}
 
 
 class RetryCall:
@@ -161,7 +157,7 @@ class GuardDeployment:
         slow = now - started >= self._slow_s
         stream = reply.stream
         if stream is None:
-            breaker.record(ticket, now, failed=False, slow=slow)
+            breaker.record(ticket, now, False, slow)
         else:
             # A stream's verdict comes when it ends: cut by the upstream, or whole.
             def ended(relay: Any) -> None:

@@ -25,6 +25,7 @@ __all__ = ["TRANSPORTS", "Provider", "build_providers", "deadline_passed", "upst
 
 _PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 _ERROR_HEADERS = ("retry-after", "retry-after-ms")
+_NO_DEADLINE = math.inf
 
 
 def _http_transport(name: str, config: ProviderConfig) -> Transport:
@@ -105,7 +106,7 @@ class Provider:
                 body["stream_options"] = {**options, "include_usage": True}
                 strip_usage = True
         request = UpstreamRequest("POST", _PATHS[call.kind], orjson.dumps(body), call.stream)
-        if call.deadline != math.inf:
+        if call.deadline != _NO_DEADLINE:
             request.timeout_s = call.deadline - time.perf_counter()
             if request.timeout_s <= 0:
                 raise deadline_passed(call)
