@@ -57,6 +57,20 @@ def test_usage_sums_cost_and_savings_and_orgs_see_only_their_own(keyed: Any) -> 
     assert own["data"][0]["period"] == time.strftime("%Y-%m", time.gmtime())
 
 
+def test_usage_shows_the_callers_budgets_with_their_forecasts(keyed: Any) -> None:
+    server, keys = keyed
+    for org in ("acme", "globex"):
+        assert call(server.url + "/api/ai/budgets", "POST", {"org": org, "limit_usd": 25}, ADMIN)[0] == 201
+    chat_as(server, keys["acme"], "plan q3")
+    status, everything = call(server.url + "/api/ai/usage", key=ADMIN)
+    assert status == 200
+    assert [b["scope"] for b in everything["budgets"]] == ["org:acme", "org:globex"]
+    acme = everything["budgets"][0]
+    assert acme["spent_usd"] > 0 and acme["forecast_usd"] >= acme["spent_usd"] and acme["limit_usd"] == 25
+    status, own = call(server.url + "/api/ai/usage", key=keys["globex"])
+    assert [b["scope"] for b in own["budgets"]] == ["org:globex"]
+
+
 def test_usage_needs_a_key_and_checks_its_parameters(keyed: Any) -> None:
     server, keys = keyed
     assert call(server.url + "/api/ai/usage")[0] == 401

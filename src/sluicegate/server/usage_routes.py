@@ -1,4 +1,5 @@
-"""``GET /api/ai/usage``: the ledger summed by org, user, key, feature, model and period.
+"""``GET /api/ai/usage``: the ledger summed by org, user, key, feature, model and period, and
+the budgets in force with the forecast of their period's end.
 
 The admin key sees every org (and may filter by one); an org's key sees only its own org,
 whatever it asks for; browser tokens are refused.
@@ -48,6 +49,13 @@ async def usage(gateway: Gateway, request: Request) -> None:
         if gateway.outbox is not None:
             await gateway.outbox.flush()  # this worker's latest rows count too
         body = await report(gateway.engine, query)
+        # The caller's budgets, with each one's forecast of its period's end.
+        store = gateway.budgets
+        body["budgets"] = [
+            (await store.usage(budget)).to_dict()
+            for scope, budget in sorted(store.budgets.items())
+            if org is None or scope == f"org:{org}"
+        ]
     except SQLAlchemyError as exc:
         raise ServiceUnavailable(
             f"the usage ledger's database is unreachable ({type(exc).__name__}); rows are kept "
