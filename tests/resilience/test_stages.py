@@ -311,3 +311,18 @@ async def test_refusals_are_not_degraded(error: SluicegateError) -> None:
     features = {"default": FeatureConfig(fallback_answer="nope")}
     with pytest.raises(type(error)):
         await Degrade(Script([error]), ResilienceConfig(), features)(make_call())
+
+
+async def test_retries_and_hedges_spend_one_budget_per_provider(tmp_path: Any) -> None:
+    """The gateway hands one RetryBudgets to RetryCall and RouteCall (an empty one included)."""
+    from sluicegate import create_gateway
+    from sluicegate.testing import mock_settings
+
+    gateway = create_gateway(mock_settings(data_dir=tmp_path))
+    stages: dict[str, Any] = {}
+    stage: Any = gateway.send
+    while stage is not None:
+        stages[type(stage).__name__] = stage
+        stage = getattr(stage, "_inner", None) or getattr(stage, "_send", None)
+    assert stages["RouteCall"]._budgets is stages["RetryCall"]._budgets
+    await gateway.aclose()

@@ -88,7 +88,7 @@ class RetryCall:
         self._inner = inner
         self._retry = config.retry
         self._breakers = breakers
-        self._budgets = budgets or RetryBudgets(config)
+        self._budgets = budgets if budgets is not None else RetryBudgets(config)
         self._wall = wall
         self._draw = draw
         self._sleep = sleep
@@ -200,7 +200,7 @@ class RouteCall:
         draw: Callable[[], float] = random.random,
     ) -> None:
         self._inner = inner
-        self._budgets = budgets or RetryBudgets(config)
+        self._budgets = budgets if budgets is not None else RetryBudgets(config)
         self._hedges = {name: feature for name, feature in features.items() if feature.hedge}
         self._timeouts = {
             name: (feature.connect_timeout_s, feature.first_byte_timeout_s)
