@@ -231,9 +231,7 @@ class RouteCall:
         name = call.route.name
         if name in self._alone:
             reply = await self._inner(call)
-            headers = reply.headers
-            label = self._labels.get(call.route)
-            headers[MODEL_HEADER], headers[DEPLOYMENT_HEADER] = label or (name, call.route.deployment)
+            self._label(reply, call.route, None)
             return reply
         first: tuple[ModelRoute, SluicegateError] | None = None
         options = self._options(name)
@@ -261,9 +259,21 @@ class RouteCall:
                     first = (route, exc)
                 last = exc
                 continue
-            _label(reply, route, first)
+            self._label(reply, route, first)
             return reply
         raise last
+
+    def _label(
+        self, reply: Reply, route: ModelRoute, first: tuple[ModelRoute, SluicegateError] | None
+    ) -> None:
+        """Say who answered; after a fallback, also who failed first and why."""
+        headers = reply.headers
+        label = self._labels.get(route)
+        headers[MODEL_HEADER], headers[DEPLOYMENT_HEADER] = label or (route.name, route.deployment)
+        if first is not None:
+            failed, error = first
+            reason = error.code or error.status_code
+            headers[FALLBACK_HEADER] = f"{failed.name} via {failed.deployment} ({reason})"
 
     def _options(self, name: str) -> list[ModelRoute]:
         options = self._ordered(name)
@@ -314,13 +324,3 @@ class RouteCall:
         if hedged:
             reply.headers[HEDGE_HEADER] = "won" if answered.route == second else "sent"
         return reply
-
-
-def _label(reply: Reply, route: ModelRoute, first: tuple[ModelRoute, SluicegateError] | None) -> None:
-    headers = reply.headers
-    headers[MODEL_HEADER] = route.name
-    headers[DEPLOYMENT_HEADER] = route.deployment
-    if first is not None:
-        failed, error = first
-        reason = error.code or error.status_code
-        headers[FALLBACK_HEADER] = f"{failed.name} via {failed.deployment} ({reason})"

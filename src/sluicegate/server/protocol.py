@@ -30,11 +30,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..config import ServerConfig
+from ..errors import InvalidRequest
 
 __all__ = ["LINGER_S", "CoalescingHttpToolsProtocol", "TurnBufferedTransport"]
 
@@ -219,9 +219,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._discarding or self.transport.is_closing():
             return
         self._discarding = True
-        body = orjson.dumps(
-            {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-        )
+        body = InvalidRequest(message, code=code).to_json()
         head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
             status,
             _REASONS[status],

@@ -68,21 +68,15 @@ class MockCall:
     at: float
 
 
-def _error(status: int, message: str, kind: str, code: str | None, **headers: str) -> MockReply:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+def _error(
+    status: int, message: str, kind: str, code: str | None, param: str | None = None, **headers: str
+) -> MockReply:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return MockReply(status, {**_JSON_HEADERS, **headers}, orjson.dumps(body))
 
 
 def _refused(refusal: Refusal) -> MockReply:
-    body = {
-        "error": {
-            "message": refusal.message,
-            "type": "invalid_request_error",
-            "param": refusal.param,
-            "code": refusal.code,
-        }
-    }
-    return MockReply(400, _JSON_HEADERS, orjson.dumps(body))
+    return _error(400, refusal.message, "invalid_request_error", refusal.code, refusal.param)
 
 
 class MockEngine:
