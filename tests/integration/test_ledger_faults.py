@@ -1,6 +1,7 @@
 """The ledger under faults, with real processes: a gateway killed by SIGKILL with calls in
 flight, while the database is unreachable. Afterwards the ledger holds exactly one row per
-call the mock provider received: none lost, none twice."""
+call the mock provider received (none lost, none twice), plus, at most, the killed process's
+calls whose request had not yet left it, billed by estimate as ``interrupted``."""
 
 from __future__ import annotations
 
@@ -98,10 +99,14 @@ def test_a_killed_gateway_and_a_database_outage_lose_no_row_and_count_none_twice
         assert received > 50 and answered[0] > 0
         deadline = time.monotonic() + 20
         rows, interrupted = asyncio.run(_ledger_rows(url))
-        while rows != received and time.monotonic() < deadline:
+        while rows < received and time.monotonic() < deadline:
             time.sleep(0.5)
             rows, interrupted = asyncio.run(_ledger_rows(url))
-        assert rows == received, f"{received} calls reached the provider, the ledger has {rows} rows"
+        # None lost: every call the provider received has its row. A call in flight when the
+        # process died is billed by estimate (``interrupted``) whether or not its request got
+        # out before the kill, so the only rows beyond the provider's count are those.
+        assert rows >= received, f"{received} calls reached the provider, the ledger has {rows} rows"
+        assert rows - interrupted <= received, f"{rows - interrupted} settled rows for {received} calls"
         assert interrupted > 0  # the calls in flight in the killed process, billed by estimate
         assert survivor.process.poll() is None
         spools = (tmp_path / "data" / "ledger-spool").glob(f"{victim.process.pid}-*.jsonl")
