@@ -6,13 +6,16 @@ reached), rounds alternating between the variants, CPU of each gateway from /pro
     .venv/bin/python bench/admission_overhead.py            # about 2 minutes
     .venv/bin/python bench/admission_overhead.py --rounds 5 --duration 8
 
-Variants (cache off in all, so every request goes upstream):
+Variants (every request goes upstream: the cache is off, or, in full-redis, scoped per user):
   plain         no limits, no ledger
   plain@REF     the same, running the code of git revision REF (with --baseline REF): before/after
   limit-redis   a per-user limit of 100 an hour, in Redis (db 13 of 127.0.0.1:6379, flushed)
   limit-sql     the same limit without Redis: rows in the embedded SQLite
   ledger        no limits, the usage ledger on (SQLite)
   budget        a budget for the org (SQLite): a reservation and a settlement per request
+  budget-redis  the same budget, counted in Redis
+  full-redis    the whole pipeline with Redis: the per-user limit, a user-scoped cache (in
+                process and Redis; every request a miss), the budget and the ledger (SQLite)
 """
 
 from __future__ import annotations
@@ -34,12 +37,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SG = [str(ROOT / ".venv" / "bin" / "sluicegate")]
 REDIS_URL = "redis://127.0.0.1:6379/13"
 LIMIT = "limits:\n  requests:\n    - {per: user, limit: 100, window_s: 3600}\n"
+NO_CACHE = "cache:\n  enabled: false\n"
+NO_LEDGER = NO_CACHE + "ledger:\n  enabled: false\n"
+REDIS = f"redis:\n  url: {REDIS_URL}\n"
+BUDGET = "budgets:\n  orgs:\n    - {org: local, limit_usd: 1000000}\n"
+USER_CACHE = (
+    "cache:\n  enabled: true\nfeatures:\n  default:\n    cache:\n      scope: user\n"
+    "      tiers: [memory, redis]\n"
+)
 VARIANTS = {
-    "plain": "ledger:\n  enabled: false\n",
-    "limit-redis": f"ledger:\n  enabled: false\nredis:\n  url: {REDIS_URL}\n" + LIMIT,
-    "limit-sql": "ledger:\n  enabled: false\n" + LIMIT,
-    "ledger": "",
-    "budget": "ledger:\n  enabled: false\nbudgets:\n  orgs:\n    - {org: local, limit_usd: 1000000}\n",
+    "plain": NO_LEDGER,
+    "limit-redis": NO_LEDGER + REDIS + LIMIT,
+    "limit-sql": NO_LEDGER + LIMIT,
+    "ledger": NO_CACHE,
+    "budget": NO_LEDGER + BUDGET,
+    "budget-redis": NO_LEDGER + REDIS + BUDGET,
+    "full-redis": REDIS + LIMIT + BUDGET + USER_CACHE,
 }
 LUA = """
 wrk.method = "POST"
@@ -119,23 +132,28 @@ def main() -> None:
             folder.mkdir()
             config = folder / "sluicegate.yaml"
             config.write_text(
-                f"data_dir: {folder}\nproviders:\n  mock:\n    kind: openai\n"
+                f"data_dir: {folder}\ndatabase:\n  url: sqlite+aiosqlite:///{folder}/sluicegate.db\n"
+                "providers:\n  mock:\n    kind: openai\n"
                 f"    base_url: http://127.0.0.1:{mock_port}/v1\nmodels:\n  gpt-4o-mini:\n"
-                "    provider: mock\ncache:\n  enabled: false\n" + extra
+                "    provider: mock\n" + extra
             )
             port = free_port()
             command = [*SG, "serve", "--config", str(config), "--port", str(port), "--workers", "1"]
             process = subprocess.Popen(
                 command,
                 env=variant_env,
-                stdout=subprocess.DEVNULL,
+                stdout=(folder / "serve.log").open("wb"),
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
             started.append(process)
             servers[name] = (port, process)
-        for port, _ in servers.values():
-            wait_up(f"http://127.0.0.1:{port}/api/ai/status")
+        for name, (port, _) in servers.items():
+            try:
+                wait_up(f"http://127.0.0.1:{port}/api/ai/status")
+            except RuntimeError:
+                log = work / name.replace("@", "-at-").replace("/", "-") / "serve.log"
+                sys.exit(f"{name} did not come up:\n{log.read_text()[-2000:]}")
         script = work / "users.lua"
         script.write_text(LUA)
         print(f"{'round':>5} {'variant':<12} {'req/s':>8} {'CPU µs/req':>11} {'p50 ms':>7} {'p99 ms':>7}")

@@ -133,8 +133,8 @@ async def redis_url() -> AsyncIterator[str]:
 
 _DROP_ALL = text(
     "DROP TABLE IF EXISTS virtual_keys, cache_entries, cache_namespaces, cache_stats, rate_events,"
-    " usage_ledger, emergency_stops, budget_limits, budget_periods, budget_reservations, budget_alerts,"
-    " alembic_version"
+    " usage_ledger, usage_daily, emergency_stops, budget_limits, budget_periods, budget_reservations,"
+    " budget_alerts, token_buckets, alembic_version"
 )
 
 

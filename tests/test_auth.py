@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sluicegate import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied, Settings
-from sluicegate.auth import Authenticator, KeyStore, hash_key, load_pepper, new_key
+from sluicegate import (
+    AuthenticationFailed,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    Settings,
+    create_gateway,
+)
+from sluicegate.auth import Authenticator, KeyRecord, KeyStore, hash_key, load_pepper, new_key
 from sluicegate.store.db import create_engine, migrate
 from sluicegate.testing import mock_settings
+from sluicegate.virtual_keys import rotation_refusal
 
 
 def keyed_settings(tmp_path: Path, **auth: object) -> Settings:
@@ -176,3 +187,111 @@ def test_workers_starting_together_share_one_pepper(tmp_path: Path) -> None:
         assert len(set(results)) == 1
         assert len(results[0]) == 64
         assert [p.name for p in (tmp_path / str(attempt)).iterdir()] == ["pepper"]
+
+
+# Rotation
+
+
+async def test_rotation_makes_a_twin_and_gives_the_old_key_an_expiry(engine: AsyncEngine) -> None:
+    """The new key has the old one's org, user and name; the old one expires after the grace."""
+    store = KeyStore(engine, b"pepper")
+    old_key, old = await store.create("acme", user="ann", name="web")
+    now = datetime.now(UTC)
+    new_key_, new, rotated = await store.rotate(old.prefix, 3600, now=now)
+    assert new_key_ != old_key and new.id != old.id
+    assert (new.org, new.user, new.name) == ("acme", "ann", "web")
+    assert new.expires_at is None and new.replaced_by is None
+    assert rotated.expires_at == now + timedelta(hours=1)
+    assert (rotated.replaced_by, rotated.replaced_by_prefix) == (new.id, new.prefix)
+    assert await store.find(old_key) == rotated  # stored as returned, successor's prefix included
+    assert await store.find(new_key_) == new
+    listed = {r.id: r.to_dict() for r in await store.list_keys()}
+    assert listed[old.id]["expires_at"] == rotated.expires_at.isoformat()
+    assert listed[old.id]["replaced_by"] == new.id and listed[old.id]["replaced_by_prefix"] == new.prefix
+    assert listed[new.id]["expires_at"] is None
+
+
+async def test_expired_keys_leave_the_default_listing(engine: AsyncEngine) -> None:
+    """Once its grace is over, a rotated key is listed only with include_revoked."""
+    store = KeyStore(engine, b"pepper")
+    _, old = await store.create("acme")
+    _, new, _ = await store.rotate(old.id, 60)
+    later = datetime.now(UTC) + timedelta(seconds=61)
+    assert [r.id for r in await store.list_keys(now=later)] == [new.id]
+    assert {r.id for r in await store.list_keys(include_revoked=True, now=later)} == {old.id, new.id}
+
+
+async def test_rotation_refuses_revoked_expired_and_rotated_keys(engine: AsyncEngine) -> None:
+    """A revoked or expired key cannot be rotated, nor a key already rotated; nothing is created."""
+    store = KeyStore(engine, b"pepper")
+    _, revoked = await store.create("acme", name="revoked")
+    await store.revoke(revoked.id)
+    with pytest.raises(InvalidRequest, match="was revoked") as refused:
+        await store.rotate(revoked.id)
+    assert refused.value.code == "key_not_rotatable"
+    _, gone = await store.create("acme", name="gone")
+    await store.rotate(gone.id, 0)
+    with pytest.raises(InvalidRequest, match="expired at"):
+        await store.rotate(gone.id)
+    _, rotated = await store.create("acme", name="rotated")
+    _, successor, _ = await store.rotate(rotated.id, 3600)
+    with pytest.raises(InvalidRequest, match=f"already rotated; its replacement is {successor.id}"):
+        await store.rotate(rotated.id)
+    with pytest.raises(NotFound):
+        await store.rotate("nope")
+    with pytest.raises(InvalidRequest, match="grace"):
+        await store.rotate(successor.id, -1)
+    assert len(await store.list_keys(include_revoked=True)) == 5  # three keys, two successors
+
+
+def test_rotation_refusal_is_decided_at_the_given_time() -> None:
+    """A key in its grace is refused as rotated; after the expiry, as expired."""
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    live = KeyRecord("k1", "sk-sg-abcdef", "acme", None, None, now, None)
+    assert rotation_refusal(live, now) is None
+    rotated = replace(
+        live, expires_at=now + timedelta(hours=1), replaced_by="k2", replaced_by_prefix="sk-sg-xyz"
+    )
+    assert "already rotated" in (rotation_refusal(rotated, now) or "")
+    assert "expired at 2030-01-01T01:00:00+00:00" in (
+        rotation_refusal(rotated, now + timedelta(hours=1)) or ""
+    )
+
+
+async def test_old_key_works_during_the_grace_and_is_refused_after(tmp_path: Path, store: KeyStore) -> None:
+    """The expiry is compared with the clock at each authentication, even for a cached record."""
+    wall = [datetime.now(UTC).timestamp()]
+    auth = Authenticator(keyed_settings(tmp_path, key_cache_seconds=3600), store, wall_clock=lambda: wall[0])
+    old_key, old = await store.create("acme", user="ann")
+    new_key_, new, rotated = await store.rotate(old.id, 600)
+    principal = await auth.authenticate(f"Bearer {old_key}")
+    assert isinstance(principal, KeyRecord) and principal.id == old.id  # cached from now on
+    assert rotated.expires_at is not None
+    wall[0] = rotated.expires_at.timestamp() - 1
+    assert await auth.authenticate(f"Bearer {old_key}") is not None
+    wall[0] = rotated.expires_at.timestamp()
+    with pytest.raises(AuthenticationFailed) as refused:
+        await auth.authenticate(f"Bearer {old_key}")
+    error = refused.value
+    assert (error.status_code, error.type, error.code) == (401, "authentication_error", "expired_api_key")
+    assert "rotated and expired at " + rotated.expires_at.isoformat(timespec="seconds") in error.message
+    assert new.prefix in error.message and new_key_ not in error.message
+    assert await auth.authenticate(f"Bearer {new_key_}") is not None
+
+
+async def test_an_expiry_reaches_a_key_cached_before_the_rotation(tmp_path: Path) -> None:
+    """A worker that cached the key before it was rotated elsewhere refuses it after the next poll."""
+    settings = mock_settings(
+        data_dir=tmp_path,
+        auth={"require_keys": True, "key_cache_seconds": 3600},
+        controls={"poll_interval_s": 10},  # the test polls by hand
+    )
+    async with create_gateway(settings) as worker:
+        key, record = await worker.keys.create("acme")
+        await worker.authenticator.authenticate(f"Bearer {key}")  # cached with no expiry
+        elsewhere = KeyStore(worker.engine, load_pepper(settings))  # e.g. the CLI
+        await elsewhere.rotate(record.id, 0)
+        assert await worker.authenticator.authenticate(f"Bearer {key}") is not None  # stale cache
+        await worker.controls.refresh()
+        with pytest.raises(AuthenticationFailed, match="rotated and expired"):
+            await worker.authenticator.authenticate(f"Bearer {key}")

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sluicegate import __version__
+from sluicegate import InvalidRequest, __version__
 from sluicegate.cli import app
+from sluicegate.cli_keys import parse_grace
 
 runner = CliRunner()
 
@@ -50,6 +51,48 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert "acme" not in runner.invoke(app, ["keys", "list", "--config", str(config)]).stdout
     missing = runner.invoke(app, ["keys", "revoke", "nope", "--config", str(config)])
     assert missing.exit_code == 1 and "no key" in missing.output
+
+
+def test_keys_rotate_prints_a_new_key_and_lists_the_old_ones_expiry(tmp_path: Path) -> None:
+    """Rotation prints a new key once; the list shows the old key's expiry and successor."""
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text(f"data_dir: {tmp_path}\ndatabase:\n  url: sqlite+aiosqlite:///{tmp_path}/db.sqlite\n")
+    args = ["--config", str(config)]
+    old = runner.invoke(app, ["keys", "create", "--org", "acme", "--name", "web", *args]).stdout.strip()
+    rotated = runner.invoke(app, ["keys", "rotate", old[:12], "--grace", "90s", *args])
+    assert rotated.exit_code == 0, rotated.output
+    new = rotated.stdout.strip().splitlines()[0]
+    assert new.startswith("sk-sg-") and new != old
+    assert "works until" in rotated.stderr and old not in rotated.output
+    listed = runner.invoke(app, ["keys", "list", *args], env={"COLUMNS": "200"}).stdout
+    rows = {line.split("│")[2].strip(): line for line in listed.splitlines() if "acme" in line}
+    assert rows[f"{old[:12]}…"].count("+00:00") == 2  # created, expires
+    assert rows[f"{old[:12]}…"].rstrip(" │").endswith(f"{new[:12]}…")  # replaced by
+    assert rows[f"{new[:12]}…"].count("+00:00") == 1
+    assert listed.count("acme") == 2 and new not in listed
+    again = runner.invoke(app, ["keys", "rotate", old[:12], *args])
+    assert again.exit_code == 1 and "already rotated" in " ".join(again.output.split())
+    now = runner.invoke(app, ["keys", "rotate", new[:12], "--grace", "0", *args])
+    assert now.exit_code == 0, now.output
+    assert "web" in runner.invoke(app, ["keys", "list", *args]).stdout
+    bad = runner.invoke(app, ["keys", "rotate", new[:12], "--grace", "soon", *args])
+    assert bad.exit_code == 1 and "90s, 15m, 24h or 7d" in " ".join(bad.output.split())
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("0", 0), ("90s", 90), ("15m", 900), ("24h", 86_400), ("7d", 604_800), (" 2H ", 7200)],
+)
+def test_grace_periods_parse(text: str, seconds: int) -> None:
+    """--grace takes a number and one unit, or 0."""
+    assert parse_grace(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "-5m", "1.5h", "10", "1h30m", "366d", "forever"])
+def test_bad_grace_periods_are_refused(text: str) -> None:
+    """Anything else is a clear error naming the accepted forms."""
+    with pytest.raises(InvalidRequest, match="24h"):
+        parse_grace(text)
 
 
 def test_bad_config_exits_with_the_key_named(tmp_path: Path) -> None:
@@ -134,6 +177,33 @@ def test_usage_prints_the_ledger_as_a_table_and_as_json(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "group_by" in bad.output
 
 
+def test_ledger_compact_rolls_up_and_purges_and_usage_still_reports(tmp_path: Path) -> None:
+    """`sluicegate ledger compact` rolls up ended days and deletes old rows; `usage` reads both."""
+    import asyncio
+    import json
+
+    from sluicegate.accounting.outbox import insert_rows
+    from sluicegate.store.db import with_migrated
+    from tests.accounting.test_rollups import ledger_row
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"
+    now = time.time()
+    rows = [ledger_row("old", now - 100 * 86_400), ledger_row("new", now - 86_400, cost_micro=7)]
+    asyncio.run(with_migrated(url, lambda engine: insert_rows(engine, rows)))
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text(f"data_dir: {tmp_path}\ndatabase:\n  url: {url}\n")
+    usage = ["usage", "--json", "--period", "all", "--days", "120", "--config", str(config)]
+    before = json.loads(runner.invoke(app, usage).output)["totals"]
+    result = runner.invoke(app, ["ledger", "compact", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "rolled up 2 day(s)" in output and "deleted 1 ledger row(s)" in output
+    again = runner.invoke(app, ["ledger", "compact", "--config", str(config)])
+    assert "rolled up 0 day(s)" in again.output and "deleted 0 ledger row(s)" in again.output
+    assert json.loads(runner.invoke(app, usage).output)["totals"] == before
+    assert before["requests"] == 2 and before["cost_micro"] == 107
+
+
 def test_stop_stops_and_resume(tmp_path: Path) -> None:
     """`sluicegate stop`, `stops` and `resume` set, list and lift emergency stops."""
     config = tmp_path / "sluicegate.yaml"
@@ -160,6 +230,12 @@ def test_budgets_set_and_list(tmp_path: Path) -> None:
     assert "org:acme" in listed.output and "250.00" in listed.output
     bad = runner.invoke(app, ["budgets", "set", "--org", "acme", "--limit-usd", "lots", *args])
     assert bad.exit_code == 2 and "limit-usd" in bad.output
+    ann = ["budgets", "set", "--org", "acme", "--user", "ann", "--limit-usd", "5", "--period", "day"]
+    made = runner.invoke(app, [*ann, *args])
+    assert made.exit_code == 0 and "the user ann of acme" in made.output, made.output
+    assert "org:acme/user:ann" in runner.invoke(app, ["budgets", "list", *args]).output
+    both = runner.invoke(app, [*ann, "--feature", "chat", *args])
+    assert both.exit_code == 2 and "at most one of --user, --feature and --key" in both.output
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::"])

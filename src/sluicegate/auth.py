@@ -1,8 +1,8 @@
-"""Virtual keys, tenants and the admin key.
+"""Tenants, the admin key, and who a request's key or browser token says the caller is.
 
-A virtual key (``sk-sg-…``) is shown once, when it is created; the database keeps only its
-HMAC-SHA256 under a server pepper. The pepper comes from ``$SLUICEGATE_KEY_PEPPER`` or, on
-the embedded default, from ``.sluicegate/pepper`` (made on first use, mode 0600).
+A virtual key (``sk-sg-…``, see `sluicegate.virtual_keys`) is stored only as its HMAC-SHA256
+under a server pepper. The pepper comes from ``$SLUICEGATE_KEY_PEPPER`` or, on the embedded
+default, from ``.sluicegate/pepper`` (made on first use, mode 0600).
 
 With ``auth.require_keys`` off (the embedded default), every request belongs to the local
 development org and the ``Authorization`` header is ignored, except for a browser token
@@ -13,25 +13,20 @@ features it is bound to hold in every mode.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from sqlalchemy import insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from .browser_tokens import TOKEN_PREFIX, BrowserPrincipal, derive_secret, sign_token, verify_token
 from .calls import RequestContext
 from .config import DEFAULT_FEATURE, Settings
-from .errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
-from .store.tables import virtual_keys
+from .errors import AuthenticationFailed, InvalidRequest, PermissionDenied
+from .virtual_keys import KeyRecord, KeyStore, hash_key, new_key
 
 __all__ = [
     "Authenticator",
@@ -40,23 +35,11 @@ __all__ = [
     "KeyStore",
     "Principal",
     "browser_token_secret",
+    "expired_key_message",
     "hash_key",
     "load_pepper",
     "new_key",
 ]
-
-KEY_PREFIX = "sk-sg-"
-_MAX_NAME = 128
-
-
-def new_key() -> str:
-    """A fresh virtual key: ``sk-sg-`` and 43 URL-safe characters (256 random bits)."""
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(pepper: bytes, key: str) -> str:
-    """The stored form of ``key``: HMAC-SHA256 under the server's pepper, in hex."""
-    return hmac.new(pepper, key.encode(), hashlib.sha256).hexdigest()
 
 
 def load_pepper(settings: Settings) -> bytes:
@@ -89,122 +72,8 @@ def browser_token_secret(settings: Settings) -> bytes:
     return derive_secret(load_pepper(settings))
 
 
-@dataclass(slots=True, frozen=True)
-class KeyRecord:
-    """A stored virtual key, without the key."""
-
-    id: str
-    prefix: str
-    org: str
-    user: str | None
-    name: str | None
-    created_at: datetime
-    revoked_at: datetime | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "id": self.id,
-            "prefix": self.prefix,
-            "org": self.org,
-            "user": self.user,
-            "name": self.name,
-            "created_at": self.created_at.isoformat(),
-            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
-        }
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 Principal: TypeAlias = KeyRecord | BrowserPrincipal
 """Who authenticated: a virtual key's record, or a browser token's principal."""
-
-
-def _record(row: Any) -> KeyRecord:
-    created = _utc(row.created_at)
-    assert created is not None
-    return KeyRecord(row.id, row.prefix, row.org, row.user, row.name, created, _utc(row.revoked_at))
-
-
-def _check_label(what: str, value: str | None) -> None:
-    if value is not None and not 0 < len(value) <= _MAX_NAME:
-        raise InvalidRequest(f"{what} must be 1-{_MAX_NAME} characters", param=what)
-
-
-class KeyStore:
-    """Virtual keys in the SQL database."""
-
-    def __init__(self, engine: AsyncEngine, pepper: bytes) -> None:
-        self._engine = engine
-        self._pepper = pepper
-
-    async def create(
-        self, org: str, *, user: str | None = None, name: str | None = None
-    ) -> tuple[str, KeyRecord]:
-        """Create a key for ``org``; return the key (shown only now) and its record."""
-        _check_label("org", org)
-        _check_label("user", user)
-        _check_label("name", name)
-        key = new_key()
-        record = KeyRecord(
-            secrets.token_hex(8),
-            key[: len(KEY_PREFIX) + 6],
-            org,
-            user,
-            name,
-            datetime.now(UTC),
-            None,
-        )
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                insert(virtual_keys).values(
-                    key_hash=hash_key(self._pepper, key),
-                    **{f: getattr(record, f) for f in ("id", "prefix", "org", "user", "name", "created_at")},
-                )
-            )
-        return key, record
-
-    async def list_keys(self, org: str | None = None, *, include_revoked: bool = False) -> list[KeyRecord]:
-        """Keys, newest first, optionally of one org."""
-        query = select(virtual_keys).order_by(virtual_keys.c.created_at.desc())
-        if org is not None:
-            query = query.where(virtual_keys.c.org == org)
-        if not include_revoked:
-            query = query.where(virtual_keys.c.revoked_at.is_(None))
-        async with self._engine.connect() as conn:
-            return [_record(row) for row in await conn.execute(query)]
-
-    async def revoke(self, id_or_prefix: str) -> KeyRecord:
-        """Revoke the key with this id or prefix; `NotFound` when none or several match."""
-        match = or_(virtual_keys.c.id == id_or_prefix, virtual_keys.c.prefix == id_or_prefix)
-        async with self._engine.begin() as conn:
-            rows = list(await conn.execute(select(virtual_keys).where(match)))
-            if len(rows) != 1:
-                what = "no key" if not rows else f"{len(rows)} keys"
-                raise NotFound(f"{what} match {id_or_prefix!r}; use the id from `sluicegate keys list`")
-            now = datetime.now(UTC)
-            await conn.execute(
-                update(virtual_keys).where(virtual_keys.c.id == rows[0].id).values(revoked_at=now)
-            )
-        record = _record(rows[0])
-        return KeyRecord(
-            record.id, record.prefix, record.org, record.user, record.name, record.created_at, now
-        )
-
-    async def find(self, key: str) -> KeyRecord | None:
-        """The live record for ``key``, or None when unknown or revoked."""
-        query = select(virtual_keys).where(
-            virtual_keys.c.key_hash == hash_key(self._pepper, key),
-            virtual_keys.c.revoked_at.is_(None),
-        )
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        return _record(row) if row is not None else None
 
 
 class Authenticator:
@@ -227,7 +96,9 @@ class Authenticator:
         self._clock = clock
         # Keys seen recently, so that the hot path does not query the database. A revocation
         # reaches every worker within `controls.poll_interval_s` (`Controls` calls `forget`),
-        # and at the latest when the entry expires after `key_cache_seconds`.
+        # and at the latest when the entry expires after `key_cache_seconds`. A rotated key's
+        # expiry is compared at each request; a record cached before the rotation lacks it,
+        # and the same poll forgets that record as the expiry passes.
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
         admin = os.environ.get(settings.auth.admin_key_env)
         self._admin_key = admin.encode() if admin else None
@@ -240,8 +111,8 @@ class Authenticator:
         """The caller's key or browser token, checked before anything else is read.
 
         None when keys are not required and no browser token is presented. Raises
-        `AuthenticationFailed` for a missing, malformed, unknown or revoked key, and for a
-        forged or expired browser token.
+        `AuthenticationFailed` for a missing, malformed, unknown, revoked or expired key, and
+        for a forged or expired browser token.
         """
         token = _browser_token(authorization)
         if token is not None:
@@ -325,6 +196,11 @@ class Authenticator:
             raise AuthenticationFailed(
                 "the API key is unknown or revoked; create one with `sluicegate keys create`"
             )
+        # Compared here, not when cached: an expiry holds on time whatever the cache's age.
+        if record.expires_at is not None:
+            now_utc = datetime.fromtimestamp(self._wall_clock(), UTC)
+            if record.expired(now_utc):
+                raise AuthenticationFailed(expired_key_message(record), code="expired_api_key")
         return record
 
     def is_admin(self, authorization: str | None) -> bool:
@@ -350,6 +226,18 @@ class Authenticator:
         given = _bearer(authorization).encode()
         if not hmac.compare_digest(given, self._admin_key):
             raise AuthenticationFailed("this route needs the admin key as the Bearer token")
+
+
+def expired_key_message(record: KeyRecord) -> str:
+    """What a caller with an expired key is told: when it expired, and its replacement's prefix."""
+    assert record.expires_at is not None
+    when = record.expires_at.isoformat(timespec="seconds")
+    if record.replaced_by_prefix is not None:
+        return (
+            f"this API key was rotated and expired at {when}; use its replacement, the key "
+            f"starting {record.replaced_by_prefix}… (ask whoever manages your keys for it)"
+        )
+    return f"this API key expired at {when}; ask for a new one (`sluicegate keys create`)"
 
 
 def _bearer(authorization: str | None) -> str:

@@ -1,4 +1,5 @@
-"""The ``sluicegate`` command: serve, mock-upstream, keys, cache, warm, usage, stop, resume, stops."""
+"""The ``sluicegate`` command: serve, mock-upstream, keys, cache, warm, usage, ledger, budgets, stop,
+resume, stops."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 import uvloop
 from rich.console import Console
-from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import cli_cache, cli_usage
+from . import cli_cache, cli_keys, cli_usage
 from ._version import __version__
 from .accounting.pricing import PriceBook
 from .auth import KeyStore, load_pepper
@@ -190,24 +190,13 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(
     org: Annotated[str | None, typer.Option(help="Only this organisation's keys.")] = None,
-    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked and expired keys.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """List virtual keys (never the keys themselves)."""
+    """List virtual keys (never the keys themselves), with the expiry and successor of rotated ones."""
     settings = _settings(config)
     records = _run(_with_keys(settings, lambda store: store.list_keys(org, include_revoked=all_keys)))
-    table = Table("id", "prefix", "org", "user", "name", "created", "revoked")
-    for r in records:
-        table.add_row(
-            r.id,
-            r.prefix + "…",
-            r.org,
-            r.user or "",
-            r.name or "",
-            r.created_at.isoformat(timespec="seconds"),
-            r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else "",
-        )
-    out.print(table)
+    out.print(cli_keys.keys_table(records))
 
 
 @keys_app.command("revoke")
@@ -215,7 +204,7 @@ def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id or prefix, from `sluicegate keys list`.")],
     config: ConfigOption = None,
 ) -> None:
-    """Revoke a virtual key (running gateways notice within auth.key_cache_seconds)."""
+    """Revoke a virtual key (running gateways notice within controls.poll_interval_s)."""
     settings = _settings(config)
     try:
         record = _run(_with_keys(settings, lambda store: store.revoke(key_id)))
@@ -223,6 +212,29 @@ def keys_revoke(
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
     console.print(f"revoked key {record.id} of org {record.org}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[str, typer.Argument(help="The key's id or prefix, from `sluicegate keys list`.")],
+    grace: Annotated[
+        str,
+        typer.Option(help="How long the old key keeps working: 90s, 15m, 24h, 7d, or 0 to end it now."),
+    ] = "24h",
+    config: ConfigOption = None,
+) -> None:
+    """Replace a virtual key: print a new one for the same org, user and name (shown only this
+    once); the old key keeps working for --grace, then every gateway refuses it. A key already
+    rotated cannot be rotated again: rotate its replacement, or revoke it to end its grace."""
+    settings = _settings(config)
+    try:
+        seconds = cli_keys.parse_grace(grace)
+        key, new, old = _run(_with_keys(settings, lambda store: store.rotate(key_id, seconds)))
+    except SluicegateError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    out.print(key, soft_wrap=True)
+    console.print(cli_keys.rotated_message(new, old, settings.controls.poll_interval_s))
 
 
 @cli_cache.cache_app.command("stats")
@@ -284,7 +296,7 @@ def usage(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Requests, tokens, cost, cache hits and cost saved, from the usage ledger."""
+    """Requests, tokens, cost, cache hits and cost saved, from the usage ledger and its roll-ups."""
     params = {"days": str(days), "group_by": group_by, "period": period}
     params.update(
         {k: v for k, v in {"org": org, "user": user, "feature": feature, "model": model}.items() if v}
@@ -294,7 +306,22 @@ def usage(
         raise typer.Exit(status)
 
 
-budgets_app = typer.Typer(help="Set and list budgets per org.", no_args_is_help=True)
+ledger_app = typer.Typer(
+    help="The usage ledger's upkeep: daily roll-ups and retention (each worker also runs them).",
+    no_args_is_help=True,
+)
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.command("compact")
+def ledger_compact(config: ConfigOption = None) -> None:
+    """Roll up the ended UTC days, then delete ledger rows older than ledger.retention_days, once."""
+    status = cli_usage.compact_command(_settings(config))
+    if status:
+        raise typer.Exit(status)
+
+
+budgets_app = typer.Typer(help="Set and list budgets per org, user, feature or key.", no_args_is_help=True)
 app.add_typer(budgets_app, name="budgets")
 
 
@@ -303,10 +330,20 @@ def budgets_set(
     org: Annotated[str, typer.Option(help="The org.")],
     limit_usd: Annotated[str, typer.Option("--limit-usd", help="Its limit in US dollars.")],
     period: Annotated[str, typer.Option(help="day, week or month (UTC).")] = "month",
+    user: Annotated[str | None, typer.Option(help="Only this user's calls in the org.")] = None,
+    feature: Annotated[str | None, typer.Option(help="Only this feature's calls in the org.")] = None,
+    key: Annotated[str | None, typer.Option(help="Only the calls made with this key id.")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Set an org's budget; every gateway applies it within a second."""
-    status = cli_usage.budgets_command(_settings(config), org, limit_usd, period)
+    """Set a budget for an org, or for one user, feature or key of it; every gateway applies it
+    within a second."""
+    narrowed = [(kind, name) for kind, name in (("user", user), ("feature", feature), ("key", key)) if name]
+    if len(narrowed) > 1:
+        console.print("[red]error:[/red] give at most one of --user, --feature and --key")
+        raise typer.Exit(2)
+    status = cli_usage.budgets_command(
+        _settings(config), org, limit_usd, period, narrowed[0] if narrowed else None
+    )
     if status:
         raise typer.Exit(status)
 

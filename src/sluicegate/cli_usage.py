@@ -1,6 +1,6 @@
 """The cost-control commands: ``sluicegate usage`` (the ledger summed by group and period, as a
-table or JSON), ``sluicegate budgets set|list`` and ``sluicegate stop|resume|stops`` (the
-emergency stop).
+table or JSON), ``sluicegate ledger compact`` (daily roll-ups and retention, once),
+``sluicegate budgets set|list`` and ``sluicegate stop|resume|stops`` (the emergency stop).
 
 It reads the configured database directly (a clean shutdown or the next flush of each worker
 puts its latest rows there; the HTTP route also flushes the worker that answers it).
@@ -19,14 +19,16 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .accounting.rollups import DAY_S, compact
 from .accounting.usage import UsageQuery, report
 from .admission import stop as controls
 from .admission.budgets import BudgetStore
 from .config import Settings
 from .errors import SluicegateError
 from .store.db import with_migrated
+from .store.redis import create_redis
 
-__all__ = ["budgets_command", "stop_command", "usage_command"]
+__all__ = ["budgets_command", "compact_command", "stop_command", "usage_command"]
 
 console = Console(stderr=True)
 out = Console()
@@ -64,6 +66,32 @@ def usage_command(settings: Settings, params: dict[str, str], as_json: bool) -> 
     return 0
 
 
+def compact_command(settings: Settings) -> int:
+    """Roll up the ended days and apply the ledger's retention once; the exit status."""
+    cfg = settings.ledger
+    try:
+        done = uvloop.run(
+            with_migrated(settings.database.url, lambda engine: compact(engine, cfg, time.time()))
+        )
+    except (SQLAlchemyError, OSError) as exc:
+        console.print(f"[red]error:[/red] the database is unreachable: {exc}")
+        return 1
+    days = [time.strftime("%Y-%m-%d", time.gmtime(day * DAY_S)) for day in done.rolled_up]
+    console.print(f"rolled up {len(days)} day(s){': ' + ', '.join(days) if days else ''}")
+    if cfg.retention_days is None:
+        console.print("kept every ledger row (ledger.retention_days is not set)")
+    else:
+        console.print(
+            f"deleted {done.ledger_rows_deleted:,} ledger row(s) of days older than "
+            f"{cfg.retention_days} day(s); their roll-ups stay"
+        )
+    if cfg.rollup_retention_days is not None:
+        console.print(
+            f"deleted {done.rollups_deleted:,} roll-up(s) older than {cfg.rollup_retention_days} day(s)"
+        )
+    return 0
+
+
 def stop_command(settings: Settings, action: str, org: str | None, reason: str | None) -> int:
     """Set, lift or list emergency stops in the configured database; the exit status."""
 
@@ -98,21 +126,32 @@ def stop_command(settings: Settings, action: str, org: str | None, reason: str |
     return 0
 
 
-def budgets_command(settings: Settings, org: str | None, limit_usd: str | None, period: str) -> int:
-    """Set an org's budget (with ``org`` and ``limit_usd``), or list the budgets; the exit status."""
+def budgets_command(
+    settings: Settings,
+    org: str | None,
+    limit_usd: str | None,
+    period: str,
+    narrow: tuple[str, str] | None = None,
+) -> int:
+    """Set a budget (with ``org`` and ``limit_usd``, and ``narrow``: a user, feature or key of
+    the org), or list the budgets; the exit status."""
 
     async def run(engine: AsyncEngine) -> list[Any]:
-        store = BudgetStore(engine, settings.budgets)
+        redis = create_redis(settings.redis.url) if settings.redis.url else None
+        store = BudgetStore(engine, settings.budgets, redis=redis)
         try:
             await store.refresh()
             if org is not None and limit_usd is not None:
                 amount = Decimal(limit_usd)
                 if not amount.is_finite() or amount < 0:
                     raise InvalidOperation
-                await store.set_limit(org, amount, period)  # type: ignore[arg-type]
+                kind, name = narrow or (None, None)
+                await store.set_limit(org, amount, period, kind, name)  # type: ignore[arg-type]
             return [await store.usage(budget) for budget in store.budgets.values()]
         finally:
             store.close()
+            if redis is not None:
+                await redis.aclose(close_connection_pool=True)
 
     if (org is None) != (limit_usd is None) or period not in ("day", "week", "month"):
         console.print("[red]error:[/red] give both --org and --limit-usd (period: day, week or month)")
@@ -126,11 +165,13 @@ def budgets_command(settings: Settings, org: str | None, limit_usd: str | None, 
         console.print(f"[red]error:[/red] the database is unreachable: {exc}")
         return 1
     if org is not None:
+        whom = org if narrow is None else f"the {narrow[0]} {narrow[1]} of {org}"
         console.print(
-            f"set the {period}ly budget of {org} to ${limit_usd}; every gateway applies it within "
+            f"set the {period}ly budget of {whom} to ${limit_usd}; every gateway applies it within "
             f"{settings.controls.poll_interval_s:g} s"
         )
     table = Table("scope", "period", "limit $", "spent $", "reserved $", "used", "forecast $")
+    table.columns[0].no_wrap = True
     for usage in periods:
         row = usage.to_dict()
         used = f"{row['used']:.1%}" if row["used"] is not None else "-"

@@ -45,6 +45,7 @@ from .config_money import (
     PricingConfig,
     RequestLimit,
     SpendBreakerConfig,
+    TokenLimit,
 )
 from .config_resilience import (
     FALLBACK_CAUSES,
@@ -94,6 +95,7 @@ __all__ = [
     "SqlTierConfig",
     "Tier",
     "Timeouts",
+    "TokenLimit",
     "load_settings",
 ]
 

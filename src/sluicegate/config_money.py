@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .config_base import Frozen
 
@@ -19,6 +19,7 @@ __all__ = [
     "PricingConfig",
     "RequestLimit",
     "SpendBreakerConfig",
+    "TokenLimit",
 ]
 
 
@@ -57,6 +58,28 @@ class LedgerConfig(Frozen):
     replay_interval_s: float = Field(
         30.0, gt=0, description="how often the spools of processes that died are replayed"
     )
+    retention_days: int | None = Field(
+        90,
+        ge=1,
+        description="ledger rows of UTC days older than this are deleted once rolled up (None: kept)",
+    )
+    rollup_retention_days: int | None = Field(
+        None, ge=1, description="daily roll-ups older than this are deleted (None: kept forever)"
+    )
+    compact_interval_s: float = Field(
+        3600.0, gt=0, description="how often each worker rolls up ended days and applies retention"
+    )
+    compact_batch: int = Field(5000, ge=1, description="ledger rows per DELETE when applying retention")
+
+    @model_validator(mode="after")
+    def _check(self) -> LedgerConfig:
+        kept = self.rollup_retention_days
+        if kept is not None and (self.retention_days is None or kept < self.retention_days):
+            raise ValueError(
+                "rollup_retention_days must be at least retention_days (and needs it set): a day's "
+                "roll-up may only go once its ledger rows have"
+            )
+        return self
 
 
 class RequestLimit(Frozen):
@@ -71,6 +94,15 @@ class RequestLimit(Frozen):
     def name(self) -> str:
         """The policy's name in the RateLimit headers, e.g. ``user-3600``."""
         return f"{self.per}{'-' + self.feature if self.feature else ''}-{self.window_s}"
+
+
+class TokenLimit(Frozen):
+    """At most ``tokens_per_minute`` tokens (prompt and completion) a minute for each org or key:
+    a token bucket holding a minute's worth, refilled continuously."""
+
+    per: Literal["org", "key"]
+    tokens_per_minute: int = Field(ge=1)
+    feature: str | None = Field(None, description="only this feature's calls (default: all)")
 
 
 class SpendBreakerConfig(Frozen):
@@ -90,9 +122,10 @@ class ControlsConfig(Frozen):
 
 
 class LimitsConfig(Frozen):
-    """Rate limits on requests (docs/cost-control.md); none by default."""
+    """Rate limits on requests and on tokens (docs/cost-control.md); none by default."""
 
     requests: tuple[RequestLimit, ...] = ()
+    tokens: tuple[TokenLimit, ...] = ()
     redis_timeout_ms: float = Field(
         1000.0, gt=0, description="a check Redis has not answered by then counts as Redis being down"
     )
@@ -105,15 +138,33 @@ class LimitsConfig(Frozen):
 
 
 class OrgBudget(Frozen):
-    """An org's spending limit per period (UTC)."""
+    """A spending limit per period (UTC) for an org, or for one user, feature or key of it."""
 
     org: str = Field(min_length=1)
     limit_usd: Decimal = Field(ge=0)
     period: Literal["day", "week", "month"] = "month"
+    user: str | None = Field(None, min_length=1, description="only this user's calls in the org")
+    feature: str | None = Field(None, min_length=1, description="only this feature's calls in the org")
+    key: str | None = Field(None, min_length=1, description="only the calls made with this key id")
+
+    @model_validator(mode="after")
+    def _one_narrowing(self) -> OrgBudget:
+        if sum(value is not None for value in (self.user, self.feature, self.key)) > 1:
+            raise ValueError("a budget narrows an org to one user, one feature or one key, not several")
+        return self
+
+    @property
+    def scope(self) -> str:
+        """``org:acme``, or ``org:acme/user:alice`` (``feature:…``, ``key:…``)."""
+        for kind in ("user", "feature", "key"):
+            name = getattr(self, kind)
+            if name is not None:
+                return f"org:{self.org}/{kind}:{name}"
+        return f"org:{self.org}"
 
 
 class BudgetsConfig(Frozen):
-    """Budgets per org (docs/cost-control.md#budgets): none by default."""
+    """Budgets per org, user, feature or key (docs/cost-control.md#budgets): none by default."""
 
     orgs: tuple[OrgBudget, ...] = ()
     alert_at: float = Field(0.8, gt=0, le=1, description="share of the limit that raises the alert")
@@ -121,7 +172,15 @@ class BudgetsConfig(Frozen):
         0.95, gt=0, le=1, description="share of the limit past which the org is throttled"
     )
     throttle_model: str | None = Field(
-        None, description="past throttle_at, misses go to this (cheaper) model; unset: cache only"
+        None,
+        description="past throttle_at, misses go to this (cheaper) model; with neither it nor "
+        "throttle_concurrency: cache only",
+    )
+    throttle_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="past throttle_at, at most this many calls under the budget in flight at once, "
+        "across every replica (with or without throttle_model)",
     )
     webhook_url: str | None = Field(None, description="the alert is also POSTed here as JSON")
     lease_s: float = Field(
@@ -130,3 +189,14 @@ class BudgetsConfig(Frozen):
     default_max_tokens: int = Field(
         4096, ge=1, description="the worst case of a request that sets no max_tokens"
     )
+    redis_timeout_ms: float = Field(
+        1000.0, gt=0, description="a reservation Redis has not answered by then: the database takes over"
+    )
+
+    @model_validator(mode="after")
+    def _one_budget_per_scope(self) -> BudgetsConfig:
+        scopes = [budget.scope for budget in self.orgs]
+        twice = sorted({scope for scope in scopes if scopes.count(scope) > 1})
+        if twice:
+            raise ValueError(f"more than one budget for {', '.join(twice)}")
+        return self

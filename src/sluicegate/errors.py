@@ -11,9 +11,11 @@ so the HTTP layer and library users see the same thing::
     ├── AuthenticationFailed        401 authentication_error / invalid_api_key
     ├── PermissionDenied            403 permission_error
     ├── RateLimited                 429 requests / rate_limit_exceeded (with Retry-After)
-    │   └── BudgetExceeded          429 requests / budget_exceeded or budget_throttled
+    │   ├── BudgetExceeded          429 requests / budget_exceeded or budget_throttled
+    │   └── TokensLimited           429 tokens / rate_limit_exceeded (with Retry-After)
     ├── ServiceUnavailable          503 api_error / service_unavailable
     │   ├── EmergencyStopped        503 api_error / emergency_stop
+    │   ├── BudgetUnavailable       503 api_error / budget_unavailable
     │   ├── CircuitOpen             503 api_error / circuit_open (with Retry-After)
     │   └── AllUpstreamsFailed      503 api_error / all_upstreams_failed (with Retry-After)
     ├── NotFound                    404 invalid_request_error
@@ -35,6 +37,7 @@ __all__ = [
     "AllUpstreamsFailed",
     "AuthenticationFailed",
     "BudgetExceeded",
+    "BudgetUnavailable",
     "CircuitOpen",
     "ConfigError",
     "EmergencyStopped",
@@ -48,6 +51,7 @@ __all__ = [
     "RequestTooLarge",
     "ServiceUnavailable",
     "SluicegateError",
+    "TokensLimited",
     "UpstreamError",
     "UpstreamStreamBroken",
     "UpstreamTimeout",
@@ -159,6 +163,13 @@ class BudgetExceeded(RateLimited):
     default_code = "budget_exceeded"
 
 
+class TokensLimited(RateLimited):
+    """A per-minute token limit has no room for the call's worst case (its prompt and
+    ``max_tokens``); ``Retry-After`` says when it will."""
+
+    type = "tokens"
+
+
 class ServiceUnavailable(SluicegateError):
     """A store the gateway needs for this is unreachable; the message says what was done anyway."""
 
@@ -170,6 +181,12 @@ class EmergencyStopped(ServiceUnavailable):
     """An emergency stop covers the caller: no upstream calls until an admin lifts it."""
 
     default_code = "emergency_stop"
+
+
+class BudgetUnavailable(ServiceUnavailable):
+    """Neither Redis nor the database can count the caller's budget: a hard cap fails closed."""
+
+    default_code = "budget_unavailable"
 
 
 class CircuitOpen(ServiceUnavailable):

@@ -6,6 +6,7 @@ The pipeline, outermost first (stages not yet built are marked with where they w
       LimitRequests         rate limits on requests (when limits.requests are set)
       Degrade               every upstream option failed: the static answer, or a 503
       ServeFromCache        in-process → Redis → SQL, single-flight (when cache.enabled)
+        LimitTokens         tokens a minute: take a miss's worst case, give back the rest
         ReserveBudget       budgets: reserve a miss's worst case, settle its cost after
         StopUpstream        the emergency stop: no upstream call while one covers the org
         RouteCall           the model's deployments, then its fallback models, in turn
@@ -35,12 +36,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .accounting.ledger import Ledger, RecordUsage
 from .accounting.outbox import Outbox
 from .accounting.pricing import PriceBook
+from .accounting.rollups import Compactor
 from .admission.budget_stage import ReserveBudget
 from .admission.budgets import BudgetStore
 from .admission.redis_limits import RedisLimiter
+from .admission.redis_tokens import RedisTokens
 from .admission.sql_limits import SqlLimiter
+from .admission.sql_tokens import SqlTokens
 from .admission.stage import LimitRequests
 from .admission.stop import Controls, SpendBreaker, StopUpstream
+from .admission.token_stage import LimitTokens
 from .auth import Authenticator, KeyStore, load_pepper
 from .cache.layered import LayeredCache
 from .cache.policy import parse_body_cache, parse_cache_control
@@ -104,6 +109,8 @@ class Gateway:
             )
             self.ledger = Ledger(self.prices, self.outbox)
             inner = RecordUsage(inner, self.ledger)
+        # Daily roll-ups and retention of the ledger, in the background (accounting/rollups.py).
+        self.compactor = Compactor(engine, settings.ledger)
         resilience = settings.resilience
         self.breakers = Breakers(resilience)
         budgets = RetryBudgets(resilience)
@@ -111,7 +118,7 @@ class Gateway:
         if resilience.breaker.enabled:
             inner = GuardDeployment(inner, self.breakers, resilience)
         inner = RouteCall(inner, self.catalog, resilience, settings.features, budgets=budgets)
-        self.budgets = BudgetStore(engine, settings.budgets)
+        self.budgets = BudgetStore(engine, settings.budgets, redis=redis)
         self.breaker = SpendBreaker(engine, settings.controls.spend_breaker)
         self.controls = Controls(
             engine,
@@ -121,11 +128,23 @@ class Gateway:
         )
         inner = StopUpstream(inner, self.controls)
         inner = ReserveBudget(inner, self.budgets, self.prices, self.catalog, settings.budgets)
+        limits = settings.limits
+        self._sql_tokens: SqlTokens | None = None
+        if limits.tokens:
+            if redis is None:
+                self._sql_tokens = SqlTokens(engine)
+            inner = LimitTokens(
+                inner,
+                limits.tokens,
+                RedisTokens(redis, limits.redis_timeout_ms / 1000) if redis is not None else None,
+                self._sql_tokens,
+                limits.local_share,
+                settings.budgets.default_max_tokens,
+            )
         if settings.cache.enabled:
             self.cache = LayeredCache(settings, engine, redis)
             inner = ServeFromCache(inner, self.cache, self.prices, self.ledger)
         inner = Degrade(inner, resilience, settings.features)
-        limits = settings.limits
         self._sql_limiter: SqlLimiter | None = None
         if limits.requests:
             if redis is None:
@@ -178,6 +197,7 @@ class Gateway:
                 await self.outbox.start()
             except Exception as exc:  # the database is down: rows spool until it is back
                 logger.warning("ledger: could not replay spooled rows at start (%s)", exc)
+        self.compactor.start()
         if self.cache is not None:
             await self.cache.start()
 
@@ -185,12 +205,15 @@ class Gateway:
         """Stop background work, flush the cache's pending writes, and release connections."""
         await self.probes.stop()
         await self.controls.stop()
+        await self.compactor.stop()
         if self.cache is not None:
             await self.cache.aclose()
         if self.outbox is not None:
             await self.outbox.aclose()
         if self._sql_limiter is not None:
             self._sql_limiter.close()
+        if self._sql_tokens is not None:
+            self._sql_tokens.close()
         self.budgets.close()
         for provider in self.providers.values():
             await provider.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -12,10 +13,38 @@ from sluicegate.admission.budget_math import (
     MIN_COMPLETION_TOKENS,
     Book,
     decide,
+    decide_all,
     forecast,
     period_bounds,
     period_start,
 )
+
+_BOOK = st.tuples(st.integers(0, 10**9), st.integers(0, 10**9), st.integers(0, 10**9)).map(
+    lambda b: (b[0], min(b[1], b[0]), min(b[2], max(0, b[0] - b[1])))
+)
+
+
+@given(
+    books=st.lists(_BOOK, min_size=1, max_size=4),
+    prompt=st.integers(0, 10**6),
+    out_pico=st.integers(0, 10**8),
+    asked=st.integers(1, 10**6),
+)
+def test_a_call_under_several_budgets_never_passes_any_of_them(
+    books: list[tuple[int, int, int]], prompt: int, out_pico: int, asked: int
+) -> None:
+    """Admitted, it fits every budget and asks no more than it was asked; refused, one of them
+    could not afford even the minimum, and it is the one named."""
+    decision, refused = decide_all(books, prompt, out_pico, asked)
+    if decision.admitted:
+        assert refused == -1 and decision.max_tokens <= asked
+        for limit, spent, reserved in books:
+            assert spent + reserved + decision.reserve_micro <= limit
+    else:  # the budget named cannot afford even the minimum completion
+        limit, spent, reserved = books[refused]
+        room = limit - spent - reserved - prompt
+        least = min(asked, MIN_COMPLETION_TOKENS)
+        assert room <= 0 or -(-least * out_pico // 1_000_000) > room
 
 
 def ts(text: str) -> float:

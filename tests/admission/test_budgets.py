@@ -96,6 +96,24 @@ async def test_past_the_throttle_misses_go_to_the_cheaper_model_or_nowhere(tmp_p
         assert (first.route.name, second.route.name) == ("gpt-4o", "gpt-4o-mini")
 
 
+async def test_a_users_budget_refuses_that_user_and_no_one_else(tmp_path: Path) -> None:
+    """Under the org's budget, one user's own budget stops that user only."""
+    users = [{"org": "acme", "limit_usd": "1"}, {"org": "acme", "user": "ann", "limit_usd": "0.0003"}]
+    config = mock_settings(
+        data_dir=tmp_path,
+        budgets={"orgs": users, "throttle_at": 1.0},
+        providers={"upstream": {"kind": "mock", "mock": {"answer_words": 400}}},
+    )
+    async with create_gateway(config) as gateway:
+        with pytest.raises(BudgetExceeded) as refused:
+            for n in range(20):
+                await gateway.send(gateway.new_call("chat", body(f"q {n}", max_tokens=100), ACME))
+        assert "the user 'ann' of the org 'acme'" in refused.value.message
+        assert "--org acme --user ann" in refused.value.message
+        bob = RequestContext("acme", "bob", "insights")
+        await gateway.send(gateway.new_call("chat", body("bob's turn", max_tokens=100), bob))
+
+
 async def test_settlements_count_once_and_leases_release_the_dead(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'b.db'}")
     await migrate(engine)
@@ -104,17 +122,17 @@ async def test_settlements_count_once_and_leases_release_the_dead(tmp_path: Path
     store = BudgetStore(engine, config, clock=lambda: now[0])
     budget = store.budget_for("acme")
     assert budget is not None
-    decision, usage = await store.reserve(budget, "r1:1", 100, 600_000, 1000)
-    assert decision.admitted and usage.reserved_micro == 700
-    assert (await store.settle("r1:1", 400)) is not None
-    assert await store.settle("r1:1", 400) is None  # delivered twice, counted once
+    held = await store.reserve(budget, "r1:1", 100, 600_000, 1000)
+    assert held.decision.admitted and held.usages[0].reserved_micro == 700
+    assert len(await store.settle("r1:1", 400)) == 1
+    assert await store.settle("r1:1", 400) == []  # delivered twice, counted once
     await store.reserve(budget, "r2:1", 100, 600_000, 1000)  # its process dies
     now[0] += 61
     assert await store.reap() == 1
     after = await store.usage(budget)
     assert (after.spent_micro, after.reserved_micro) == (400, 0)
-    late = await store.settle("r2:1", 300)  # the answer came after all
-    assert late is not None and (late.spent_micro, late.reserved_micro) == (700, 0)
+    [late] = await store.settle("r2:1", 300)  # the answer came after all
+    assert (late.spent_micro, late.reserved_micro) == (700, 0)
     async with engine.connect() as connection:
         states = (await connection.execute(text("SELECT state FROM budget_reservations ORDER BY id"))).all()
     assert [s for (s,) in states] == ["settled", "settled"]

@@ -1,11 +1,13 @@
-"""The /api/ai routes: status, and key management with the admin key."""
+"""The /api/ai routes: status, and key management (create, list, revoke, rotate) with the admin key."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +117,65 @@ def test_admin_routes_closed_without_admin_key(upstream: MockUpstream, tmp_path:
     with GatewayServer(settings) as gw:
         status, body = call(gw.url + "/api/ai/keys", key="anything")
     assert status == 403 and "SLUICEGATE_ADMIN_KEY" in body["error"]["message"]
+
+
+def test_rotate_over_http(upstream: MockUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin rotates a key: both work during the grace; after it the old one gets a clear 401."""
+    monkeypatch.setenv("SLUICEGATE_ADMIN_KEY", "admin-secret")
+    settings = mock_settings(upstream.url, data_dir=tmp_path, auth={"require_keys": True})
+    with GatewayServer(settings) as gw:
+        keys = gw.url + "/api/ai/keys"
+        _, old = call(keys, "POST", {"org": "acme", "user": "ann", "name": "web"}, key="admin-secret")
+        rotate = f"{keys}/{old['id']}/rotate"
+        assert call(rotate, "POST", {"grace_s": 60}, key=old["key"])[0] == 401
+        assert call(rotate, "POST", {"grace_s": "soon"}, key="admin-secret")[0] == 400
+        assert call(rotate, "POST", {"grace": 60}, key="admin-secret")[0] == 400
+        assert call(f"{keys}/nope/rotate", "POST", key="admin-secret")[0] == 404
+        assert call(f"{keys}/{old['id']}/spin", "POST", key="admin-secret")[0] == 404
+
+        status, new = call(rotate, "POST", {"grace_s": 2}, key="admin-secret")
+        assert status == 201 and new["key"].startswith("sk-sg-") and new["key"] != old["key"]
+        assert (new["org"], new["user"], new["name"]) == ("acme", "ann", "web")
+        assert new["replaces"]["id"] == old["id"] and new["replaces"]["replaced_by"] == new["id"]
+        assert "key" not in new["replaces"]
+        _, listed = call(keys, key="admin-secret")
+        by_id = {k["id"]: k for k in listed["data"]}
+        assert by_id[old["id"]]["expires_at"] == new["replaces"]["expires_at"]
+        assert by_id[old["id"]]["replaced_by_prefix"] == new["prefix"]
+        for key in (old["key"], new["key"]):
+            assert call(gw.url + "/v1/chat/completions", "POST", chat_body(), key=key)[0] == 200
+
+        status, again = call(rotate, "POST", key="admin-secret")
+        assert (status, again["error"]["code"]) == (400, "key_not_rotatable")
+        assert "already rotated" in again["error"]["message"]
+
+        expiry = datetime.fromisoformat(new["replaces"]["expires_at"])
+        time.sleep(max(0.0, (expiry - datetime.now(UTC)).total_seconds()) + 0.1)
+        status, body = call(gw.url + "/v1/chat/completions", "POST", chat_body(), key=old["key"])
+        assert status == 401
+        error = body["error"]
+        assert (error["type"], error["code"]) == ("authentication_error", "expired_api_key")
+        assert "rotated and expired at" in error["message"] and new["prefix"] in error["message"]
+        assert new["key"] not in error["message"]
+        assert call(gw.url + "/v1/chat/completions", "POST", chat_body(), key=new["key"])[0] == 200
+        # Without a body, the grace is 24 h.
+        status, third = call(f"{keys}/{new['id']}/rotate", "POST", key="admin-secret")
+        left = datetime.fromisoformat(third["replaces"]["expires_at"]) - datetime.now(UTC)
+        assert status == 201 and timedelta(hours=23, minutes=59) < left <= timedelta(hours=24)
+
+
+def test_rotating_with_no_grace_refuses_the_old_key_at_once(
+    upstream: MockUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grace of 0 ends the old key immediately, even though this worker had it cached."""
+    monkeypatch.setenv("SLUICEGATE_ADMIN_KEY", "admin-secret")
+    settings = mock_settings(upstream.url, data_dir=tmp_path, auth={"require_keys": True})
+    with GatewayServer(settings) as gw:
+        _, old = call(gw.url + "/api/ai/keys", "POST", {"org": "acme"}, key="admin-secret")
+        assert call(gw.url + "/v1/chat/completions", "POST", chat_body(), key=old["key"])[0] == 200
+        rotate = f"{gw.url}/api/ai/keys/{old['prefix']}/rotate"
+        assert call(rotate, "POST", {"grace_s": 0}, key="admin-secret")[0] == 201
+        status, body = call(gw.url + "/v1/chat/completions", "POST", chat_body(), key=old["key"])
+        assert (status, body["error"]["code"]) == (401, "expired_api_key")
+        status, body = call(rotate, "POST", key="admin-secret")
+        assert status == 400 and "expired at" in body["error"]["message"]

@@ -97,7 +97,15 @@ def test_budgets_route_sets_and_lists_and_refuses_bad_values(keyed: Any) -> None
     assert status == 201 and made["scope"] == "org:acme" and made["limit_usd"] == 25
     status, listed = call(server.url + "/api/ai/budgets", key=ADMIN)
     assert [b["scope"] for b in listed["budgets"]] == ["org:acme"]
-    for bad in ({"org": "acme", "limit_usd": -1}, {"org": "acme", "limit_usd": "x"}, {"limit_usd": 5}):
+    status, user = call(
+        server.url + "/api/ai/budgets",
+        "POST",
+        {"org": "acme", "user": "ann", "limit_usd": 2, "period": "day"},
+        ADMIN,
+    )
+    assert status == 201 and user["scope"] == "org:acme/user:ann"
+    two = {"org": "acme", "user": "ann", "feature": "chat", "limit_usd": 1}
+    for bad in ({"org": "acme", "limit_usd": -1}, {"org": "acme", "limit_usd": "x"}, {"limit_usd": 5}, two):
         assert call(server.url + "/api/ai/budgets", "POST", bad, ADMIN)[0] == 400
     assert (
         call(server.url + "/api/ai/budgets", "POST", {"org": "acme", "limit_usd": 1}, keys["acme"])[0] == 401

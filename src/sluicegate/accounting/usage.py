@@ -2,21 +2,24 @@
 org, user, key, feature, model and period (day, week or month, in UTC).
 
 The database sums per group and per day (`query_days`); folding days into weeks or months and
-the totals are pure (`fold`).
+the totals are pure (`fold`). Days whose ledger rows retention deleted are read from their daily
+roll-ups (`accounting/rollups.py`) instead: whole days, with no ``key_id``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Integer, case, cast, func, literal_column, select
+from sqlalchemy import Integer, case, cast, func, literal_column, null, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..errors import InvalidRequest
-from ..store.tables import usage_ledger
+from ..store.tables import usage_daily, usage_ledger
+from .rollups import purged_through
 
 __all__ = ["DIMENSIONS", "PERIODS", "UsageQuery", "fold", "query_days", "report"]
 
@@ -101,7 +104,21 @@ def _day_number(engine: AsyncEngine) -> Any:
 
 
 async def query_days(engine: AsyncEngine, query: UsageQuery) -> list[dict[str, Any]]:
-    """Sums per group and per UTC day (``day`` is days since 1970-01-01)."""
+    """Sums per group and per UTC day (``day`` is days since 1970-01-01): from the ledger, and
+    from the roll-ups for the days whose ledger rows were deleted (each counted whole)."""
+    purged = await purged_through(engine)
+    if purged is None or query.since >= (purged + 1) * _DAY_S:
+        return await _ledger_days(engine, query, query.since)
+    last = min(purged, math.ceil(query.until / _DAY_S) - 1)
+    days = await _rollup_days(engine, query, int(query.since // _DAY_S), last)
+    since = float((purged + 1) * _DAY_S)
+    if since < query.until:
+        days += await _ledger_days(engine, query, since)
+    return days
+
+
+async def _ledger_days(engine: AsyncEngine, query: UsageQuery, since: float) -> list[dict[str, Any]]:
+    """Sums per group and per UTC day of the ledger's rows from ``since`` to ``query.until``."""
     c = usage_ledger.c
     day = _day_number(engine).label("day")
     served = c.attempt == 0
@@ -120,13 +137,42 @@ async def query_days(engine: AsyncEngine, query: UsageQuery) -> list[dict[str, A
             func.sum(c.cost_micro).label("cost_micro"),
             func.sum(c.saved_micro).label("saved_micro"),
         )
-        .where(c.at >= query.since, c.at < query.until)
+        .where(c.at >= since, c.at < query.until)
         .group_by(*columns, literal_column("day"))
     )
     for name in ("org", "user", "feature", "model"):
         value = getattr(query, name)
         if value is not None:
             statement = statement.where(getattr(c, name) == value)
+    async with engine.connect() as connection:
+        result = await connection.execute(statement)
+        return [dict(row._mapping) for row in result]
+
+
+async def _rollup_days(engine: AsyncEngine, query: UsageQuery, first: int, last: int) -> list[dict[str, Any]]:
+    """Sums per group and per UTC day of the roll-ups of days ``first`` to ``last``."""
+    d = usage_daily.c
+    # A request counts once per group: in each model's row when the report is per model (or for
+    # one model), else in the row of its first ledger row of the day.
+    per_model = "model" in query.group_by or query.model is not None
+    requests = d.model_requests if per_model else d.requests
+    grouped = {"org": d.org, "user": d.user, "feature": d.feature, "model": d.model}
+    shown = {**grouped, "user": func.nullif(d.user, "").label("user"), "key_id": null().label("key_id")}
+    columns = [shown[name] for name in query.group_by]  # roll-ups keep no key: key_id is null
+    statement = (
+        select(
+            *columns,
+            d.day,
+            *(func.sum(getattr(d, name)).label(name) for name in METRICS if name != "requests"),
+            func.sum(requests).label("requests"),
+        )
+        .where(d.day >= first, d.day <= last)
+        .group_by(*(grouped[name] for name in query.group_by if name in grouped), d.day)
+    )
+    for name in ("org", "user", "feature", "model"):
+        value = getattr(query, name)
+        if value is not None:
+            statement = statement.where(grouped[name] == value)
     async with engine.connect() as connection:
         result = await connection.execute(statement)
         return [dict(row._mapping) for row in result]

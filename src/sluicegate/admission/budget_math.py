@@ -12,10 +12,21 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
-__all__ = ["Book", "Decision", "Period", "decide", "forecast", "period_bounds", "period_start"]
+__all__ = [
+    "Book",
+    "Decision",
+    "Outcome",
+    "Period",
+    "decide",
+    "decide_all",
+    "forecast",
+    "period_bounds",
+    "period_start",
+]
 
 Period = Literal["day", "week", "month"]
 MIN_COMPLETION_TOKENS = 16  # below this an answer is not worth calling for: refuse instead
@@ -70,6 +81,17 @@ class Decision:
     reserve_micro: int
 
 
+class Outcome(NamedTuple):
+    """A reservation under a call's budgets, as a store made it: the decision, the index of the
+    budget that refused (-1), each budget's (spent, reserved) after it, and whether the refusal
+    was the throttle's concurrency cap rather than the limit."""
+
+    decision: Decision
+    refused: int
+    after: list[tuple[int, int]]
+    throttled: bool = False
+
+
 def decide(
     limit: int, spent: int, reserved: int, prompt_micro: int, out_pico: int, asked_tokens: int
 ) -> Decision:
@@ -84,6 +106,21 @@ def decide(
         return Decision(False, 0, 0)
     completion_micro = math.ceil(affordable * out_pico / 1_000_000)
     return Decision(True, affordable, prompt_micro + completion_micro)
+
+
+def decide_all(
+    books: Sequence[tuple[int, int, int]], prompt_micro: int, out_pico: int, asked_tokens: int
+) -> tuple[Decision, int]:
+    """`decide` for a call under several budgets at once (its org's, its user's, its feature's,
+    its key's), each given as (limit, spent, reserved): the completion tokens every one of them
+    can afford, and the index of the first that refuses (-1 when all admit) (pure)."""
+    tokens = asked_tokens
+    for index, (limit, spent, reserved) in enumerate(books):
+        decision = decide(limit, spent, reserved, prompt_micro, out_pico, tokens)
+        if not decision.admitted:
+            return decision, index
+        tokens = decision.max_tokens
+    return Decision(True, tokens, prompt_micro + math.ceil(tokens * out_pico / 1_000_000)), -1
 
 
 @dataclass

@@ -20,7 +20,8 @@ from ..calls import Call, Reply, ReplyStream
 from ..config import BudgetsConfig
 from ..errors import BudgetExceeded, UpstreamError
 from ..upstream.router import ModelCatalog
-from .budgets import Budget, BudgetStore, Usage
+from .budget_scopes import parse_scope
+from .budgets import BudgetStore, Usage
 
 __all__ = ["ReserveBudget", "worst_prompt_tokens"]
 
@@ -60,8 +61,8 @@ class ReserveBudget:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, call: Call) -> Reply:
-        budget = self._store.budget_for(call.context.org)
-        if budget is None:
+        budgets = self._store.budgets_for(call.context)
+        if not budgets:
             return await self._send(call)
         rid = f"{call.request_id}:{call.attempt}"
         body = call.body
@@ -72,53 +73,62 @@ class ReserveBudget:
         out_pico = rates.output if rates is not None else 0
         prompt_pico = worst_prompt_tokens(body) * (rates.input if rates is not None else 0)
         prompt_micro = math.ceil(prompt_pico / 1_000_000)
-        decision, usage = await self._store.reserve(budget, rid, prompt_micro, out_pico, asked)
+        held = await self._store.reserve(budgets, rid, prompt_micro, out_pico, asked)
+        decision = held.decision
         if not decision.admitted:
-            raise self._refusal(budget, usage, "budget_exceeded")
-        before = usage.spent_micro + usage.reserved_micro - decision.reserve_micro
-        if before >= self._config.throttle_at * budget.limit_micro:
-            cheaper = self._config.throttle_model
-            if cheaper is None:
-                await self._store.settle(rid, 0)
-                raise self._refusal(budget, usage, "budget_throttled")
-            call.route = self._catalog.resolve(cheaper)
+            code = "budget_throttled" if held.throttled else "budget_exceeded"
+            raise self._refusal(held.usages[held.refused_by], code)
+        for usage in held.usages:
+            before = usage.spent_micro + usage.reserved_micro - decision.reserve_micro
+            if before >= self._config.throttle_at * usage.budget.limit_micro:
+                cheaper = self._config.throttle_model
+                if cheaper is not None:
+                    call.route = self._catalog.resolve(cheaper)
+                elif self._config.throttle_concurrency is None:  # cache only
+                    await self._store.settle(rid, 0)
+                    raise self._refusal(usage, "budget_throttled")
+                break
         if decision.max_tokens < asked:
             call.body = {**body, field: max(1, decision.max_tokens // choices)}
         try:
             reply = await self._send(call)
         except UpstreamError:
-            self._spawn(self._settle(rid, 0, budget))
+            self._spawn(self._settle(rid, 0))
             raise
         except asyncio.CancelledError:
-            self._spawn(self._settle(rid, prompt_micro, budget))  # the provider had the prompt
+            self._spawn(self._settle(rid, prompt_micro))  # the provider had the prompt
             raise
         if reply.stream is None:
             cost = self._prices.cost_micro(call.route, reply.usage)
-            await self._settle(rid, decision.reserve_micro if cost is None else cost, budget)
+            await self._settle(rid, decision.reserve_micro if cost is None else cost)
         else:
             reserved = decision.reserve_micro
 
             def settle_stream(relay: ReplyStream) -> None:
                 cost = self._prices.cost_micro(call.route, relay.usage)
-                self._spawn(self._settle(rid, reserved if cost is None else cost, budget))
+                self._spawn(self._settle(rid, reserved if cost is None else cost))
 
             reply.stream.on_close(settle_stream)
         return reply
 
-    def _refusal(self, budget: Budget, usage: Usage, code: str) -> BudgetExceeded:
-        org = budget.scope.removeprefix("org:")
+    def _refusal(self, usage: Usage, code: str) -> BudgetExceeded:
+        budget = usage.budget
         resets = datetime.fromtimestamp(usage.ends_at, UTC)
         wait = max(1, int(usage.ends_at - self._store.clock()))
-        what = (
-            "has no room left for this call"
-            if code == "budget_exceeded"
-            else f"is past {self._config.throttle_at:.0%} of its limit: only cached answers are served"
-        )
+        past = f"is past {self._config.throttle_at:.0%} of its limit"
+        if code == "budget_exceeded":
+            what = "has no room left for this call"
+        elif self._config.throttle_concurrency is not None:
+            what = f"{past}: at most {self._config.throttle_concurrency} of its calls run at once"
+        else:
+            what = f"{past}: only cached answers are served"
+        org, kind, name = parse_scope(budget.scope)
+        where = f"--org {org}" + ("" if kind is None else f" --{kind} {name}")
         return BudgetExceeded(
-            f"the {_ADVERB[budget.period]} budget of the org {org!r} ({_usd(budget.limit_micro)}, "
+            f"the {_ADVERB[budget.period]} budget of {budget.describe()} ({_usd(budget.limit_micro)}, "
             f"{_usd(usage.spent_micro)} spent, {_usd(usage.reserved_micro)} reserved) "
             f"{what}; it resets at {resets:%Y-%m-%d %H:%M} UTC. Ask an admin to raise it "
-            f"(sluicegate budgets set --org {org} --limit-usd N), or send a smaller max_tokens",
+            f"(sluicegate budgets set {where} --limit-usd N), or send a smaller max_tokens",
             code=code,
             headers={"retry-after": str(wait)},
         )
@@ -128,15 +138,19 @@ class ReserveBudget:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _settle(self, rid: str, cost_micro: int, budget: Budget) -> None:
+    async def _settle(self, rid: str, cost_micro: int) -> None:
         try:
-            usage = await self._store.settle(rid, cost_micro)
+            usages = await self._store.settle(rid, cost_micro)
         except Exception as exc:  # the lease releases it; the ledger still has the cost
             logger.warning("budgets: could not settle %s (%s); its lease will release it", rid, exc)
             return
-        if usage is None or not budget.limit_micro:
-            return
-        crossed = usage.spent_micro >= self._config.alert_at * budget.limit_micro
         level = f"{self._config.alert_at:g}"
-        if crossed and await self._store.alert_once(usage, level):
-            await self._store.notify(usage, level)
+        for usage in usages:
+            limit = usage.budget.limit_micro
+            if not limit or usage.spent_micro < self._config.alert_at * limit:
+                continue
+            try:
+                if await self._store.alert_once(usage, level):
+                    await self._store.notify(usage, level)
+            except Exception as exc:  # the next settlement past the line tries again
+                logger.warning("budgets: could not record the alert of %s (%s)", usage.budget.scope, exc)

@@ -1,11 +1,13 @@
-"""Budgets in the gateway's database: reservations, settlements, leases and the 80 % alert,
-exact across every worker and replica that shares it.
+"""Budgets: which are in force, where their periods are counted, and what they say.
 
-Each operation is one short transaction that holds the budget's period row: on SQLite through
-``BEGIN IMMEDIATE`` (the database's write lock), on PostgreSQL through ``SELECT … FOR UPDATE``.
-The arithmetic is `budget_math`'s. A settlement marks its reservation ``settled``, so a second
-delivery changes nothing; a reservation whose lease ended is marked ``expired`` by the reaper
-and leaves ``reserved``, and a late settlement of it still adds its cost to ``spent``.
+A call's budgets (its org's, and its user's, feature's and key's if set, see `budget_scopes`)
+are counted in Redis when it is configured (`redis_budgets`: one script per reservation and
+one per settlement) and in the database otherwise (`sql_budgets`). While Redis is down or slow
+the database takes over, its periods first raised to what the ledger has recorded; when Redis
+answers again, each of its periods is raised the same way before its next reservation. With
+neither reachable, calls under a budget are refused (``budget_unavailable``): a hard cap fails
+closed. The 80 % alert is a unique row per budget, period and level, so it fires once across
+every replica.
 """
 
 from __future__ import annotations
@@ -13,114 +15,105 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
-import aiohttp
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import select, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..calls import RequestContext
 from ..config import BudgetsConfig
+from ..errors import BudgetUnavailable
 from ..store.tables import budget_limits
-from ..store.transactions import Query, WriteTransactions
-from .budget_math import Decision, Period, decide, forecast, period_bounds, period_start
+from .budget_alerts import Usage, announce
+from .budget_math import Decision, Outcome, Period, forecast, period_bounds, period_start
+from .budget_scopes import Budget, BudgetIndex, scope_of
+from .redis_budgets import NeedsFloor, RedisBudgets
+from .sql_budgets import SqlBudgets
 
-__all__ = ["Budget", "BudgetStore", "Usage"]
+__all__ = ["Budget", "BudgetStore", "Reservation", "Usage"]
 
 _MICRO = Decimal(1_000_000)
 _FORECAST_WINDOW_S = 86_400.0
-_RECENT = (
-    "SELECT coalesce(sum(cost_micro), 0) FROM usage_ledger WHERE org = :o AND at > :since AND attempt >= 1"
+_REDIS_RETRY_S = 1.0  # after a failure, how long the database alone counts before Redis is tried
+_SPENT = (
+    "SELECT coalesce(sum(cost_micro), 0) FROM usage_ledger WHERE {where} AND at >= :since AND attempt >= 1"
 )
-logger = logging.getLogger("sluicegate.budgets")
-_NEW_PERIOD = (
-    "INSERT INTO budget_periods (scope, period, spent_micro, reserved_micro) "
-    "VALUES (:s, :p, 0, 0) ON CONFLICT (scope, period) DO NOTHING"
-)
-_RESERVATION = "SELECT scope, period, amount_micro, state FROM budget_reservations WHERE id = :id"
-_SETTLED = "UPDATE budget_reservations SET state = 'settled' WHERE id = :id"
-_EXPIRED = (
-    "SELECT id, scope, period, amount_micro FROM budget_reservations "
-    "WHERE state = 'open' AND expires_at <= :now"
-)
-_RELEASE = "UPDATE budget_periods SET reserved_micro = reserved_micro - :a WHERE scope = :s AND period = :p"
-_EXPIRE = "UPDATE budget_reservations SET state = 'expired' WHERE id = :id"
-_SET_LIMIT = "INSERT INTO budget_limits (scope, limit_micro, period, updated_at) VALUES (:s, :l, :p, :t)"
 _PERIOD = "SELECT spent_micro, reserved_micro FROM budget_periods WHERE scope = :s AND period = :p"
-_RESERVE = (
-    "INSERT INTO budget_reservations (id, scope, period, amount_micro, expires_at, state) "
-    "VALUES (:id, :s, :p, :a, :e, 'open')"
-)
-_RESERVED = "UPDATE budget_periods SET reserved_micro = :r WHERE scope = :s AND period = :p"
-_SETTLE = "UPDATE budget_periods SET spent_micro = :sp, reserved_micro = :r WHERE scope = :s AND period = :p"
+_SET_LIMIT = "INSERT INTO budget_limits (scope, limit_micro, period, updated_at) VALUES (:s, :l, :p, :t)"
+_REDIS_DOWN = (RedisError, OSError, TimeoutError)
+logger = logging.getLogger("sluicegate.budgets")
 
 
 @dataclass(frozen=True, slots=True)
-class Budget:
-    """A budget in force: its scope (``org:<org>``), limit and period."""
+class Reservation:
+    """A reservation's outcome: the decision, each budget's period after it, the index of the
+    budget that refused (-1 when admitted), and whether that was the throttle's concurrency cap."""
 
-    scope: str
-    limit_micro: int
-    period: Period
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """A budget's period as it stands."""
-
-    budget: Budget
-    period: str
-    ends_at: float
-    spent_micro: int
-    reserved_micro: int
-    forecast_micro: int | None = None  # the period's end, at the last day's burn rate
-
-    def to_dict(self) -> dict[str, Any]:
-        limit = self.budget.limit_micro
-        return {
-            "scope": self.budget.scope,
-            "period": self.period,
-            "limit_usd": limit / 1_000_000,
-            "spent_usd": self.spent_micro / 1_000_000,
-            "reserved_usd": self.reserved_micro / 1_000_000,
-            "used": round((self.spent_micro + self.reserved_micro) / limit, 4) if limit else None,
-            "resets_at": self.ends_at,
-            "forecast_usd": None if self.forecast_micro is None else self.forecast_micro / 1_000_000,
-        }
+    decision: Decision
+    usages: list[Usage]
+    refused_by: int
+    throttled: bool = False
 
 
 class BudgetStore:
     """The budgets of the config, overridden by those set at run time, and their periods."""
 
     def __init__(
-        self, engine: AsyncEngine, config: BudgetsConfig, clock: Callable[[], float] = time.time
+        self,
+        engine: AsyncEngine,
+        config: BudgetsConfig,
+        clock: Callable[[], float] = time.time,
+        redis: Redis | None = None,
     ) -> None:
         self._engine = engine
         self._config = config
         self.clock = clock
         self._reaped_at = 0.0
-        self._transactions = WriteTransactions(engine, "budgets")
+        self._sql = SqlBudgets(engine)
+        self._redis = RedisBudgets(redis, config.redis_timeout_ms / 1000) if redis is not None else None
+        self._redis_down_until = 0.0
+        self._floored_in_redis: set[str] | None = None  # after an outage: periods raised since
+        self._floored_in_sql: set[str] = set()  # periods raised since the database took over
+        self._held: dict[str, tuple[bool, list[tuple[Budget, str]]]] = {}  # id → (in Redis, books)
+        self._alerted: set[tuple[str, str, str]] = set()
+        self._periods: dict[Period, tuple[str, float, float]] = {}  # name, start, end
+        cap = config.throttle_concurrency
+        self._throttle = None if cap is None else (config.throttle_at, cap)
         self._configured = {
-            "org:" + b.org: Budget("org:" + b.org, int(b.limit_usd * _MICRO), b.period) for b in config.orgs
+            b.scope: Budget(b.scope, int(b.limit_usd * _MICRO), b.period) for b in config.orgs
         }
-        self.budgets: dict[str, Budget] = dict(self._configured)
+        self.index = BudgetIndex(dict(self._configured))
+
+    @property
+    def budgets(self) -> dict[str, Budget]:
+        """Every budget in force, by scope."""
+        return self.index.budgets
+
+    def budgets_for(self, context: RequestContext) -> list[Budget]:
+        """The budgets a call is under (hot path: one lookup for an org without any)."""
+        return self.index.applicable(context) if self.index else []
 
     def budget_for(self, org: str) -> Budget | None:
-        """The org's budget, if it has one (hot path: one lookup)."""
-        return self.budgets.get("org:" + org) if self.budgets else None
+        """The org's own budget, if it has one."""
+        return self.budgets.get(scope_of(org))
 
     async def refresh(self) -> None:
         """Read the budgets set at run time (they override the config's)."""
         async with self._engine.connect() as connection:
             rows = await connection.execute(select(budget_limits))
             runtime = {row.scope: Budget(row.scope, int(row.limit_micro), row.period) for row in rows}
-        self.budgets = {**self._configured, **runtime}
+        budgets = {**self._configured, **runtime}
+        if budgets != self.budgets:
+            self.index = BudgetIndex(budgets)
 
     async def poll(self) -> None:
         """Each controls poll: the budgets set at run time, and (every 5 s, when there are
-        budgets) the reservations whose lease ended."""
+        budgets) the reservations whose lease ended, and the forecasts."""
         await self.refresh()
         now = self.clock()
         if self.budgets and now - self._reaped_at >= 5.0:
@@ -128,28 +121,195 @@ class BudgetStore:
             await self.reap()
             await self.check_forecasts()
 
-    async def set_limit(self, org: str, limit_usd: Decimal, period: Period) -> Budget:
-        """Set (or replace) an org's budget at run time; every worker applies it at its next poll."""
-        budget = Budget("org:" + org, int(limit_usd * _MICRO), period)
+    async def set_limit(
+        self, org: str, limit_usd: Decimal, period: Period, kind: str | None = None, name: str | None = None
+    ) -> Budget:
+        """Set (or replace) a budget at run time; every worker applies it at its next poll."""
+        budget = Budget(scope_of(org, kind, name), int(limit_usd * _MICRO), period)
         async with self._engine.begin() as connection:
             await connection.execute(text("DELETE FROM budget_limits WHERE scope = :s"), {"s": budget.scope})
             await connection.execute(
                 text(_SET_LIMIT),
                 {"s": budget.scope, "l": budget.limit_micro, "p": period, "t": self.clock()},
             )
-        self.budgets = {**self.budgets, budget.scope: budget}
+        self.index = BudgetIndex({**self.budgets, budget.scope: budget})
         return budget
 
     def close(self) -> None:
         """Close the store's SQLite connection and its thread."""
-        self._transactions.close()
+        self._sql.close()
 
-    def _period_row(self, q: Query, scope: str, period: str) -> tuple[int, int]:
-        q(_NEW_PERIOD, {"s": scope, "p": period})
-        rows, _ = q(
-            _PERIOD + (" FOR UPDATE" if self._transactions.postgres else ""), {"s": scope, "p": period}
+    async def _ledger_spent(self, budget: Budget, now: float) -> int:
+        """What the ledger has recorded under a budget since its period began."""
+        where, params = budget.ledger_filter()
+        since = period_start(budget.period, now)
+        async with self._engine.connect() as connection:
+            spent = await connection.scalar(text(_SPENT.format(where=where)), {**params, "since": since})
+        return int(spent or 0)
+
+    async def _floors(
+        self, books: Sequence[tuple[Budget, str]], done: set[str] | None, now: float
+    ) -> list[int | None]:
+        """The ledger's sum for each period not yet in ``done`` (all of them without it)."""
+        floors: list[int | None] = []
+        for budget, period in books:
+            fresh = done is not None and f"{budget.scope}@{period}" in done
+            floors.append(None if fresh else await self._ledger_spent(budget, now))
+        return floors
+
+    def _bounds(self, period: Period, now: float) -> tuple[str, float]:
+        """`period_bounds`, computed once per period rather than once per call."""
+        known = self._periods.get(period)
+        if known is None or not known[1] <= now < known[2]:
+            name, ends = period_bounds(period, now)
+            known = self._periods[period] = (name, period_start(period, now), ends)
+        return known[0], known[2]
+
+    def _redis_failed(self, exc: BaseException, now: float) -> None:
+        if now >= self._redis_down_until:
+            logger.warning(
+                "budgets: Redis is unreachable or slow (%s); the database counts budgets until it answers",
+                type(exc).__name__,
+            )
+        self._redis_down_until = now + _REDIS_RETRY_S
+        self._floored_in_redis = set()
+        self._floored_in_sql = set()
+
+    async def reserve(
+        self,
+        budgets: Budget | Sequence[Budget],
+        rid: str,
+        prompt_micro: int,
+        out_pico: int,
+        asked_tokens: int,
+    ) -> Reservation:
+        """Reserve the call's worst case under every one of its budgets if it fits (clamping its
+        completion tokens), or under none."""
+        budgets = [budgets] if isinstance(budgets, Budget) else list(budgets)
+        now = self.clock()
+        bounds = [self._bounds(budget.period, now) for budget in budgets]
+        books = [(budget, name) for budget, (name, _) in zip(budgets, bounds, strict=True)]
+        outcome = None
+        if self._redis is not None and now >= self._redis_down_until:
+            try:
+                outcome = await self._reserve_in_redis(
+                    budgets, bounds, rid, prompt_micro, out_pico, asked_tokens, now
+                )
+            except _REDIS_DOWN as exc:
+                self._redis_failed(exc, now)
+        in_redis = outcome is not None
+        if outcome is None:
+            outcome = await self._reserve_in_sql(books, rid, prompt_micro, out_pico, asked_tokens, now)
+        if outcome.decision.admitted:
+            self._held[rid] = (in_redis, books)
+        usages = [
+            Usage(budget, name, ends, spent, reserved)
+            for budget, (name, ends), (spent, reserved) in zip(budgets, bounds, outcome.after, strict=True)
+        ]
+        return Reservation(outcome.decision, usages, outcome.refused, outcome.throttled)
+
+    def _unavailable(self, budget: Budget, exc: BaseException, rebuilding: bool = False) -> BudgetUnavailable:
+        if rebuilding:
+            why = "Redis holds no count of its period, and the database to rebuild it from is unreachable"
+        elif self._redis is not None:
+            why = "Redis and the database are both unreachable"
+        else:
+            why = "the database is unreachable"
+        return BudgetUnavailable(
+            f"the budget of {budget.describe()} cannot be checked: {why} ({type(exc).__name__}). "
+            "Calls under a budget are refused until it can be; cached answers are still served"
         )
-        return int(rows[0][0]), int(rows[0][1])
+
+    async def _floors_or_refuse(
+        self, books: list[tuple[Budget, str]], done: set[str] | None, now: float, rebuilding: bool
+    ) -> list[int | None]:
+        try:
+            return await self._floors(books, done, now)
+        except (SQLAlchemyError, OSError) as exc:
+            raise self._unavailable(books[0][0], exc, rebuilding) from exc
+
+    async def _reserve_in_redis(
+        self,
+        budgets: list[Budget],
+        bounds: list[tuple[str, float]],
+        rid: str,
+        prompt_micro: int,
+        out_pico: int,
+        asked: int,
+        now: float,
+    ) -> Outcome:
+        assert self._redis is not None
+        books = [(budget, name) for budget, (name, _) in zip(budgets, bounds, strict=True)]
+        timed = [(budget, name, ends) for budget, (name, ends) in zip(budgets, bounds, strict=True)]
+        done = self._floored_in_redis
+        lease = self._config.lease_s
+        floors: list[int | None] = [None] * len(books)
+        if done is not None:  # back from an outage: catch up with what the database counted
+            floors = await self._floors_or_refuse(books, done, now, rebuilding=True)
+        try:
+            result = await self._redis.reserve(
+                timed, rid, prompt_micro, out_pico, asked, lease, floors, now, self._throttle
+            )
+        except NeedsFloor:  # a new period, or Redis lost it: rebuild it from the ledger
+            floors = await self._floors_or_refuse(books, None, now, rebuilding=True)
+            result = await self._redis.reserve(
+                timed, rid, prompt_micro, out_pico, asked, lease, floors, now, self._throttle
+            )
+        if done is not None:
+            done.update(f"{budget.scope}@{name}" for budget, name in books)
+        return result
+
+    async def _reserve_in_sql(
+        self,
+        books: list[tuple[Budget, str]],
+        rid: str,
+        prompt_micro: int,
+        out_pico: int,
+        asked: int,
+        now: float,
+    ) -> Outcome:
+        try:
+            floors: list[int | None] = [None] * len(books)
+            if self._redis is not None:  # the database takes over from Redis: catch up first
+                floors = await self._floors(books, self._floored_in_sql, now)
+            lease_end = now + self._config.lease_s
+            result = await self._sql.reserve(
+                books, rid, prompt_micro, out_pico, asked, lease_end, floors, self._throttle
+            )
+        except (SQLAlchemyError, OSError) as exc:
+            raise self._unavailable(books[0][0], exc) from exc
+        if self._redis is not None:
+            self._floored_in_sql.update(f"{budget.scope}@{name}" for budget, name in books)
+        return result
+
+    async def settle(self, rid: str, cost_micro: int) -> list[Usage]:
+        """Count the call's actual cost once under each of its budgets, releasing its
+        reservations; each period this settlement counted in (none when it had been counted)."""
+        held = self._held.pop(rid, None)
+        now = self.clock()
+        if held is not None and held[0]:
+            assert self._redis is not None
+            try:
+                counted = await self._redis.settle(held[1], rid, cost_micro)
+            except _REDIS_DOWN as exc:  # its lease releases it; the ledger still has the cost
+                self._redis_failed(exc, now)
+                raise
+            return [
+                Usage(budget, period, self._bounds(budget.period, now)[1], spent, reserved)
+                for (budget, period), (ok, spent, reserved) in zip(held[1], counted, strict=True)
+                if ok
+            ]
+        rows = await self._sql.settle(rid, len(held[1]) if held else 1, cost_micro)
+        usages = []
+        for scope, period, spent, reserved in rows:
+            budget = self.budgets.get(scope) or Budget(scope, 0, "month")
+            usages.append(Usage(budget, period, self._bounds(budget.period, now)[1], spent, reserved))
+        return usages
+
+    async def reap(self) -> int:
+        """Release the database's reservations whose lease ended (their process died); how
+        many. Redis releases its own at the next reservation under the same budget."""
+        return await self._sql.reap(self.clock())
 
     async def usage(self, budget: Budget) -> Usage:
         """The budget's current period, with its forecast: the spend at the period's end if the
@@ -157,43 +317,27 @@ class BudgetStore:
         now = self.clock()
         period, ends = period_bounds(budget.period, now)
         window = min(_FORECAST_WINDOW_S, now - period_start(budget.period, now))
-        org = budget.scope.removeprefix("org:")
+        counted = None
+        if self._redis is not None and now >= self._redis_down_until:
+            with contextlib.suppress(*_REDIS_DOWN):
+                counted = await self._redis.read(budget, period)
+        where, params = budget.ledger_filter()
         async with self._engine.connect() as connection:
-            row = (await connection.execute(text(_PERIOD), {"s": budget.scope, "p": period})).first()
-            recent = await connection.scalar(text(_RECENT), {"o": org, "since": now - window})
-        spent, reserved = (int(row[0]), int(row[1])) if row else (0, 0)
+            recent = await connection.scalar(
+                text(_SPENT.format(where=where)), {**params, "since": now - window}
+            )
+            if counted is None:
+                row = (await connection.execute(text(_PERIOD), {"s": budget.scope, "p": period})).first()
+                counted = (int(row[0]), int(row[1])) if row else (0, 0)
+        if self._redis is not None and counted[0] == 0:  # Redis has not counted this period yet
+            counted = (max(counted[0], await self._ledger_spent(budget, now)), counted[1])
+        spent, reserved = counted
         projected = forecast(spent, int(recent or 0), window, now, ends)
         return Usage(budget, period, ends, spent, reserved, projected)
 
     async def notify(self, usage: Usage, level: str) -> None:
         """Log an alert, and POST it to the webhook if there is one."""
-        limit = usage.budget.limit_micro / 1_000_000
-        if level == "forecast":
-            logger.warning(
-                "budget forecast: %s is on course to spend $%.4f of $%.2f by the end of %s",
-                usage.budget.scope,
-                (usage.forecast_micro or 0) / 1_000_000,
-                limit,
-                usage.period,
-            )
-        else:
-            logger.warning(
-                "budget alert: %s has spent $%.4f of $%.2f this %s (%s)",
-                usage.budget.scope,
-                usage.spent_micro / 1_000_000,
-                limit,
-                usage.budget.period,
-                usage.period,
-            )
-        url = self._config.webhook_url
-        if url:
-            report = {"event": "budget_" + ("forecast" if level == "forecast" else "alert"), "level": level}
-            with contextlib.suppress(Exception):
-                async with (
-                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
-                    session.post(url, json={**report, **usage.to_dict()}) as response,
-                ):
-                    await response.read()
+        await announce(usage, level, self._config.webhook_url)
 
     async def check_forecasts(self) -> None:
         """One alert per budget and period whose forecast passes its limit."""
@@ -203,68 +347,12 @@ class BudgetStore:
             if over and await self.alert_once(usage, "forecast"):
                 await self.notify(usage, "forecast")
 
-    async def reserve(
-        self, budget: Budget, rid: str, prompt_micro: int, out_pico: int, asked_tokens: int
-    ) -> tuple[Decision, Usage]:
-        """Reserve the call's worst case if it fits (clamping its completion tokens); the
-        decision, and the period as it stands after it."""
-        now = self.clock()
-        period, ends = period_bounds(budget.period, now)
-        lease_end = now + self._config.lease_s
-
-        def work(q: Query) -> tuple[Decision, int, int]:
-            spent, reserved = self._period_row(q, budget.scope, period)
-            decision = decide(budget.limit_micro, spent, reserved, prompt_micro, out_pico, asked_tokens)
-            if decision.admitted:
-                reserved += decision.reserve_micro
-                q(_RESERVED, {"r": reserved, "s": budget.scope, "p": period})
-                amount = decision.reserve_micro
-                q(_RESERVE, {"id": rid, "s": budget.scope, "p": period, "a": amount, "e": lease_end})
-            return decision, spent, reserved
-
-        decision, spent, reserved = await self._transactions.run(work)
-        return decision, Usage(budget, period, ends, spent, reserved)
-
-    async def settle(self, rid: str, cost_micro: int) -> Usage | None:
-        """Count the call's actual cost once, releasing its reservation; the period after it, or
-        None when this settlement had already been counted (or was never reserved)."""
-
-        def work(q: Query) -> tuple[str, str, int, int] | None:
-            rows, _ = q(_RESERVATION, {"id": rid})
-            if not rows or rows[0][3] == "settled":
-                return None
-            scope, period, amount, state = rows[0]
-            spent, reserved = self._period_row(q, scope, period)
-            spent, reserved = spent + cost_micro, reserved - (int(amount) if state == "open" else 0)
-            q(_SETTLE, {"sp": spent, "r": reserved, "s": scope, "p": period})
-            q(_SETTLED, {"id": rid})
-            return scope, period, spent, reserved
-
-        outcome = await self._transactions.run(work)
-        if outcome is None:
-            return None
-        scope, period, spent, reserved = outcome
-        budget = self.budgets.get(scope) or Budget(scope, 0, "month")
-        _, ends = period_bounds(budget.period, self.clock())
-        return Usage(budget, period, ends, spent, reserved)
-
-    async def reap(self) -> int:
-        """Release the reservations whose lease ended (their process died); how many."""
-        now = self.clock()
-
-        def work(q: Query) -> int:
-            rows, _ = q(_EXPIRED, {"now": now})
-            for rid, scope, period, amount in rows:
-                q(_RELEASE, {"a": int(amount), "s": scope, "p": period})
-                q(_EXPIRE, {"id": rid})
-            return len(rows)
-
-        reaped: int = await self._transactions.run(work)
-        return reaped
-
     async def alert_once(self, usage: Usage, level: str) -> bool:
         """Record that ``level`` was reached in this period; True for the one caller that did it
-        first, across every replica."""
+        first, across every replica. Once known, asking again costs no query."""
+        seen = (usage.budget.scope, usage.period, level)
+        if seen in self._alerted:
+            return False
         async with self._engine.begin() as connection:
             result = await connection.execute(
                 text(
@@ -273,4 +361,5 @@ class BudgetStore:
                 ),
                 {"s": usage.budget.scope, "p": usage.period, "l": level, "t": self.clock()},
             )
+        self._alerted.add(seen)
         return bool(result.rowcount)

@@ -8,13 +8,13 @@ script Redis lost (NOSCRIPT, after a restart or a SCRIPT FLUSH) is loaded again 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from ..cache.batching import Batcher
+from ..store.redis import run_scripts
 from .limits import Check, Verdict
 
 __all__ = ["RedisLimiter"]
@@ -59,20 +59,8 @@ class RedisLimiter:
         self._script = redis.register_script(ADMIT)
         self._batch: Batcher[tuple[Any, ...], Any] = Batcher(self._pipeline, timeout_s=timeout_s)
 
-    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        for attempt in (1, 2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                results = await pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
-                await self.redis.script_load(ADMIT)
-                continue
-            break
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return list(results)
+    def _pipeline(self, commands: list[tuple[Any, ...]]) -> Awaitable[list[Any]]:
+        return run_scripts(self.redis, commands, (ADMIT,))
 
     async def admit(self, checks: Sequence[Check], member: str) -> Verdict:
         """Log the request in every limit if each has room; otherwise refuse and log nothing."""

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import and_, delete, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -110,6 +110,7 @@ class Controls:
         self._interval = interval_s
         self.stops: dict[str, Stop] = {}
         self._revoked_since = datetime.now(UTC)
+        self._expired_since = self._revoked_since
         self._task: asyncio.Task[None] | None = None
 
     def stop_for(self, org: str) -> Stop | None:
@@ -120,21 +121,29 @@ class Controls:
         return stops.get(GLOBAL) or stops.get("org:" + org)
 
     async def refresh(self) -> None:
-        """Read the stops, and forget cached keys revoked since the last read."""
+        """Read the stops, and forget cached keys revoked, or whose expiry passed, since the
+        last read."""
         stops = {stop.scope: stop for stop in await list_stops(self._engine)}
         if stops.keys() != self.stops.keys():
             logger.warning("emergency stops in force: %s", ", ".join(stops) or "none")
         self.stops = stops
         since = self._revoked_since - _CLOCK_SKEW  # replicas' clocks differ a little
+        now = datetime.now(UTC)
+        keys = virtual_keys.c
+        # A key cached before its rotation holds no expiry: forget it as the expiry passes.
+        expiring = and_(keys.expires_at >= self._expired_since - _CLOCK_SKEW, keys.expires_at <= now)
         async with self._engine.connect() as connection:
-            rows = await connection.execute(
-                select(virtual_keys.c.id, virtual_keys.c.revoked_at).where(virtual_keys.c.revoked_at >= since)
+            rows = list(
+                await connection.execute(
+                    select(keys.id, keys.revoked_at).where(or_(keys.revoked_at >= since, expiring))
+                )
             )
-            revoked = {str(row.id): row.revoked_at for row in rows}
+        if rows:
+            self._forget_keys({str(row.id) for row in rows})
+        revoked = [_aware(row.revoked_at) for row in rows if row.revoked_at is not None]
         if revoked:
-            self._forget_keys(set(revoked))
-            latest = max(_aware(at) for at in revoked.values())
-            self._revoked_since = max(self._revoked_since, latest)
+            self._revoked_since = max(self._revoked_since, *revoked)
+        self._expired_since = now
         for refresh in self._also:
             await refresh()
 

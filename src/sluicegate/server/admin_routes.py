@@ -1,19 +1,20 @@
-"""The ``/api/ai/*`` routes: status (public), key management and the emergency stop (admin)."""
+"""The ``/api/ai/*`` routes: status (public), key management, budgets and the emergency stop (admin)."""
 
 from __future__ import annotations
 
 import os
 import time
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
 from .._version import __version__
 from ..admission import stop as stop_controls
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 from ..gateway import Gateway
-from .http import Request, read_json, send_json
+from ..virtual_keys import DEFAULT_GRACE_S
+from .http import Request, read_body, read_json, send_json
 
 __all__ = [
     "create_key",
@@ -22,6 +23,7 @@ __all__ = [
     "list_stops",
     "resume",
     "revoke_key",
+    "rotate_key",
     "set_budget",
     "set_stop",
     "status",
@@ -29,7 +31,8 @@ __all__ = [
 
 
 async def status(gateway: Gateway, request: Request) -> None:
-    """``GET /api/ai/status``: liveness, readiness and each dependency, from cached probes."""
+    """``GET /api/ai/status``: liveness, readiness and each dependency, from cached probes; the
+    traffic totals (every org's requests and tokens) only for the admin."""
     snapshot = gateway.probes.snapshot()
     # Redis is not required: without it the cache serves from its other tiers (degraded).
     required: set[str] = set()
@@ -55,9 +58,10 @@ async def status(gateway: Gateway, request: Request) -> None:
         "uptime_s": round(time.time() - gateway.started_at, 3),
         "dependencies": dependencies,
         "providers": {name: {"kind": p.kind} for name, p in gateway.settings.providers.items()},
-        "traffic": gateway.counters.snapshot(),
         "cache": gateway.cache.status() if gateway.cache is not None else {"enabled": False},
     }
+    if gateway.authenticator.is_admin(request.authorization):
+        body["traffic"] = gateway.counters.snapshot()
     await send_json(request, 200 if ready else 503, orjson.dumps(body))
 
 
@@ -91,6 +95,35 @@ async def revoke_key(gateway: Gateway, request: Request) -> None:
     record = await gateway.keys.revoke(key_id)
     gateway.authenticator.forget({record.id})  # this worker at once, the others at their next poll
     await send_json(request, 200, orjson.dumps(record.to_dict()))
+
+
+async def rotate_key(gateway: Gateway, request: Request) -> None:
+    """``POST /api/ai/keys/{id}/rotate`` with ``{"grace_s"?}`` (default 24 h): a new key for the
+    same org, user and name, shown once; the old one works until the grace ends (admin)."""
+    gateway.authenticator.check_admin(request.authorization)
+    path = request.scope["path"]
+    key_id, _, action = path.removeprefix("/api/ai/keys/").partition("/")
+    if action != "rotate" or not key_id:
+        raise NotFound(f"unknown request URL: POST {path}", code="unknown_url")
+    settings = gateway.settings.server
+    raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        body = None
+    grace = body.get("grace_s", DEFAULT_GRACE_S) if isinstance(body, dict) else None
+    if not isinstance(body, dict) or set(body) - {"grace_s"} or not _is_number(grace):
+        raise InvalidRequest(
+            'send no body, or a JSON object such as {"grace_s": 3600} (seconds, 0 ends the old key now)',
+            param="grace_s",
+        )
+    key, new, old = await gateway.keys.rotate(key_id, grace)
+    gateway.authenticator.forget({old.id})  # this worker at once; the others when it expires
+    await send_json(request, 201, orjson.dumps({"key": key, **new.to_dict(), "replaces": old.to_dict()}))
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 async def list_stops(gateway: Gateway, request: Request) -> None:
@@ -140,8 +173,9 @@ async def list_budgets(gateway: Gateway, request: Request) -> None:
 
 
 async def set_budget(gateway: Gateway, request: Request) -> None:
-    """``POST /api/ai/budgets`` with ``{"org", "limit_usd", "period"?}``: set an org's budget; every
-    worker applies it within ``controls.poll_interval_s`` (admin)."""
+    """``POST /api/ai/budgets`` with ``{"org", "limit_usd", "period"?}`` and at most one of
+    ``user``, ``feature`` and ``key``: set a budget; every worker applies it within
+    ``controls.poll_interval_s`` (admin)."""
     gateway.authenticator.check_admin(request.authorization)
     body = await read_json(
         request, gateway.settings.server.max_body_bytes, gateway.settings.server.body_timeout_s
@@ -158,6 +192,11 @@ async def set_budget(gateway: Gateway, request: Request) -> None:
     period = body.get("period", "month")
     if not amount.is_finite() or amount < 0 or period not in ("day", "week", "month"):
         raise InvalidRequest("limit_usd is ≥ 0 and period is day, week or month", param="limit_usd")
-    budget = await gateway.budgets.set_limit(body["org"], amount, period)
+    narrowed = [kind for kind in ("user", "feature", "key") if body.get(kind) is not None]
+    if len(narrowed) > 1 or any(not isinstance(body[kind], str) or not body[kind] for kind in narrowed):
+        raise InvalidRequest("give at most one of user, feature and key, as a name", param=narrowed[-1])
+    kind = narrowed[0] if narrowed else None
+    name = body[kind] if kind else None
+    budget = await gateway.budgets.set_limit(body["org"], amount, period, kind, name)
     usage = await gateway.budgets.usage(budget)
     await send_json(request, 201, orjson.dumps(usage.to_dict()))

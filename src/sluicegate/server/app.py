@@ -50,7 +50,7 @@ class SluicegateApp:
             "/sdk/demo": {"GET": sdk_routes.demo_page()},
         }
         self._prefixes: tuple[tuple[str, dict[str, Handler]], ...] = (
-            ("/api/ai/keys/", {"DELETE": admin_routes.revoke_key}),
+            ("/api/ai/keys/", {"DELETE": admin_routes.revoke_key, "POST": admin_routes.rotate_key}),
         )
         # OpenAI's SDK and others also call the routes without the /v1 prefix.
         for path in ("/chat/completions", "/embeddings", "/models"):

@@ -2,7 +2,8 @@
 the budgets in force with the forecast of their period's end.
 
 The admin key sees every org (and may filter by one); an org's key sees only its own org,
-whatever it asks for; browser tokens are refused.
+whatever it asks for; browser tokens are refused. Without keys required, every caller is the
+admin unless an admin key is set: then a caller without it sees only the dev org.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ async def _caller_org(gateway: Gateway, request: Request) -> str | None:
         return None
     principal = await authenticator.authenticate(request.authorization)
     if principal is None:
-        return None  # keys are not required: local development
+        # Keys are not required, yet an admin key is set: a caller without it is the dev org.
+        return gateway.settings.auth.dev_org
     if isinstance(principal, BrowserPrincipal):
         raise PermissionDenied("browser tokens cannot read usage; call it from your backend with a key")
     return principal.org
@@ -54,7 +56,7 @@ async def usage(gateway: Gateway, request: Request) -> None:
         body["budgets"] = [
             (await store.usage(budget)).to_dict()
             for scope, budget in sorted(store.budgets.items())
-            if org is None or scope == f"org:{org}"
+            if org is None or budget.org == org
         ]
     except SQLAlchemyError as exc:
         raise ServiceUnavailable(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -28,6 +29,8 @@ __all__ = [
     "emergency_stops",
     "metadata",
     "rate_events",
+    "token_buckets",
+    "usage_daily",
     "usage_ledger",
     "virtual_keys",
 ]
@@ -46,6 +49,9 @@ virtual_keys = Table(
     Column("name", String(128), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    # Set by a rotation: the old key works until `expires_at`, and names its successor.
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("replaced_by", String(32), nullable=True),
     Index("ix_virtual_keys_org", "org"),
 )
 
@@ -122,8 +128,44 @@ usage_ledger = Table(
     Index("ix_usage_ledger_at", "at"),
 )
 
+# The ledger summed per UTC day (days since 1970-01-01), org, user ('' for none, so that the key
+# is unique on both databases), feature and model (docs/cost-control.md#retention-and-daily-roll-ups).
+# `requests` counts each request once, in the row of its first ledger row of the day, so it adds
+# up exactly over models; `model_requests` counts it in every model's row it has. Once
+# `ledger_purged`, the day's ledger rows are (being) deleted and these rows are all that is left.
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("day", Integer, primary_key=True),
+    Column("org", String(128), primary_key=True),
+    Column("user", String(128), primary_key=True),
+    Column("feature", String(64), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("model_requests", BigInteger, nullable=False),
+    Column("upstream_calls", BigInteger, nullable=False),
+    Column("cache_hits", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("cached_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("reasoning_tokens", BigInteger, nullable=False),
+    Column("cost_micro", BigInteger, nullable=False),
+    Column("saved_micro", BigInteger, nullable=False),
+    Column("ledger_purged", Boolean(create_constraint=False), nullable=False),
+)
+
 # The rate limits' sliding logs when no Redis is configured (docs/cost-control.md): one row per
 # request counted against a limit; rows older than the longest window are purged.
+# The per-minute token limits without Redis: one bucket per limit and subject, its level at `at`
+# (Unix seconds). A row that is not there is a full bucket.
+token_buckets = Table(
+    "token_buckets",
+    metadata,
+    Column("key", String(512), primary_key=True),
+    Column("level", Float, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
 rate_events = Table(
     "rate_events",
     metadata,

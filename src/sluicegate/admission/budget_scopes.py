@@ -1,0 +1,90 @@
+"""Which budgets a call is under: its org's, and optionally its user's, its feature's and its
+virtual key's within that org, each named by a scope string.
+
+A scope reads ``org:acme``, ``org:acme/user:alice``, ``org:acme/feature:chat`` or
+``org:acme/key:k_12ab``. The org comes first so that every budget of an org shares its Redis
+Cluster hash slot, and a call's budgets can be reserved together, atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..calls import RequestContext
+from .budget_math import Period
+
+__all__ = ["KINDS", "Budget", "BudgetIndex", "parse_scope", "scope_of"]
+
+KINDS = ("user", "feature", "key")  # what a budget can narrow an org's spend to
+
+
+def scope_of(org: str, kind: str | None = None, name: str | None = None) -> str:
+    """The scope of an org's budget, or of one of its users, features or keys."""
+    return f"org:{org}" if kind is None else f"org:{org}/{kind}:{name}"
+
+
+def parse_scope(scope: str) -> tuple[str, str | None, str | None]:
+    """``org:acme/user:alice`` → (``acme``, ``user``, ``alice``); (org, None, None) for an org's."""
+    org, _, rest = scope.removeprefix("org:").partition("/")
+    if not rest:
+        return org, None, None
+    kind, _, name = rest.partition(":")
+    return org, kind, name
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A budget in force: its scope, limit and period."""
+
+    scope: str
+    limit_micro: int
+    period: Period
+
+    @property
+    def org(self) -> str:
+        """The org the budget belongs to."""
+        return parse_scope(self.scope)[0]
+
+    def describe(self) -> str:
+        """``the org 'acme'``, ``the user 'alice' of the org 'acme'``: for messages."""
+        org, kind, name = parse_scope(self.scope)
+        return f"the org {org!r}" if kind is None else f"the {kind} {name!r} of the org {org!r}"
+
+    def ledger_filter(self) -> tuple[str, dict[str, Any]]:
+        """The ``WHERE`` condition (and its parameters) of the ledger rows this budget counts."""
+        org, kind, name = parse_scope(self.scope)
+        if kind is None:
+            return "org = :o", {"o": org}
+        column = {"user": '"user"', "feature": "feature", "key": "key_id"}[kind]
+        return f"org = :o AND {column} = :n", {"o": org, "n": name}
+
+
+class BudgetIndex:
+    """The budgets in force, indexed for the hot path: an org without any costs one lookup."""
+
+    def __init__(self, budgets: dict[str, Budget]) -> None:
+        self.budgets = budgets
+        self._orgs = {budget.org for budget in budgets.values()}
+
+    def __bool__(self) -> bool:
+        return bool(self.budgets)
+
+    def applicable(self, context: RequestContext) -> list[Budget]:
+        """The budgets a call is under: its org's first, then its user's, feature's and key's."""
+        org = context.org
+        if org not in self._orgs:
+            return []
+        found = []
+        budgets = self.budgets
+        for kind, name in (
+            (None, None),
+            ("user", context.user),
+            ("feature", context.feature),
+            ("key", context.key_id),
+        ):
+            if kind is None or name is not None:
+                budget = budgets.get(scope_of(org, kind, name))
+                if budget is not None:
+                    found.append(budget)
+        return found

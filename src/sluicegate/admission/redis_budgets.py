@@ -1,0 +1,203 @@
+"""Budgets in Redis: one script reserves a call's worst case under every budget it is under, and
+one settles it, atomically, on Redis's own clock (``TIME``) for the leases.
+
+Each budget's period is a hash (``spent``, ``reserved``, and ``r:<id>`` per open reservation,
+``x`` once its lease ended) beside a sorted set of lease ends. The keys of one org share a
+Redis Cluster hash slot. A reservation whose lease ended is released by the next reservation
+under the same budget; a late settlement of it still counts its cost. A period Redis does not
+hold (a new period, a restart, an eviction) is refused with a request for its floor: the
+caller sums the ledger and sends it, and ``spent`` becomes at least that.
+
+Calls made in one loop turn go to Redis as one pipeline of EVALSHA, like the rate limits'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from ..cache.batching import Batcher
+from ..store.redis import run_scripts
+from .budget_math import Decision, Outcome
+from .budget_scopes import Budget, parse_scope
+
+__all__ = ["NeedsFloor", "RedisBudgets", "book_key"]
+
+# KEYS: per budget, its period's hash then its leases. ARGV: id, prompt µUSD, output pUSD a
+# token, tokens asked, lease ms, the throttle's share and concurrency cap ('' for none), then
+# per budget: limit, key TTL s, floor ('' for none). Returns {-1, i} when budget i's period is
+# unknown and has no floor; {0, i, spent, reserved, throttled} when budget i refuses (or the
+# id is already reserved); {1, tokens, amount, spent, reserved, …} with each budget's period
+# after the reservation. Past the share, a budget admits only while fewer than the cap of its
+# reservations are open (its calls in flight).
+RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rid, prompt, out = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens, lease = tonumber(ARGV[4]), tonumber(ARGV[5])
+local share, cap = tonumber(ARGV[6]), tonumber(ARGV[7])
+local n = #KEYS / 2
+local spent, reserved = {}, {}
+for i = 1, n do
+  local book, leases, floor = KEYS[2 * i - 1], KEYS[2 * i], ARGV[3 * i + 7]
+  if floor ~= '' then
+    redis.call('HSETNX', book, 'spent', 0)
+    redis.call('HSETNX', book, 'reserved', 0)
+    if tonumber(floor) > tonumber(redis.call('HGET', book, 'spent')) then
+      redis.call('HSET', book, 'spent', floor)
+    end
+  elseif redis.call('EXISTS', book) == 0 then
+    return {-1, i}
+  end
+  local gone = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 64)
+  for _, old in ipairs(gone) do
+    local amount = redis.call('HGET', book, 'r:' .. old)
+    if amount and amount ~= 'x' then
+      redis.call('HINCRBY', book, 'reserved', -tonumber(amount))
+      redis.call('HSET', book, 'r:' .. old, 'x')
+    end
+    redis.call('ZREM', leases, old)
+  end
+  spent[i] = tonumber(redis.call('HGET', book, 'spent'))
+  reserved[i] = tonumber(redis.call('HGET', book, 'reserved'))
+  if redis.call('HEXISTS', book, 'r:' .. rid) == 1 then return {0, i, spent[i], reserved[i], 0} end
+  local limit = tonumber(ARGV[3 * i + 5])
+  if cap and spent[i] + reserved[i] >= share * limit and redis.call('ZCARD', leases) >= cap then
+    return {0, i, spent[i], reserved[i], 1}
+  end
+  local room = limit - spent[i] - reserved[i] - prompt
+  if room <= 0 then return {0, i, spent[i], reserved[i], 0} end
+  local afford = tokens
+  if out > 0 then
+    afford = math.min(tokens, math.floor(room * 1000000 / out))
+    while afford > 0 and math.ceil(afford * out / 1000000) > room do afford = afford - 1 end
+  end
+  if afford < math.min(tokens, 16) then return {0, i, spent[i], reserved[i], 0} end
+  tokens = afford
+end
+local amount = prompt + math.ceil(tokens * out / 1000000)
+local result = {1, tokens, amount}
+for i = 1, n do
+  local book, leases, ttl = KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[3 * i + 6])
+  redis.call('HINCRBY', book, 'reserved', amount)
+  redis.call('HSET', book, 'r:' .. rid, amount)
+  redis.call('ZADD', leases, now + lease, rid)
+  redis.call('EXPIRE', book, ttl)
+  redis.call('EXPIRE', leases, ttl)
+  result[#result + 1] = spent[i]
+  result[#result + 1] = reserved[i] + amount
+end
+return result
+"""
+
+# KEYS: as for RESERVE. ARGV: id, cost µUSD. Returns per budget {counted, spent, reserved}.
+SETTLE = """
+local rid, cost = ARGV[1], tonumber(ARGV[2])
+local result = {}
+for i = 1, #KEYS / 2 do
+  local book, leases = KEYS[2 * i - 1], KEYS[2 * i]
+  local held = redis.call('HGET', book, 'r:' .. rid)
+  local counted = 0
+  if held then
+    if held ~= 'x' then redis.call('HINCRBY', book, 'reserved', -tonumber(held)) end
+    redis.call('HINCRBY', book, 'spent', cost)
+    redis.call('HDEL', book, 'r:' .. rid)
+    redis.call('ZREM', leases, rid)
+    counted = 1
+  end
+  result[#result + 1] = counted
+  result[#result + 1] = tonumber(redis.call('HGET', book, 'spent') or '0')
+  result[#result + 1] = tonumber(redis.call('HGET', book, 'reserved') or '0')
+end
+return result
+"""
+
+_KEEP_S = 7 * 86_400  # a period's counters outlive it by a week, for late settlements and reports
+
+
+class NeedsFloor(Exception):
+    """Redis holds no counters for a budget's period: send the ledger's sum as its floor."""
+
+
+def book_key(budget: Budget, period: str) -> str:
+    """The hash of a budget's period; the org in braces keeps an org's budgets in one slot."""
+    org, kind, name = parse_scope(budget.scope)
+    tail = "" if kind is None else f":{kind}:{name}"
+    return f"sg:budget:{{{org}}}{tail}:{period}"
+
+
+class RedisBudgets:
+    """Reserves and settles in Redis, batched per loop turn."""
+
+    def __init__(self, redis: Redis, timeout_s: float) -> None:
+        self.redis = redis
+        self._reserve = redis.register_script(RESERVE)
+        self._settle = redis.register_script(SETTLE)
+        self._batch: Batcher[tuple[Any, ...], Any] = Batcher(self._pipeline, timeout_s=timeout_s)
+        self._known_keys: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def _pipeline(self, commands: list[tuple[Any, ...]]) -> Awaitable[list[Any]]:
+        return run_scripts(self.redis, commands, (RESERVE, SETTLE))
+
+    def _keys(self, books: Sequence[tuple[Budget, str]]) -> list[str]:
+        keys: list[str] = []
+        known = self._known_keys
+        for budget, period in books:
+            pair = known.get((budget.scope, period))
+            if pair is None:
+                if len(known) > 10_000:  # old periods and deleted budgets: start again
+                    known.clear()
+                key = book_key(budget, period)
+                pair = known[(budget.scope, period)] = (key, key + ":leases")
+            keys += pair
+        return keys
+
+    async def reserve(
+        self,
+        books: Sequence[tuple[Budget, str, float]],
+        rid: str,
+        prompt_micro: int,
+        out_pico: int,
+        asked: int,
+        lease_s: float,
+        floors: Sequence[int | None],
+        now: float,
+        throttle: tuple[float, int] | None = None,
+    ) -> Outcome:
+        """Reserve under every budget (each with its period's name and end) or none."""
+        share, cap = throttle if throttle is not None else ("", "")
+        args: list[Any] = [rid, prompt_micro, out_pico, asked, int(lease_s * 1000), share, cap]
+        for (budget, _, ends), floor in zip(books, floors, strict=True):
+            args += [budget.limit_micro, int(ends - now) + _KEEP_S, "" if floor is None else floor]
+        keys = self._keys([(budget, period) for budget, period, _ in books])
+        result = await self._batch(("EVALSHA", self._reserve.sha, len(keys), *keys, *args))
+        state = int(result[0])
+        if state == -1:
+            raise NeedsFloor(int(result[1]) - 1)
+        if state == 0:
+            index = int(result[1]) - 1
+            books_after = [(0, 0)] * len(books)
+            books_after[index] = (int(result[2]), int(result[3]))
+            return Outcome(Decision(False, 0, 0), index, books_after, bool(int(result[4])))
+        values = [int(v) for v in result[3:]]
+        after = list(zip(values[0::2], values[1::2], strict=True))
+        return Outcome(Decision(True, int(result[1]), int(result[2])), -1, after)
+
+    async def settle(
+        self, books: Sequence[tuple[Budget, str]], rid: str, cost_micro: int
+    ) -> list[tuple[bool, int, int]]:
+        """Count the cost once under each budget: per budget, whether this settlement counted,
+        and its (spent, reserved) after it."""
+        keys = self._keys(books)
+        result = await self._batch(("EVALSHA", self._settle.sha, len(keys), *keys, rid, cost_micro))
+        values = [int(v) for v in result]
+        return [(bool(values[i]), values[i + 1], values[i + 2]) for i in range(0, len(values), 3)]
+
+    async def read(self, budget: Budget, period: str) -> tuple[int, int] | None:
+        """A budget's period as Redis holds it: (spent, reserved), or None when it holds none."""
+        spent, reserved = await self.redis.hmget(book_key(budget, period), ["spent", "reserved"])
+        if spent is None:
+            return None
+        return int(spent), int(reserved or 0)

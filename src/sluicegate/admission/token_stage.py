@@ -1,0 +1,145 @@
+"""The token-limit stage, between the cache and the budget (a cached answer uses no tokens):
+take a miss's worst case from its per-minute buckets before it goes upstream, and give back
+what it did not use once its usage is known.
+
+With Redis configured the buckets live there (`RedisTokens`), exact across every replica.
+While Redis is down each replica keeps ``limits.local_share`` of each bucket on its own, and
+goes back to Redis when it answers. Without Redis the buckets are rows of the database
+(`SqlTokens`), exact across the workers that share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from ..accounting.ledger import estimate_prompt_tokens
+from ..calls import Call, Reply, ReplyStream, Usage
+from ..config import TokenLimit
+from ..errors import TokensLimited, UpstreamError
+from .redis_tokens import RedisTokens
+from .sql_tokens import SqlTokens
+from .token_bucket import LocalBuckets, Taken, TokenCheck, token_checks
+
+__all__ = ["LimitTokens"]
+
+logger = logging.getLogger("sluicegate.limits")
+Send = Callable[[Call], Awaitable[Reply]]
+
+
+class LimitTokens:
+    """Refuses a miss over any of its token limits with a 429; gives back what calls did not
+    use; adds OpenAI's ``x-ratelimit-*-tokens`` headers."""
+
+    def __init__(
+        self,
+        send: Send,
+        rules: Sequence[TokenLimit],
+        redis: RedisTokens | None,
+        sql: SqlTokens | None,
+        local_share: float,
+        default_max_tokens: int,
+    ) -> None:
+        self._send = send
+        self._rules = tuple(rules)
+        self._redis = redis
+        self._sql = sql
+        self._local = LocalBuckets(local_share)
+        self._default_max_tokens = default_max_tokens
+        self._redis_down = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def __call__(self, call: Call) -> Reply:
+        checks = token_checks(self._rules, call.context)
+        if not checks:
+            return await self._send(call)
+        body = call.body
+        asked = body.get("max_completion_tokens") or body.get("max_tokens") or self._default_max_tokens
+        cost = estimate_prompt_tokens(body) + asked * (body.get("n") or 1)
+        taken = await self._take(checks, cost)
+        tightest = min(check.rule.tokens_per_minute for check in checks)
+        if not taken.admitted:
+            assert taken.blocked is not None
+            rule = checks[taken.blocked].rule
+            wait = max(1, round(taken.retry_after_s))
+            raise TokensLimited(
+                f"token limit reached: at most {rule.tokens_per_minute:,} tokens a minute for each "
+                f"{rule.per}{' in feature ' + rule.feature if rule.feature else ''}, and this call "
+                f"may use {cost:,} (its prompt and max_tokens); try again in {wait} s, or send a "
+                "smaller max_tokens",
+                headers={
+                    "retry-after": str(wait),
+                    "x-ratelimit-limit-tokens": str(tightest),
+                    "x-ratelimit-remaining-tokens": "0",
+                },
+            )
+        try:
+            reply = await self._send(call)
+        except UpstreamError:
+            self._spawn(self._give_back(checks, cost))
+            raise
+        except asyncio.CancelledError:
+            self._spawn(self._give_back(checks, cost - estimate_prompt_tokens(body)))
+            raise
+        if reply.stream is None:
+            await self._settle(checks, cost, reply.usage)
+        else:
+
+            def settle_stream(relay: ReplyStream) -> None:
+                self._spawn(self._settle(checks, cost, relay.usage))
+
+            reply.stream.on_close(settle_stream)
+        reply.headers["x-ratelimit-limit-tokens"] = str(tightest)
+        reply.headers["x-ratelimit-remaining-tokens"] = str(taken.remaining)
+        return reply
+
+    async def _take(self, checks: list[TokenCheck], cost: int) -> Taken:
+        if self._redis is not None:
+            try:
+                taken = await self._redis.take(checks, cost)
+            except (RedisError, OSError, TimeoutError) as exc:
+                if not self._redis_down:
+                    self._redis_down = True
+                    logger.warning(
+                        "token limits: Redis is unreachable (%s); this replica enforces its share "
+                        "(limits.local_share) of each limit alone until it is back",
+                        exc,
+                    )
+                return self._local.take(checks, cost, time.time())
+            if self._redis_down:
+                self._redis_down = False
+                logger.warning("token limits: Redis is back; limits are global again")
+            return taken
+        if self._sql is not None:
+            return await self._sql.take(checks, cost)
+        return self._local.take(checks, cost, time.time())
+
+    async def _settle(self, checks: list[TokenCheck], cost: int, usage: Usage | None) -> None:
+        if usage is None:  # nothing known of what it used: it keeps its worst case
+            return
+        unused = cost - usage.prompt_tokens - usage.completion_tokens
+        if unused > 0:
+            await self._give_back(checks, unused)
+
+    async def _give_back(self, checks: list[TokenCheck], tokens: int) -> None:
+        if tokens <= 0:
+            return
+        try:
+            if self._redis is not None and not self._redis_down:
+                await self._redis.give_back(checks, tokens)
+            elif self._sql is not None:
+                await self._sql.give_back(checks, tokens)
+            else:
+                self._local.give_back(checks, tokens, time.time())
+        except Exception as exc:  # the bucket refills by itself within a minute
+            logger.warning("token limits: could not give back %d tokens (%s)", tokens, exc)
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

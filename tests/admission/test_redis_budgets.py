@@ -1,0 +1,220 @@
+"""Budgets in the real Redis: exact under concurrency, atomic across a call's budgets, settled
+once, leases, periods rebuilt from the ledger, and the database taking over while Redis is down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sluicegate.accounting.outbox import insert_rows
+from sluicegate.admission.budget_scopes import Budget
+from sluicegate.admission.budgets import BudgetStore
+from sluicegate.admission.redis_budgets import NeedsFloor, RedisBudgets
+from sluicegate.calls import RequestContext
+from sluicegate.config import BudgetsConfig
+from sluicegate.errors import BudgetUnavailable
+from sluicegate.faults import FaultProxy
+from sluicegate.store.db import create_engine, migrate
+
+pytestmark = pytest.mark.redis
+
+ORG = Budget("org:acme", 10_000, "month")
+ANN = Budget("org:acme/user:ann", 1_000, "day")
+PERIOD = "2026-11"
+
+
+@pytest.fixture
+async def budgets(redis_url: str) -> AsyncIterator[RedisBudgets]:
+    client: Redis = Redis.from_url(redis_url)
+    yield RedisBudgets(client, timeout_s=2.0)
+    await client.aclose()
+
+
+async def reserve(
+    store: RedisBudgets, books: list[Budget], rid: str, asked: int = 100, lease_s: float = 60
+) -> tuple[bool, int, list[tuple[int, int]]]:
+    now = time.time()
+    timed = [(budget, PERIOD, now + 3600) for budget in books]
+    outcome = await store.reserve(timed, rid, 0, 1_000_000, asked, lease_s, [0] * len(books), now)
+    return outcome.decision.admitted, outcome.refused, outcome.after
+
+
+async def test_exactly_what_fits_is_reserved_under_concurrency(budgets: RedisBudgets) -> None:
+    """300 concurrent reservations of $0.0001 each against $0.01: exactly 100 are admitted."""
+    outcomes = await asyncio.gather(*(reserve(budgets, [ORG], f"r{n}") for n in range(300)))
+    assert sum(admitted for admitted, _, _ in outcomes) == 100
+    assert await budgets.read(ORG, PERIOD) == (0, 10_000)
+
+
+async def test_a_call_under_several_budgets_is_reserved_in_all_or_none(budgets: RedisBudgets) -> None:
+    """The user's budget refuses after 10 calls; the org's is left as it was."""
+    outcomes = [await reserve(budgets, [ORG, ANN], f"r{n}") for n in range(11)]
+    assert [admitted for admitted, _, _ in outcomes] == [True] * 10 + [False]
+    assert outcomes[-1][1] == 1  # refused by the user's budget
+    assert await budgets.read(ORG, PERIOD) == (0, 1_000)
+    assert await budgets.read(ANN, PERIOD) == (0, 1_000)
+
+
+async def test_settlements_delivered_twice_and_out_of_order_count_once(budgets: RedisBudgets) -> None:
+    """Each settlement counts once, in whatever order and however often it arrives."""
+    for rid in ("a", "b", "c"):
+        await reserve(budgets, [ORG, ANN], rid)
+    for rid, cost in (("c", 30), ("a", 10), ("c", 30), ("b", 20), ("a", 10)):
+        await budgets.settle([(ORG, PERIOD), (ANN, PERIOD)], rid, cost)
+    assert await budgets.read(ORG, PERIOD) == (60, 0)
+    assert await budgets.read(ANN, PERIOD) == (60, 0)
+
+
+async def test_a_lease_that_ends_is_released_and_a_late_settlement_still_counts(
+    budgets: RedisBudgets,
+) -> None:
+    """A dead process's reservation leaves at its lease's end (on Redis's clock)."""
+    await reserve(budgets, [ORG], "dead", lease_s=0.05)
+    await asyncio.sleep(0.1)
+    admitted, _, after = await reserve(budgets, [ORG], "next")
+    assert admitted and after == [(0, 100)]  # the reservation of "dead" was released first
+    [(counted, spent, reserved)] = await budgets.settle([(ORG, PERIOD)], "dead", 70)
+    assert counted and (spent, reserved) == (70, 100)
+
+
+async def test_a_period_redis_does_not_hold_asks_for_its_floor(budgets: RedisBudgets) -> None:
+    """Without a floor, an unknown period is not counted from zero."""
+    now = time.time()
+    with pytest.raises(NeedsFloor):
+        await budgets.reserve([(ORG, "2026-12", now + 60)], "r", 0, 1_000_000, 10, 60, [None], now)
+    assert await budgets.read(ORG, "2026-12") is None
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'b.db'}")
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
+
+
+async def spend(engine: AsyncEngine, rid: str, cost: int, user: str = "ann") -> None:
+    """A ledger row of ``cost`` for acme's ``user``, now."""
+    row = (
+        rid,
+        1,
+        time.time(),
+        "acme",
+        user,
+        None,
+        "chat",
+        "m",
+        "p",
+        1,
+        0,
+        1,
+        0,
+        cost,
+        0,
+        "miss",
+        200,
+        1,
+        "usage",
+    )
+    await insert_rows(engine, [row])
+
+
+def config() -> BudgetsConfig:
+    return BudgetsConfig(
+        orgs=(
+            {"org": "acme", "limit_usd": Decimal("0.01")},
+            {"org": "acme", "user": "ann", "limit_usd": "0.001"},
+        ),  # type: ignore[arg-type]
+        redis_timeout_ms=300,
+    )
+
+
+async def test_a_new_period_starts_from_what_the_ledger_recorded(engine: AsyncEngine, redis_url: str) -> None:
+    """Redis lost its counters (a restart): they are rebuilt from the ledger before the next call."""
+    await spend(engine, "earlier", 600)
+    client: Redis = Redis.from_url(redis_url)
+    store = BudgetStore(engine, config(), redis=client)
+    found = store.budgets_for(RequestContext("acme", "ann", "chat"))
+    assert [b.scope for b in found] == ["org:acme", "org:acme/user:ann"]
+    held = await store.reserve(found, "r1:1", 0, 1_000_000, 100)
+    assert held.decision.admitted
+    assert [(u.spent_micro, u.reserved_micro) for u in held.usages] == [(600, 100), (600, 100)]
+    assert (await store.reserve(found, "r2:1", 0, 1_000_000, 300)).decision.admitted  # ann's last 300
+    refused = await store.reserve(found, "r3:1", 0, 1_000_000, 100)
+    assert not refused.decision.admitted and refused.refused_by == 1
+    store.close()
+    await client.aclose()
+
+
+async def test_the_database_takes_over_while_redis_is_down_and_hands_back(
+    engine: AsyncEngine, redis_url: str
+) -> None:
+    """Spend counted by the database during an outage is in Redis's count when it returns."""
+    db = redis_url.rsplit("/", 1)[1]
+    with FaultProxy("127.0.0.1", 6379) as proxy:
+        client: Redis = Redis.from_url(f"redis://127.0.0.1:{proxy.port}/{db}", socket_timeout=1)
+        now = [time.time()]
+        store = BudgetStore(engine, config(), clock=lambda: now[0], redis=client)
+        org = [store.budgets["org:acme"]]
+        assert (await store.reserve(org, "r1:1", 0, 1_000_000, 100)).decision.admitted  # in Redis
+        await store.settle("r1:1", 100)
+        await spend(engine, "r1", 100, user="bob")
+        proxy.cut()
+        held = await store.reserve(org, "r2:1", 0, 1_000_000, 100)  # in the database
+        assert held.decision.admitted and held.usages[0].spent_micro == 100  # caught up from the ledger
+        await store.settle("r2:1", 250)
+        await spend(engine, "r2", 250, user="bob")
+        proxy.restore()
+        now[0] += 2  # past the pause after a failure
+        back = await store.reserve(org, "r3:1", 0, 1_000_000, 100)
+        assert back.decision.admitted and back.usages[0].spent_micro == 350  # Redis caught up
+        assert (await store.usage(org[0])).spent_micro == 350
+        store.close()
+        await client.aclose()
+
+
+async def test_with_redis_and_the_database_down_budgets_fail_closed(tmp_path: Path) -> None:
+    """Neither store answers: the call is refused, and the error says why."""
+    engine = create_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    client: Redis = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    store = BudgetStore(engine, config(), redis=client)
+    with pytest.raises(BudgetUnavailable) as caught:
+        await store.reserve([store.budgets["org:acme"]], "r1:1", 0, 1_000_000, 100)
+    assert caught.value.status == 503 and caught.value.code == "budget_unavailable"
+    assert "Redis and the database are both unreachable" in caught.value.message
+    store.close()
+    await client.aclose()
+    await engine.dispose()
+
+
+@pytest.mark.parametrize("counted_in", ["redis", "database"])
+async def test_past_the_throttle_share_only_the_cap_of_calls_run_at_once(
+    engine: AsyncEngine, redis_url: str, counted_in: str
+) -> None:
+    """Past 95 %, with a concurrency cap of 3: of 20 concurrent calls exactly 3 are admitted,
+    and one more once a call settles."""
+    client: Redis | None = Redis.from_url(redis_url) if counted_in == "redis" else None
+    config = BudgetsConfig(
+        orgs=({"org": "acme", "limit_usd": Decimal("0.01")},),  # type: ignore[arg-type]
+        throttle_concurrency=3,
+    )
+    store = BudgetStore(engine, config, redis=client)
+    org = [store.budgets["org:acme"]]
+    assert (await store.reserve(org, "big:1", 0, 1_000_000, 9_600)).decision.admitted
+    await store.settle("big:1", 9_600)  # 96 % spent
+    held = await asyncio.gather(*(store.reserve(org, f"r{n}:1", 0, 1_000_000, 20) for n in range(20)))
+    admitted = [n for n, h in enumerate(held) if h.decision.admitted]
+    assert len(admitted) == 3
+    assert all(h.throttled for h in held if not h.decision.admitted)
+    await store.settle(f"r{admitted[0]}:1", 20)
+    assert (await store.reserve(org, "after:1", 0, 1_000_000, 20)).decision.admitted
+    store.close()
+    if client is not None:
+        await client.aclose()

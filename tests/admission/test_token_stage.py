@@ -1,0 +1,79 @@
+"""The token-limit stage through the gateway: a miss's worst case is taken, unused tokens come
+back, a refusal is a 429 of type ``tokens``, cached answers use none, and Redis down falls back
+to the replica's share."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from sluicegate import RequestContext, create_gateway
+from sluicegate.admission.redis_tokens import RedisTokens
+from sluicegate.admission.token_stage import LimitTokens
+from sluicegate.calls import Call, Reply, Usage
+from sluicegate.config import TokenLimit
+from sluicegate.errors import TokensLimited
+from sluicegate.testing import mock_settings
+
+ACME = RequestContext("acme", "ann", "chat")
+
+
+def body(text: str, max_tokens: int) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
+
+
+def settings(tmp_path: Path, tpm: int) -> Any:
+    return mock_settings(data_dir=tmp_path, limits={"tokens": [{"per": "org", "tokens_per_minute": tpm}]})
+
+
+async def test_unused_tokens_come_back_after_the_call(tmp_path: Path) -> None:
+    """A call asking 2,500 of 3,000 tokens leaves room for another once its usage is known."""
+    async with create_gateway(settings(tmp_path, 3000)) as gateway:
+        first = await gateway.send(gateway.new_call("chat", body("one", 2500), ACME))
+        assert first.headers["x-ratelimit-limit-tokens"] == "3000"
+        assert 480 <= int(first.headers["x-ratelimit-remaining-tokens"]) <= 500
+        second = await gateway.send(gateway.new_call("chat", body("two", 2500), ACME))
+        assert second.usage is not None and second.usage.completion_tokens < 2500
+
+
+async def test_a_call_over_the_limit_is_a_429_of_type_tokens(tmp_path: Path) -> None:
+    """Three concurrent calls of about 1,400 tokens against 3,000 a minute: the third waits."""
+    async with create_gateway(settings(tmp_path, 3000)) as gateway:
+        calls = [gateway.send(gateway.new_call("chat", body(f"q{n}", 1400), ACME)) for n in range(3)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, TokensLimited)]
+        assert len(refused) == 1 and sum(isinstance(o, Reply) for o in outcomes) == 2
+        error = refused[0]
+        assert (error.status_code, error.error_type, error.code) == (429, "tokens", "rate_limit_exceeded")
+        assert 1 <= int(error.headers["retry-after"]) <= 60
+        assert "at most 3,000 tokens a minute for each org" in error.message
+        answered = next(n for n, o in enumerate(outcomes) if isinstance(o, Reply))
+        cached = await gateway.send(gateway.new_call("chat", body(f"q{answered}", 1400), ACME))
+        assert cached.headers["x-sluicegate-cache"].startswith("hit")  # cached: no tokens needed
+
+
+async def test_with_redis_down_each_replica_holds_its_share(caplog: pytest.LogCaptureFixture) -> None:
+    """Redis unreachable: half the bucket per replica, and one warning."""
+
+    async def answer(call: Call) -> Reply:
+        return Reply(body=b"{}", usage=Usage(prompt_tokens=10, completion_tokens=190))
+
+    unreachable: Redis = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    rules = [TokenLimit(per="org", tokens_per_minute=1000)]
+    stage = LimitTokens(answer, rules, RedisTokens(unreachable, 0.5), None, 0.5, 4096)
+    caplog.set_level(logging.WARNING, "sluicegate.limits")
+    admitted = 0
+    for n in range(5):
+        try:
+            await stage(Call("chat", body(f"q{n}", 200), None, ACME, f"r{n}"))  # type: ignore[arg-type]
+            admitted += 1
+        except TokensLimited:
+            pass
+    assert admitted == 2  # 500 tokens held here: two calls of about 205
+    assert sum("token limits: Redis is unreachable" in r.getMessage() for r in caplog.records) == 1
+    await unreachable.aclose()
