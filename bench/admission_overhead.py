@@ -5,6 +5,7 @@ reached), rounds alternating between the variants, CPU of each gateway from /pro
 
     .venv/bin/python bench/admission_overhead.py            # about 2 minutes
     .venv/bin/python bench/admission_overhead.py --rounds 5 --duration 8
+    .venv/bin/python bench/admission_overhead.py --workers 2 --only plain full-redis
 
 Variants (every request goes upstream: the cache is off, or, in full-redis, scoped per user):
   plain         no limits, no ledger
@@ -80,6 +81,15 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def tree_ticks(pid: int) -> int:
+    """CPU ticks of ``pid`` and its descendants (the server's workers)."""
+    total = cpu_ticks(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        total += sum(tree_ticks(int(child)) for child in children)
+    return total
+
+
 def wait_up(url: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -99,6 +109,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
     parser.add_argument("--baseline", metavar="REF", help="also run `plain` on the code of git revision REF")
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="run only these variants")
+    parser.add_argument("--workers", type=int, default=1, help="server workers per variant (CPU: all)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("install wrk first (make wrk)")
@@ -138,7 +149,8 @@ def main() -> None:
                 "    provider: mock\n" + extra
             )
             port = free_port()
-            command = [*SG, "serve", "--config", str(config), "--port", str(port), "--workers", "1"]
+            command = [*SG, "serve", "--config", str(config), "--port", str(port)]
+            command += ["--workers", str(args.workers)]
             process = subprocess.Popen(
                 command,
                 env=variant_env,
@@ -159,7 +171,7 @@ def main() -> None:
         print(f"{'round':>5} {'variant':<12} {'req/s':>8} {'CPU µs/req':>11} {'p50 ms':>7} {'p99 ms':>7}")
         for round_ in range(args.rounds):
             for name, (port, process) in servers.items():
-                before = cpu_ticks(process.pid)
+                before = tree_ticks(process.pid)
                 out = subprocess.run(
                     [
                         "wrk",
@@ -175,7 +187,7 @@ def main() -> None:
                     text=True,
                     check=True,
                 ).stdout
-                ticks = cpu_ticks(process.pid) - before
+                ticks = tree_ticks(process.pid) - before
                 requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
                 rps = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))  # type: ignore[union-attr]
                 p50 = re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1)  # type: ignore[union-attr]

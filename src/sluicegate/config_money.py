@@ -173,13 +173,19 @@ class BudgetsConfig(Frozen):
     )
     throttle_model: str | None = Field(
         None,
-        description="past throttle_at, misses go to this (cheaper) model; with neither it nor "
-        "throttle_concurrency: cache only",
+        description="past throttle_at, misses go to this (cheaper) model; with no throttle_model, "
+        "throttle_concurrency or throttle_per_minute: cache only",
     )
     throttle_concurrency: int | None = Field(
         None,
         ge=1,
         description="past throttle_at, at most this many calls under the budget in flight at once, "
+        "across every replica (with or without throttle_model)",
+    )
+    throttle_per_minute: int | None = Field(
+        None,
+        ge=1,
+        description="past throttle_at, at most this many calls under the budget admitted a minute, "
         "across every replica (with or without throttle_model)",
     )
     webhook_url: str | None = Field(None, description="the alert is also POSTed here as JSON")

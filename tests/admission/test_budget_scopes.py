@@ -25,6 +25,12 @@ def test_a_scope_names_the_org_first_and_reads_back(kind: str | None, name: str 
     assert parse_scope(scope) == ("acme", kind, name)
 
 
+def test_slashes_in_names_do_not_confuse_a_scope() -> None:
+    """An org or a user whose name holds a slash reads back whole."""
+    assert parse_scope("org:acme/eu") == ("acme/eu", None, None)
+    assert parse_scope(scope_of("acme/eu", "user", "a/b")) == ("acme/eu", "user", "a/b")
+
+
 def test_a_call_is_under_its_orgs_budget_then_its_users_features_and_keys() -> None:
     """Only the budgets that name the call's org, user, feature or key apply, org first."""
     budgets = {

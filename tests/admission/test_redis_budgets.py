@@ -218,3 +218,28 @@ async def test_past_the_throttle_share_only_the_cap_of_calls_run_at_once(
     store.close()
     if client is not None:
         await client.aclose()
+
+
+@pytest.mark.parametrize("counted_in", ["redis", "database"])
+async def test_past_the_throttle_share_only_so_many_calls_a_minute(
+    engine: AsyncEngine, redis_url: str, counted_in: str
+) -> None:
+    """Past 95 %, with 4 calls a minute: the calls admitted in the last minute count, settled
+    or not, and the fifth is refused as throttled."""
+    client: Redis | None = Redis.from_url(redis_url) if counted_in == "redis" else None
+    config = BudgetsConfig(
+        orgs=({"org": "acme", "limit_usd": Decimal("0.01")},),  # type: ignore[arg-type]
+        throttle_per_minute=4,
+    )
+    store = BudgetStore(engine, config, redis=client)
+    org = [store.budgets["org:acme"]]
+    assert (await store.reserve(org, "big:1", 0, 1_000_000, 9_600)).decision.admitted  # call 1
+    await store.settle("big:1", 9_600)  # 96 % spent
+    for n in range(3):  # calls 2 to 4, each settled at once
+        assert (await store.reserve(org, f"r{n}:1", 0, 1_000_000, 20)).decision.admitted
+        await store.settle(f"r{n}:1", 20)
+    refused = await store.reserve(org, "r9:1", 0, 1_000_000, 20)
+    assert not refused.decision.admitted and refused.throttled
+    store.close()
+    if client is not None:
+        await client.aclose()

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..background import cancel_and_wait
 from ..store.tables import usage_ledger
 from .ledger import COLUMNS, Row
 
@@ -305,11 +306,8 @@ class Outbox:
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
         """Write what is left; rows the database did not take stay spooled for the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self._interrupt_open()
         try:
             async with asyncio.timeout(timeout_s):

@@ -16,7 +16,6 @@ whole day), and the usage report reads those days from the roll-ups (`purged_thr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..background import cancel_and_wait
 from ..config import LedgerConfig
 
 __all__ = ["DAY_S", "Compaction", "Compactor", "compact", "days_to_check", "purged_through", "roll_up_day"]
@@ -216,8 +216,5 @@ class Compactor:
 
     async def stop(self) -> None:
         """Stop compacting (a compaction cut short is rolled back, and done again next time)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

@@ -21,6 +21,7 @@ __all__ = [
     "Decision",
     "Outcome",
     "Period",
+    "Throttle",
     "decide",
     "decide_all",
     "forecast",
@@ -81,10 +82,19 @@ class Decision:
     reserve_micro: int
 
 
+class Throttle(NamedTuple):
+    """Past ``share`` of a budget's limit, at most ``concurrency`` of its calls in flight and
+    ``per_minute`` admitted a minute (None: no such cap)."""
+
+    share: float
+    concurrency: int | None
+    per_minute: int | None
+
+
 class Outcome(NamedTuple):
     """A reservation under a call's budgets, as a store made it: the decision, the index of the
     budget that refused (-1), each budget's (spent, reserved) after it, and whether the refusal
-    was the throttle's concurrency cap rather than the limit."""
+    was the throttle's rather than the limit's."""
 
     decision: Decision
     refused: int

@@ -8,6 +8,7 @@ Cluster hash slot, and a call's budgets can be reserved together, atomically.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +25,16 @@ def scope_of(org: str, kind: str | None = None, name: str | None = None) -> str:
     return f"org:{org}" if kind is None else f"org:{org}/{kind}:{name}"
 
 
+_NARROWED = re.compile(r"^org:(.*?)/(user|feature|key):(.*)$", re.DOTALL)
+
+
 def parse_scope(scope: str) -> tuple[str, str | None, str | None]:
-    """``org:acme/user:alice`` → (``acme``, ``user``, ``alice``); (org, None, None) for an org's."""
-    org, _, rest = scope.removeprefix("org:").partition("/")
-    if not rest:
-        return org, None, None
-    kind, _, name = rest.partition(":")
-    return org, kind, name
+    """``org:acme/user:alice`` → (``acme``, ``user``, ``alice``); (org, None, None) for an org's.
+    An org or a name may hold a ``/`` of its own."""
+    match = _NARROWED.match(scope)
+    if match is None:
+        return scope.removeprefix("org:"), None, None
+    return match.group(1), match.group(2), match.group(3)
 
 
 @dataclass(frozen=True, slots=True)

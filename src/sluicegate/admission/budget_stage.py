@@ -84,7 +84,7 @@ class ReserveBudget:
                 cheaper = self._config.throttle_model
                 if cheaper is not None:
                     call.route = self._catalog.resolve(cheaper)
-                elif self._config.throttle_concurrency is None:  # cache only
+                elif self._config.throttle_concurrency is None and self._config.throttle_per_minute is None:
                     await self._store.settle(rid, 0)
                     raise self._refusal(usage, "budget_throttled")
                 break
@@ -118,8 +118,16 @@ class ReserveBudget:
         past = f"is past {self._config.throttle_at:.0%} of its limit"
         if code == "budget_exceeded":
             what = "has no room left for this call"
-        elif self._config.throttle_concurrency is not None:
-            what = f"{past}: at most {self._config.throttle_concurrency} of its calls run at once"
+        elif self._config.throttle_concurrency is not None or self._config.throttle_per_minute is not None:
+            caps = [
+                f"{self._config.throttle_concurrency} of its calls at once"
+                if self._config.throttle_concurrency
+                else "",
+                f"{self._config.throttle_per_minute} calls a minute"
+                if self._config.throttle_per_minute
+                else "",
+            ]
+            what = f"{past}: it is held to {' and '.join(c for c in caps if c)}"
         else:
             what = f"{past}: only cached answers are served"
         org, kind, name = parse_scope(budget.scope)

@@ -30,7 +30,7 @@ from ..config import BudgetsConfig
 from ..errors import BudgetUnavailable
 from ..store.tables import budget_limits
 from .budget_alerts import Usage, announce
-from .budget_math import Decision, Outcome, Period, forecast, period_bounds, period_start
+from .budget_math import Decision, Outcome, Period, Throttle, forecast, period_bounds, period_start
 from .budget_scopes import Budget, BudgetIndex, scope_of
 from .redis_budgets import NeedsFloor, RedisBudgets
 from .sql_budgets import SqlBudgets
@@ -52,7 +52,7 @@ logger = logging.getLogger("sluicegate.budgets")
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """A reservation's outcome: the decision, each budget's period after it, the index of the
-    budget that refused (-1 when admitted), and whether that was the throttle's concurrency cap."""
+    budget that refused (-1 when admitted), and whether that was the throttle's cap."""
 
     decision: Decision
     usages: list[Usage]
@@ -82,8 +82,8 @@ class BudgetStore:
         self._held: dict[str, tuple[bool, list[tuple[Budget, str]]]] = {}  # id → (in Redis, books)
         self._alerted: set[tuple[str, str, str]] = set()
         self._periods: dict[Period, tuple[str, float, float]] = {}  # name, start, end
-        cap = config.throttle_concurrency
-        self._throttle = None if cap is None else (config.throttle_at, cap)
+        cap, rate = config.throttle_concurrency, config.throttle_per_minute
+        self._throttle = None if cap is None and rate is None else Throttle(config.throttle_at, cap, rate)
         self._configured = {
             b.scope: Budget(b.scope, int(b.limit_usd * _MICRO), b.period) for b in config.orgs
         }
@@ -274,7 +274,15 @@ class BudgetStore:
                 floors = await self._floors(books, self._floored_in_sql, now)
             lease_end = now + self._config.lease_s
             result = await self._sql.reserve(
-                books, rid, prompt_micro, out_pico, asked, lease_end, floors, self._throttle
+                books,
+                rid,
+                prompt_micro,
+                out_pico,
+                asked,
+                lease_end,
+                floors,
+                self._throttle,
+                self._config.lease_s,
             )
         except (SQLAlchemyError, OSError) as exc:
             raise self._unavailable(books[0][0], exc) from exc

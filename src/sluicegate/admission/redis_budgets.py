@@ -20,28 +20,29 @@ from redis.asyncio import Redis
 
 from ..cache.batching import Batcher
 from ..store.redis import run_scripts
-from .budget_math import Decision, Outcome
+from .budget_math import Decision, Outcome, Throttle
 from .budget_scopes import Budget, parse_scope
 
 __all__ = ["NeedsFloor", "RedisBudgets", "book_key"]
 
-# KEYS: per budget, its period's hash then its leases. ARGV: id, prompt µUSD, output pUSD a
-# token, tokens asked, lease ms, the throttle's share and concurrency cap ('' for none), then
-# per budget: limit, key TTL s, floor ('' for none). Returns {-1, i} when budget i's period is
-# unknown and has no floor; {0, i, spent, reserved, throttled} when budget i refuses (or the
-# id is already reserved); {1, tokens, amount, spent, reserved, …} with each budget's period
-# after the reservation. Past the share, a budget admits only while fewer than the cap of its
-# reservations are open (its calls in flight).
+# KEYS: per budget, its period's hash, its leases and its recent admissions. ARGV: id, prompt
+# µUSD, output pUSD a token, tokens asked, lease ms, the throttle's share, concurrency cap and
+# calls a minute ('' for none), then per budget: limit, key TTL s, floor ('' for none).
+# Returns {-1, i} when budget i's period is unknown and has no floor; {0, i, spent, reserved,
+# throttled} when budget i refuses (or the id is already reserved); {1, tokens, amount, spent,
+# reserved, …} with each budget's period after the reservation. Past the share, a budget
+# admits only while fewer than the cap of its reservations are open (its calls in flight) and
+# fewer than the rate were admitted in the last minute.
 RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rid, prompt, out = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local tokens, lease = tonumber(ARGV[4]), tonumber(ARGV[5])
-local share, cap = tonumber(ARGV[6]), tonumber(ARGV[7])
-local n = #KEYS / 2
+local share, cap, rate = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local n = #KEYS / 3
 local spent, reserved = {}, {}
 for i = 1, n do
-  local book, leases, floor = KEYS[2 * i - 1], KEYS[2 * i], ARGV[3 * i + 7]
+  local book, leases, floor = KEYS[3 * i - 2], KEYS[3 * i - 1], ARGV[3 * i + 8]
   if floor ~= '' then
     redis.call('HSETNX', book, 'spent', 0)
     redis.call('HSETNX', book, 'reserved', 0)
@@ -63,9 +64,13 @@ for i = 1, n do
   spent[i] = tonumber(redis.call('HGET', book, 'spent'))
   reserved[i] = tonumber(redis.call('HGET', book, 'reserved'))
   if redis.call('HEXISTS', book, 'r:' .. rid) == 1 then return {0, i, spent[i], reserved[i], 0} end
-  local limit = tonumber(ARGV[3 * i + 5])
-  if cap and spent[i] + reserved[i] >= share * limit and redis.call('ZCARD', leases) >= cap then
-    return {0, i, spent[i], reserved[i], 1}
+  local limit = tonumber(ARGV[3 * i + 6])
+  if (cap or rate) and spent[i] + reserved[i] >= share * limit then
+    if cap and redis.call('ZCARD', leases) >= cap then return {0, i, spent[i], reserved[i], 1} end
+    if rate then
+      redis.call('ZREMRANGEBYSCORE', KEYS[3 * i], '-inf', now - 60000)
+      if redis.call('ZCARD', KEYS[3 * i]) >= rate then return {0, i, spent[i], reserved[i], 1} end
+    end
   end
   local room = limit - spent[i] - reserved[i] - prompt
   if room <= 0 then return {0, i, spent[i], reserved[i], 0} end
@@ -80,12 +85,16 @@ end
 local amount = prompt + math.ceil(tokens * out / 1000000)
 local result = {1, tokens, amount}
 for i = 1, n do
-  local book, leases, ttl = KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[3 * i + 6])
+  local book, leases, ttl = KEYS[3 * i - 2], KEYS[3 * i - 1], tonumber(ARGV[3 * i + 7])
   redis.call('HINCRBY', book, 'reserved', amount)
   redis.call('HSET', book, 'r:' .. rid, amount)
   redis.call('ZADD', leases, now + lease, rid)
   redis.call('EXPIRE', book, ttl)
   redis.call('EXPIRE', leases, ttl)
+  if rate then
+    redis.call('ZADD', KEYS[3 * i], now, rid)
+    redis.call('PEXPIRE', KEYS[3 * i], 60000)
+  end
   result[#result + 1] = spent[i]
   result[#result + 1] = reserved[i] + amount
 end
@@ -136,22 +145,23 @@ class RedisBudgets:
         self._reserve = redis.register_script(RESERVE)
         self._settle = redis.register_script(SETTLE)
         self._batch: Batcher[tuple[Any, ...], Any] = Batcher(self._pipeline, timeout_s=timeout_s)
-        self._known_keys: dict[tuple[str, str], tuple[str, str]] = {}
+        self._known_keys: dict[tuple[str, str], tuple[str, str, str]] = {}
 
     def _pipeline(self, commands: list[tuple[Any, ...]]) -> Awaitable[list[Any]]:
         return run_scripts(self.redis, commands, (RESERVE, SETTLE))
 
-    def _keys(self, books: Sequence[tuple[Budget, str]]) -> list[str]:
-        keys: list[str] = []
+    def _keys(self, books: Sequence[tuple[Budget, str]]) -> list[tuple[str, str, str]]:
+        """Each budget's keys: its period's hash, its leases and its recent admissions."""
+        keys: list[tuple[str, str, str]] = []
         known = self._known_keys
         for budget, period in books:
-            pair = known.get((budget.scope, period))
-            if pair is None:
+            trio = known.get((budget.scope, period))
+            if trio is None:
                 if len(known) > 10_000:  # old periods and deleted budgets: start again
                     known.clear()
                 key = book_key(budget, period)
-                pair = known[(budget.scope, period)] = (key, key + ":leases")
-            keys += pair
+                trio = known[(budget.scope, period)] = (key, key + ":leases", key + ":recent")
+            keys.append(trio)
         return keys
 
     async def reserve(
@@ -164,14 +174,15 @@ class RedisBudgets:
         lease_s: float,
         floors: Sequence[int | None],
         now: float,
-        throttle: tuple[float, int] | None = None,
+        throttle: Throttle | None = None,
     ) -> Outcome:
         """Reserve under every budget (each with its period's name and end) or none."""
-        share, cap = throttle if throttle is not None else ("", "")
-        args: list[Any] = [rid, prompt_micro, out_pico, asked, int(lease_s * 1000), share, cap]
+        share, cap, rate = throttle or ("", None, None)
+        limits = ["" if value is None else value for value in (cap, rate)]
+        args: list[Any] = [rid, prompt_micro, out_pico, asked, int(lease_s * 1000), share, *limits]
         for (budget, _, ends), floor in zip(books, floors, strict=True):
             args += [budget.limit_micro, int(ends - now) + _KEEP_S, "" if floor is None else floor]
-        keys = self._keys([(budget, period) for budget, period, _ in books])
+        keys = [key for trio in self._keys([(budget, period) for budget, period, _ in books]) for key in trio]
         result = await self._batch(("EVALSHA", self._reserve.sha, len(keys), *keys, *args))
         state = int(result[0])
         if state == -1:
@@ -190,7 +201,7 @@ class RedisBudgets:
     ) -> list[tuple[bool, int, int]]:
         """Count the cost once under each budget: per budget, whether this settlement counted,
         and its (spent, reserved) after it."""
-        keys = self._keys(books)
+        keys = [key for book, leases, _ in self._keys(books) for key in (book, leases)]
         result = await self._batch(("EVALSHA", self._settle.sha, len(keys), *keys, rid, cost_micro))
         values = [int(v) for v in result]
         return [(bool(values[i]), values[i + 1], values[i + 2]) for i in range(0, len(values), 3)]

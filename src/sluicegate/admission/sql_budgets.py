@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..store.transactions import Query, WriteTransactions
-from .budget_math import Decision, Outcome, decide_all
+from .budget_math import Decision, Outcome, Throttle, decide_all
 from .budget_scopes import Budget
 
 __all__ = ["SqlBudgets", "reservation_id"]
@@ -41,6 +41,7 @@ _RESERVE = (
 )
 _RESERVED = "UPDATE budget_periods SET reserved_micro = :r WHERE scope = :s AND period = :p"
 _SETTLE = "UPDATE budget_periods SET spent_micro = :sp, reserved_micro = :r WHERE scope = :s AND period = :p"
+_RECENT = "SELECT count(*) FROM budget_reservations WHERE scope = :s AND period = :p AND expires_at > :after"
 _OPEN = "SELECT count(*) FROM budget_reservations WHERE state = 'open' AND scope = :s AND period = :p"
 _FLOOR = "UPDATE budget_periods SET spent_micro = :f WHERE scope = :s AND period = :p AND spent_micro < :f"
 
@@ -75,7 +76,8 @@ class SqlBudgets:
         asked: int,
         lease_end: float,
         floors: Sequence[int | None],
-        throttle: tuple[float, int] | None = None,
+        throttle: Throttle | None = None,
+        lease_s: float = 0.0,
     ) -> Outcome:
         """Reserve under every budget (each with its period's name) or none. A floor raises a
         period's ``spent`` to at least the ledger's sum (after Redis was in charge); past the
@@ -93,10 +95,8 @@ class SqlBudgets:
             after = [state[i] for i in range(len(books))]
             if throttle is not None:
                 for i, (budget, period) in enumerate(books):
-                    if sum(after[i]) >= throttle[0] * budget.limit_micro:
-                        rows, _ = q(_OPEN, {"s": budget.scope, "p": period})
-                        if int(rows[0][0]) >= throttle[1]:
-                            return Outcome(Decision(False, 0, 0), i, after, True)
+                    if self._throttled(q, throttle, budget, period, after[i], lease_end - lease_s, lease_s):
+                        return Outcome(Decision(False, 0, 0), i, after, True)
             ledgers = [(books[i][0].limit_micro, *after[i]) for i in range(len(books))]
             decision, refused = decide_all(ledgers, prompt_micro, out_pico, asked)
             if not decision.admitted:
@@ -112,6 +112,31 @@ class SqlBudgets:
 
         result: Outcome = await self._transactions.run(work)
         return result
+
+    @staticmethod
+    def _throttled(
+        q: Query,
+        throttle: Throttle,
+        budget: Budget,
+        period: str,
+        book: tuple[int, int],
+        now: float,
+        lease_s: float,
+    ) -> bool:
+        """Past the share: are the budget's calls in flight, or admitted in the last minute, at
+        their cap? (Reservations made in the last minute have leases ending in the last one.)"""
+        if sum(book) < throttle.share * budget.limit_micro:
+            return False
+        where = {"s": budget.scope, "p": period}
+        if throttle.concurrency is not None:
+            rows, _ = q(_OPEN, where)
+            if int(rows[0][0]) >= throttle.concurrency:
+                return True
+        if throttle.per_minute is not None:
+            rows, _ = q(_RECENT, {**where, "after": now - 60.0 + lease_s})
+            if int(rows[0][0]) >= throttle.per_minute:
+                return True
+        return False
 
     async def settle(self, rid: str, count: int, cost_micro: int) -> list[tuple[str, str, int, int]]:
         """Count the call's actual cost once under each of its ``count`` budgets, releasing its

@@ -11,7 +11,6 @@ the provider: a hit never reaches it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..background import cancel_and_wait
 from ..calls import Call, Reply
 from ..config import SpendBreakerConfig
 from ..errors import EmergencyStopped, InvalidRequest
@@ -162,11 +162,8 @@ class Controls:
 
     async def stop(self) -> None:
         """Stop polling."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 def _aware(value: datetime) -> datetime:

@@ -27,6 +27,8 @@ from pathlib import Path
 import orjson
 from redis.asyncio import ConnectionPool, Redis
 
+from ..background import cancel_and_wait
+
 __all__ = ["Bus", "FileBus", "RedisBus"]
 
 logger = logging.getLogger("sluicegate.cache")
@@ -173,9 +175,6 @@ class RedisBus(Bus):
         return acknowledged
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self._listener.aclose(close_connection_pool=True)

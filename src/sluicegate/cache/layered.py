@@ -19,6 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..background import cancel_and_wait
 from ..calls import Call
 from ..config import FeatureCache, Settings
 from .entry import Entry
@@ -131,10 +132,7 @@ class LayeredCache:
 
     async def aclose(self) -> None:
         """Finish background work, flush pending SQL writes and counters, stop listening."""
-        if self._purger is not None:
-            self._purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purger
+        await cancel_and_wait(self._purger)
         for task in list(self._tasks):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 async with asyncio.timeout(5):

@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..background import cancel_and_wait
 from ..store.tables import cache_entries, cache_namespaces, cache_stats
 from .batching import Batcher
 from .entry import Entry, decode, encode
@@ -173,10 +174,7 @@ class SqlTier:
                     await self._writer
                 while self._queue and self.pending_failures < 3:
                     await self._write_batch()
-        if self._writer is not None and not self._writer.done():
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        await cancel_and_wait(self._writer)
         self._writer = None
         if self._queue:
             logger.warning("cache: %d SQL writes were lost at shutdown", len(self._queue))

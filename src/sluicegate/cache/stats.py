@@ -14,6 +14,8 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 
+from ..background import cancel_and_wait
+
 __all__ = ["METRICS", "CacheStats", "summarise"]
 
 logger = logging.getLogger("sluicegate.cache")
@@ -79,11 +81,8 @@ class CacheStats:
 
     async def stop(self) -> None:
         """Stop the task and flush once more."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         with contextlib.suppress(Exception):
             await self.flush()
 

@@ -7,10 +7,11 @@ once even when a dependency hangs, because each probe runs on its own with a tim
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+
+from ..background import cancel_and_wait
 
 __all__ = ["HealthProbes", "ProbeResult"]
 
@@ -84,8 +85,5 @@ class HealthProbes:
 
     async def stop(self) -> None:
         """Stop probing."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
