@@ -15,6 +15,7 @@ Variants (every request goes upstream: the cache is off, or, in full-redis, scop
   ledger        no limits, the usage ledger on (SQLite)
   budget        a budget for the org (SQLite): a reservation and a settlement per request
   budget-redis  the same budget, counted in Redis
+  tokens-redis  a token limit per minute for the org, in Redis (never reached)
   full-redis    the whole pipeline with Redis: the per-user limit, a user-scoped cache (in
                 process and Redis; every request a miss), the budget and the ledger (SQLite)
 """
@@ -41,6 +42,7 @@ LIMIT = "limits:\n  requests:\n    - {per: user, limit: 100, window_s: 3600}\n"
 NO_CACHE = "cache:\n  enabled: false\n"
 NO_LEDGER = NO_CACHE + "ledger:\n  enabled: false\n"
 REDIS = f"redis:\n  url: {REDIS_URL}\n"
+TOKENS = "limits:\n  tokens:\n    - {per: org, tokens_per_minute: 1000000000}\n"
 BUDGET = "budgets:\n  orgs:\n    - {org: local, limit_usd: 1000000}\n"
 USER_CACHE = (
     "cache:\n  enabled: true\nfeatures:\n  default:\n    cache:\n      scope: user\n"
@@ -53,6 +55,7 @@ VARIANTS = {
     "ledger": NO_CACHE,
     "budget": NO_LEDGER + BUDGET,
     "budget-redis": NO_LEDGER + REDIS + BUDGET,
+    "tokens-redis": NO_LEDGER + REDIS + TOKENS,
     "full-redis": REDIS + LIMIT + BUDGET + USER_CACHE,
 }
 LUA = """
