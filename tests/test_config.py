@@ -372,3 +372,13 @@ def test_worker_count_falls_back_to_one(monkeypatch: pytest.MonkeyPatch) -> None
     """When the core count is unknown, one worker runs."""
     monkeypatch.setattr("os.cpu_count", lambda: None)
     assert ServerConfig(workers=0).worker_count == 1
+
+
+def test_the_embedded_database_lives_in_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a database URL the SQLite file follows data_dir; a URL given is kept."""
+    assert Settings().database.url == "sqlite+aiosqlite:///.sluicegate/sluicegate.db"
+    assert Settings(data_dir="/srv/sg").database.url == "sqlite+aiosqlite:////srv/sg/sluicegate.db"  # type: ignore[arg-type]
+    kept = Settings(data_dir="/srv/sg", database={"url": "postgresql+asyncpg://db/sg"})  # type: ignore[arg-type]
+    assert kept.database.url == "postgresql+asyncpg://db/sg"
+    monkeypatch.setenv("SLUICEGATE_DATA_DIR", "/var/lib/sg")
+    assert Settings(database={"migrate_on_start": False}).database.url.endswith("/var/lib/sg/sluicegate.db")  # type: ignore[arg-type]

@@ -285,7 +285,10 @@ class ServerConfig(Frozen):
 class DatabaseConfig(Frozen):
     """The SQL store: SQLite on the embedded default, PostgreSQL in production."""
 
-    url: str = "sqlite+aiosqlite:///./.sluicegate/sluicegate.db"
+    url: str = Field(
+        "sqlite+aiosqlite:///.sluicegate/sluicegate.db",
+        description="unset: a SQLite file in data_dir, sluicegate.db",
+    )
     migrate_on_start: bool = Field(
         True, description="bring the schema up to date when a gateway starts (serve does it once)"
     )
@@ -391,6 +394,19 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The YAML file arrives as init arguments; the environment overrides it.
         return (env_settings, init_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _database_in_data_dir(cls, data: Any) -> Any:
+        """Without a database URL, the SQLite file lives in ``data_dir`` with the rest."""
+        if not isinstance(data, dict):
+            return data
+        database = data.get("database")
+        if database is None or (isinstance(database, dict) and database.get("url") is None):
+            folder = Path(data.get("data_dir") or ".sluicegate")
+            url = f"sqlite+aiosqlite:///{folder / 'sluicegate.db'}"
+            data = {**data, "database": {**(database or {}), "url": url}}
+        return data
 
     @field_validator("features")
     @classmethod
