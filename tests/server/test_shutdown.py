@@ -79,7 +79,7 @@ def begin_stream(port: int) -> tuple[list[bytes], threading.Thread]:
 
 
 def cached_rows(tmp_path: Path) -> int:
-    with sqlite3.connect(tmp_path / ".sluicegate" / "sluicegate.db") as db:
+    with sqlite3.connect(tmp_path / "sluicegate.db") as db:  # the embedded database, in data_dir
         return int(db.execute("SELECT count(*) FROM cache_entries").fetchone()[0])
 
 
