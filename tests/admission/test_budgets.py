@@ -20,7 +20,7 @@ from sluicegate import RequestContext, create_gateway
 from sluicegate.admission.budget_math import period_start
 from sluicegate.admission.budgets import BudgetStore
 from sluicegate.config import BudgetsConfig
-from sluicegate.errors import BudgetExceeded
+from sluicegate.errors import BudgetExceeded, ConfigError
 from sluicegate.store.db import create_engine, migrate
 from sluicegate.testing import mock_settings
 
@@ -195,3 +195,9 @@ async def test_a_forecast_past_the_limit_alerts_once(
         await gateway.budgets.check_forecasts()
     forecasts = [r for r in caplog.records if "budget forecast" in r.getMessage()]
     assert len(forecasts) == 1
+
+
+async def test_a_throttle_model_that_does_not_exist_stops_the_start(tmp_path: Path) -> None:
+    """A typo in throttle_model would show only past 95 %: it is refused when the gateway starts."""
+    with pytest.raises(ConfigError, match=r"budgets\.throttle_model 'gpt-4o-mni'"):
+        create_gateway(settings(tmp_path, "1", throttle_model="gpt-4o-mni"))

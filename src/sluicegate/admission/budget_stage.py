@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 
 from ..accounting.pricing import PriceBook
-from ..calls import Call, Reply, ReplyStream
+from ..calls import Call, ModelRoute, Reply, ReplyStream
 from ..config import BudgetsConfig
-from ..errors import BudgetExceeded, UpstreamError
+from ..errors import BudgetExceeded, ConfigError, ModelNotFound, UpstreamError
 from ..upstream.router import ModelCatalog
 from .budget_scopes import parse_scope
 from .budgets import BudgetStore, Usage
@@ -56,9 +56,16 @@ class ReserveBudget:
         self._send = send
         self._store = store
         self._prices = prices
-        self._catalog = catalog
         self._config = config
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._cheaper: ModelRoute | None = None
+        if config.throttle_model is not None:  # a typo would show only past throttle_at: check now
+            try:
+                self._cheaper = catalog.resolve(config.throttle_model)
+            except ModelNotFound:
+                raise ConfigError(
+                    f"budgets.throttle_model {config.throttle_model!r} is not a configured model or alias"
+                ) from None
 
     async def __call__(self, call: Call) -> Reply:
         budgets = self._store.budgets_for(call.context)
@@ -81,9 +88,8 @@ class ReserveBudget:
         for usage in held.usages:
             before = usage.spent_micro + usage.reserved_micro - decision.reserve_micro
             if before >= self._config.throttle_at * usage.budget.limit_micro:
-                cheaper = self._config.throttle_model
-                if cheaper is not None:
-                    call.route = self._catalog.resolve(cheaper)
+                if self._cheaper is not None:
+                    call.route = self._cheaper
                 elif self._config.throttle_concurrency is None and self._config.throttle_per_minute is None:
                     await self._store.settle(rid, 0)
                     raise self._refusal(usage, "budget_throttled")
