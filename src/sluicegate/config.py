@@ -36,6 +36,7 @@ from .config_cache import (
     Tier,
 )
 from .config_money import (
+    AlertsConfig,
     BudgetsConfig,
     ControlsConfig,
     LedgerConfig,
@@ -60,6 +61,7 @@ from .errors import ConfigError
 __all__ = [
     "ALL_TIERS",
     "FALLBACK_CAUSES",
+    "AlertsConfig",
     "AuthConfig",
     "BreakerConfig",
     "BrowserConfig",
@@ -377,6 +379,7 @@ class Settings(BaseSettings):
     ledger: LedgerConfig = LedgerConfig()
     limits: LimitsConfig = LimitsConfig()
     controls: ControlsConfig = ControlsConfig()
+    alerts: AlertsConfig = AlertsConfig()
     budgets: BudgetsConfig = BudgetsConfig()
     resilience: ResilienceConfig = ResilienceConfig()
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)

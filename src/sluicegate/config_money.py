@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from .config_base import Frozen
 
 __all__ = [
+    "AlertsConfig",
     "BudgetsConfig",
     "ControlsConfig",
     "LedgerConfig",
@@ -112,6 +113,14 @@ class SpendBreakerConfig(Frozen):
         None, ge=0, description="an org spending more than this within the window is stopped (default: off)"
     )
     window_minutes: float = Field(5.0, gt=0, le=1440)
+
+
+class AlertsConfig(Frozen):
+    """Operator alerts (Redis unreachable for limits, token limits or budgets): always logged."""
+
+    webhook_url: str | None = Field(
+        None, description="each alert raised or resolved is also POSTed here as JSON"
+    )
 
 
 class ControlsConfig(Frozen):

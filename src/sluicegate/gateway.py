@@ -53,6 +53,7 @@ from .cache.stage import ServeFromCache
 from .calls import NO_DIRECTIVES, CacheControl, Call, CallKind, Reply, RequestContext, validate_body
 from .config import Settings
 from .errors import UpstreamError
+from .observe.alerts import Alerts
 from .observe.events import Counters, EventSink, RecordEvents
 from .observe.health import HealthProbes
 from .resilience.degrade import Degrade
@@ -118,7 +119,8 @@ class Gateway:
         if resilience.breaker.enabled:
             inner = GuardDeployment(inner, self.breakers, resilience)
         inner = RouteCall(inner, self.catalog, resilience, settings.features, budgets=budgets)
-        self.budgets = BudgetStore(engine, settings.budgets, redis=redis)
+        self.alerts = Alerts(settings.alerts.webhook_url)
+        self.budgets = BudgetStore(engine, settings.budgets, redis=redis, alerts=self.alerts)
         self.breaker = SpendBreaker(engine, settings.controls.spend_breaker)
         self.controls = Controls(
             engine,
@@ -140,6 +142,7 @@ class Gateway:
                 self._sql_tokens,
                 limits.local_share,
                 settings.budgets.default_max_tokens,
+                self.alerts,
             )
         if settings.cache.enabled:
             self.cache = LayeredCache(settings, engine, redis)
@@ -156,6 +159,7 @@ class Gateway:
                 RedisLimiter(redis, limits.redis_timeout_ms / 1000) if redis is not None else None,
                 self._sql_limiter,
                 limits.local_share,
+                self.alerts,
             )
         # `send` is the pipeline itself, so that a call costs no extra coroutine level.
         self.send: Send = RecordEvents(inner, sink or self.counters)
@@ -215,6 +219,7 @@ class Gateway:
         if self._sql_tokens is not None:
             self._sql_tokens.close()
         self.budgets.close()
+        await self.alerts.aclose()
         for provider in self.providers.values():
             await provider.aclose()
         if self.redis is not None:

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ..calls import RequestContext
 from ..config import BudgetsConfig
 from ..errors import BudgetUnavailable
+from ..observe.alerts import Alerts
 from ..store.tables import budget_limits
 from .budget_alerts import Usage, announce
 from .budget_math import Decision, Outcome, Period, Throttle, forecast, period_bounds, period_start
@@ -45,7 +46,8 @@ _SPENT = (
 )
 _PERIOD = "SELECT spent_micro, reserved_micro FROM budget_periods WHERE scope = :s AND period = :p"
 _SET_LIMIT = "INSERT INTO budget_limits (scope, limit_micro, period, updated_at) VALUES (:s, :l, :p, :t)"
-_REDIS_DOWN = (RedisError, OSError, TimeoutError)
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+_REDIS_DOWN = "redis-down:budgets"
 logger = logging.getLogger("sluicegate.budgets")
 
 
@@ -69,8 +71,10 @@ class BudgetStore:
         config: BudgetsConfig,
         clock: Callable[[], float] = time.time,
         redis: Redis | None = None,
+        alerts: Alerts | None = None,
     ) -> None:
         self._engine = engine
+        self._alerts = alerts or Alerts()
         self._config = config
         self.clock = clock
         self._reaped_at = 0.0
@@ -166,11 +170,11 @@ class BudgetStore:
         return known[0], known[2]
 
     def _redis_failed(self, exc: BaseException, now: float) -> None:
-        if now >= self._redis_down_until:
-            logger.warning(
-                "budgets: Redis is unreachable or slow (%s); the database counts budgets until it answers",
-                type(exc).__name__,
-            )
+        self._alerts.alert(
+            _REDIS_DOWN,
+            f"budgets: Redis is unreachable or slow ({type(exc).__name__}); the database counts "
+            "budgets until it answers",
+        )
         self._redis_down_until = now + _REDIS_RETRY_S
         self._floored_in_redis = set()
         self._floored_in_sql = set()
@@ -195,9 +199,11 @@ class BudgetStore:
                 outcome = await self._reserve_in_redis(
                     budgets, bounds, rid, prompt_micro, out_pico, asked_tokens, now
                 )
-            except _REDIS_DOWN as exc:
+            except _REDIS_ERRORS as exc:
                 self._redis_failed(exc, now)
         in_redis = outcome is not None
+        if in_redis and _REDIS_DOWN in self._alerts.active:
+            self._alerts.resolve(_REDIS_DOWN, "budgets: Redis is back; it counts budgets again")
         if outcome is None:
             outcome = await self._reserve_in_sql(books, rid, prompt_micro, out_pico, asked_tokens, now)
         if outcome.decision.admitted:
@@ -299,7 +305,7 @@ class BudgetStore:
             assert self._redis is not None
             try:
                 counted = await self._redis.settle(held[1], rid, cost_micro)
-            except _REDIS_DOWN as exc:  # its lease releases it; the ledger still has the cost
+            except _REDIS_ERRORS as exc:  # its lease releases it; the ledger still has the cost
                 self._redis_failed(exc, now)
                 raise
             return [
@@ -327,7 +333,7 @@ class BudgetStore:
         window = min(_FORECAST_WINDOW_S, now - period_start(budget.period, now))
         counted = None
         if self._redis is not None and now >= self._redis_down_until:
-            with contextlib.suppress(*_REDIS_DOWN):
+            with contextlib.suppress(*_REDIS_ERRORS):
                 counted = await self._redis.read(budget, period)
         where, params = budget.ledger_filter()
         async with self._engine.connect() as connection:

@@ -8,7 +8,6 @@ Redis the limits live in the database (`SqlLimiter`), exact across the workers t
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -17,13 +16,14 @@ from redis.exceptions import RedisError
 from ..calls import Call, Reply
 from ..config import RequestLimit
 from ..errors import RateLimited
+from ..observe.alerts import Alerts
 from .limits import Check, LocalLog, Verdict, checks_for, headers_for
 from .redis_limits import RedisLimiter
 from .sql_limits import SqlLimiter
 
 __all__ = ["LimitRequests"]
 
-logger = logging.getLogger("sluicegate.limits")
+_REDIS_DOWN = "redis-down:rate-limits"
 Send = Callable[[Call], Awaitable[Reply]]
 
 
@@ -37,13 +37,14 @@ class LimitRequests:
         redis: RedisLimiter | None,
         sql: SqlLimiter | None,
         local_share: float,
+        alerts: Alerts | None = None,
     ) -> None:
         self._send = send
         self._rules = tuple(rules)
         self._redis = redis
         self._sql = sql
         self._local = LocalLog(local_share)
-        self._redis_down = False
+        self._alerts = alerts or Alerts()
 
     async def __call__(self, call: Call) -> Reply:
         checks = checks_for(self._rules, call.context)
@@ -69,17 +70,14 @@ class LimitRequests:
             try:
                 verdict = await self._redis.admit(checks, member)
             except (RedisError, OSError, TimeoutError) as exc:
-                if not self._redis_down:
-                    self._redis_down = True
-                    logger.warning(
-                        "rate limits: Redis is unreachable (%s); this replica enforces its share "
-                        "(limits.local_share) of each limit alone until it is back",
-                        exc,
-                    )
+                self._alerts.alert(
+                    _REDIS_DOWN,
+                    f"rate limits: Redis is unreachable ({exc}); this replica enforces its share "
+                    "(limits.local_share) of each limit alone until it is back",
+                )
                 return self._local.check(checks, time.time())
-            if self._redis_down:
-                self._redis_down = False
-                logger.warning("rate limits: Redis is back; limits are global again")
+            if _REDIS_DOWN in self._alerts.active:
+                self._alerts.resolve(_REDIS_DOWN, "rate limits: Redis is back; limits are global again")
             return verdict
         if self._sql is not None:
             return await self._sql.admit(checks, member)

@@ -22,6 +22,7 @@ from ..accounting.ledger import estimate_prompt_tokens
 from ..calls import Call, Reply, ReplyStream, Usage
 from ..config import TokenLimit
 from ..errors import TokensLimited, UpstreamError
+from ..observe.alerts import Alerts
 from .redis_tokens import RedisTokens
 from .sql_tokens import SqlTokens
 from .token_bucket import LocalBuckets, Taken, TokenCheck, token_checks
@@ -29,6 +30,7 @@ from .token_bucket import LocalBuckets, Taken, TokenCheck, token_checks
 __all__ = ["LimitTokens"]
 
 logger = logging.getLogger("sluicegate.limits")
+_REDIS_DOWN = "redis-down:token-limits"
 Send = Callable[[Call], Awaitable[Reply]]
 
 
@@ -44,6 +46,7 @@ class LimitTokens:
         sql: SqlTokens | None,
         local_share: float,
         default_max_tokens: int,
+        alerts: Alerts | None = None,
     ) -> None:
         self._send = send
         self._rules = tuple(rules)
@@ -51,7 +54,7 @@ class LimitTokens:
         self._sql = sql
         self._local = LocalBuckets(local_share)
         self._default_max_tokens = default_max_tokens
-        self._redis_down = False
+        self._alerts = alerts or Alerts()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, call: Call) -> Reply:
@@ -103,17 +106,14 @@ class LimitTokens:
             try:
                 taken = await self._redis.take(checks, cost)
             except (RedisError, OSError, TimeoutError) as exc:
-                if not self._redis_down:
-                    self._redis_down = True
-                    logger.warning(
-                        "token limits: Redis is unreachable (%s); this replica enforces its share "
-                        "(limits.local_share) of each limit alone until it is back",
-                        exc,
-                    )
+                self._alerts.alert(
+                    _REDIS_DOWN,
+                    f"token limits: Redis is unreachable ({exc}); this replica holds its share "
+                    "(limits.local_share) of each bucket alone until it is back",
+                )
                 return self._local.take(checks, cost, time.time())
-            if self._redis_down:
-                self._redis_down = False
-                logger.warning("token limits: Redis is back; limits are global again")
+            if _REDIS_DOWN in self._alerts.active:
+                self._alerts.resolve(_REDIS_DOWN, "token limits: Redis is back; limits are global again")
             return taken
         if self._sql is not None:
             return await self._sql.take(checks, cost)
@@ -130,7 +130,7 @@ class LimitTokens:
         if tokens <= 0:
             return
         try:
-            if self._redis is not None and not self._redis_down:
+            if self._redis is not None and _REDIS_DOWN not in self._alerts.active:
                 await self._redis.give_back(checks, tokens)
             elif self._sql is not None:
                 await self._sql.give_back(checks, tokens)
