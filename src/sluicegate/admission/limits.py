@@ -14,7 +14,7 @@ from ..cache.keys import escape
 from ..calls import RequestContext
 from ..config import RequestLimit
 
-__all__ = ["Check", "LocalLog", "Verdict", "checks_for", "headers_for"]
+__all__ = ["Check", "LocalLog", "Verdict", "checks_for", "headers_for", "limit_key"]
 
 _ANONYMOUS = "%00anon"  # the org's users who send no user id share one log, as in the cache
 
@@ -39,23 +39,31 @@ class Verdict:
     retry_after_s: int = 0
 
 
+def limit_key(prefix: str, per: str, feature: str | None, size: int, context: RequestContext) -> str | None:
+    """The key of one limit's log or bucket for a call of ``context``, or None when the limit
+    does not apply to it (another feature's, or a key's without a key). The org in braces keeps
+    an org's limits in one Redis Cluster hash slot."""
+    if feature is not None and feature != context.feature:
+        return None
+    if per == "user":
+        subject = escape(context.user) if context.user else _ANONYMOUS
+    elif per == "key":
+        if context.key_id is None:
+            return None  # no key: local development
+        subject = escape(context.key_id)
+    else:
+        subject = ""
+    scope = escape(feature) if feature else "*"
+    return f"{prefix}:{{o:{escape(context.org)}}}:{per}:{subject}:{scope}:{size}"
+
+
 def checks_for(rules: Sequence[RequestLimit], context: RequestContext) -> list[Check]:
     """The limits that apply to a request of ``context``, with their keys (one hash slot per org)."""
     out: list[Check] = []
     for rule in rules:
-        if rule.feature is not None and rule.feature != context.feature:
-            continue
-        if rule.per == "user":
-            subject = escape(context.user) if context.user else _ANONYMOUS
-        elif rule.per == "key":
-            if context.key_id is None:
-                continue  # no key: local development
-            subject = escape(context.key_id)
-        else:
-            subject = ""
-        feature = escape(rule.feature) if rule.feature else "*"
-        key = f"sg:rl:{{o:{escape(context.org)}}}:{rule.per}:{subject}:{feature}:{rule.window_s}"
-        out.append(Check(rule, key))
+        key = limit_key("sg:rl", rule.per, rule.feature, rule.window_s, context)
+        if key is not None:
+            out.append(Check(rule, key))
     return out
 
 

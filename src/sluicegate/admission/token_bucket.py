@@ -14,9 +14,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..cache.keys import escape
 from ..calls import RequestContext
 from ..config import TokenLimit
+from .limits import limit_key
 
 __all__ = ["LocalBuckets", "Taken", "TokenCheck", "refill", "take", "token_checks"]
 
@@ -49,17 +49,9 @@ def token_checks(rules: Sequence[TokenLimit], context: RequestContext) -> list[T
     """The token limits that apply to a call of ``context`` (one hash slot per org)."""
     out: list[TokenCheck] = []
     for rule in rules:
-        if rule.feature is not None and rule.feature != context.feature:
-            continue
-        if rule.per == "key":
-            if context.key_id is None:
-                continue  # no key: local development
-            subject = escape(context.key_id)
-        else:
-            subject = ""
-        feature = escape(rule.feature) if rule.feature else "*"
-        key = f"sg:tpm:{{o:{escape(context.org)}}}:{rule.per}:{subject}:{feature}:{rule.tokens_per_minute}"
-        out.append(TokenCheck(rule, key))
+        key = limit_key("sg:tpm", rule.per, rule.feature, rule.tokens_per_minute, context)
+        if key is not None:
+            out.append(TokenCheck(rule, key))
     return out
 
 
