@@ -146,6 +146,7 @@ def main() -> None:
             folder.mkdir()
             config = folder / "sluicegate.yaml"
             config.write_text(
+                # The database URL too: code before fc5c891 (a --baseline) kept it in ./.sluicegate.
                 f"data_dir: {folder}\ndatabase:\n  url: sqlite+aiosqlite:///{folder}/sluicegate.db\n"
                 "providers:\n  mock:\n    kind: openai\n"
                 f"    base_url: http://127.0.0.1:{mock_port}/v1\nmodels:\n  gpt-4o-mini:\n"

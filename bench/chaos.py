@@ -49,7 +49,6 @@ FAULTS = ("redis-pause", "kill-worker", "upstream-503", "upstream-slow")
 def config(data: Path, upstream_port: int, redis_port: int) -> str:
     return f"""
 data_dir: {data}
-database: {{url: "sqlite+aiosqlite:///{data}/sluicegate.db"}}
 redis: {{url: "redis://127.0.0.1:{redis_port}/14"}}
 providers:
   upstream:

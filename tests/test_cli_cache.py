@@ -31,7 +31,6 @@ def write_config(path: Path, upstream: MockUpstream, **extra: Any) -> None:
     data = path.parent / "data"
     values = {
         "data_dir": str(data),
-        "database": {"url": f"sqlite+aiosqlite:///{data / 'sluicegate.db'}"},
         "providers": {"upstream": {"kind": "openai", "base_url": upstream.url}},
         "models": {"gpt-4o-mini": {"provider": "upstream"}},
         **extra,

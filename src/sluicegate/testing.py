@@ -43,8 +43,7 @@ def mock_settings(
         },
     }
     if data_dir is not None:
-        values["data_dir"] = data_dir
-        values["database"] = {"url": f"sqlite+aiosqlite:///{data_dir / 'sluicegate.db'}"}
+        values["data_dir"] = data_dir  # the SQLite file goes there too
     values.update(overrides)
     return Settings(**values)
 
