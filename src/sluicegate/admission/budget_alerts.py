@@ -8,8 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
+from ..observe.alerts import post_json
 from .budget_scopes import Budget
 
 __all__ = ["Usage", "announce"]
@@ -65,8 +64,4 @@ async def announce(usage: Usage, level: str, url: str | None) -> None:
     if url:
         report = {"event": "budget_" + ("forecast" if level == "forecast" else "alert"), "level": level}
         with contextlib.suppress(Exception):
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
-                session.post(url, json={**report, **usage.to_dict()}) as response,
-            ):
-                await response.read()
+            await post_json(url, {**report, **usage.to_dict()})

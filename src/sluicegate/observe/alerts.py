@@ -14,10 +14,19 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["Alerts"]
+__all__ = ["Alerts", "post_json"]
 
 logger = logging.getLogger("sluicegate.alerts")
 _POST_TIMEOUT_S = 5.0
+
+
+async def post_json(url: str, body: dict[str, Any]) -> None:
+    """POST ``body`` as JSON to a webhook, within 5 s; raises what went wrong."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_POST_TIMEOUT_S)) as session,
+        session.post(url, json=body) as response,
+    ):
+        await response.read()
 
 
 class Alerts:
@@ -59,11 +68,7 @@ class Alerts:
     @staticmethod
     async def _post(url: str, body: dict[str, Any]) -> None:
         try:
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_POST_TIMEOUT_S)) as session,
-                session.post(url, json=body) as response,
-            ):
-                await response.read()
+            await post_json(url, body)
         except Exception as exc:  # the alert is in the log; the webhook is best effort
             logger.warning("alerts: could not post to the webhook (%s)", type(exc).__name__)
 
