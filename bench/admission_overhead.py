@@ -9,13 +9,14 @@ reached), rounds alternating between the variants, CPU of each gateway from /pro
 
 Variants (every request goes upstream: the cache is off, or, in full-redis, scoped per user):
   plain         no limits, no ledger
-  plain@REF     the same, running the code of git revision REF (with --baseline REF): before/after
+  NAME@REF      with --baseline REF, each variant again on the code of git revision REF: before/after
   limit-redis   a per-user limit of 100 an hour, in Redis (db 13 of 127.0.0.1:6379, flushed)
   limit-sql     the same limit without Redis: rows in the embedded SQLite
   ledger        no limits, the usage ledger on (SQLite)
   budget        a budget for the org (SQLite): a reservation and a settlement per request
   budget-redis  the same budget, counted in Redis
   tokens-redis  a token limit per minute for the org, in Redis (never reached)
+  cache-redis   a user-scoped cache alone (in process and Redis; every request a miss)
   full-redis    the whole pipeline with Redis: the per-user limit, a user-scoped cache (in
                 process and Redis; every request a miss), the budget and the ledger (SQLite)
 """
@@ -56,6 +57,7 @@ VARIANTS = {
     "budget": NO_LEDGER + BUDGET,
     "budget-redis": NO_LEDGER + REDIS + BUDGET,
     "tokens-redis": NO_LEDGER + REDIS + TOKENS,
+    "cache-redis": REDIS + USER_CACHE + "ledger:\n  enabled: false\n",
     "full-redis": REDIS + LIMIT + BUDGET + USER_CACHE,
 }
 LUA = """
@@ -94,7 +96,7 @@ def tree_ticks(pid: int) -> int:
 
 
 def wait_up(url: str) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=1):
@@ -110,7 +112,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
-    parser.add_argument("--baseline", metavar="REF", help="also run `plain` on the code of git revision REF")
+    parser.add_argument("--baseline", metavar="REF", help="also run each variant on the code of revision REF")
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="run only these variants")
     parser.add_argument("--workers", type=int, default=1, help="server workers per variant (CPU: all)")
     args = parser.parse_args()
@@ -140,7 +142,9 @@ def main() -> None:
                 ["git", "-C", str(ROOT), "archive", args.baseline, "src"], capture_output=True, check=True
             ).stdout
             subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-            variants[f"plain@{args.baseline}"] = (VARIANTS["plain"], {**env, "PYTHONPATH": str(old / "src")})
+            old_env = {**env, "PYTHONPATH": str(old / "src")}
+            for name in list(variants):
+                variants[f"{name}@{args.baseline}"] = (VARIANTS[name], old_env)
         for name, (extra, variant_env) in variants.items():
             folder = work / name.replace("@", "-at-").replace("/", "-")
             folder.mkdir()
@@ -164,12 +168,12 @@ def main() -> None:
             )
             started.append(process)
             servers[name] = (port, process)
-        for name, (port, _) in servers.items():
+            # One at a time: many workers starting at once on two cores miss uvicorn's health
+            # checks and are restarted over and over.
             try:
                 wait_up(f"http://127.0.0.1:{port}/api/ai/status")
             except RuntimeError:
-                log = work / name.replace("@", "-at-").replace("/", "-") / "serve.log"
-                sys.exit(f"{name} did not come up:\n{log.read_text()[-2000:]}")
+                sys.exit(f"{name} did not come up:\n{(folder / 'serve.log').read_text()[-2000:]}")
         script = work / "users.lua"
         script.write_text(LUA)
         print(f"{'round':>5} {'variant':<12} {'req/s':>8} {'CPU µs/req':>11} {'p50 ms':>7} {'p99 ms':>7}")

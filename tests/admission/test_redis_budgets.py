@@ -22,6 +22,7 @@ from sluicegate.config import BudgetsConfig
 from sluicegate.errors import BudgetUnavailable
 from sluicegate.faults import FaultProxy
 from sluicegate.store.db import create_engine, migrate
+from sluicegate.store.redis import create_redis
 
 pytestmark = pytest.mark.redis
 
@@ -32,7 +33,7 @@ PERIOD = "2026-11"
 
 @pytest.fixture
 async def budgets(redis_url: str) -> AsyncIterator[RedisBudgets]:
-    client: Redis = Redis.from_url(redis_url)
+    client: Redis = create_redis(redis_url)
     yield RedisBudgets(client, timeout_s=2.0)
     await client.aclose()
 
@@ -139,7 +140,7 @@ def config() -> BudgetsConfig:
 async def test_a_new_period_starts_from_what_the_ledger_recorded(engine: AsyncEngine, redis_url: str) -> None:
     """Redis lost its counters (a restart): they are rebuilt from the ledger before the next call."""
     await spend(engine, "earlier", 600)
-    client: Redis = Redis.from_url(redis_url)
+    client: Redis = create_redis(redis_url)
     store = BudgetStore(engine, config(), redis=client)
     found = store.budgets_for(RequestContext("acme", "ann", "chat"))
     assert [b.scope for b in found] == ["org:acme", "org:acme/user:ann"]
@@ -159,7 +160,7 @@ async def test_the_database_takes_over_while_redis_is_down_and_hands_back(
     """Spend counted by the database during an outage is in Redis's count when it returns."""
     db = redis_url.rsplit("/", 1)[1]
     with FaultProxy("127.0.0.1", 6379) as proxy:
-        client: Redis = Redis.from_url(f"redis://127.0.0.1:{proxy.port}/{db}", socket_timeout=1)
+        client: Redis = create_redis(f"redis://127.0.0.1:{proxy.port}/{db}", timeout=1)
         now = [time.time()]
         store = BudgetStore(engine, config(), clock=lambda: now[0], redis=client)
         org = [store.budgets["org:acme"]]
@@ -183,7 +184,7 @@ async def test_the_database_takes_over_while_redis_is_down_and_hands_back(
 async def test_with_redis_and_the_database_down_budgets_fail_closed(tmp_path: Path) -> None:
     """Neither store answers: the call is refused, and the error says why."""
     engine = create_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
-    client: Redis = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    client: Redis = create_redis("redis://127.0.0.1:1/0", timeout=0.2)
     store = BudgetStore(engine, config(), redis=client)
     with pytest.raises(BudgetUnavailable) as caught:
         await store.reserve([store.budgets["org:acme"]], "r1:1", 0, 1_000_000, 100)
@@ -200,7 +201,7 @@ async def test_past_the_throttle_share_only_the_cap_of_calls_run_at_once(
 ) -> None:
     """Past 95 %, with a concurrency cap of 3: of 20 concurrent calls exactly 3 are admitted,
     and one more once a call settles."""
-    client: Redis | None = Redis.from_url(redis_url) if counted_in == "redis" else None
+    client: Redis | None = create_redis(redis_url) if counted_in == "redis" else None
     config = BudgetsConfig(
         orgs=({"org": "acme", "limit_usd": Decimal("0.01")},),  # type: ignore[arg-type]
         throttle_concurrency=3,
@@ -226,7 +227,7 @@ async def test_past_the_throttle_share_only_so_many_calls_a_minute(
 ) -> None:
     """Past 95 %, with 4 calls a minute: the calls admitted in the last minute count, settled
     or not, and the fifth is refused as throttled."""
-    client: Redis | None = Redis.from_url(redis_url) if counted_in == "redis" else None
+    client: Redis | None = create_redis(redis_url) if counted_in == "redis" else None
     config = BudgetsConfig(
         orgs=({"org": "acme", "limit_usd": Decimal("0.01")},),  # type: ignore[arg-type]
         throttle_per_minute=4,

@@ -12,6 +12,7 @@ from sluicegate.admission.limits import checks_for
 from sluicegate.admission.redis_limits import RedisLimiter
 from sluicegate.calls import RequestContext
 from sluicegate.config import RequestLimit
+from sluicegate.store.redis import create_redis
 
 pytestmark = pytest.mark.redis
 
@@ -20,7 +21,7 @@ ANN = RequestContext("acme", "ann", "chat")
 
 @pytest.fixture
 async def limiter(redis_url: str) -> AsyncIterator[RedisLimiter]:
-    client: Redis = Redis.from_url(redis_url)
+    client: Redis = create_redis(redis_url)
     yield RedisLimiter(client, timeout_s=2.0)
     await client.aclose()
 

@@ -15,6 +15,7 @@ from sluicegate.admission.stage import LimitRequests
 from sluicegate.calls import Call, Reply
 from sluicegate.config import RequestLimit
 from sluicegate.errors import RateLimited
+from sluicegate.store.redis import create_redis
 from sluicegate.testing import mock_settings
 
 ANN = RequestContext("acme", "ann", "chat")
@@ -54,7 +55,7 @@ async def test_with_redis_down_each_replica_admits_its_share(caplog: pytest.LogC
     async def answer(call: Call) -> Reply:
         return Reply(body=b"{}")
 
-    unreachable: Redis = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    unreachable: Redis = create_redis("redis://127.0.0.1:1/0", timeout=0.2)
     rules = [RequestLimit(per="user", limit=10, window_s=60)]
     stage = LimitRequests(answer, rules, RedisLimiter(unreachable, 0.5), None, local_share=0.5)
     caplog.set_level(logging.WARNING, "sluicegate.limits")

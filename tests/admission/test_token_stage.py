@@ -18,6 +18,7 @@ from sluicegate.admission.token_stage import LimitTokens
 from sluicegate.calls import Call, Reply, Usage
 from sluicegate.config import TokenLimit
 from sluicegate.errors import TokensLimited
+from sluicegate.store.redis import create_redis
 from sluicegate.testing import mock_settings
 
 ACME = RequestContext("acme", "ann", "chat")
@@ -63,7 +64,7 @@ async def test_with_redis_down_each_replica_holds_its_share(caplog: pytest.LogCa
     async def answer(call: Call) -> Reply:
         return Reply(body=b"{}", usage=Usage(prompt_tokens=10, completion_tokens=190))
 
-    unreachable: Redis = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    unreachable: Redis = create_redis("redis://127.0.0.1:1/0", timeout=0.2)
     rules = [TokenLimit(per="org", tokens_per_minute=1000)]
     stage = LimitTokens(answer, rules, RedisTokens(unreachable, 0.5), None, 0.5, 4096)
     caplog.set_level(logging.WARNING, "sluicegate.limits")

@@ -16,6 +16,7 @@ from sluicegate.admission.sql_tokens import SqlTokens
 from sluicegate.admission.token_bucket import Taken, TokenCheck, token_checks
 from sluicegate.calls import RequestContext
 from sluicegate.config import TokenLimit
+from sluicegate.store.redis import create_redis
 
 # A minute's worth of 1,000,000 tokens: the refill during a test is negligible beside a take.
 ORG = TokenLimit(per="org", tokens_per_minute=1_000_000)
@@ -31,7 +32,7 @@ class Buckets(Protocol):
 @pytest.fixture
 async def in_redis(redis_url: str) -> AsyncIterator[Buckets]:
     """The buckets in the real Redis."""
-    client: Redis = Redis.from_url(redis_url)
+    client: Redis = create_redis(redis_url)
     yield RedisTokens(client, timeout_s=2.0)
     await client.aclose()
 

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from sluicegate.cache.entry import Entry, encode
 from sluicegate.cache.layered import LOCK_HELD, LOCK_NONE, LOCK_TAKEN
 from sluicegate.cache.redis_tier import TAG_PREFIX, RedisTier
+from sluicegate.store.redis import create_redis
 
 pytestmark = [pytest.mark.redis, pytest.mark.filterwarnings("default:SKIPPING:pytest.PytestWarning")]
 
@@ -22,7 +23,7 @@ LEASE_MS = 30_000
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
     """A client of the scratch database."""
-    client: Redis = Redis.from_url(redis_url)
+    client: Redis = create_redis(redis_url)
     yield client
     await client.aclose()
 

@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sluicegate.admission.budget_math import period_bounds
 from sluicegate.config import MockBehaviour
 from sluicegate.store.db import create_engine
+from sluicegate.store.redis import create_redis
 from sluicegate.testing import MockUpstream
 from tests.integration.conftest import GatewayProcess, Response, post
 
@@ -37,7 +38,7 @@ async def _totals(url: str, redis_url: str | None) -> tuple[int, int, int]:
                     await connection.execute(text("SELECT spent_micro, reserved_micro FROM budget_periods"))
                 ).one()
             else:
-                client: Redis = Redis.from_url(redis_url)
+                client: Redis = create_redis(redis_url)
                 period, _ = period_bounds("month", time.time())
                 values = await client.hmget(f"sg:budget:{{local}}:{period}", ["spent", "reserved"])
                 await client.aclose()

@@ -16,6 +16,7 @@ from sqlalchemy import func, insert, select
 
 from sluicegate import RequestContext, create_gateway
 from sluicegate.cache.entry import Entry
+from sluicegate.store.redis import create_redis
 from sluicegate.store.tables import cache_entries
 from sluicegate.testing import MockUpstream, mock_settings
 from tests.integration.conftest import GatewayProcess, PrivateRedis, Response, get, post
@@ -180,7 +181,7 @@ async def test_redis_tier_serves_and_compresses(redis_url: str, tmp_path: Path) 
             "hit-redis",
         )
         assert hit.body == miss.body
-        client: Redis = Redis.from_url(redis_url)
+        client: Redis = create_redis(redis_url)
         keys = [k for k in await client.keys("sg:c:*") if not k.endswith((b":lock", b":hits"))]
         assert len(keys) == 1
         assert b"{o:acme}" in keys[0]

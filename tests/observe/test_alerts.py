@@ -17,6 +17,7 @@ from sluicegate.admission.stage import LimitRequests
 from sluicegate.calls import Call, Reply, RequestContext
 from sluicegate.config import RequestLimit
 from sluicegate.observe.alerts import Alerts
+from sluicegate.store.redis import create_redis
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ async def test_the_rate_limits_alert_when_redis_is_unreachable(
 
     url, received = webhook
     alerts = Alerts(url)
-    unreachable: Redis = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    unreachable: Redis = create_redis("redis://127.0.0.1:1/0", timeout=0.2)
     rules = [RequestLimit(per="user", limit=100, window_s=60)]
     stage = LimitRequests(answer, rules, RedisLimiter(unreachable, 0.5), None, 0.5, alerts)
     context = RequestContext("acme", "ann", "chat")

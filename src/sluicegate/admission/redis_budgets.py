@@ -13,13 +13,12 @@ Calls made in one loop turn go to Redis as one pipeline of EVALSHA, like the rat
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 
-from ..cache.batching import Batcher
-from ..store.redis import run_scripts
+from ..store.redis import LuaScript
 from .budget_math import Decision, Outcome, Throttle
 from .budget_scopes import Budget, parse_scope
 
@@ -142,13 +141,9 @@ class RedisBudgets:
 
     def __init__(self, redis: Redis, timeout_s: float) -> None:
         self.redis = redis
-        self._reserve = redis.register_script(RESERVE)
-        self._settle = redis.register_script(SETTLE)
-        self._batch: Batcher[tuple[Any, ...], Any] = Batcher(self._pipeline, timeout_s=timeout_s)
+        self._reserve = LuaScript(redis, RESERVE, timeout_s)
+        self._settle = LuaScript(redis, SETTLE, timeout_s)
         self._known_keys: dict[tuple[str, str], tuple[str, str, str]] = {}
-
-    def _pipeline(self, commands: list[tuple[Any, ...]]) -> Awaitable[list[Any]]:
-        return run_scripts(self.redis, commands, (RESERVE, SETTLE))
 
     def _keys(self, books: Sequence[tuple[Budget, str]]) -> list[tuple[str, str, str]]:
         """Each budget's keys: its period's hash, its leases and its recent admissions."""
@@ -183,7 +178,7 @@ class RedisBudgets:
         for (budget, _, ends), floor in zip(books, floors, strict=True):
             args += [budget.limit_micro, int(ends - now) + _KEEP_S, "" if floor is None else floor]
         keys = [key for trio in self._keys([(budget, period) for budget, period, _ in books]) for key in trio]
-        result = await self._batch(("EVALSHA", self._reserve.sha, len(keys), *keys, *args))
+        result = await self._reserve(keys, args)
         state = int(result[0])
         if state == -1:
             raise NeedsFloor(int(result[1]) - 1)
@@ -202,7 +197,7 @@ class RedisBudgets:
         """Count the cost once under each budget: per budget, whether this settlement counted,
         and its (spent, reserved) after it."""
         keys = [key for book, leases, _ in self._keys(books) for key in (book, leases)]
-        result = await self._batch(("EVALSHA", self._settle.sha, len(keys), *keys, rid, cost_micro))
+        result = await self._settle(keys, (rid, cost_micro))
         values = [int(v) for v in result]
         return [(bool(values[i]), values[i + 1], values[i + 2]) for i in range(0, len(values), 3)]
 

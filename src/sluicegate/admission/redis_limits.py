@@ -8,13 +8,12 @@ script Redis lost (NOSCRIPT, after a restart or a SCRIPT FLUSH) is loaded again 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 
-from ..cache.batching import Batcher
-from ..store.redis import run_scripts
+from ..store.redis import LuaScript
 from .limits import Check, Verdict
 
 __all__ = ["RedisLimiter"]
@@ -56,11 +55,7 @@ class RedisLimiter:
 
     def __init__(self, redis: Redis, timeout_s: float = 0.1) -> None:
         self.redis = redis
-        self._script = redis.register_script(ADMIT)
-        self._batch: Batcher[tuple[Any, ...], Any] = Batcher(self._pipeline, timeout_s=timeout_s)
-
-    def _pipeline(self, commands: list[tuple[Any, ...]]) -> Awaitable[list[Any]]:
-        return run_scripts(self.redis, commands, (ADMIT,))
+        self._admit = LuaScript(redis, ADMIT, timeout_s)
 
     async def admit(self, checks: Sequence[Check], member: str) -> Verdict:
         """Log the request in every limit if each has room; otherwise refuse and log nothing."""
@@ -68,7 +63,7 @@ class RedisLimiter:
         for check in checks:
             args += [check.rule.limit, check.rule.window_s * 1000]
         keys = [check.key for check in checks]
-        result = await self._batch(("EVALSHA", self._script.sha, len(keys), *keys, *args))
+        result = await self._admit(keys, args)
         if int(result[0]) == 0:
             index, wait_ms = int(result[1]) - 1, int(result[2])
             resets = tuple(check.rule.window_s for check in checks)

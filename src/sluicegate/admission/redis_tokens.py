@@ -8,13 +8,12 @@ again. Calls made in one loop turn go to Redis as one pipeline of EVALSHA.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 
-from ..cache.batching import Batcher
-from ..store.redis import run_scripts
+from ..store.redis import LuaScript
 from .token_bucket import Taken, TokenCheck
 
 __all__ = ["RedisTokens"]
@@ -72,12 +71,8 @@ class RedisTokens:
 
     def __init__(self, redis: Redis, timeout_s: float) -> None:
         self.redis = redis
-        self._take = redis.register_script(TAKE)
-        self._give_back = redis.register_script(GIVE_BACK)
-        self._batch: Batcher[tuple[Any, ...], Any] = Batcher(self._pipeline, timeout_s=timeout_s)
-
-    def _pipeline(self, commands: list[tuple[Any, ...]]) -> Awaitable[list[Any]]:
-        return run_scripts(self.redis, commands, (TAKE, GIVE_BACK))
+        self._take = LuaScript(redis, TAKE, timeout_s)
+        self._give_back = LuaScript(redis, GIVE_BACK, timeout_s)
 
     @staticmethod
     def _args(checks: Sequence[TokenCheck], amount: int) -> list[Any]:
@@ -89,7 +84,7 @@ class RedisTokens:
     async def take(self, checks: Sequence[TokenCheck], cost: int) -> Taken:
         """Take ``cost`` from every bucket, or from none."""
         keys = [check.key for check in checks]
-        result = await self._batch(("EVALSHA", self._take.sha, len(keys), *keys, *self._args(checks, cost)))
+        result = await self._take(keys, self._args(checks, cost))
         if int(result[0]) == 0:
             return Taken(False, int(result[1]) - 1, math.ceil(int(result[2]) / 1000))
         return Taken(True, remaining=max(0, int(result[1])))
@@ -97,4 +92,4 @@ class RedisTokens:
     async def give_back(self, checks: Sequence[TokenCheck], tokens: int) -> None:
         """Return unused tokens to every bucket (never above its capacity)."""
         keys = [check.key for check in checks]
-        await self._batch(("EVALSHA", self._give_back.sha, len(keys), *keys, *self._args(checks, tokens)))
+        await self._give_back(keys, self._args(checks, tokens))

@@ -14,7 +14,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from .batching import Batcher
+from ..store.redis import LuaScript, send_all
 from .entry import Entry, decode, encode
 from .keys import KEY_PREFIX
 
@@ -69,47 +69,15 @@ class RedisTier:
     def __init__(self, redis: Redis, compress_min_bytes: int, timeout_s: float | None = None) -> None:
         self.redis = redis
         self._compress_min = compress_min_bytes
-        self._scripts = {
-            name: redis.register_script(text)
-            for name, text in (("lookup", LOOKUP), ("unlock", UNLOCK), ("store", STORE))
-        }
-        self._sha = {name: script.sha for name, script in self._scripts.items()}
-        self._batch: Batcher[list[Command], list[Any]] = Batcher(self._pipeline, timeout_s=timeout_s)
-
-    async def _pipeline(self, items: list[list[Command]]) -> list[list[Any]]:
-        """Every command of every item in one pipeline; scripts Redis lost are loaded and retried."""
-        for attempt in (1, 2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for commands in items:
-                    for command in commands:
-                        pipe.execute_command(*command)
-                flat = await pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, NoScriptError) for r in flat):
-                for script in self._scripts.values():
-                    await self.redis.script_load(script.script)
-                continue
-            break
-        results: list[list[Any]] = []
-        position = 0
-        for commands in items:
-            part = flat[position : position + len(commands)]
-            position += len(commands)
-            error = next((r for r in part if isinstance(r, Exception)), None)
-            if error is not None:
-                raise error
-            results.append(part)
-        return results
-
-    def _evalsha(self, name: str, keys: list[str], args: list[Any]) -> Command:
-        return ("EVALSHA", self._sha[name], len(keys), *keys, *args)
+        self._timeout = timeout_s
+        self._lookup = LuaScript(redis, LOOKUP, timeout_s)
+        self._unlock = LuaScript(redis, UNLOCK, timeout_s)
+        self._store = LuaScript(redis, STORE, timeout_s)
 
     async def lookup(self, key: str, lock: str | None, token: str, lease_ms: int) -> tuple[Entry | None, int]:
         """The entry under ``key``, or the lock outcome: (entry, 0), (None, 1 taken / 0 held / 2 none)."""
-        keys = [key, lock or key + ":lock", key + _HITS]
-        (result,) = await self._batch(
-            [self._evalsha("lookup", keys, [token, lease_ms, "1" if lock else "0"])]
-        )
-        value, extra = result
+        keys = (key, lock or key + ":lock", key + _HITS)
+        value, extra = await self._lookup(keys, (token, lease_ms, "1" if lock else "0"))
         if value:
             entry = decode(value)
             if entry is not None:
@@ -132,8 +100,7 @@ class RedisTier:
 
     async def wait_step(self, key: str, lock: str) -> tuple[Entry | None, bool]:
         """The entry under ``key``, or whether ``lock`` is still held, read atomically."""
-        (result,) = await self._batch([self._evalsha("lookup", [key, lock, key + _HITS], ["", 0, "2"])])
-        value, extra = result
+        value, extra = await self._lookup((key, lock, key + _HITS), ("", 0, "2"))
         if value:
             entry = decode(value)
             if entry is not None:
@@ -143,7 +110,7 @@ class RedisTier:
 
     async def unlock(self, lock: str, token: str) -> None:
         """Release ``lock`` if ``token`` still holds it."""
-        await self._batch([self._evalsha("unlock", [lock], [token])])
+        await self._unlock((lock,), (token,))
 
     async def set(self, key: str, entry: Entry, keep_s: float) -> None:
         await self.store(key, entry, keep_s, None, "")
@@ -152,15 +119,26 @@ class RedisTier:
         """Keep ``entry`` for ``keep_s`` and release ``lock`` if ``token`` holds it: one round trip."""
         keep_ms = max(1, int(keep_s * 1000))
         value = encode(entry, self._compress_min)
-        commands = [
-            self._evalsha("store", [key, lock or key + ":lock"], [value, keep_ms, token if lock else ""])
+        if not entry.tags:
+            await self._store((key, lock or key + ":lock"), (value, keep_ms, token if lock else ""))
+            return True
+        keys = (key, lock or key + ":lock")
+        commands: list[tuple[Any, ...]] = [
+            ("EVALSHA", self._store.sha, 2, *keys, value, keep_ms, token if lock else "")
         ]
         for tag in entry.tags:
             tag_key = TAG_PREFIX + tag
             commands.append(("SADD", tag_key, key))
             commands.append(("EXPIRE", tag_key, int(keep_s) + 1, "GT"))
             commands.append(("EXPIRE", tag_key, int(keep_s) + 1, "NX"))
-        await self._batch(commands)
+        replies = await send_all(self.redis, commands, self._timeout)
+        if isinstance(replies[0], NoScriptError):
+            await self._store(keys, (value, keep_ms, token if lock else ""))  # loads it again
+        error = next(
+            (r for r in replies if isinstance(r, Exception) and not isinstance(r, NoScriptError)), None
+        )
+        if error is not None:
+            raise error
         return True
 
     async def delete(self, key: str) -> None:

@@ -1,14 +1,32 @@
-"""The Redis client: redis-py asyncio with hiredis and a blocking connection pool."""
+"""The Redis client: redis-py asyncio with hiredis and a blocking connection pool, plus a lean
+pipelined connection (`redis_wire.Wire`) for the commands on the request path."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import NoScriptError
 
-__all__ = ["create_redis", "run_scripts"]
+from .redis_wire import Wire
+
+__all__ = ["GatewayRedis", "LuaScript", "create_redis", "send_all"]
+
+
+class GatewayRedis(Redis):
+    """redis-py's client, carrying the `Wire` that sends the request path's commands."""
+
+    wire: Wire | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        """Close the wire and, unless told otherwise, the pool (the client made it)."""
+        if self.wire is not None:
+            await self.wire.aclose()
+        await super().aclose(True if close_connection_pool is None else close_connection_pool)
 
 
 def create_redis(url: str, *, max_connections: int = 64, timeout: float = 2.0) -> Redis:
@@ -20,24 +38,56 @@ def create_redis(url: str, *, max_connections: int = 64, timeout: float = 2.0) -
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
     )
-    return Redis(connection_pool=pool)
+    client = GatewayRedis(connection_pool=pool)
+    # TLS (rediss://) and anything else unusual stays on redis-py's own pipeline.
+    if pool.connection_class in (Connection, UnixDomainSocketConnection):
+        client.wire = Wire(dict(pool.connection_kwargs), timeout)
+    return client
 
 
-async def run_scripts(redis: Redis, commands: Sequence[tuple[Any, ...]], sources: Sequence[str]) -> list[Any]:
-    """Send ``commands`` (EVALSHA of ``sources``) as one pipeline; if Redis lost the scripts
-    (NOSCRIPT, after a restart or a SCRIPT FLUSH), load them and send the batch again. Raises
-    the first error a command met."""
-    for attempt in (1, 2):
+def _wire(redis: Redis) -> Wire | None:
+    wire: Wire | None = getattr(redis, "wire", None)
+    return wire
+
+
+class LuaScript:
+    """A Lua script run by EVALSHA, loaded again when Redis lost it (NOSCRIPT, after a restart
+    or a SCRIPT FLUSH). On the client's `Wire` when it has one (the calls of one loop turn share
+    one write), else through redis-py. An error reply is raised; past ``timeout_s``,
+    `TimeoutError`."""
+
+    def __init__(self, redis: Redis, source: str, timeout_s: float | None = None) -> None:
+        self.redis = redis
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self._timeout = timeout_s
+        self._fallback = redis.register_script(source)
+
+    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        wire = _wire(self.redis)
+        if wire is None:
+            async with asyncio.timeout(self._timeout):
+                return await self._fallback(keys=list(keys), args=list(args))
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
+        result = await wire.call(command, self._timeout)
+        if isinstance(result, NoScriptError):
+            await self.redis.script_load(self.source)
+            result = await wire.call(command, self._timeout)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+async def send_all(
+    redis: Redis, commands: Sequence[Sequence[Any]], timeout_s: float | None = None
+) -> list[Any]:
+    """Every command's reply, sent together; error replies in their place (not raised)."""
+    wire = _wire(redis)
+    if wire is not None:
+        futures = [wire.call(command, timeout_s) for command in commands]
+        return [await future for future in futures]
+    async with asyncio.timeout(timeout_s):
         async with redis.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.execute_command(*command)
-            results = await pipe.execute(raise_on_error=False)
-        if attempt == 1 and any(isinstance(r, NoScriptError) for r in results):
-            for source in sources:
-                await redis.script_load(source)
-            continue
-        break
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
-    return list(results)
+            return list(await pipe.execute(raise_on_error=False))

@@ -1,0 +1,217 @@
+"""The pipelined wire to Redis: replies matched in order under concurrency, errors in place,
+NOSCRIPT recovery, the URL's database and password, deadlines, and a dead or silent server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import hiredis
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from sluicegate.store.redis import GatewayRedis, LuaScript, create_redis, send_all
+from sluicegate.store.redis_wire import Wire
+
+pytestmark = pytest.mark.redis
+
+ECHO = "return {KEYS[1], ARGV[1]}"
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[GatewayRedis]:
+    made = create_redis(redis_url)
+    assert isinstance(made, GatewayRedis)
+    assert made.wire is not None
+    yield made
+    await made.aclose()
+
+
+async def test_concurrent_commands_get_their_own_replies(client: GatewayRedis) -> None:
+    """500 commands from 500 tasks in a few loop turns: each gets the reply to its own."""
+    assert client.wire is not None
+    wire = client.wire
+
+    async def one(n: int) -> None:
+        assert await wire.call(("SET", f"wire:{n}", n)) == b"OK"
+        await asyncio.sleep(0)
+        assert await wire.call(("GET", f"wire:{n}")) == str(n).encode()
+        assert await wire.call(("INCRBY", f"wire:{n}", n)) == 2 * n
+
+    await asyncio.gather(*(one(n) for n in range(500)))
+    assert await client.get("wire:499") == b"998"
+
+
+async def test_an_error_reply_comes_back_in_its_place(client: GatewayRedis) -> None:
+    await client.set("wire:text", "x")
+    replies = await send_all(client, [("INCR", "wire:text"), ("SET", "wire:after", 1), ("GET", "wire:after")])
+    assert isinstance(replies[0], ResponseError)
+    assert replies[1:] == [b"OK", b"1"]
+
+
+async def test_a_script_redis_lost_is_loaded_again(client: GatewayRedis) -> None:
+    script = LuaScript(client, ECHO, timeout_s=2.0)
+    assert await script(["k"], ["v"]) == [b"k", b"v"]
+    await client.script_flush()
+    assert await script(["k2"], ["v2"]) == [b"k2", b"v2"]
+    failing = LuaScript(client, "return redis.call('INCR', KEYS[1])", timeout_s=2.0)
+    await client.set("wire:text", "x")
+    with pytest.raises(ResponseError):
+        await failing(["wire:text"], [])
+
+
+async def test_the_database_of_the_url_is_selected(redis_url: str) -> None:
+    """The scratch database of the URL, not database 0."""
+    client = create_redis(redis_url)
+    plain: Redis = Redis.from_url(redis_url)
+    try:
+        await send_all(client, [("SET", "wire:db", "here")])
+        assert await plain.get("wire:db") == b"here"
+    finally:
+        await client.aclose()
+        await plain.aclose()
+
+
+async def test_without_a_wire_the_scripts_go_through_redis_py(redis_url: str) -> None:
+    """A plain redis-py client (TLS, or one a library user made) works the same, more slowly."""
+    plain: Redis = Redis.from_url(redis_url)
+    try:
+        script = LuaScript(plain, ECHO, timeout_s=2.0)
+        assert await script(["k"], ["v"]) == [b"k", b"v"]
+        replies = await send_all(plain, [("SET", "wire:plain", 1), ("INCR", "wire:plain")])
+        assert replies == [True, 2]
+    finally:
+        await plain.aclose()
+
+
+# A fake server, to see what the wire sends and how it behaves when Redis does not answer.
+
+
+async def fake_server(
+    answer: Callable[[list[bytes]], bytes | None],
+) -> tuple[asyncio.Server, list[list[bytes]]]:
+    """A server that parses commands and answers each with ``answer(command)`` (None: silence)."""
+    seen: list[list[bytes]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        OPEN.append(writer)
+        parser = hiredis.Reader()
+        try:
+            while data := await reader.read(65536):
+                parser.feed(data)
+                while (command := parser.gets()) is not False:
+                    seen.append(command)
+                    reply = answer(command)
+                    if reply is not None:
+                        writer.write(reply)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, seen
+
+
+OPEN: list[asyncio.StreamWriter] = []
+
+
+async def stop(server: asyncio.Server) -> None:
+    """Close the server and the connections it accepted."""
+    server.close()
+    for writer in OPEN:
+        writer.close()
+    OPEN.clear()
+    await asyncio.sleep(0.01)
+
+
+def port_of(server: asyncio.Server) -> int:
+    return int(server.sockets[0].getsockname()[1])
+
+
+async def test_the_password_and_user_are_sent_first() -> None:
+    server, seen = await fake_server(lambda command: b"+OK\r\n")
+    wire = Wire({"host": "127.0.0.1", "port": port_of(server), "username": "gw", "password": "pw", "db": 3})
+    try:
+        assert await wire.call(("PING",)) == b"OK"
+        assert seen == [[b"AUTH", b"gw", b"pw"], [b"SELECT", b"3"], [b"PING"]]
+    finally:
+        await wire.aclose()
+        await stop(server)
+
+
+async def test_a_wrong_password_fails_the_call() -> None:
+    server, _ = await fake_server(
+        lambda command: b"-WRONGPASS invalid password\r\n" if command[0] == b"AUTH" else b"+OK\r\n"
+    )
+    wire = Wire({"host": "127.0.0.1", "port": port_of(server), "password": "bad"})
+    try:
+        with pytest.raises(RedisConnectionError, match="WRONGPASS"):
+            await wire.call(("PING",))
+    finally:
+        await wire.aclose()
+        await stop(server)
+
+
+async def test_a_silent_redis_times_out_and_the_connection_is_replaced() -> None:
+    """A deadline fails its own call; once the wire's timeout passes, the connection is dropped
+    and the next call opens a new one."""
+    answering = {"on": False}
+    server, seen = await fake_server(lambda command: b"+PONG\r\n" if answering["on"] else None)
+    wire = Wire({"host": "127.0.0.1", "port": port_of(server)}, timeout_s=0.3)
+    try:
+        with pytest.raises(TimeoutError):
+            await wire.call(("PING",), timeout_s=0.05)
+        pending = wire.call(("PING",))  # no deadline of its own: the wire's timeout ends it
+        with pytest.raises(RedisConnectionError, match="did not answer"):
+            await pending
+        answering["on"] = True
+        assert await wire.call(("PING",), timeout_s=1.0) == b"PONG"
+        assert len(seen) == 3
+    finally:
+        await wire.aclose()
+        await stop(server)
+
+
+class HangsUpOnTheSecond:
+    """A server that answers PONG, except to the second command, where it hangs up."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        OPEN.append(writer)
+        parser = hiredis.Reader()
+        data = await reader.read(65536)
+        while data:
+            parser.feed(data)
+            while parser.gets() is not False:
+                self.count += 1
+                if self.count == 2:
+                    writer.close()
+                    return
+                writer.write(b"+PONG\r\n")
+            data = await reader.read(65536)
+
+
+async def test_a_connection_that_drops_fails_its_calls_and_the_next_call_reconnects() -> None:
+    """The second call fails with the connection; the third goes out on a new one."""
+    handler = HangsUpOnTheSecond()
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    wire = Wire({"host": "127.0.0.1", "port": port_of(server)}, timeout_s=1.0)
+    try:
+        assert await wire.call(("PING",)) == b"PONG"
+        with pytest.raises(RedisConnectionError, match="lost"):
+            await wire.call(("PING",))
+        assert await wire.call(("PING",)) == b"PONG"
+        assert handler.count == 3
+    finally:
+        await wire.aclose()
+        await stop(server)
+
+
+async def test_an_unreachable_redis_fails_fast() -> None:
+    wire = Wire({"host": "127.0.0.1", "port": 1, "socket_connect_timeout": 0.2})
+    with pytest.raises(RedisConnectionError, match="could not connect"):
+        await wire.call(("PING",))
+    await wire.aclose()
