@@ -215,3 +215,21 @@ async def test_an_unreachable_redis_fails_fast() -> None:
     with pytest.raises(RedisConnectionError, match="could not connect"):
         await wire.call(("PING",))
     await wire.aclose()
+
+
+def test_the_wire_works_under_uvloop(redis_url: str) -> None:
+    """The server's workers run uvloop, whose transports are not asyncio's classes."""
+    import uvloop
+
+    async def main() -> list[object]:
+        client = create_redis(redis_url)
+        try:
+            script = LuaScript(client, ECHO, timeout_s=2.0)
+            return [
+                await script(["k"], ["v"]),
+                *await send_all(client, [("SET", "wire:uv", 1), ("GET", "wire:uv")]),
+            ]
+        finally:
+            await client.aclose()
+
+    assert uvloop.run(main()) == [[b"k", b"v"], b"OK", b"1"]

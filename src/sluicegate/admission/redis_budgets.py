@@ -8,7 +8,8 @@ under the same budget; a late settlement of it still counts its cost. A period R
 hold (a new period, a restart, an eviction) is refused with a request for its floor: the
 caller sums the ledger and sends it, and ``spent`` becomes at least that.
 
-Calls made in one loop turn go to Redis as one pipeline of EVALSHA, like the rate limits'.
+Calls made in one loop turn leave in one write with every other Redis command of that turn
+(`store.redis.LuaScript` over `store.redis_wire.Wire`), like the rate limits'.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def book_key(budget: Budget, period: str) -> str:
 
 
 class RedisBudgets:
-    """Reserves and settles in Redis, batched per loop turn."""
+    """Reserves and settles in Redis (the calls of one loop turn share one write)."""
 
     def __init__(self, redis: Redis, timeout_s: float) -> None:
         self.redis = redis

@@ -2,7 +2,7 @@
 atomically, on Redis's own clock (``TIME``), never a replica's.
 
 Each limit is a sliding log: a sorted set of the requests of the last window, scored by their
-time in milliseconds. Calls made in one loop turn go to Redis as one pipeline of EVALSHA; a
+time in milliseconds. Calls made in one loop turn leave in one write (`store.redis_wire`); a
 script Redis lost (NOSCRIPT, after a restart or a SCRIPT FLUSH) is loaded again and retried.
 """
 
@@ -51,7 +51,7 @@ return out
 
 
 class RedisLimiter:
-    """Checks requests against their limits in Redis, batched per loop turn."""
+    """Checks requests against their limits in Redis (the calls of one loop turn share one write)."""
 
     def __init__(self, redis: Redis, timeout_s: float = 0.1) -> None:
         self.redis = redis

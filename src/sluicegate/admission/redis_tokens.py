@@ -2,7 +2,7 @@
 against, or from none, and one gives back what the call did not use, on Redis's own clock.
 
 Each bucket is a hash (``level``, ``at`` in milliseconds) that expires once it would be full
-again. Calls made in one loop turn go to Redis as one pipeline of EVALSHA.
+again. Calls made in one loop turn leave in one write (`store.redis_wire`).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ return 1
 
 
 class RedisTokens:
-    """Takes and gives back tokens in Redis, batched per loop turn."""
+    """Takes and gives back tokens in Redis (the calls of one loop turn share one write)."""
 
     def __init__(self, redis: Redis, timeout_s: float) -> None:
         self.redis = redis

@@ -1,10 +1,10 @@
 """Micro-batching: the calls made in one turn of the event loop go to a store as one round trip.
 
-Under load many requests look up or store entries at the same moment. Each Redis command or
-SQL query costs the gateway tens of microseconds of Python on top of the round trip, so the
-calls made before the loop next runs its callbacks are collected and sent together: one Redis
-pipeline, or one ``SELECT … WHERE key IN (…)``. A lone call waits for nothing: it is flushed
-on the very next turn of the loop.
+Under load many requests look up or store entries at the same moment. Each SQL query costs the
+gateway tens of microseconds of Python on top of the round trip, so the calls made before the
+loop next runs its callbacks are collected and sent together, as one ``SELECT … WHERE key IN
+(…)`` or one transaction. A lone call waits for nothing: it is flushed on the very next turn of
+the loop. (Redis commands need no batcher: `store.redis_wire` writes a turn's commands at once.)
 """
 
 from __future__ import annotations

@@ -58,7 +58,6 @@ if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
 end
 return 1
 """
-Command = tuple[Any, ...]
 
 
 class RedisTier:
