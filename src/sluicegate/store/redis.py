@@ -62,9 +62,10 @@ class LuaScript:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self._timeout = timeout_s
         self._fallback = redis.register_script(source)
+        self._wire = _wire(redis)  # set once, when the client is made
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        wire = _wire(self.redis)
+        wire = self._wire
         if wire is None:
             async with asyncio.timeout(self._timeout):
                 return await self._fallback(keys=list(keys), args=list(args))

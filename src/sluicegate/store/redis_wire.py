@@ -97,7 +97,7 @@ class Wire:
         if self._loop is not loop:
             self._move_to(loop)
         future: Future = loop.create_future()
-        self._out.append(hiredis.pack_command(tuple(command)))
+        self._out.append(hiredis.pack_command(command if type(command) is tuple else tuple(command)))
         self._queued.append(future)
         if timeout_s is not None:
             self._deadlines.append((future, loop.time() + timeout_s))
