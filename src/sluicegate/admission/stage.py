@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from redis.exceptions import RedisError
 
@@ -21,10 +22,28 @@ from .limits import Check, LocalLog, Verdict, checks_for, headers_for
 from .redis_limits import RedisLimiter
 from .sql_limits import SqlLimiter
 
-__all__ = ["LimitRequests"]
+__all__ = ["LimitRequests", "global_or_share"]
 
 _REDIS_DOWN = "redis-down:rate-limits"
 Send = Callable[[Call], Awaitable[Reply]]
+T = TypeVar("T")
+
+
+async def global_or_share(
+    in_redis: Awaitable[T], alone: Callable[[], T], alerts: Alerts, key: str, what: str, holds: str
+) -> T:
+    """``await in_redis`` (the count shared by every replica); when Redis fails, raise the
+    operator alert ``key`` and answer with ``alone()`` (this replica's share) instead. The alert
+    is resolved once Redis answers again. Used by the request and the token limits."""
+    try:
+        result = await in_redis
+    except (RedisError, OSError, TimeoutError) as exc:
+        why = f"{what}: Redis is unreachable ({exc}); this replica {holds} alone until it is back"
+        alerts.alert(key, why)
+        return alone()
+    if key in alerts.active:
+        alerts.resolve(key, f"{what}: Redis is back; limits are global again")
+    return result
 
 
 class LimitRequests:
@@ -67,18 +86,14 @@ class LimitRequests:
 
     async def _decide(self, checks: list[Check], member: str) -> Verdict:
         if self._redis is not None:
-            try:
-                verdict = await self._redis.admit(checks, member)
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._alerts.alert(
-                    _REDIS_DOWN,
-                    f"rate limits: Redis is unreachable ({exc}); this replica enforces its share "
-                    "(limits.local_share) of each limit alone until it is back",
-                )
-                return self._local.check(checks, time.time())
-            if _REDIS_DOWN in self._alerts.active:
-                self._alerts.resolve(_REDIS_DOWN, "rate limits: Redis is back; limits are global again")
-            return verdict
+            return await global_or_share(
+                self._redis.admit(checks, member),
+                lambda: self._local.check(checks, time.time()),
+                self._alerts,
+                _REDIS_DOWN,
+                "rate limits",
+                "enforces its share (limits.local_share) of each limit",
+            )
         if self._sql is not None:
             return await self._sql.admit(checks, member)
         return self._local.check(checks, time.time())

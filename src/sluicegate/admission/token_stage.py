@@ -16,8 +16,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from ..accounting.ledger import estimate_prompt_tokens
 from ..calls import Call, Reply, ReplyStream, Usage
 from ..config import TokenLimit
@@ -25,6 +23,7 @@ from ..errors import TokensLimited, UpstreamError
 from ..observe.alerts import Alerts
 from .redis_tokens import RedisTokens
 from .sql_tokens import SqlTokens
+from .stage import global_or_share
 from .token_bucket import LocalBuckets, Taken, TokenCheck, token_checks
 
 __all__ = ["LimitTokens"]
@@ -103,18 +102,14 @@ class LimitTokens:
 
     async def _take(self, checks: list[TokenCheck], cost: int) -> Taken:
         if self._redis is not None:
-            try:
-                taken = await self._redis.take(checks, cost)
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._alerts.alert(
-                    _REDIS_DOWN,
-                    f"token limits: Redis is unreachable ({exc}); this replica holds its share "
-                    "(limits.local_share) of each bucket alone until it is back",
-                )
-                return self._local.take(checks, cost, time.time())
-            if _REDIS_DOWN in self._alerts.active:
-                self._alerts.resolve(_REDIS_DOWN, "token limits: Redis is back; limits are global again")
-            return taken
+            return await global_or_share(
+                self._redis.take(checks, cost),
+                lambda: self._local.take(checks, cost, time.time()),
+                self._alerts,
+                _REDIS_DOWN,
+                "token limits",
+                "holds its share (limits.local_share) of each bucket",
+            )
         if self._sql is not None:
             return await self._sql.take(checks, cost)
         return self._local.take(checks, cost, time.time())
