@@ -197,7 +197,7 @@ class BudgetStore:
         if self._redis is not None and now >= self._redis_down_until:
             try:
                 outcome = await self._reserve_in_redis(
-                    budgets, bounds, rid, prompt_micro, out_pico, asked_tokens, now
+                    books, bounds, rid, prompt_micro, out_pico, asked_tokens, now
                 )
             except _REDIS_ERRORS as exc:
                 self._redis_failed(exc, now)
@@ -236,7 +236,7 @@ class BudgetStore:
 
     async def _reserve_in_redis(
         self,
-        budgets: list[Budget],
+        books: list[tuple[Budget, str]],
         bounds: list[tuple[str, float]],
         rid: str,
         prompt_micro: int,
@@ -245,8 +245,7 @@ class BudgetStore:
         now: float,
     ) -> Outcome:
         assert self._redis is not None
-        books = [(budget, name) for budget, (name, _) in zip(budgets, bounds, strict=True)]
-        timed = [(budget, name, ends) for budget, (name, ends) in zip(budgets, bounds, strict=True)]
+        timed = [(budget, name, ends) for (budget, name), (_, ends) in zip(books, bounds, strict=True)]
         done = self._floored_in_redis
         lease = self._config.lease_s
         floors: list[int | None] = [None] * len(books)
