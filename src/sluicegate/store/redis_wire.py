@@ -142,6 +142,7 @@ class Wire:
                 continue
             if deadline <= now:
                 future.set_exception(TimeoutError("Redis did not answer in time"))
+                future.exception()  # retrieved: `send_all` stops at the first of a batch
             else:
                 later.append((future, deadline))
         if later:
