@@ -1,12 +1,22 @@
-"""Background tasks: how a component that runs one stops it."""
+"""Background tasks: how a component starts one it does not wait for, and how it stops one."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["cancel_and_wait"]
+__all__ = ["cancel_and_wait", "spawn"]
+
+
+def spawn(tasks: set[asyncio.Task[Any]], coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """Run ``coroutine`` as a task kept in ``tasks`` until it ends (the loop holds tasks only
+    weakly: an unreferenced one may vanish mid-way)."""
+    task = asyncio.get_running_loop().create_task(coroutine)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return task
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:

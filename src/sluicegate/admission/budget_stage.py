@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from ..accounting.pricing import PriceBook
+from ..background import spawn
 from ..calls import Call, ModelRoute, Reply, ReplyStream
 from ..config import BudgetsConfig
 from ..errors import BudgetExceeded, ConfigError, ModelNotFound, UpstreamError
@@ -99,10 +100,10 @@ class ReserveBudget:
         try:
             reply = await self._send(call)
         except UpstreamError:
-            self._spawn(self._settle(rid, 0))
+            spawn(self._tasks, self._settle(rid, 0))
             raise
         except asyncio.CancelledError:
-            self._spawn(self._settle(rid, prompt_micro))  # the provider had the prompt
+            spawn(self._tasks, self._settle(rid, prompt_micro))  # the provider had the prompt
             raise
         if reply.stream is None:
             cost = self._prices.cost_micro(call.route, reply.usage)
@@ -112,7 +113,7 @@ class ReserveBudget:
 
             def settle_stream(relay: ReplyStream) -> None:
                 cost = self._prices.cost_micro(call.route, relay.usage)
-                self._spawn(self._settle(rid, reserved if cost is None else cost))
+                spawn(self._tasks, self._settle(rid, reserved if cost is None else cost))
 
             reply.stream.on_close(settle_stream)
         return reply
@@ -146,11 +147,6 @@ class ReserveBudget:
             code=code,
             headers={"retry-after": str(wait)},
         )
-
-    def _spawn(self, coroutine: Awaitable[Any]) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _settle(self, rid: str, cost_micro: int) -> None:
         try:

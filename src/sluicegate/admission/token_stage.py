@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..accounting.ledger import estimate_prompt_tokens
+from ..background import spawn
 from ..calls import Call, Reply, ReplyStream, Usage
 from ..config import TokenLimit
 from ..errors import TokensLimited, UpstreamError
@@ -83,17 +84,17 @@ class LimitTokens:
         try:
             reply = await self._send(call)
         except UpstreamError:
-            self._spawn(self._give_back(checks, cost))
+            spawn(self._tasks, self._give_back(checks, cost))
             raise
         except asyncio.CancelledError:
-            self._spawn(self._give_back(checks, cost - estimate_prompt_tokens(body)))
+            spawn(self._tasks, self._give_back(checks, cost - estimate_prompt_tokens(body)))
             raise
         if reply.stream is None:
             await self._settle(checks, cost, reply.usage)
         else:
 
             def settle_stream(relay: ReplyStream) -> None:
-                self._spawn(self._settle(checks, cost, relay.usage))
+                spawn(self._tasks, self._settle(checks, cost, relay.usage))
 
             reply.stream.on_close(settle_stream)
         reply.headers["x-ratelimit-limit-tokens"] = str(tightest)
@@ -133,8 +134,3 @@ class LimitTokens:
                 self._local.give_back(checks, tokens, time.time())
         except Exception as exc:  # the bucket refills by itself within a minute
             logger.warning("token limits: could not give back %d tokens (%s)", tokens, exc)
-
-    def _spawn(self, coroutine: Awaitable[Any]) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..background import cancel_and_wait
+from ..background import cancel_and_wait, spawn
 from ..calls import Call
 from ..config import FeatureCache, Settings
 from .entry import Entry
@@ -144,9 +144,7 @@ class LayeredCache:
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run ``coroutine`` in the background; shutdown waits for it."""
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        spawn(self._tasks, coroutine)
 
     async def _purge_forever(self) -> None:
         assert self.sql is not None
