@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -150,6 +151,31 @@ async def test_a_new_period_starts_from_what_the_ledger_recorded(engine: AsyncEn
     assert (await store.reserve(found, "r2:1", 0, 1_000_000, 300)).decision.admitted  # ann's last 300
     refused = await store.reserve(found, "r3:1", 0, 1_000_000, 100)
     assert not refused.decision.admitted and refused.refused_by == 1
+    store.close()
+    await client.aclose()
+
+
+async def test_a_settlement_sent_without_waiting_counts_and_reports(engine: AsyncEngine, redis_url: str) -> None:
+    """`settle_soon` sends the settlement with the turn's other commands; what it counted comes
+    to the callback. A reservation the database holds is left to `settle`."""
+    client: Redis = create_redis(redis_url)
+    store = BudgetStore(engine, config(), redis=client)
+    found = store.budgets_for(RequestContext("acme", "ann", "chat"))
+    await store.reserve(found, "r1:1", 0, 1_000_000, 100)
+    reports: list[tuple[list[tuple[int, int]], BaseException | None]] = []
+    arrived = asyncio.Event()
+
+    def done(usages: list[Any], error: BaseException | None) -> None:
+        reports.append(([(u.spent_micro, u.reserved_micro) for u in usages], error))
+        arrived.set()
+
+    assert store.settle_soon("r1:1", 40, done)
+    assert not reports  # nothing waited for
+    async with asyncio.timeout(5):
+        await arrived.wait()
+    assert reports == [([(40, 0), (40, 0)], None)]
+    assert not store.settle_soon("r1:1", 40, done)  # settled already: not held any more
+    assert (await store.usage(found[0])).spent_micro == 40
     store.close()
     await client.aclose()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -210,3 +211,25 @@ async def test_failed_probe_reopens(guard: TierGuard, clock: Clock) -> None:
     clock.now += 4.0
     assert await guard.run(tier, "default") == "default"
     assert tier.calls == 3
+
+
+def test_a_call_that_is_not_awaited_reports_to_the_breaker(guard: TierGuard, clock: Clock) -> None:
+    """`send`: the call's callback counts failures and the success that closes the guard again;
+    an open guard sends nothing."""
+    callbacks: list[Callable[[object, BaseException | None], None]] = []
+
+    def start(done: Callable[[object, BaseException | None], None]) -> bool:
+        callbacks.append(done)
+        return True
+
+    for _ in range(2):
+        assert guard.send(start) is True
+        callbacks[-1](None, RedisConnectionError("connection refused"))
+    assert guard.status()["state"] == "open"
+    assert guard.send(start) is None and len(callbacks) == 2
+    clock.now += 5.0
+    assert guard.send(start) is True
+    callbacks[-1]("value", None)
+    assert guard.status()["state"] == "closed"
+    callbacks[-1](None, ValueError("a programming error"))  # logged, not counted
+    assert guard.breaker.failures == 0

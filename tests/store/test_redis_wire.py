@@ -62,6 +62,64 @@ async def test_a_script_redis_lost_is_loaded_again(client: GatewayRedis) -> None
         await failing(["wire:text"], [])
 
 
+class Outcomes:
+    """Collects what `LuaScript.send` reports; ``wait`` until ``n`` reports came."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, BaseException | None]] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, result: object, error: BaseException | None) -> None:
+        self.seen.append((result, error))
+        self._changed.set()
+
+    async def wait(self, n: int) -> list[tuple[object, BaseException | None]]:
+        async with asyncio.timeout(5):
+            while len(self.seen) < n:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.seen
+
+
+async def test_a_script_sent_without_waiting_reports_its_result(client: GatewayRedis) -> None:
+    """`send` queues the command at once: commands of the same turn leave in one write, in order."""
+    assert client.wire is not None
+    script = LuaScript(client, "return redis.call('INCRBY', KEYS[1], ARGV[1])", timeout_s=2.0)
+    await script(["wire:other"], [1])  # loaded (after a NOSCRIPT the retry comes later)
+    outcomes = Outcomes()
+    script.send(["wire:sent"], [2], outcomes)
+    script.send(["wire:sent"], [3], outcomes)
+    assert client.wire._out, "queued in this turn, not in a task"
+    assert await client.wire.call(("GET", "wire:sent")) == b"5"  # after both, on the one connection
+    assert await outcomes.wait(2) == [(2, None), (5, None)]
+
+
+async def test_a_script_sent_without_waiting_is_loaded_again_and_reports_errors(
+    client: GatewayRedis,
+) -> None:
+    script = LuaScript(client, ECHO, timeout_s=2.0)
+    await script(["k"], ["v"])
+    await client.script_flush()
+    outcomes = Outcomes()
+    script.send(["k"], ["after a flush"], outcomes)
+    assert await outcomes.wait(1) == [([b"k", b"after a flush"], None)]
+    await client.set("wire:text", "x")
+    failing = LuaScript(client, "return redis.call('INCR', KEYS[1])", timeout_s=2.0)
+    failing.send(["wire:text"], [], outcomes)
+    result, error = (await outcomes.wait(2))[1]
+    assert result is None and isinstance(error, ResponseError)
+
+
+async def test_a_script_sent_without_a_wire_reports_too(redis_url: str) -> None:
+    plain: Redis = Redis.from_url(redis_url)
+    try:
+        outcomes = Outcomes()
+        LuaScript(plain, ECHO, timeout_s=2.0).send(["k"], ["v"], outcomes)
+        assert await outcomes.wait(1) == [([b"k", b"v"], None)]
+    finally:
+        await plain.aclose()
+
+
 async def test_the_database_of_the_url_is_selected(redis_url: str) -> None:
     """The scratch database of the URL, not database 0."""
     client = create_redis(redis_url)
@@ -170,6 +228,19 @@ async def test_a_silent_redis_times_out_and_the_connection_is_replaced() -> None
         assert len(seen) == 3
     finally:
         await wire.aclose()
+        await stop(server)
+
+
+async def test_a_script_sent_to_a_silent_redis_reports_the_timeout() -> None:
+    server, _ = await fake_server(lambda command: None)
+    client = create_redis(f"redis://127.0.0.1:{port_of(server)}/0")
+    try:
+        outcomes = Outcomes()
+        LuaScript(client, ECHO, timeout_s=0.05).send(["k"], ["v"], outcomes)
+        result, error = (await outcomes.wait(1))[0]
+        assert result is None and isinstance(error, TimeoutError)
+    finally:
+        await client.aclose()
         await stop(server)
 
 

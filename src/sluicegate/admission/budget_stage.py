@@ -107,13 +107,19 @@ class ReserveBudget:
             raise
         if reply.stream is None:
             cost = self._prices.cost_micro(call.route, reply.usage)
-            await self._settle(rid, decision.reserve_micro if cost is None else cost)
+            amount = decision.reserve_micro if cost is None else cost
+            # In Redis the settlement is sent, not awaited: it leaves in one write with the
+            # cache's store of this answer (one round trip after the call, which nobody waits for).
+            if not self._store.settle_soon(rid, amount, self._settled_soon(rid)):
+                await self._settle(rid, amount)
         else:
             reserved = decision.reserve_micro
 
             def settle_stream(relay: ReplyStream) -> None:
                 cost = self._prices.cost_micro(call.route, relay.usage)
-                spawn(self._tasks, self._settle(rid, reserved if cost is None else cost))
+                amount = reserved if cost is None else cost
+                if not self._store.settle_soon(rid, amount, self._settled_soon(rid)):
+                    spawn(self._tasks, self._settle(rid, amount))
 
             reply.stream.on_close(settle_stream)
         return reply
@@ -154,10 +160,28 @@ class ReserveBudget:
         except Exception as exc:  # the lease releases it; the ledger still has the cost
             logger.warning("budgets: could not settle %s (%s); its lease will release it", rid, exc)
             return
+        await self._alert(usages)
+
+    def _settled_soon(self, rid: str) -> Callable[[list[Usage], BaseException | None], None]:
+        """What `BudgetStore.settle_soon` calls back: a warning on failure, the alerts past the line."""
+
+        def done(usages: list[Usage], error: BaseException | None) -> None:
+            if error is not None:
+                logger.warning("budgets: could not settle %s (%s); its lease will release it", rid, error)
+            elif any(self._past_alert(usage) for usage in usages):
+                spawn(self._tasks, self._alert(usages))
+
+        return done
+
+    def _past_alert(self, usage: Usage) -> bool:
+        limit = usage.budget.limit_micro
+        return bool(limit) and usage.spent_micro >= self._config.alert_at * limit
+
+    async def _alert(self, usages: list[Usage]) -> None:
+        """Alert once per budget and period past ``alert_at``."""
         level = f"{self._config.alert_at:g}"
         for usage in usages:
-            limit = usage.budget.limit_micro
-            if not limit or usage.spent_micro < self._config.alert_at * limit:
+            if not self._past_alert(usage):
                 continue
             try:
                 if await self._store.alert_once(usage, level):

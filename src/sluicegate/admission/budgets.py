@@ -307,17 +307,51 @@ class BudgetStore:
             except _REDIS_ERRORS as exc:  # its lease releases it; the ledger still has the cost
                 self._redis_failed(exc, now)
                 raise
-            return [
-                Usage(budget, period, self._bounds(budget.period, now)[1], spent, reserved)
-                for (budget, period), (ok, spent, reserved) in zip(held[1], counted, strict=True)
-                if ok
-            ]
+            return self._counted(held[1], counted, now)
         rows = await self._sql.settle(rid, len(held[1]) if held else 1, cost_micro)
         usages = []
         for scope, period, spent, reserved in rows:
             budget = self.budgets.get(scope) or Budget(scope, 0, "month")
             usages.append(Usage(budget, period, self._bounds(budget.period, now)[1], spent, reserved))
         return usages
+
+    def settle_soon(
+        self, rid: str, cost_micro: int, done: Callable[[list[Usage], BaseException | None], None]
+    ) -> bool:
+        """`settle` without waiting, when the reservation is held in Redis: the settlement leaves
+        with this loop turn's other commands (the cache's store of the same answer, say) and
+        ``done`` gets the periods it counted in, or the error. False, with nothing done, when
+        the reservation is in the database: then call `settle`.
+
+        Until Redis has applied it, the call's reservation (its worst case) still counts, so
+        nothing can overspend in the meantime; commands on the one connection are applied in
+        order, so this process's next reservation sees it."""
+        held = self._held.get(rid)
+        if held is None or not held[0] or self._redis is None:
+            return False
+        del self._held[rid]
+        books = held[1]
+
+        def counted(result: list[tuple[bool, int, int]] | None, error: BaseException | None) -> None:
+            now = self.clock()
+            if error is not None or result is None:
+                if isinstance(error, _REDIS_ERRORS):
+                    self._redis_failed(error, now)
+                done([], error)
+            else:
+                done(self._counted(books, result, now), None)
+
+        self._redis.settle_soon(books, rid, cost_micro, counted)
+        return True
+
+    def _counted(
+        self, books: Sequence[tuple[Budget, str]], counted: Sequence[tuple[bool, int, int]], now: float
+    ) -> list[Usage]:
+        return [
+            Usage(budget, period, self._bounds(budget.period, now)[1], spent, reserved)
+            for (budget, period), (ok, spent, reserved) in zip(books, counted, strict=True)
+            if ok
+        ]
 
     async def reap(self) -> int:
         """Release the database's reservations whose lease ended (their process died); how

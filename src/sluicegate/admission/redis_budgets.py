@@ -14,7 +14,7 @@ Calls made in one loop turn leave in one write with every other Redis command of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -137,6 +137,15 @@ def book_key(budget: Budget, period: str) -> str:
     return f"sg:budget:{{{org}}}{tail}:{period}"
 
 
+# What `RedisBudgets.settle_soon` calls: per budget (counted, spent, reserved), or the error.
+Settled = Callable[[list[tuple[bool, int, int]] | None, BaseException | None], None]
+
+
+def _settled(result: Any) -> list[tuple[bool, int, int]]:
+    values = [int(v) for v in result]
+    return [(bool(values[i]), values[i + 1], values[i + 2]) for i in range(0, len(values), 3)]
+
+
 class RedisBudgets:
     """Reserves and settles in Redis (the calls of one loop turn share one write)."""
 
@@ -197,10 +206,24 @@ class RedisBudgets:
     ) -> list[tuple[bool, int, int]]:
         """Count the cost once under each budget: per budget, whether this settlement counted,
         and its (spent, reserved) after it."""
-        keys = [key for book, leases, _ in self._keys(books) for key in (book, leases)]
-        result = await self._settle(keys, (rid, cost_micro))
-        values = [int(v) for v in result]
-        return [(bool(values[i]), values[i + 1], values[i + 2]) for i in range(0, len(values), 3)]
+        return _settled(await self._settle(self._settle_keys(books), (rid, cost_micro)))
+
+    def settle_soon(
+        self, books: Sequence[tuple[Budget, str]], rid: str, cost_micro: int, done: Settled
+    ) -> None:
+        """`settle` without waiting: the script leaves with this loop turn's other commands and
+        ``done`` gets what `settle` returns, or the error."""
+
+        def replied(result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                done(None, error)
+            else:
+                done(_settled(result), None)
+
+        self._settle.send(self._settle_keys(books), (rid, cost_micro), replied)
+
+    def _settle_keys(self, books: Sequence[tuple[Budget, str]]) -> list[str]:
+        return [key for book, leases, _ in self._keys(books) for key in (book, leases)]
 
     async def read(self, budget: Budget, period: str) -> tuple[int, int] | None:
         """A budget's period as Redis holds it: (spent, reserved), or None when it holds none."""

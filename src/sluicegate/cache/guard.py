@@ -107,16 +107,40 @@ class TierGuard:
             else:
                 result = await call()
         except _FAILURES as exc:
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            if breaker.record(False, self._clock(), reason):
-                logger.warning(
-                    "cache tier %s is failing (%s); skipping it for %gs", self.name, reason, breaker.open_s
-                )
+            self._failed(exc)
             return default
         if breaker.failures:
-            breaker.record(True, self._clock())
-            logger.warning("cache tier %s is back", self.name)
+            self._recovered()
         return result
+
+    def send(self, start: Callable[[Callable[[object, BaseException | None], None]], bool]) -> bool | None:
+        """Start a call that is not awaited: ``start(done)`` sends it and returns whether it
+        could (the call then reports to ``done``, which keeps the breaker's count). None when
+        the breaker is open and nothing was sent."""
+        breaker = self.breaker
+        if breaker.failures and not breaker.allows(self._clock()):
+            return None
+        return start(self._done)
+
+    def _done(self, _result: object, error: BaseException | None) -> None:
+        if error is None:
+            if self.breaker.failures:
+                self._recovered()
+        elif isinstance(error, _FAILURES):
+            self._failed(error)
+        else:
+            logger.error("cache tier %s: unexpected error %r", self.name, error)
+
+    def _failed(self, exc: BaseException) -> None:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self.breaker.record(False, self._clock(), reason):
+            logger.warning(
+                "cache tier %s is failing (%s); skipping it for %gs", self.name, reason, self.breaker.open_s
+            )
+
+    def _recovered(self) -> None:
+        self.breaker.record(True, self._clock())
+        logger.warning("cache tier %s is back", self.name)
 
     def status(self) -> dict[str, object]:
         """The guard's state for ``/api/ai/status``."""

@@ -230,21 +230,29 @@ class LayeredCache:
         """Write ``entry`` to every tier of the feature: memory and Redis now, SQL after the response.
 
         With the ``token`` of the single-flight lock, the Redis write also releases the lock, in
-        the same round trip; returns whether it did.
+        the same round trip; returns whether it was sent to (a failed write leaves the lock to
+        its lease).
         """
         keep = self.keep_s(entry, policy, self.clock())
         tiers = policy.tiers
         if self.memory is not None and "memory" in tiers:
             self.memory.put(key.key, entry, keep)
-        released = False
+        released: bool | None = False
         if self.redis is not None and self.redis_guard is not None and "redis" in tiers:
             redis, lock = self.redis, key.lock if token else None
-            released = await self.redis_guard.run(
-                lambda: redis.store(key.key, entry, keep, lock, token or ""), False, timed=False
+            # Sent, not awaited: the write (which also releases the lock) leaves with this loop
+            # turn's other commands, the budget's settlement of the same call among them. If it
+            # fails, the breaker counts it and the lock's lease frees the key.
+            released = self.redis_guard.send(
+                lambda done: redis.store_soon(key.key, entry, keep, lock, token or "", done)
             )
+            if released is False:  # an entry with tags: several commands, awaited
+                released = await self.redis_guard.run(
+                    lambda: redis.store(key.key, entry, keep, lock, token or ""), False, timed=False
+                )
         if self.sql is not None and "sql" in tiers:
             self.sql.enqueue(key.key, entry, keep)
-        return released and token is not None
+        return bool(released) and token is not None
 
     async def try_lock(self, key: CacheKey, token: str) -> bool:
         """Take the key's lock for a background refresh; True when this process may refresh."""

@@ -14,7 +14,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from ..store.redis import LuaScript, send_all
+from ..store.redis import Done, LuaScript, send_all
 from .entry import Entry, decode, encode
 from .keys import KEY_PREFIX
 
@@ -113,6 +113,19 @@ class RedisTier:
 
     async def set(self, key: str, entry: Entry, keep_s: float) -> None:
         await self.store(key, entry, keep_s, None, "")
+
+    def store_soon(
+        self, key: str, entry: Entry, keep_s: float, lock: str | None, token: str, done: Done
+    ) -> bool:
+        """`store` without waiting for it, reporting to ``done``: the write leaves with this loop
+        turn's other commands. False, with nothing sent, for an entry with tags (several
+        commands): `store` it."""
+        if entry.tags:
+            return False
+        value = encode(entry, self._compress_min)
+        keep_ms = max(1, int(keep_s * 1000))
+        self._store.send((key, lock or key + ":lock"), (value, keep_ms, token if lock else ""), done)
+        return True
 
     async def store(self, key: str, entry: Entry, keep_s: float, lock: str | None, token: str) -> bool:
         """Keep ``entry`` for ``keep_s`` and release ``lock`` if ``token`` holds it: one round trip."""

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import NoScriptError
 
+from ..background import spawn
 from .redis_wire import Wire
 
-__all__ = ["GatewayRedis", "LuaScript", "create_redis", "send_all"]
+__all__ = ["Done", "GatewayRedis", "LuaScript", "create_redis", "send_all"]
+
+# What `LuaScript.send` calls with the script's result, or with the error instead.
+Done = Callable[[Any, BaseException | None], None]
 
 
 class GatewayRedis(Redis):
@@ -63,6 +68,7 @@ class LuaScript:
         self._timeout = timeout_s
         self._fallback = redis.register_script(source)
         self._wire = _wire(redis)  # set once, when the client is made
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         wire = self._wire
@@ -77,6 +83,44 @@ class LuaScript:
         if isinstance(result, Exception):
             raise result
         return result
+
+    def send(self, keys: Sequence[Any], args: Sequence[Any], done: Done) -> None:
+        """Run the script without waiting for it: the command leaves with this loop turn's
+        others, and ``done(result, None)`` or ``done(None, error)`` runs when its reply comes
+        (after loading the script again on NOSCRIPT; that retry leaves after the commands sent
+        in between). Nothing is made per call beyond the command's future: no task."""
+        wire = self._wire
+        if wire is None:
+            spawn(self._tasks, self._later(keys, args, done))
+            return
+        future = wire.call(("EVALSHA", self.sha, len(keys), *keys, *args), self._timeout)
+        future.add_done_callback(partial(self._replied, keys, args, done))
+
+    def _replied(
+        self, keys: Sequence[Any], args: Sequence[Any], done: Done, future: asyncio.Future[Any]
+    ) -> None:
+        if future.cancelled():
+            done(None, asyncio.CancelledError())
+            return
+        error = future.exception()
+        if error is not None:
+            done(None, error)
+            return
+        result = future.result()
+        if isinstance(result, NoScriptError):
+            spawn(self._tasks, self._later(keys, args, done))
+        elif isinstance(result, Exception):
+            done(None, result)
+        else:
+            done(result, None)
+
+    async def _later(self, keys: Sequence[Any], args: Sequence[Any], done: Done) -> None:
+        try:
+            result = await self(keys, args)
+        except Exception as exc:
+            done(None, exc)
+        else:
+            done(result, None)
 
 
 async def send_all(
