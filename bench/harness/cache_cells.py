@@ -341,6 +341,8 @@ def flag_shares(rec: Record, scenario: str, expected: dict[str, str]) -> None:
             continue  # the baseline: whatever it answers
         if share is None or share < MIN_SHARE:
             got = "no header counts from wrk" if share is None else f"{share:.1%} {expect}"
-            flag = f"only {got} (counts {r.get('header_counts')})"
+            # The folded counts (LiteLLM's hit header carries the key, one value per entry).
+            shown = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:4])
+            flag = f"only {got} (counts {shown}{', …' if len(counts) > 4 else ''})"
             r["flags"].append(flag)
             rec.problems.append(f"{r['system']} {scenario} round {r['round']}: {flag}")

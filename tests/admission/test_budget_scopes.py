@@ -56,6 +56,14 @@ def test_a_call_is_under_its_orgs_budget_then_its_users_features_and_keys() -> N
     assert index.applicable(RequestContext("nobody", "ann", "chat")) == []
     only_users = BudgetIndex({"org:x/user:ann": Budget("org:x/user:ann", 1, "day")})
     assert [b.scope for b in only_users.applicable(RequestContext("x", "ann"))] == ["org:x/user:ann"]
+    mixed = BudgetIndex(
+        {
+            "org:solo": Budget("org:solo", 5, "month"),  # an org budget alone: the fast path
+            **budgets,
+        }
+    )
+    assert [b.scope for b in mixed.applicable(RequestContext("solo", "ann", "chat", "k1"))] == ["org:solo"]
+    assert len(mixed.applicable(RequestContext("acme", "ann", "chat", "k1"))) == len(found)
 
 
 def test_a_budget_counts_the_ledger_rows_of_its_scope_and_describes_itself() -> None:

@@ -155,7 +155,9 @@ async def test_a_new_period_starts_from_what_the_ledger_recorded(engine: AsyncEn
     await client.aclose()
 
 
-async def test_a_settlement_sent_without_waiting_counts_and_reports(engine: AsyncEngine, redis_url: str) -> None:
+async def test_a_settlement_sent_without_waiting_counts_and_reports(
+    engine: AsyncEngine, redis_url: str
+) -> None:
     """`settle_soon` sends the settlement with the turn's other commands; what it counted comes
     to the callback. A reservation the database holds is left to `settle`."""
     client: Redis = create_redis(redis_url)

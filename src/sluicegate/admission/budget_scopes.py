@@ -70,6 +70,12 @@ class BudgetIndex:
     def __init__(self, budgets: dict[str, Budget]) -> None:
         self.budgets = budgets
         self._orgs = {budget.org for budget in budgets.values()}
+        kinds: dict[str, set[str | None]] = {}
+        for scope in budgets:
+            org, kind, _ = parse_scope(scope)
+            kinds.setdefault(org, set()).add(kind)
+        # The common case, an org with a budget of its own and none per user, feature or key.
+        self._org_only = {org: budgets[scope_of(org)] for org, found in kinds.items() if found == {None}}
 
     def __bool__(self) -> bool:
         return bool(self.budgets)
@@ -79,6 +85,9 @@ class BudgetIndex:
         org = context.org
         if org not in self._orgs:
             return []
+        only = self._org_only.get(org)
+        if only is not None:
+            return [only]
         found = []
         budgets = self.budgets
         for kind, name in (

@@ -138,9 +138,10 @@ class EntryMaker:
         events: tuple[bytes, ...] | None = None,
         offsets: tuple[float, ...] | None = None,
         payload: Any = None,
+        now: float | None = None,
     ) -> Entry | None:
-        """A new entry for ``body`` (``payload`` is it parsed, if at hand), or None when it may not
-        be stored."""
+        """A new entry for ``body`` (``payload`` is it parsed, if at hand), made at ``now`` (the
+        clock's by default), or None when it may not be stored."""
         if payload is None:
             try:
                 payload = orjson.loads(body)
@@ -148,7 +149,8 @@ class EntryMaker:
                 return None
         if not answer_is_storable(policy, call.kind, payload):
             return None
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         cost = self._prices.cost_usd(call.route, usage)
         ttl = ttl_for(policy, self._rule, cost, hits, control.ttl)
         ctx = call.context

@@ -219,10 +219,10 @@ class LayeredCache:
             redis, guard = self.redis, self.redis_guard
             self.spawn(guard.run(lambda: redis.set(key, entry, keep), None))
 
-    def keep_locally(self, key: CacheKey, entry: Entry, policy: FeatureCache) -> None:
+    def keep_locally(self, key: CacheKey, entry: Entry, policy: FeatureCache, now: float) -> None:
         """Write ``entry`` to the in-process tier only: `store` for a feature with no shared tier."""
         if self.memory is not None and "memory" in policy.tiers:
-            self.memory.put(key.key, entry, self.keep_s(entry, policy, self.clock()))
+            self.memory.put(key.key, entry, self.keep_s(entry, policy, now), now)
 
     async def store(
         self, key: CacheKey, entry: Entry, policy: FeatureCache, token: str | None = None

@@ -63,14 +63,15 @@ class MemoryTier:
         self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: str, entry: Entry, keep_s: float) -> None:
-        """Keep ``entry``, evicting the least recently used entries to stay within the budget."""
+    def put(self, key: str, entry: Entry, keep_s: float, now: float | None = None) -> None:
+        """Keep ``entry`` (for ``keep_s`` from ``now``, the clock's by default), evicting the least
+        recently used entries to stay within the budget."""
         size = entry.size
         if key in self._entries:
             self._remove(key)  # even when the new entry is too big: the old one is outdated
         if size > self.max_bytes:
             return
-        self._entries[key] = (entry, self._clock() + keep_s)
+        self._entries[key] = (entry, (self._clock() if now is None else now) + keep_s)
         self.bytes += size
         while self.bytes > self.max_bytes:
             oldest = next(iter(self._entries))

@@ -50,6 +50,13 @@ class CacheStats:
         """Add ``n`` to a feature's counter."""
         self.counts[(feature, metric)] += n
 
+    def went_upstream(self, feature: str, miss: bool) -> None:
+        """Count an upstream call, and a miss when it is one (not a background refresh)."""
+        counts = self.counts
+        if miss:
+            counts[(feature, "misses")] += 1
+        counts[(feature, "upstream_calls")] += 1
+
     def hit(self, key: str) -> None:
         """Count a hit on an entry."""
         if len(self.key_hits) < _MAX_KEYS or key in self.key_hits:
