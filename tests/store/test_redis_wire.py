@@ -94,6 +94,22 @@ async def test_a_script_sent_without_waiting_reports_its_result(client: GatewayR
     assert await outcomes.wait(2) == [(2, None), (5, None)]
 
 
+async def test_closing_the_client_waits_for_what_was_sent_without_waiting(redis_url: str) -> None:
+    """A settlement sent just before shutdown is applied, not dropped with the connection."""
+    client = create_redis(redis_url)
+    script = LuaScript(client, "return redis.call('INCRBY', KEYS[1], ARGV[1])", timeout_s=2.0)
+    await script(["wire:closing"], [1])
+    outcomes = Outcomes()
+    script.send(["wire:closing"], [41], outcomes)
+    await client.aclose()
+    assert outcomes.seen == [(42, None)]
+    check: Redis = Redis.from_url(redis_url)
+    try:
+        assert await check.get("wire:closing") == b"42"
+    finally:
+        await check.aclose()
+
+
 async def test_a_script_sent_without_waiting_is_loaded_again_and_reports_errors(
     client: GatewayRedis,
 ) -> None:

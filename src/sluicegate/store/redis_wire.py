@@ -217,7 +217,12 @@ class Wire:
         self._loop = loop
 
     async def aclose(self) -> None:
-        """Close the connection (waiting commands fail), and let the loop release its socket."""
+        """Wait, up to the wire's timeout, for the commands already made (a budget settlement or
+        a cache store sent without waiting, say), then close the connection (what is still
+        unanswered fails) and let the loop release its socket."""
         if self._loop is asyncio.get_running_loop():
+            pending = [future for future in (*self.waiting, *self._queued) if not future.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=self._timeout)
             self.fail(RedisConnectionError("the Redis client was closed"))
             await asyncio.sleep(0)

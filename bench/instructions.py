@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Instructions per request, counted by valgrind: steadier than CPU time on a shared machine.
+
+Each variant runs an in-process gateway (the in-process mock, c=50, a distinct user per
+request) twice under ``valgrind --tool=callgrind``, with 200 and with 1,200 requests after a
+warm-up; the difference over 1,000 is the figure, so start-up does not count. The controls
+and cache-counter polls are slowed down (under valgrind a run takes 50 times longer, and they
+would count many times over) and the Redis timeouts raised (so that valgrind's slowness trips
+none). Redis: db 13 of 127.0.0.1:6379 (each run's users are its own). Two variants run at a
+time; each run takes about a minute.
+
+    .venv/bin/python bench/instructions.py plain full
+    .venv/bin/python bench/instructions.py --src /tmp/old/src full   # another checkout's code
+
+Variants: plain, cache-memory, cache-redis, limit, budget, ledger, full (the limit, the
+user-scoped cache in memory and Redis, the budget and the ledger).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+REDIS_URL = "redis://127.0.0.1:6379/13"
+OFF = {"enabled": False}
+USER_CACHE = {"default": {"cache": {"scope": "user", "tiers": ["memory", "redis"]}}}
+LIMIT = {"requests": [{"per": "user", "limit": 100, "window_s": 3600}], "redis_timeout_ms": 5000}
+BUDGET = {"orgs": [{"org": "local", "limit_usd": 1000000}], "redis_timeout_ms": 5000}
+REDIS_CACHE = {"enabled": True, "redis": {"timeout_ms": 5000}}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {"cache": OFF, "ledger": OFF},
+    "cache-memory": {
+        "cache": {"enabled": True, "redis": OFF, "sql": OFF},
+        "ledger": OFF,
+        "features": {"default": {"cache": {"scope": "user", "tiers": ["memory"]}}},
+    },
+    "cache-redis": {"redis": {"url": REDIS_URL}, "cache": REDIS_CACHE, "ledger": OFF, "features": USER_CACHE},
+    "limit": {"redis": {"url": REDIS_URL}, "cache": OFF, "ledger": OFF, "limits": LIMIT},
+    "budget": {"redis": {"url": REDIS_URL}, "cache": OFF, "ledger": OFF, "budgets": BUDGET},
+    "ledger": {"cache": OFF},
+    "full": {
+        "redis": {"url": REDIS_URL},
+        "cache": REDIS_CACHE,
+        "limits": LIMIT,
+        "budgets": BUDGET,
+        "features": USER_CACHE,
+    },
+}
+SMALL, LARGE = 200, 1200
+
+
+async def serve(variant: str, requests: int) -> None:
+    """The measured program: a warm-up of 200 requests, then ``requests`` more."""
+    import secrets
+
+    import sluicegate.cache.stats as stats
+    from sluicegate import RequestContext, create_gateway
+    from sluicegate.testing import mock_settings
+
+    original = stats.CacheStats.__init__
+
+    def slow_counters(self: stats.CacheStats, flush: stats.Flush, interval_s: float = 1.0) -> None:
+        original(self, flush, 1000.0)
+
+    stats.CacheStats.__init__ = slow_counters  # type: ignore[method-assign]
+    nonce = secrets.token_hex(4)
+    settings = mock_settings(
+        data_dir=Path(tempfile.mkdtemp()), controls={"poll_interval_s": 10}, **VARIANTS[variant]
+    )
+    async with create_gateway(settings) as gateway:
+        gate = asyncio.Semaphore(50)
+
+        async def one(n: int) -> None:
+            async with gate:
+                context = RequestContext("local", f"u{nonce}-{n}", "default")
+                body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Write three OKRs"}]}
+                await gateway.send(gateway.new_call("chat", body, context))
+
+        await asyncio.gather(*(one(n) for n in range(200)))
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)  # as a server worker does
+        await asyncio.gather(*(one(1000 + n) for n in range(requests)))
+
+
+def count(variant: str, requests: int, env: dict[str, str]) -> int:
+    """Instructions of one run under callgrind."""
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        __file__,
+        "--run",
+        variant,
+        str(requests),
+    ]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=900).stderr
+    found = re.search(r"Collected : (\d+)", out)
+    if found is None:
+        raise RuntimeError(f"valgrind printed no count:\n{out[-2000:]}")
+    return int(found.group(1))
+
+
+def per_request(variant: str, env: dict[str, str]) -> float:
+    return (count(variant, LARGE, env) - count(variant, SMALL, env)) / (LARGE - SMALL)
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--run":
+        import uvloop
+
+        uvloop.install()
+        asyncio.run(serve(sys.argv[2], int(sys.argv[3])))
+        return
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
+    parser.add_argument("--src", help="run this src directory's code instead (PYTHONPATH)")
+    args = parser.parse_args()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
+    if args.src:
+        env["PYTHONPATH"] = args.src
+    with ThreadPoolExecutor(2) as pool:
+        figures = pool.map(lambda variant: (variant, per_request(variant, env)), args.variants)
+        for variant, figure in figures:
+            print(f"{variant:<13} {figure:>10,.0f} instructions per request", flush=True)
+
+
+if __name__ == "__main__":
+    main()
