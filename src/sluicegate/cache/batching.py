@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from ..background import spawn
 
 __all__ = ["Batcher"]
 
@@ -38,7 +40,7 @@ class Batcher(Generic[T, R]):
         self._items: list[T] = []
         self._futures: list[asyncio.Future[R]] = []
         self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def __call__(self, item: T) -> asyncio.Future[R]:
         loop = asyncio.get_running_loop()
@@ -58,9 +60,7 @@ class Batcher(Generic[T, R]):
             return
         items, futures = self._items, self._futures
         self._items, self._futures = [], []
-        task = asyncio.get_running_loop().create_task(self._execute(items, futures))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        spawn(self._tasks, self._execute(items, futures))
 
     async def _execute(self, items: list[T], futures: list[asyncio.Future[R]]) -> None:
         try:

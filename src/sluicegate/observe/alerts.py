@@ -7,12 +7,13 @@ waits for it. The full alerting system (rules, dashboards) comes with observabil
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
 import aiohttp
+
+from ..background import spawn
 
 __all__ = ["Alerts", "post_json"]
 
@@ -35,7 +36,7 @@ class Alerts:
     def __init__(self, webhook_url: str | None = None) -> None:
         self._url = webhook_url
         self.active: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def alert(self, condition: str, message: str) -> None:
         """``condition`` began: warn, unless it is already raised."""
@@ -60,10 +61,11 @@ class Alerts:
             "message": message,
             "at": time.time(),
         }
-        with contextlib.suppress(RuntimeError):  # no running loop (a library caller's sync code)
-            task = asyncio.get_running_loop().create_task(self._post(self._url, body))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no running loop (a library caller's sync code): the log has it
+            return
+        spawn(self._tasks, self._post(self._url, body))
 
     @staticmethod
     async def _post(url: str, body: dict[str, Any]) -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 
 import httptools
 import orjson
 from pydantic import ValidationError
 
+from ..background import spawn
 from ..config import MockBehaviour
 from .mock import MockEngine, MockReply
 
@@ -48,7 +49,7 @@ class MockServerProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._url = b""
         self._body: list[bytes] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # asyncio callbacks
 
@@ -100,9 +101,7 @@ class MockServerProtocol(asyncio.Protocol):
         if reply.hang:
             return
         if reply.streamed:
-            task = asyncio.get_running_loop().create_task(self._send_stream(reply, keep_alive))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            spawn(self._tasks, self._send_stream(reply, keep_alive))
         elif reply.delay_s:
             asyncio.get_running_loop().call_later(reply.delay_s, self._send_whole, reply, keep_alive)
         else:
