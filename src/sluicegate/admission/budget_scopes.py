@@ -69,11 +69,11 @@ class BudgetIndex:
 
     def __init__(self, budgets: dict[str, Budget]) -> None:
         self.budgets = budgets
-        self._orgs = {budget.org for budget in budgets.values()}
-        kinds: dict[str, set[str | None]] = {}
+        kinds: dict[str, set[str | None]] = {}  # per org, the kinds of its budgets (None: its own)
         for scope in budgets:
             org, kind, _ = parse_scope(scope)
             kinds.setdefault(org, set()).add(kind)
+        self._orgs = set(kinds)
         # The common case, an org with a budget of its own and none per user, feature or key.
         self._org_only = {org: budgets[scope_of(org)] for org, found in kinds.items() if found == {None}}
 

@@ -40,6 +40,11 @@ def worst_prompt_tokens(body: dict[str, Any]) -> int:
     return framing + -(-len(orjson.dumps(read)) // 2)
 
 
+def _not_settled(rid: str, error: BaseException) -> None:
+    """A settlement failed: its lease releases the reservation, and the ledger has the cost."""
+    logger.warning("budgets: could not settle %s (%s); its lease will release it", rid, error)
+
+
 def _usd(micro: int) -> str:
     """``$0.0012``, ``$250``: dollars with as many decimals as the amount needs."""
     return "$" + f"{micro / 1_000_000:,.6f}".rstrip("0").rstrip(".")
@@ -158,7 +163,7 @@ class ReserveBudget:
         try:
             usages = await self._store.settle(rid, cost_micro)
         except Exception as exc:  # the lease releases it; the ledger still has the cost
-            logger.warning("budgets: could not settle %s (%s); its lease will release it", rid, exc)
+            _not_settled(rid, exc)
             return
         await self._alert(usages)
 
@@ -167,7 +172,7 @@ class ReserveBudget:
 
         def done(usages: list[Usage], error: BaseException | None) -> None:
             if error is not None:
-                logger.warning("budgets: could not settle %s (%s); its lease will release it", rid, error)
+                _not_settled(rid, error)
             elif any(self._past_alert(usage) for usage in usages):
                 spawn(self._tasks, self._alert(usages))
 

@@ -97,8 +97,7 @@ class TierGuard:
         With ``timed`` false the call must bound itself (a batched call shares one timeout with
         its batch, which saves a timer per call).
         """
-        breaker = self.breaker
-        if breaker.failures and not breaker.allows(self._clock()):
+        if self._skipping():
             return default
         try:
             if timed:
@@ -109,7 +108,7 @@ class TierGuard:
         except _FAILURES as exc:
             self._failed(exc)
             return default
-        if breaker.failures:
+        if self.breaker.failures:
             self._recovered()
         return result
 
@@ -117,10 +116,14 @@ class TierGuard:
         """Start a call that is not awaited: ``start(done)`` sends it and returns whether it
         could (the call then reports to ``done``, which keeps the breaker's count). None when
         the breaker is open and nothing was sent."""
-        breaker = self.breaker
-        if breaker.failures and not breaker.allows(self._clock()):
+        if self._skipping():
             return None
         return start(self._done)
+
+    def _skipping(self) -> bool:
+        """Whether the breaker is open: the call is not made."""
+        breaker = self.breaker
+        return bool(breaker.failures) and not breaker.allows(self._clock())
 
     def _done(self, _result: object, error: BaseException | None) -> None:
         if error is None:

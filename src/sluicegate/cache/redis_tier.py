@@ -122,22 +122,24 @@ class RedisTier:
         commands): `store` it."""
         if entry.tags:
             return False
-        value = encode(entry, self._compress_min)
-        keep_ms = max(1, int(keep_s * 1000))
-        self._store.send((key, lock or key + ":lock"), (value, keep_ms, token if lock else ""), done)
+        self._store.send(*self._store_call(key, entry, keep_s, lock, token), done)
         return True
+
+    def _store_call(
+        self, key: str, entry: Entry, keep_s: float, lock: str | None, token: str
+    ) -> tuple[tuple[str, str], tuple[bytes, int, str]]:
+        """The store script's keys and arguments."""
+        keep_ms = max(1, int(keep_s * 1000))
+        value = encode(entry, self._compress_min)
+        return (key, lock or key + ":lock"), (value, keep_ms, token if lock else "")
 
     async def store(self, key: str, entry: Entry, keep_s: float, lock: str | None, token: str) -> bool:
         """Keep ``entry`` for ``keep_s`` and release ``lock`` if ``token`` holds it: one round trip."""
-        keep_ms = max(1, int(keep_s * 1000))
-        value = encode(entry, self._compress_min)
+        keys, args = self._store_call(key, entry, keep_s, lock, token)
         if not entry.tags:
-            await self._store((key, lock or key + ":lock"), (value, keep_ms, token if lock else ""))
+            await self._store(keys, args)
             return True
-        keys = (key, lock or key + ":lock")
-        commands: list[tuple[Any, ...]] = [
-            ("EVALSHA", self._store.sha, 2, *keys, value, keep_ms, token if lock else "")
-        ]
+        commands: list[tuple[Any, ...]] = [("EVALSHA", self._store.sha, 2, *keys, *args)]
         for tag in entry.tags:
             tag_key = TAG_PREFIX + tag
             commands.append(("SADD", tag_key, key))
@@ -145,7 +147,7 @@ class RedisTier:
             commands.append(("EXPIRE", tag_key, int(keep_s) + 1, "NX"))
         replies = await send_all(self.redis, commands, self._timeout)
         if isinstance(replies[0], NoScriptError):
-            await self._store(keys, (value, keep_ms, token if lock else ""))  # loads it again
+            await self._store(keys, args)  # loads it again
         error = next(
             (r for r in replies if isinstance(r, Exception) and not isinstance(r, NoScriptError)), None
         )
