@@ -16,6 +16,7 @@ Variants (every request goes upstream: the cache is off, or, in full-redis, scop
   budget        a budget for the org (SQLite): a reservation and a settlement per request
   budget-redis  the same budget, counted in Redis
   tokens-redis  a token limit per minute for the org, in Redis (never reached)
+  cache-memory  a user-scoped cache in process only (every request a miss)
   cache-redis   a user-scoped cache alone (in process and Redis; every request a miss)
   full-redis    the whole pipeline with Redis: the per-user limit, a user-scoped cache (in
                 process and Redis; every request a miss), the budget and the ledger (SQLite)
@@ -49,8 +50,10 @@ USER_CACHE = (
     "cache:\n  enabled: true\nfeatures:\n  default:\n    cache:\n      scope: user\n"
     "      tiers: [memory, redis]\n"
 )
+MEMORY_CACHE = USER_CACHE.replace("[memory, redis]", "[memory]")
 VARIANTS = {
     "plain": NO_LEDGER,
+    "cache-memory": MEMORY_CACHE + "ledger:\n  enabled: false\n",
     "limit-redis": NO_LEDGER + REDIS + LIMIT,
     "limit-sql": NO_LEDGER + LIMIT,
     "ledger": NO_CACHE,

@@ -12,6 +12,17 @@ time; each run takes about a minute.
     .venv/bin/python bench/instructions.py plain full
     .venv/bin/python bench/instructions.py --src /tmp/old/src full   # another checkout's code
 
+With ``--http``, each variant is a real server instead (``sluicegate serve --workers 1`` under
+callgrind, in front of ``sluicegate mock-upstream``, a distinct user per request): 400
+requests warm it up, its counters are zeroed (``callgrind_control -z``), 1,000 requests at
+c=20 follow, and the count dumped then (``callgrind_control -d``), over 1,000, is the figure.
+It includes the HTTP server and client, so it is the measure of a cache miss against the
+pass-through that the benchmark's CPU time takes, without the machine's noise. Background
+work in the window counts too (the cache's counters are flushed every second, about 50
+times as often per request as without valgrind): an upper bound.
+
+    .venv/bin/python bench/instructions.py --http plain cache-memory   # about 3 minutes
+
 Variants: plain, cache-memory, cache-redis, limit, budget, ledger, full (the limit, the
 user-scoped cache in memory and Redis, the budget and the ledger).
 """
@@ -21,11 +32,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import re
+import secrets
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -61,8 +78,6 @@ SMALL, LARGE = 200, 1200
 
 async def serve(variant: str, requests: int) -> None:
     """The measured program: a warm-up of 200 requests, then ``requests`` more."""
-    import secrets
-
     import sluicegate.cache.stats as stats
     from sluicegate import RequestContext, create_gateway
     from sluicegate.testing import mock_settings
@@ -116,6 +131,97 @@ def per_request(variant: str, env: dict[str, str]) -> float:
     return (count(variant, LARGE, env) - count(variant, SMALL, env)) / (LARGE - SMALL)
 
 
+def per_http_request(variant: str, env: dict[str, str]) -> float:
+    """Instructions per request of a one-worker server under callgrind (see ``--http``)."""
+    sluicegate = str(ROOT / ".venv" / "bin" / "sluicegate")
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        mock_port, port = free_port(), free_port()
+        config = {
+            "data_dir": str(work),
+            "controls": {"poll_interval_s": 10},
+            "providers": {"upstream": {"kind": "openai", "base_url": f"http://127.0.0.1:{mock_port}/v1"}},
+            "models": {"gpt-4o-mini": {"provider": "upstream"}},
+            **VARIANTS[variant],
+        }
+        (work / "sluicegate.yaml").write_text(json.dumps(config))  # JSON is YAML
+        out = work / "callgrind.out"
+        server = ["serve", "--config", str(work / "sluicegate.yaml"), "--port", str(port), "--workers", "1"]
+        started = [
+            subprocess.Popen(
+                [sluicegate, "mock-upstream", "--port", str(mock_port)], env=env, stdout=subprocess.DEVNULL
+            ),
+            subprocess.Popen(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sluicegate, *server],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=(work / "serve.log").open("wb"),
+            ),
+        ]
+        try:
+            wait_up(port, started[1])
+            asyncio.run(send(port, 400, "warm"))
+            subprocess.run(["callgrind_control", "-z", str(started[1].pid)], check=True, capture_output=True)
+            asyncio.run(send(port, 1000, "measured"))
+            subprocess.run(["callgrind_control", "-d", str(started[1].pid)], check=True, capture_output=True)
+            dumps = sorted(work.glob("callgrind.out.*"))
+            annotate = ["callgrind_annotate", str(dumps[-1])]
+            text = subprocess.run(annotate, capture_output=True, text=True, check=False).stdout
+            found = re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", text)
+            if found is None:
+                raise RuntimeError(f"callgrind_annotate printed no total:\n{text[-2000:]}")
+            return int(found.group(1).replace(",", "")) / 1000
+        finally:
+            for process in started:
+                process.send_signal(signal.SIGTERM)
+            for process in started:
+                try:
+                    process.wait(60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_up(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Wait (valgrind starts slowly) until the server answers its status page."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the server under valgrind exited")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/ai/status", timeout=5).read()
+            return
+        except OSError:
+            time.sleep(1)
+    raise RuntimeError("the server under valgrind did not come up in 10 minutes")
+
+
+async def send(port: int, requests: int, tag: str) -> None:
+    """``requests`` chat completions at c=20, each from a user of its own."""
+    import aiohttp
+
+    gate = asyncio.Semaphore(20)
+    nonce = f"{secrets.token_hex(4)}-{tag}"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Write three OKRs"}]}
+    async with aiohttp.ClientSession() as session:
+
+        async def one(n: int) -> None:
+            async with gate:
+                headers = {"x-sluicegate-user": f"u{nonce}-{n}"}
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                async with session.post(url, json=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"the server answered {response.status}")
+
+        await asyncio.gather(*(one(n) for n in range(requests)))
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--run":
         import uvloop
@@ -128,12 +234,14 @@ def main() -> None:
     )
     parser.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
     parser.add_argument("--src", help="run this src directory's code instead (PYTHONPATH)")
+    parser.add_argument("--http", action="store_true", help="count a real server's instructions")
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
     if args.src:
         env["PYTHONPATH"] = args.src
+    measure = per_request if not args.http else per_http_request
     with ThreadPoolExecutor(2) as pool:
-        figures = pool.map(lambda variant: (variant, per_request(variant, env)), args.variants)
+        figures = pool.map(lambda variant: (variant, measure(variant, env)), args.variants)
         for variant, figure in figures:
             print(f"{variant:<13} {figure:>10,.0f} instructions per request", flush=True)
 

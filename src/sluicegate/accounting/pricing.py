@@ -67,14 +67,19 @@ def cost_micro(rates: Rates, usage: Usage) -> int:
     As OpenAI reports usage, cached tokens are part of the prompt tokens and reasoning tokens
     part of the completion tokens; each part is billed at its own rate.
     """
-    cached = min(max(usage.cached_tokens, 0), usage.prompt_tokens)
-    reasoning = min(max(usage.reasoning_tokens, 0), usage.completion_tokens)
-    pico = (
-        (usage.prompt_tokens - cached) * rates.input
-        + cached * rates.cached_input
-        + (usage.completion_tokens - reasoning) * rates.output
-        + reasoning * rates.reasoning
-    )
+    prompt, completion = usage.prompt_tokens, usage.completion_tokens
+    cached, reasoning = usage.cached_tokens, usage.reasoning_tokens
+    if cached or reasoning:
+        cached = min(max(cached, 0), prompt)
+        reasoning = min(max(reasoning, 0), completion)
+        pico = (
+            (prompt - cached) * rates.input
+            + cached * rates.cached_input
+            + (completion - reasoning) * rates.output
+            + reasoning * rates.reasoning
+        )
+    else:
+        pico = prompt * rates.input + completion * rates.output
     return -(-pico // _PICO_PER_MICRO) if pico > 0 else 0
 
 
@@ -158,5 +163,9 @@ class PriceBook:
 
     def cost_usd(self, route: ModelRoute, usage: Usage | None) -> float | None:
         """The same in US dollars, for the cache's cost-aware TTL."""
+        if usage is not None:
+            rates = self._rates.get(route.name)
+            if rates is not None and not rates.tiered:
+                return cost_micro(rates, usage) / _MILLION
         micro = self.cost_micro(route, usage)
         return None if micro is None else micro / _MILLION

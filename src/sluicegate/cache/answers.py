@@ -25,6 +25,7 @@ __all__ = [
     "COALESCED_HEADER",
     "EntryMaker",
     "Flight",
+    "browser_cache_control",
     "headers_for",
     "not_modified",
     "reply_from",
@@ -85,22 +86,27 @@ def wants_usage(call: Call) -> bool:
 
 
 def _etag(body: bytes) -> str:
-    return '"' + hashlib.blake2b(body, digest_size=10).hexdigest() + '"'
+    # SHA-256 (the CPU's own instructions, through OpenSSL) costs two thirds of BLAKE2b here.
+    return '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
 
 
 def headers_for(entry: Entry, label: str, policy: FeatureCache, now: float) -> dict[str, str]:
     """The cache headers of a reply served from ``entry``."""
     headers = {CACHE_HEADER: label, "etag": entry.etag}
-    age = entry.age(now)
     if label != "miss":
-        headers["age"] = str(age)
+        headers["age"] = str(entry.age(now))
     if "browser" in policy.tiers:
-        # A browser keeps an answer for max-age minus Age: here, the browser TTL, and never
-        # past the server's own expiry, so that its revalidation finds the entry.
-        remaining = max(0, int(entry.expires_at - now))
-        keep = remaining if policy.browser_ttl_s is None else min(policy.browser_ttl_s, remaining)
-        headers["cache-control"] = f"private, max-age={age + keep if keep else 0}"
+        headers["cache-control"] = browser_cache_control(entry, policy, now)
     return headers
+
+
+def browser_cache_control(entry: Entry, policy: FeatureCache, now: float) -> str:
+    """A browser keeps an answer for max-age minus Age: here, the browser TTL, and never past
+    the server's own expiry, so that its revalidation finds the entry."""
+    age = entry.age(now)
+    remaining = max(0, int(entry.expires_at - now))
+    keep = remaining if policy.browser_ttl_s is None else min(policy.browser_ttl_s, remaining)
+    return f"private, max-age={age + keep if keep else 0}"
 
 
 def reply_from(call: Call, entry: Entry, label: str, policy: FeatureCache, now: float) -> Reply:

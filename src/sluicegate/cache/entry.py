@@ -51,8 +51,8 @@ class Entry:
     @property
     def size(self) -> int:
         """Bytes counted against the memory tier's budget."""
-        events = sum(len(e) for e in self.events) if self.events else 0
-        return len(self.body) + events + _OVERHEAD
+        events = self.events
+        return len(self.body) + _OVERHEAD + (sum(map(len, events)) if events else 0)
 
     @property
     def ttl_s(self) -> float:

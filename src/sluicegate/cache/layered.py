@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,10 +31,20 @@ from .redis_tier import RedisTier
 from .sql_tier import SqlTier
 from .stats import CacheStats
 
-__all__ = ["LOCK_HELD", "LOCK_NONE", "LOCK_TAKEN", "LayeredCache"]
+__all__ = ["LOCK_HELD", "LOCK_NONE", "LOCK_TAKEN", "LayeredCache", "Plan"]
 
 LOCK_HELD, LOCK_TAKEN, LOCK_NONE = 0, 1, 2
 _NO_LOOKUP: tuple[Entry | None, int] = (None, LOCK_NONE)
+
+
+class Plan(NamedTuple):
+    """A feature's policy and what it means for this gateway's tiers, worked out once."""
+
+    policy: FeatureCache
+    server: bool  # keeps entries on the server at all (not only in browsers)
+    shared: bool  # uses a shared tier (Redis or SQL)
+    memory: MemoryTier | None  # the in-process tier, when the feature uses it
+    grace_s: int  # how long past expiry the tiers keep an entry: the stale windows, at least 60 s
 
 
 class LayeredCache:
@@ -75,8 +85,8 @@ class LayeredCache:
         self._token_counter = itertools.count(1)
         self._purger: asyncio.Task[None] | None = None
         self._reloading: asyncio.Task[None] | None = None
-        self._plans: dict[int, tuple[bool, bool]] = {}
-        self._policies_seen: list[FeatureCache] = []
+        self.plans = {name: self._plan(policy) for name, policy in self.policies.items()}
+        self.default_plan = self._plan(self.default_policy)
 
     def new_token(self) -> str:
         """A single-flight lock token unique to this process and call, without asking the OS."""
@@ -85,6 +95,17 @@ class LayeredCache:
     def policy(self, feature: str) -> FeatureCache:
         """The feature's cache policy."""
         return self.policies.get(feature, self.default_policy)
+
+    def plan(self, feature: str) -> Plan:
+        """The feature's policy with what it means for the tiers (hot path: one lookup)."""
+        return self.plans.get(feature, self.default_plan)
+
+    def _plan(self, policy: FeatureCache) -> Plan:
+        tiers = policy.tiers
+        memory = self.memory if "memory" in tiers else None
+        shared = ("redis" in tiers and self.redis is not None) or ("sql" in tiers and self.sql is not None)
+        grace = max(policy.stale_while_revalidate_s, policy.stale_if_error_s, 60)
+        return Plan(policy, shared or memory is not None, shared, memory, grace)
 
     def key(self, call: Call, policy: FeatureCache) -> CacheKey:
         """The key of ``call``'s entry under the feature's current namespace version."""
@@ -219,11 +240,6 @@ class LayeredCache:
             redis, guard = self.redis, self.redis_guard
             self.spawn(guard.run(lambda: redis.set(key, entry, keep), None))
 
-    def keep_locally(self, key: CacheKey, entry: Entry, policy: FeatureCache, now: float) -> None:
-        """Write ``entry`` to the in-process tier only: `store` for a feature with no shared tier."""
-        if self.memory is not None and "memory" in policy.tiers:
-            self.memory.put(key.key, entry, self.keep_s(entry, policy, now), now)
-
     async def store(
         self, key: CacheKey, entry: Entry, policy: FeatureCache, token: str | None = None
     ) -> bool:
@@ -296,20 +312,3 @@ class LayeredCache:
         if self.sql_guard is not None and self.sql is not None:
             tiers["sql"] = {**self.sql_guard.status(), "pending_writes": self.sql.pending}
         return {"enabled": True, "tiers": tiers, "in_flight": len(self.flights)}
-
-    def tiers_of(self, policy: FeatureCache) -> tuple[bool, bool]:
-        """Whether the feature keeps entries on the server at all (not only in browsers), and
-        whether it uses a shared tier (Redis or SQL); worked out once per policy."""
-        plan = self._plans.get(id(policy))
-        if plan is None:
-            tiers = policy.tiers
-            redis = "redis" in tiers and self.redis is not None
-            shared = redis or ("sql" in tiers and self.sql is not None)
-            plan = (shared or ("memory" in tiers and self.memory is not None), shared)
-            self._plans[id(policy)] = plan
-            self._policies_seen.append(policy)  # keeps the id from being reused
-        return plan
-
-    def any_server_tier(self, policy: FeatureCache) -> bool:
-        """Whether the feature keeps entries on the server at all (not only in browsers)."""
-        return self.tiers_of(policy)[0]

@@ -64,18 +64,22 @@ class MemoryTier:
         return entry
 
     def put(self, key: str, entry: Entry, keep_s: float, now: float | None = None) -> None:
-        """Keep ``entry`` (for ``keep_s`` from ``now``, the clock's by default), evicting the least
-        recently used entries to stay within the budget."""
+        """Keep ``entry`` for ``keep_s`` from ``now`` (the clock's by default)."""
+        self.keep(key, entry, (self._clock() if now is None else now) + keep_s)
+
+    def keep(self, key: str, entry: Entry, until: float) -> None:
+        """Keep ``entry`` until the clock reads ``until``, evicting the least recently used
+        entries to stay within the budget."""
+        entries = self._entries
         size = entry.size
-        if key in self._entries:
+        if key in entries:
             self._remove(key)  # even when the new entry is too big: the old one is outdated
         if size > self.max_bytes:
             return
-        self._entries[key] = (entry, (self._clock() if now is None else now) + keep_s)
+        entries[key] = (entry, until)
         self.bytes += size
         while self.bytes > self.max_bytes:
-            oldest = next(iter(self._entries))
-            self._remove(oldest)
+            self._remove(next(iter(entries)))
 
     def _remove(self, key: str) -> None:
         entry, _ = self._entries.pop(key)

@@ -91,13 +91,17 @@ def answer_is_storable(policy: FeatureCache, kind: CallKind, payload: Any) -> bo
     for choice in choices:
         if not isinstance(choice, dict):
             return False
-        finish = choice.get("finish_reason")
         message = choice.get("message")
-        if finish in _BAD_FINISH or not isinstance(message, dict) or message.get("refusal"):
+        if not isinstance(message, dict) or message.get("refusal"):
             return False
-        if finish == "length" and not policy.cache_truncated:
+        finish = choice.get("finish_reason")
+        if finish != "stop" and (
+            finish in _BAD_FINISH
+            or (finish == "length" and not policy.cache_truncated)
+            or (finish == "tool_calls" and not policy.cache_tool_calls)
+        ):
             return False
-        if (finish == "tool_calls" or message.get("tool_calls")) and not policy.cache_tool_calls:
+        if message.get("tool_calls") and not policy.cache_tool_calls:
             return False
     return True
 

@@ -11,7 +11,6 @@ and hand it to the followers. When the upstream fails, a stale entry within the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 from ..accounting.ledger import Ledger
@@ -24,15 +23,16 @@ from .answers import (
     COALESCED_HEADER,
     EntryMaker,
     Flight,
-    headers_for,
+    browser_cache_control,
     not_modified,
     reply_from,
     wants_usage,
 )
 from .entry import Entry
 from .keys import CacheKey
-from .layered import LOCK_HELD, LOCK_NONE, LOCK_TAKEN, LayeredCache
+from .layered import LOCK_HELD, LOCK_NONE, LOCK_TAKEN, LayeredCache, Plan
 from .policy import answering, request_is_cacheable
+from .refresh import Refresher
 from .streams import StreamFlight
 
 __all__ = ["CACHE_HEADER", "COALESCED_HEADER", "ServeFromCache"]
@@ -50,22 +50,23 @@ class ServeFromCache:
         self._cache = cache
         self._entries = EntryMaker(prices, cache.config.ttl, cache.clock)
         self._ledger = ledger
+        self._refresher = Refresher(send, cache, self._entries)
 
     async def __call__(self, call: Call) -> Reply:
         cache = self._cache
-        policy = cache.policy(call.context.feature)
+        plan = cache.plan(call.context.feature)
+        policy = plan.policy
         control = call.cache
         if not request_is_cacheable(policy, call.kind, call.body):
             return await self._bypass(call, control)
         reloading = cache.pending()
         if reloading is not None:
             await asyncio.shield(reloading)
-        server, shared = cache.tiers_of(policy)
         key = cache.key(call, policy)
         stale: Entry | None = None
-        if server and not control.no_cache:
-            memory = cache.memory
-            entry = memory.peek(key.key) if memory is not None and "memory" in policy.tiers else None
+        if plan.server and not control.no_cache:
+            memory = plan.memory
+            entry = memory.peek(key.key) if memory is not None else None
             if entry is not None:
                 reply = self._from_entry(call, key, entry, "memory", policy, control)
                 if reply is not None:
@@ -79,7 +80,35 @@ class ServeFromCache:
             # Registered before the first await, so that identical calls in this process wait for
             # this one's lookup and upstream call instead of repeating them.
             cache.flights[key.key] = flight
-        return await self._lead(call, key, policy, control, stale, server, shared, flight)
+        if plan.shared or call.stream:
+            return await self._lead(call, key, plan, control, stale, flight)
+        # A miss with no shared tier to ask and no stream to hand out: here, without a coroutine
+        # of its own (the in-process tier's miss, the cheapest the cache can make).
+        feature = call.context.feature
+        call.outcome = "miss"
+        try:
+            reply = await self._send(call)
+            now = cache.clock()
+            hits = stale.hits if stale is not None else 0
+            entry = self._entries.from_body(
+                call, policy, control, reply.body, reply.usage, hits=hits, payload=reply.payload, now=now
+            )
+            memory = plan.memory
+            stored = False
+            if entry is not None and memory is not None and not control.no_store:
+                memory.keep(key.key, entry, entry.expires_at + plan.grace_s)
+                stored = True
+            cache.stats.missed(feature, stored)
+            flight.settle(entry)
+            return self._fresh_reply(reply, entry, policy, control, now)
+        except SluicegateError as exc:
+            cache.stats.missed(feature, False)
+            flight.fail(exc)
+            return self._stale_or_raise(call, stale, policy, control, exc)
+        finally:
+            flight.settle(None)  # nothing when settled; frees the followers of a cancelled call
+            if cache.flights.get(key.key) is flight:
+                del cache.flights[key.key]
 
     def _from_entry(
         self, call: Call, key: CacheKey, entry: Entry, tier: str, policy: FeatureCache, control: CacheControl
@@ -90,7 +119,7 @@ class ServeFromCache:
         if state == "fresh":
             return self._hit(call, key, entry, tier, policy, control, now)
         if state == "stale":
-            self._refresh_in_background(call, key, policy, entry.hits)
+            self._refresher.start(call, key, policy, entry.hits)
             self._cache.stats.count(call.context.feature, "stale")
             if self._ledger is not None:
                 self._ledger.served(call, entry.usage, "stale")
@@ -129,7 +158,7 @@ class ServeFromCache:
             and entry.hits >= threshold
             and entry.expires_at - now < self._cache.config.refresh_ahead_s
         ):
-            self._refresh_in_background(call, key, policy, entry.hits)
+            self._refresher.start(call, key, policy, entry.hits)
         reply = reply_from(call, entry, "hit-" + tier, policy, now)
         if control.no_store:
             reply.headers["cache-control"] = "no-store"  # nor may the browser keep it
@@ -150,19 +179,18 @@ class ServeFromCache:
         self,
         call: Call,
         key: CacheKey,
-        policy: FeatureCache,
+        plan: Plan,
         control: CacheControl,
         stale: Entry | None,
-        server: bool,
-        shared: bool,
         flight: Flight,
     ) -> Reply:
         """Look the key up in the shared tiers, then wait for another process or call upstream."""
         cache = self._cache
+        policy = plan.policy
         lock_state, token = LOCK_NONE, ""
         handed_over = False
         try:
-            if shared and not control.no_cache:
+            if plan.shared and not control.no_cache:
                 token = cache.new_token() if cache.redis is not None else ""
                 entry, tier, lock_state = await cache.lookup(key, policy, token or None)
                 if entry is not None and answering(entry, policy, control, cache.clock()) is not None:
@@ -186,30 +214,45 @@ class ServeFromCache:
                         reply = reply_from(call, entry, "hit-redis", policy, cache.clock())
                         reply.headers[COALESCED_HEADER] = "true"
                         return reply
-            usage_wanted = wants_usage(call)
-            try:
-                reply = await self._send(self._going_upstream(call))
-            except SluicegateError as exc:
-                flight.fail(exc)
-                return self._stale_or_raise(call, stale, policy, control, exc)
             hits = stale.hits if stale is not None else 0
-            if reply.stream is not None:
-                done = self._stream_done(call, key, policy, control, flight, lock_state, token, hits)
-                live = StreamFlight(reply.stream, done)
-                flight.stream = live
-                handed_over = True
-                reply.stream = live.reader(leader=True, wants_usage=usage_wanted)
-                reply.headers[CACHE_HEADER] = "miss"
-                return reply
+            if call.stream:
+                usage_wanted = wants_usage(call)
+                try:
+                    reply = await self._send(self._going_upstream(call))
+                except SluicegateError as exc:
+                    flight.fail(exc)
+                    return self._stale_or_raise(call, stale, policy, control, exc)
+                if reply.stream is not None:
+                    done = self._stream_done(call, key, plan, control, flight, lock_state, token, hits)
+                    live = StreamFlight(reply.stream, done)
+                    flight.stream = live
+                    handed_over = True
+                    reply.stream = live.reader(leader=True, wants_usage=usage_wanted)
+                    reply.headers[CACHE_HEADER] = "miss"
+                    return reply
+            else:
+                call.outcome = "miss"
+                try:
+                    reply = await self._send(call)
+                except SluicegateError as exc:
+                    cache.stats.missed(call.context.feature, False)
+                    flight.fail(exc)
+                    return self._stale_or_raise(call, stale, policy, control, exc)
             now = cache.clock()
             entry = self._entries.from_body(
                 call, policy, control, reply.body, reply.usage, hits=hits, payload=reply.payload, now=now
             )
-            if entry is not None and server and not control.no_store:
-                if not shared:
-                    cache.keep_locally(key, entry, policy, now)
+            stored = False
+            if entry is not None and plan.server and not control.no_store:
+                stored = True
+                if not plan.shared:
+                    if plan.memory is not None:
+                        plan.memory.keep(key.key, entry, entry.expires_at + plan.grace_s)
                 elif await cache.store(key, entry, policy, token if lock_state == LOCK_TAKEN else None):
                     lock_state = LOCK_NONE  # released by the store
+            if not call.stream:
+                cache.stats.missed(call.context.feature, stored)
+            elif stored:  # a stream request answered without a stream: counted on the way up
                 cache.stats.count(call.context.feature, "stores")
             flight.settle(entry)
             return self._fresh_reply(reply, entry, policy, control, now)
@@ -230,23 +273,27 @@ class ServeFromCache:
         now: float | None = None,
     ) -> Reply:
         """The upstream's own answer, labelled a miss (or a 304 when the browser already has it)."""
+        headers = reply.headers
         if entry is None or control.no_store:
-            reply.headers[CACHE_HEADER] = "miss"
+            headers[CACHE_HEADER] = "miss"
             if control.no_store:
-                reply.headers["cache-control"] = "no-store"
+                headers["cache-control"] = "no-store"
             return reply
         if now is None:
             now = self._cache.clock()
         if control.if_none_match is not None and entry.etag in control.if_none_match:
             return not_modified(entry, policy, now)
-        reply.headers.update(headers_for(entry, "miss", policy, now))
+        headers[CACHE_HEADER] = "miss"
+        headers["etag"] = entry.etag
+        if "browser" in policy.tiers:
+            headers["cache-control"] = browser_cache_control(entry, policy, now)
         return reply
 
-    def _going_upstream(self, call: Call, miss: bool = True) -> Call:
+    def _going_upstream(self, call: Call) -> Call:
         """Count the upstream call and ask a stream for its usage; then ``await self._send(call)``
         (in the caller: one coroutine fewer on a miss's path)."""
-        call.outcome = "miss" if miss else "refresh"
-        self._cache.stats.went_upstream(call.context.feature, miss)
+        call.outcome = "miss"
+        self._cache.stats.went_upstream(call.context.feature, True)
         if call.stream and not wants_usage(call):
             # Every reader strips usage it did not ask for; the stored stream needs it.
             options = call.body.get("stream_options")
@@ -318,7 +365,7 @@ class ServeFromCache:
         self,
         call: Call,
         key: CacheKey,
-        policy: FeatureCache,
+        plan: Plan,
         control: CacheControl,
         flight: Flight,
         lock_state: int,
@@ -326,6 +373,7 @@ class ServeFromCache:
         hits: int,
     ) -> Callable[[StreamFlight], Awaitable[None]]:
         cache = self._cache
+        policy = plan.policy
 
         async def done(live: StreamFlight) -> None:
             held = lock_state == LOCK_TAKEN
@@ -333,7 +381,7 @@ class ServeFromCache:
                 entry = (
                     self._entries.from_stream(call, policy, control, live, hits) if live.completed else None
                 )
-                if entry is not None and not control.no_store and cache.any_server_tier(policy):
+                if entry is not None and not control.no_store and plan.server:
                     if await cache.store(key, entry, policy, token if held else None):
                         held = False
                     cache.stats.count(call.context.feature, "stores")
@@ -346,42 +394,3 @@ class ServeFromCache:
                     await cache.unlock(key, token)
 
         return done
-
-    # Refreshing in the background (stale-while-revalidate and refresh-ahead)
-
-    def _refresh_in_background(self, call: Call, key: CacheKey, policy: FeatureCache, hits: int) -> None:
-        cache = self._cache
-        if key.key in cache.flights:
-            return
-        flight = Flight()
-        cache.flights[key.key] = flight
-        cache.spawn(self._refresh(call, key, policy, hits, flight))
-
-    async def _refresh(
-        self, call: Call, key: CacheKey, policy: FeatureCache, hits: int, flight: Flight
-    ) -> None:
-        cache = self._cache
-        token = cache.new_token()
-        locked = False
-        try:
-            locked = await cache.try_lock(key, token)
-            if not locked:
-                return
-            body = {k: v for k, v in call.body.items() if k not in ("stream", "stream_options")}
-            plain = Call(call.kind, body, call.route, call.context, call.request_id, False, call.started)
-            with contextlib.suppress(SluicegateError):
-                reply = await self._send(self._going_upstream(plain, miss=False))
-                entry = self._entries.from_body(
-                    plain, policy, call.cache, reply.body, reply.usage, hits=hits, payload=reply.payload
-                )
-                if entry is not None:
-                    if await cache.store(key, entry, policy, token if cache.redis is not None else None):
-                        locked = False  # released by the store
-                    cache.stats.count(call.context.feature, "stores")
-                flight.settle(entry)
-        finally:
-            flight.settle(None)
-            if cache.flights.get(key.key) is flight:
-                del cache.flights[key.key]
-            if locked and cache.redis is not None:
-                await cache.unlock(key, token)

@@ -33,6 +33,9 @@ METRICS = (
     "tokens_saved",
 )
 _MAX_KEYS = 10_000
+# A plain miss counts once on the hot path, under one of these; `flush` expands it into
+# ``misses``, ``upstream_calls`` and (when its answer was stored) ``stores``.
+_MISS_STORED, _MISS_ONLY = "miss+store", "miss+call"
 Flush = Callable[[Mapping[tuple[str, str], int], Mapping[str, int]], Awaitable[None]]
 
 
@@ -57,6 +60,10 @@ class CacheStats:
             counts[(feature, "misses")] += 1
         counts[(feature, "upstream_calls")] += 1
 
+    def missed(self, feature: str, stored: bool) -> None:
+        """Count a miss that went upstream (as `went_upstream`), and the store of its answer."""
+        self.counts[(feature, _MISS_STORED if stored else _MISS_ONLY)] += 1
+
     def hit(self, key: str) -> None:
         """Count a hit on an entry."""
         if len(self.key_hits) < _MAX_KEYS or key in self.key_hits:
@@ -79,7 +86,7 @@ class CacheStats:
         counts, hits = self.counts, self.key_hits
         self.counts, self.key_hits = Counter(), Counter()
         try:
-            await self._flush(counts, hits)
+            await self._flush(_expanded(counts), hits)
         except Exception as exc:  # the store is down: keep the counts, try again later
             self.counts.update(counts)
             if len(self.key_hits) < _MAX_KEYS:
@@ -92,6 +99,20 @@ class CacheStats:
         self._task = None
         with contextlib.suppress(Exception):
             await self.flush()
+
+
+def _expanded(counts: Counter[tuple[str, str]]) -> Counter[tuple[str, str]]:
+    """``counts`` with each miss counted by `CacheStats.missed` under the metrics it stands for."""
+    out: Counter[tuple[str, str]] = Counter()
+    for (feature, metric), n in counts.items():
+        if metric in (_MISS_STORED, _MISS_ONLY):
+            out[(feature, "misses")] += n
+            out[(feature, "upstream_calls")] += n
+            if metric == _MISS_STORED:
+                out[(feature, "stores")] += n
+        else:
+            out[(feature, metric)] += n
+    return out
 
 
 def summarise(totals: Mapping[tuple[str, str], int]) -> dict[str, dict[str, float | int | None]]:

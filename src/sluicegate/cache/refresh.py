@@ -1,0 +1,70 @@
+"""Refreshing an entry in the background: stale-while-revalidate and refresh-ahead.
+
+One process refreshes a key at a time (its single-flight lock, in Redis when there is one), and
+the call it makes is plain even when the request that prompted it streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from ..calls import Call, Reply
+from ..config import FeatureCache
+from ..errors import SluicegateError
+from .answers import EntryMaker, Flight
+from .keys import CacheKey
+from .layered import LayeredCache
+
+__all__ = ["Refresher"]
+
+
+class Refresher:
+    """Re-fetches entries in the background through the stage's next stage."""
+
+    def __init__(
+        self, send: Callable[[Call], Awaitable[Reply]], cache: LayeredCache, entries: EntryMaker
+    ) -> None:
+        self._send = send
+        self._cache = cache
+        self._entries = entries
+
+    def start(self, call: Call, key: CacheKey, policy: FeatureCache, hits: int) -> None:
+        """Refresh ``key`` for ``call`` unless an identical call is already in flight here."""
+        cache = self._cache
+        if key.key in cache.flights:
+            return
+        flight = Flight()
+        cache.flights[key.key] = flight
+        cache.spawn(self._refresh(call, key, policy, hits, flight))
+
+    async def _refresh(
+        self, call: Call, key: CacheKey, policy: FeatureCache, hits: int, flight: Flight
+    ) -> None:
+        cache = self._cache
+        token = cache.new_token()
+        locked = False
+        try:
+            locked = await cache.try_lock(key, token)
+            if not locked:
+                return
+            body = {k: v for k, v in call.body.items() if k not in ("stream", "stream_options")}
+            plain = Call(call.kind, body, call.route, call.context, call.request_id, False, call.started)
+            plain.outcome = "refresh"
+            cache.stats.went_upstream(call.context.feature, miss=False)
+            with contextlib.suppress(SluicegateError):
+                reply = await self._send(plain)
+                entry = self._entries.from_body(
+                    plain, policy, call.cache, reply.body, reply.usage, hits=hits, payload=reply.payload
+                )
+                if entry is not None:
+                    if await cache.store(key, entry, policy, token if cache.redis is not None else None):
+                        locked = False  # released by the store
+                    cache.stats.count(call.context.feature, "stores")
+                flight.settle(entry)
+        finally:
+            flight.settle(None)
+            if cache.flights.get(key.key) is flight:
+                del cache.flights[key.key]
+            if locked and cache.redis is not None:
+                await cache.unlock(key, token)
