@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["cancel_and_wait", "spawn"]
+__all__ = ["cancel_and_wait", "spawn", "stop_between"]
 
 
 def spawn(tasks: set[asyncio.Task[Any]], coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -26,3 +26,11 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def stop_between(task: asyncio.Task[Any] | None, lock: asyncio.Lock) -> None:
+    """Cancel ``task`` between two of its writes, never in one: the task holds ``lock`` while it
+    writes. A database write cancelled midway can leave its SQLite connection holding the
+    database's write lock, so that every later writer waits out the busy timeout and fails."""
+    async with lock:
+        await cancel_and_wait(task)

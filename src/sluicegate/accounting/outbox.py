@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..background import cancel_and_wait
+from ..background import stop_between
 from ..store.tables import usage_ledger
 from .ledger import COLUMNS, Row
 
@@ -217,10 +217,11 @@ class Outbox:
             self._wake.clear()
             since_replay += self._interval
             try:
-                await self.flush()
-                if since_replay >= self._replay_interval:
-                    since_replay = 0.0
-                    await self.replay_orphans()
+                async with self._lock:  # see aclose
+                    await self._flush_locked()
+                    if since_replay >= self._replay_interval:
+                        since_replay = 0.0
+                        await self.replay_orphans()
             except Exception as exc:  # the database is down: the rows wait, spooled
                 logger.debug("ledger: rows not written yet (%s)", exc)
 
@@ -306,7 +307,9 @@ class Outbox:
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
         """Write what is left; rows the database did not take stay spooled for the next start."""
-        await cancel_and_wait(self._task)
+        # Between writes, never in one: cut midway, a write left SQLite's write lock held, and
+        # the last flush waited out the busy timeout and failed, leaving every row spooled.
+        await stop_between(self._task, self._lock)
         self._task = None
         self._interrupt_open()
         try:

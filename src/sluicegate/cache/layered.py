@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..background import cancel_and_wait, spawn
+from ..background import spawn, stop_between
 from ..calls import Call
 from ..config import FeatureCache, Settings
 from .entry import Entry
@@ -84,6 +84,7 @@ class LayeredCache:
         self._token_prefix = secrets.token_hex(6) + ":"
         self._token_counter = itertools.count(1)
         self._purger: asyncio.Task[None] | None = None
+        self._purging = asyncio.Lock()  # held while a purge statement runs: see aclose
         self._reloading: asyncio.Task[None] | None = None
         self.plans = {name: self._plan(policy) for name, policy in self.policies.items()}
         self.default_plan = self._plan(self.default_policy)
@@ -153,7 +154,7 @@ class LayeredCache:
 
     async def aclose(self) -> None:
         """Finish background work, flush pending SQL writes and counters, stop listening."""
-        await cancel_and_wait(self._purger)
+        await stop_between(self._purger, self._purging)
         for task in list(self._tasks):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 async with asyncio.timeout(5):
@@ -178,7 +179,8 @@ class LayeredCache:
             with contextlib.suppress(Exception):
                 deleted = batch
                 while deleted >= batch:
-                    deleted = await guard.run(lambda: sql.purge_batch(self.clock(), batch), 0)
+                    async with self._purging:
+                        deleted = await guard.run(lambda: sql.purge_batch(self.clock(), batch), 0)
 
     async def _flush_stats(self, counts: Any, hits: Any) -> None:
         if counts:

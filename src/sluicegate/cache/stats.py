@@ -14,7 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 
-from ..background import cancel_and_wait
+from ..background import stop_between
 
 __all__ = ["METRICS", "CacheStats", "summarise"]
 
@@ -48,6 +48,7 @@ class CacheStats:
         self._flush = flush
         self._interval = interval_s
         self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # held while flushing: `stop` never cuts a flush short
 
     def count(self, feature: str, metric: str, n: int = 1) -> None:
         """Add ``n`` to a feature's counter."""
@@ -83,19 +84,20 @@ class CacheStats:
         """Hand the counters to the shared totals; on failure they are kept for the next try."""
         if not self.counts and not self.key_hits:
             return
-        counts, hits = self.counts, self.key_hits
-        self.counts, self.key_hits = Counter(), Counter()
-        try:
-            await self._flush(_expanded(counts), hits)
-        except Exception as exc:  # the store is down: keep the counts, try again later
-            self.counts.update(counts)
-            if len(self.key_hits) < _MAX_KEYS:
-                self.key_hits.update(hits)
-            logger.debug("cache: counters not flushed (%s)", exc)
+        async with self._lock:
+            counts, hits = self.counts, self.key_hits
+            self.counts, self.key_hits = Counter(), Counter()
+            try:
+                await self._flush(_expanded(counts), hits)
+            except Exception as exc:  # the store is down: keep the counts, try again later
+                self.counts.update(counts)
+                if len(self.key_hits) < _MAX_KEYS:
+                    self.key_hits.update(hits)
+                logger.debug("cache: counters not flushed (%s)", exc)
 
     async def stop(self) -> None:
         """Stop the task and flush once more."""
-        await cancel_and_wait(self._task)
+        await stop_between(self._task, self._lock)
         self._task = None
         with contextlib.suppress(Exception):
             await self.flush()
