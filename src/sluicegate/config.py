@@ -15,7 +15,6 @@ import yaml
 from pydantic import (
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -56,6 +55,8 @@ from .config_resilience import (
     ResilienceConfig,
     RetryConfig,
 )
+from .config_server import AuthConfig, DatabaseConfig, RedisConfig, ServerConfig
+from .config_upstream import Latency, MockBehaviour, ProviderConfig, Timeouts
 from .errors import ConfigError
 
 __all__ = [
@@ -108,85 +109,6 @@ MOCK_MODEL = "sluicegate-mock"
 # The OpenAI models the default config serves: from OpenAI when OPENAI_API_KEY is set,
 # from the built-in mock otherwise.
 DEFAULT_OPENAI_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "text-embedding-3-small")
-
-
-class Timeouts(Frozen):
-    """Per-provider timeouts in seconds."""
-
-    connect: float = Field(5.0, gt=0)
-    first_byte: float = Field(
-        60.0, gt=0, description="the longest wait for upstream bytes: the first, and each gap in a stream"
-    )
-    total: float = Field(600.0, gt=0, description="the whole exchange, streams included")
-
-
-class Latency(Frozen):
-    """A latency: fixed, uniform between ``ms`` and ``max_ms``, or lognormal with median ``ms``."""
-
-    distribution: Literal["fixed", "uniform", "lognormal"] = "fixed"
-    ms: float = Field(0.0, ge=0)
-    max_ms: float | None = Field(None, ge=0)
-    sigma: float = Field(0.5, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_number(cls, value: Any) -> Any:
-        # `latency: 50` is shorthand for a fixed 50 ms.
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return {"ms": value}
-        return value
-
-    @model_validator(mode="after")
-    def _check_uniform(self) -> Latency:
-        if self.distribution == "uniform" and (self.max_ms is None or self.max_ms < self.ms):
-            raise ValueError("a uniform latency needs max_ms >= ms")
-        return self
-
-
-class MockBehaviour(Frozen):
-    """How the built-in mock provider answers: timing, chunking and injected faults."""
-
-    latency: Latency = Latency()
-    ttft_ms: float = Field(0.0, ge=0, description="streaming: delay before the first chunk")
-    chunk_interval_ms: float = Field(0.0, ge=0, description="streaming: delay between chunks")
-    chunks: int | None = Field(None, ge=1, description="streaming: content chunks (default: one a word)")
-    answer_words: int | None = Field(None, ge=1, description="words per answer (default: from the prompt)")
-    error_rate: float = Field(0.0, ge=0, le=1)
-    error_status: int = Field(500, ge=400, le=599)
-    error_code: str | None = Field(None, description="the injected error's code, e.g. insufficient_quota")
-    error_retry_after: str | None = Field(
-        None, description="the injected error's Retry-After header (seconds or an HTTP date)"
-    )
-    rate_limit_rate: float = Field(0.0, ge=0, le=1, description="share of requests answered 429")
-    retry_after_s: int = Field(1, ge=0)
-    hang_rate: float = Field(0.0, ge=0, le=1, description="share of requests never answered")
-    slow_rate: float = Field(0.0, ge=0, le=1, description="share of requests answered after slow_ms instead")
-    slow_ms: float = Field(3000.0, ge=0, description="the latency of the slow share")
-    drop_after_chunks: int | None = Field(None, ge=0, description="streaming: cut the stream here")
-    report_usage: bool = Field(True, description="off: answers carry no usage, as some servers send")
-    seed: int | None = None
-
-
-class ProviderConfig(Frozen):
-    """An upstream: OpenAI-compatible over HTTP, or the in-process mock."""
-
-    kind: Literal["openai", "mock"] = "openai"
-    base_url: str | None = Field(None, validate_default=True)
-    api_key_env: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    timeouts: Timeouts = Timeouts()
-    max_connections: int = Field(1024, ge=1)
-    mock: MockBehaviour = MockBehaviour()
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if info.data.get("kind") == "openai":
-            if not value:
-                raise ValueError("an openai provider needs base_url, e.g. https://api.openai.com/v1")
-            if not value.startswith(("http://", "https://")):
-                raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
-        return value
 
 
 class ModelConfig(Frozen):
@@ -246,73 +168,6 @@ class FeatureConfig(Frozen):
         ge=1,
         description="how late is late (default: the deployment's recent p95 time to first byte, "
         "at most half of latency_target_ms)",
-    )
-
-
-class ServerConfig(Frozen):
-    """The HTTP server."""
-
-    host: str = "127.0.0.1"
-    port: int = Field(4000, ge=0, le=65535)
-    workers: int = Field(0, ge=0, description="0 means one per core")
-    implementation: Literal["uvicorn", "granian"] = "uvicorn"
-    max_body_bytes: int = Field(1024 * 1024, ge=1024)
-    max_head_bytes: int = Field(
-        32 * 1024, ge=1024, description="the request line and headers: larger is a 431"
-    )
-    head_timeout_s: float = Field(
-        30.0, gt=0, description="the request line and headers must arrive within this (408 after)"
-    )
-    body_timeout_s: float = Field(
-        30.0, gt=0, description="a request body must arrive within this once its headers have (408 after)"
-    )
-    max_connections: int = Field(
-        4096, ge=1, description="open connections per worker; a request beyond them is a 503"
-    )
-    drain_timeout_s: float = Field(
-        30.0, gt=0, description="on SIGTERM, how long in-flight requests and streams may take to finish"
-    )
-    status_probe_interval_s: float = Field(5.0, gt=0)
-    gc_thresholds: tuple[int, int, int] = Field(
-        (50_000, 20, 20),
-        description="the cyclic GC's generation thresholds in server workers (Python's default: 700, 10, 10)",
-    )
-
-    @property
-    def worker_count(self) -> int:
-        """Workers to run: the configured number, or one per core."""
-        return self.workers or os.cpu_count() or 1
-
-
-class DatabaseConfig(Frozen):
-    """The SQL store: SQLite on the embedded default, PostgreSQL in production."""
-
-    url: str = Field(
-        "sqlite+aiosqlite:///.sluicegate/sluicegate.db",
-        description="unset: a SQLite file in data_dir, sluicegate.db",
-    )
-    migrate_on_start: bool = Field(
-        True, description="bring the schema up to date when a gateway starts (serve does it once)"
-    )
-
-
-class RedisConfig(Frozen):
-    """Redis; none on the embedded default."""
-
-    url: str | None = None
-
-
-class AuthConfig(Frozen):
-    """Virtual keys and the admin key."""
-
-    require_keys: bool = Field(False, description="off: every request is the local dev org")
-    dev_org: str = "local"
-    pepper_env: str = "SLUICEGATE_KEY_PEPPER"
-    admin_key_env: str = "SLUICEGATE_ADMIN_KEY"
-    key_cache_seconds: float = Field(30.0, ge=0)
-    allow_unauthenticated_network: bool = Field(
-        False,
-        description="serve without keys (admin routes open) on a non-loopback address; off: serve refuses",
     )
 
 
