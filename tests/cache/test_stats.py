@@ -159,3 +159,27 @@ def test_no_feature_can_be_named_like_the_total_row() -> None:
     assert summarise({("all", "misses"): 1, ("chat", "misses"): 2})["all"]["misses"] == 3  # the total
     with pytest.raises(ValidationError, match="all"):
         mock_settings(features={"all": {}})
+
+
+async def test_a_served_hit_counts_the_entry_the_tier_and_the_tokens_saved(store: Store) -> None:
+    """`served` is `hit` plus the tier's counter and the tokens saved, in one call."""
+    stats = CacheStats(store)
+    stats.served("k1", "chat", "hits_memory", 30)
+    stats.served("k1", "chat", "hits_redis", None)  # an entry without usage saves no counted tokens
+    assert stats.key_hits == {"k1": 2}
+    assert stats.counts == {
+        ("chat", "hits_memory"): 1,
+        ("chat", "tokens_saved"): 30,
+        ("chat", "hits_redis"): 1,
+    }
+
+
+async def test_a_miss_counts_once_and_flushes_as_its_three_counters(store: Store) -> None:
+    """`missed` keeps one counter on the hot path; the flush hands on misses, upstream calls and
+    stores."""
+    stats = CacheStats(store)
+    stats.missed("chat", stored=True)
+    stats.missed("chat", stored=False)
+    stats.count("chat", "misses")
+    await stats.flush()
+    assert store.counts == [{("chat", "misses"): 3, ("chat", "upstream_calls"): 2, ("chat", "stores"): 1}]

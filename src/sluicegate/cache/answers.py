@@ -93,17 +93,19 @@ def _etag(body: bytes) -> str:
 def headers_for(entry: Entry, label: str, policy: FeatureCache, now: float) -> dict[str, str]:
     """The cache headers of a reply served from ``entry``."""
     headers = {CACHE_HEADER: label, "etag": entry.etag}
+    age = entry.age(now)
     if label != "miss":
-        headers["age"] = str(entry.age(now))
+        headers["age"] = str(age)
     if "browser" in policy.tiers:
-        headers["cache-control"] = browser_cache_control(entry, policy, now)
+        headers["cache-control"] = browser_cache_control(entry, policy, now, age)
     return headers
 
 
-def browser_cache_control(entry: Entry, policy: FeatureCache, now: float) -> str:
+def browser_cache_control(entry: Entry, policy: FeatureCache, now: float, age: int | None = None) -> str:
     """A browser keeps an answer for max-age minus Age: here, the browser TTL, and never past
     the server's own expiry, so that its revalidation finds the entry."""
-    age = entry.age(now)
+    if age is None:
+        age = entry.age(now)
     remaining = max(0, int(entry.expires_at - now))
     keep = remaining if policy.browser_ttl_s is None else min(policy.browser_ttl_s, remaining)
     return f"private, max-age={age + keep if keep else 0}"

@@ -38,6 +38,9 @@ from .streams import StreamFlight
 __all__ = ["CACHE_HEADER", "COALESCED_HEADER", "ServeFromCache"]
 
 Send = Callable[[Call], Awaitable[Reply]]
+_TIERS = ("memory", "redis", "sql")
+_HIT_LABELS = {tier: "hit-" + tier for tier in _TIERS}  # X-Sluicegate-Cache, and the ledger's outcome
+_HIT_METRICS = {tier: "hits_" + tier for tier in _TIERS}
 
 
 class ServeFromCache:
@@ -141,17 +144,17 @@ class ServeFromCache:
         stats = self._cache.stats
         feature = call.context.feature
         entry.hits += 1
-        stats.hit(key.key)
-        if entry.usage is not None:
-            stats.count(feature, "tokens_saved", entry.usage.total_tokens)
+        usage = entry.usage
+        tokens = usage.total_tokens if usage is not None else None
         if control.if_none_match is not None and entry.etag in control.if_none_match:
-            stats.count(feature, "hits_browser")
+            stats.served(key.key, feature, "hits_browser", tokens)
             if self._ledger is not None:
-                self._ledger.served(call, entry.usage, "hit-browser-revalidated")
+                self._ledger.served(call, usage, "hit-browser-revalidated")
             return not_modified(entry, policy, now)
-        stats.count(feature, "hits_" + tier)
+        label = _HIT_LABELS[tier]
+        stats.served(key.key, feature, _HIT_METRICS[tier], tokens)
         if self._ledger is not None:
-            self._ledger.served(call, entry.usage, "hit-" + tier)
+            self._ledger.served(call, usage, label)
         threshold = policy.refresh_ahead_hits
         if (
             threshold is not None
@@ -159,7 +162,7 @@ class ServeFromCache:
             and entry.expires_at - now < self._cache.config.refresh_ahead_s
         ):
             self._refresher.start(call, key, policy, entry.hits)
-        reply = reply_from(call, entry, "hit-" + tier, policy, now)
+        reply = reply_from(call, entry, label, policy, now)
         if control.no_store:
             reply.headers["cache-control"] = "no-store"  # nor may the browser keep it
         return reply

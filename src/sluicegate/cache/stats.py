@@ -70,6 +70,17 @@ class CacheStats:
         if len(self.key_hits) < _MAX_KEYS or key in self.key_hits:
             self.key_hits[key] += 1
 
+    def served(self, key: str, feature: str, metric: str, tokens: int | None) -> None:
+        """Count a hit on an entry (`hit`), under ``metric`` (``hits_memory``…), with the tokens
+        it saved: one call on a hit's path."""
+        key_hits = self.key_hits
+        if len(key_hits) < _MAX_KEYS or key in key_hits:
+            key_hits[key] += 1
+        counts = self.counts
+        counts[(feature, metric)] += 1
+        if tokens is not None:
+            counts[(feature, "tokens_saved")] += tokens
+
     def start(self) -> None:
         """Flush in the background every interval."""
         if self._task is None:
