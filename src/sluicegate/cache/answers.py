@@ -68,6 +68,13 @@ class Flight:
                 self._future.set_exception(error)
                 self._future.exception()  # retrieved, even if every follower has given up
 
+    def end(self, flights: dict[str, Any], key: str) -> None:
+        """The call that made this flight is over: followers still waiting go on their own
+        (nothing changes when it was settled), and ``key`` is free for the next flight."""
+        self.settle(None)
+        if flights.get(key) is self:
+            del flights[key]
+
     async def wait(self) -> Entry | None:
         """The leader's answer (None when it has none for us); raises the leader's error."""
         if not self._settled:

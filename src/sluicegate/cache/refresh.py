@@ -63,8 +63,6 @@ class Refresher:
                     cache.stats.count(call.context.feature, "stores")
                 flight.settle(entry)
         finally:
-            flight.settle(None)
-            if cache.flights.get(key.key) is flight:
-                del cache.flights[key.key]
+            flight.end(cache.flights, key.key)
             if locked and cache.redis is not None:
                 await cache.unlock(key, token)

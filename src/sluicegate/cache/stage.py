@@ -109,9 +109,7 @@ class ServeFromCache:
             flight.fail(exc)
             return self._stale_or_raise(call, stale, policy, control, exc)
         finally:
-            flight.settle(None)  # nothing when settled; frees the followers of a cancelled call
-            if cache.flights.get(key.key) is flight:
-                del cache.flights[key.key]
+            flight.end(cache.flights, key.key)  # frees the followers of a cancelled call
 
     def _from_entry(
         self, call: Call, key: CacheKey, entry: Entry, tier: str, policy: FeatureCache, control: CacheControl
@@ -261,9 +259,7 @@ class ServeFromCache:
             return self._fresh_reply(reply, entry, policy, control, now)
         finally:
             if not handed_over:
-                flight.settle(None)
-                if cache.flights.get(key.key) is flight:
-                    del cache.flights[key.key]
+                flight.end(cache.flights, key.key)
                 if lock_state == LOCK_TAKEN:
                     cache.spawn(cache.unlock(key, token))
 
@@ -390,9 +386,7 @@ class ServeFromCache:
                     cache.stats.count(call.context.feature, "stores")
                 flight.settle(entry)
             finally:
-                flight.settle(None)
-                if cache.flights.get(key.key) is flight:
-                    del cache.flights[key.key]
+                flight.end(cache.flights, key.key)
                 if held:
                     await cache.unlock(key, token)
 
