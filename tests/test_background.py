@@ -46,3 +46,24 @@ async def test_stop_between_never_cuts_the_work_held_under_the_lock() -> None:
     await stop_between(task, lock)
     assert task.cancelled()
     assert steps == ["begin", "end"]
+
+
+async def test_stop_between_cancels_a_write_that_outlasts_its_wait() -> None:
+    """With ``wait_s``, a write still going after that long is cancelled all the same."""
+    lock = asyncio.Lock()
+    steps: list[str] = []
+
+    async def writer() -> None:
+        async with lock:
+            steps.append("begin")
+            await asyncio.sleep(10)
+            steps.append("end")
+
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(writer())
+    await asyncio.sleep(0.01)
+    started = loop.time()
+    await stop_between(task, lock, wait_s=0.05)
+    assert task.cancelled() and steps == ["begin"]
+    assert loop.time() - started < 1
+    assert not lock.locked()

@@ -28,9 +28,20 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
         await task
 
 
-async def stop_between(task: asyncio.Task[Any] | None, lock: asyncio.Lock) -> None:
+async def stop_between(
+    task: asyncio.Task[Any] | None, lock: asyncio.Lock, wait_s: float | None = None
+) -> None:
     """Cancel ``task`` between two of its writes, never in one: the task holds ``lock`` while it
     writes. A database write cancelled midway can leave its SQLite connection holding the
-    database's write lock, so that every later writer waits out the busy timeout and fails."""
-    async with lock:
+    database's write lock, so that every later writer waits out the busy timeout and fails.
+    With ``wait_s``, a write still going after that long is cancelled all the same."""
+    try:
+        async with asyncio.timeout(wait_s):
+            await lock.acquire()
+    except TimeoutError:
         await cancel_and_wait(task)
+        return
+    try:
+        await cancel_and_wait(task)
+    finally:
+        lock.release()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..background import cancel_and_wait
+from ..background import stop_between
 from ..config import LedgerConfig
 
 __all__ = ["DAY_S", "Compaction", "Compactor", "compact", "days_to_check", "purged_through", "roll_up_day"]
@@ -188,6 +188,7 @@ class Compactor:
         self._config = config
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._compacting = asyncio.Lock()  # held while compacting: see stop
 
     def start(self) -> None:
         """Compact in the background, first at a random point of the first interval."""
@@ -202,7 +203,8 @@ class Compactor:
             await asyncio.sleep(delay)
             delay = interval
             try:
-                done = await compact(self._engine, self._config, self._clock())
+                async with self._compacting:
+                    done = await compact(self._engine, self._config, self._clock())
             except Exception as exc:  # the database is down: the next interval tries again
                 logger.warning("ledger: compaction failed, tried again in %g s (%s)", interval, exc)
                 continue
@@ -215,6 +217,7 @@ class Compactor:
                 )
 
     async def stop(self) -> None:
-        """Stop compacting (a compaction cut short is rolled back, and done again next time)."""
-        await cancel_and_wait(self._task)
+        """Stop compacting: a compaction under way may finish for up to 2 s (cut midway, an SQLite
+        write may keep the database's write lock); one cut short is done again next time."""
+        await stop_between(self._task, self._compacting, wait_s=2.0)
         self._task = None
