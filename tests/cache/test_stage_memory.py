@@ -80,6 +80,8 @@ async def test_a_cancelled_leader_lets_its_followers_go_on_their_own(tmp_path: P
         replies = await asyncio.wait_for(asyncio.gather(*followers), 5)
         assert all(r.status == 200 and r.body for r in replies)
         assert gateway.cache is not None and gateway.cache.flights == {}
+        row = (await stats(gateway.cache))["features"]["chat"]
+        assert row["upstream_calls"] == chat_calls(gateway)  # the cancelled call's counts too
 
 
 async def test_no_store_is_not_kept_in_process(tmp_path: Path) -> None:

@@ -108,6 +108,9 @@ class ServeFromCache:
             cache.stats.missed(feature, False)
             flight.fail(exc)
             return self._stale_or_raise(call, stale, policy, control, exc)
+        except asyncio.CancelledError:  # the client left: the call went upstream all the same
+            cache.stats.missed(feature, False)
+            raise
         finally:
             flight.end(cache.flights, key.key)  # frees the followers of a cancelled call
 
@@ -239,6 +242,9 @@ class ServeFromCache:
                     cache.stats.missed(call.context.feature, False)
                     flight.fail(exc)
                     return self._stale_or_raise(call, stale, policy, control, exc)
+                except asyncio.CancelledError:
+                    cache.stats.missed(call.context.feature, False)
+                    raise
             now = cache.clock()
             entry = self._entries.from_body(
                 call, policy, control, reply.body, reply.usage, hits=hits, payload=reply.payload, now=now
