@@ -29,13 +29,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from harness.processes import free_port  # bench/ is on the path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 SG = [str(ROOT / ".venv" / "bin" / "sluicegate")]
@@ -76,12 +77,6 @@ request = function()
     '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Write three OKRs"}],"temperature":0}')
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_ticks(pid: int) -> int:

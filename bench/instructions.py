@@ -37,7 +37,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from harness.processes import free_port  # bench/ is on the path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -179,12 +180,6 @@ def per_http_request(variant: str, env: dict[str, str]) -> float:
                     process.wait(60)
                 except subprocess.TimeoutExpired:
                     process.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_up(port: int, process: subprocess.Popen[bytes]) -> None:

@@ -25,7 +25,6 @@ __all__ = [
     "COALESCED_HEADER",
     "EntryMaker",
     "Flight",
-    "browser_cache_control",
     "headers_for",
     "not_modified",
     "reply_from",
@@ -97,25 +96,25 @@ def _etag(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
 
 
-def headers_for(entry: Entry, label: str, policy: FeatureCache, now: float) -> dict[str, str]:
-    """The cache headers of a reply served from ``entry``."""
-    headers = {CACHE_HEADER: label, "etag": entry.etag}
+def headers_for(
+    entry: Entry, label: str, policy: FeatureCache, now: float, headers: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The cache headers of a reply served from ``entry``, added to ``headers`` when given (a
+    miss's reply already has the upstream's)."""
+    if headers is None:
+        headers = {}
+    headers[CACHE_HEADER] = label
+    headers["etag"] = entry.etag
     age = entry.age(now)
     if label != "miss":
         headers["age"] = str(age)
     if "browser" in policy.tiers:
-        headers["cache-control"] = browser_cache_control(entry, policy, now, age)
+        # A browser keeps an answer for max-age minus Age: here, the browser TTL, and never
+        # past the server's own expiry, so that its revalidation finds the entry.
+        remaining = max(0, int(entry.expires_at - now))
+        keep = remaining if policy.browser_ttl_s is None else min(policy.browser_ttl_s, remaining)
+        headers["cache-control"] = f"private, max-age={age + keep if keep else 0}"
     return headers
-
-
-def browser_cache_control(entry: Entry, policy: FeatureCache, now: float, age: int | None = None) -> str:
-    """A browser keeps an answer for max-age minus Age: here, the browser TTL, and never past
-    the server's own expiry, so that its revalidation finds the entry."""
-    if age is None:
-        age = entry.age(now)
-    remaining = max(0, int(entry.expires_at - now))
-    keep = remaining if policy.browser_ttl_s is None else min(policy.browser_ttl_s, remaining)
-    return f"private, max-age={age + keep if keep else 0}"
 
 
 def reply_from(call: Call, entry: Entry, label: str, policy: FeatureCache, now: float) -> Reply:

@@ -47,6 +47,11 @@ class Plan(NamedTuple):
     grace_s: int  # how long past expiry the tiers keep an entry: the stale windows, at least 60 s
 
 
+def _grace_s(policy: FeatureCache) -> int:
+    """How long past expiry the tiers keep an entry: its stale windows, at least 60 s."""
+    return max(policy.stale_while_revalidate_s, policy.stale_if_error_s, 60)
+
+
 class LayeredCache:
     """Every tier, the namespace versions, the counters and the cache's background work."""
 
@@ -105,8 +110,7 @@ class LayeredCache:
         tiers = policy.tiers
         memory = self.memory if "memory" in tiers else None
         shared = ("redis" in tiers and self.redis is not None) or ("sql" in tiers and self.sql is not None)
-        grace = max(policy.stale_while_revalidate_s, policy.stale_if_error_s, 60)
-        return Plan(policy, shared or memory is not None, shared, memory, grace)
+        return Plan(policy, shared or memory is not None, shared, memory, _grace_s(policy))
 
     def key(self, call: Call, policy: FeatureCache) -> CacheKey:
         """The key of ``call``'s entry under the feature's current namespace version."""
@@ -226,8 +230,7 @@ class LayeredCache:
 
     def keep_s(self, entry: Entry, policy: FeatureCache, now: float) -> float:
         """How long a tier keeps ``entry``: its freshness plus the stale grace, at least 60 s past expiry."""
-        grace = max(policy.stale_while_revalidate_s, policy.stale_if_error_s, 60)
-        return max(1.0, entry.expires_at + grace - now)
+        return max(1.0, entry.expires_at + _grace_s(policy) - now)
 
     def _promote(self, key: str, entry: Entry, tiers: tuple[str, ...], policy: FeatureCache) -> None:
         keep = self.keep_s(entry, policy, self.clock())

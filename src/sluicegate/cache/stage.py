@@ -23,7 +23,7 @@ from .answers import (
     COALESCED_HEADER,
     EntryMaker,
     Flight,
-    browser_cache_control,
+    headers_for,
     not_modified,
     reply_from,
     wants_usage,
@@ -288,10 +288,7 @@ class ServeFromCache:
             now = self._cache.clock()
         if control.if_none_match is not None and entry.etag in control.if_none_match:
             return not_modified(entry, policy, now)
-        headers[CACHE_HEADER] = "miss"
-        headers["etag"] = entry.etag
-        if "browser" in policy.tiers:
-            headers["cache-control"] = browser_cache_control(entry, policy, now)
+        headers_for(entry, "miss", policy, now, headers)
         return reply
 
     def _going_upstream(self, call: Call) -> Call:

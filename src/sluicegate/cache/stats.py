@@ -73,9 +73,7 @@ class CacheStats:
     def served(self, key: str, feature: str, metric: str, tokens: int | None) -> None:
         """Count a hit on an entry (`hit`), under ``metric`` (``hits_memory``…), with the tokens
         it saved: one call on a hit's path."""
-        key_hits = self.key_hits
-        if len(key_hits) < _MAX_KEYS or key in key_hits:
-            key_hits[key] += 1
+        self.hit(key)
         counts = self.counts
         counts[(feature, metric)] += 1
         if tokens is not None:
