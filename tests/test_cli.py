@@ -234,6 +234,34 @@ def test_budgets_set_and_list(tmp_path: Path) -> None:
     assert "org:acme/user:ann" in runner.invoke(app, ["budgets", "list", *args]).output
     both = runner.invoke(app, [*ann, "--feature", "chat", *args])
     assert both.exit_code == 2 and "at most one of --user, --feature and --key" in both.output
+    assert "set the daily budget" in made.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (["--limit-usd", "5", "--period", "year"], "--period must be day, week or month, not 'year'"),
+        (["--limit-usd", "10000000000000"], "--limit-usd must be at most $1,000,000,000"),
+        (["--limit-usd", "0.0000001"], "--limit-usd has at most 6 decimals"),
+        (["--limit-usd", "5", "--feature", "chatt"], "unknown feature 'chatt'"),
+    ],
+    ids=["period", "too-large", "below-a-micro-dollar", "unknown-feature"],
+)
+def test_budgets_set_names_what_is_wrong(tmp_path: Path, extra: list[str], said: str) -> None:
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text(f"data_dir: {tmp_path}\n")
+    refused = runner.invoke(app, ["budgets", "set", "--org", "acme", *extra, "--config", str(config)])
+    assert refused.exit_code == 2 and said in " ".join(refused.output.split()), refused.output
+
+
+def test_budgets_list_shows_a_small_limit_with_the_decimals_it_needs(tmp_path: Path) -> None:
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text(f"data_dir: {tmp_path}\n")
+    args = ["--config", str(config)]
+    assert (
+        runner.invoke(app, ["budgets", "set", "--org", "acme", "--limit-usd", "0.0006", *args]).exit_code == 0
+    )
+    assert "0.0006 " in runner.invoke(app, ["budgets", "list", *args]).output
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::"])

@@ -227,6 +227,45 @@ def test_duplicate_alias_is_named() -> None:
     assert "models.m" in message
 
 
+@pytest.mark.parametrize(
+    ("section", "where"),
+    [
+        ("limits:\n  requests:\n    - {per: user, limit: 5, feature: chatt}\n", "limits.requests[0].feature"),
+        (
+            "limits:\n  tokens:\n    - {per: org, tokens_per_minute: 9, feature: chatt}\n",
+            "limits.tokens[0].feature",
+        ),
+        ("budgets:\n  orgs:\n    - {org: acme, limit_usd: 1, feature: chatt}\n", "budgets.orgs[0].feature"),
+    ],
+)
+def test_a_limit_or_budget_of_an_unknown_feature_is_named(section: str, where: str) -> None:
+    """A typo in a feature name would make the limit or budget never apply: refused by name."""
+    message = config_error(section)
+    assert where in message and "'chatt'" in message and "chat, default" in message
+
+
+def test_a_limit_or_budget_of_a_configured_feature_or_default_is_accepted() -> None:
+    settings = load_settings(
+        write("ok.yaml", "limits:\n  requests:\n    - {per: user, limit: 5, feature: default}\n")
+    )
+    assert settings.limits.requests[0].feature == "default"
+
+
+@pytest.mark.parametrize(
+    ("limit", "why"),
+    [
+        ("10000000000000", "at most $1,000,000,000"),
+        ("0.0000001", "at most 6 decimals"),
+        ("-1", "greater than or equal to 0"),
+    ],
+)
+def test_a_budget_limit_that_cannot_be_counted_is_refused(limit: str, why: str) -> None:
+    """Budgets count whole micro-dollars in 64-bit integers: a limit they cannot hold is refused
+    rather than overflowing or truncated to $0."""
+    message = config_error(f"budgets:\n  orgs:\n    - {{org: acme, limit_usd: '{limit}'}}\n")
+    assert "budgets.orgs.0.limit_usd" in message and why in message
+
+
 def test_invalid_yaml_is_a_config_error() -> None:
     """A file that is not YAML raises ConfigError naming the file."""
     message = config_error("server: [unclosed\n")

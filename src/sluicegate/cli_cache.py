@@ -97,10 +97,9 @@ def invalidate_command(settings: Settings, match: dict[str, str | None]) -> None
 
 def bump_command(settings: Settings, feature: str) -> None:
     """Bump a feature's namespace version."""
-    if feature not in settings.features and feature != "default":
-        console.print(
-            f"[red]error:[/red] unknown feature {feature!r}; known: {', '.join(sorted(settings.features))}"
-        )
+    if feature not in settings.feature_names:
+        known = ", ".join(sorted(settings.feature_names))
+        console.print(f"[red]error:[/red] unknown feature {feature!r}; known: {known}")
         raise typer.Exit(2)
     _print_json(_with_cache(settings, lambda _, cache: admin.bump(cache, feature)))
 

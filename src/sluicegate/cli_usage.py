@@ -22,8 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .accounting.rollups import DAY_S, compact
 from .accounting.usage import UsageQuery, report
 from .admission import stop as controls
+from .admission.budget_math import PERIOD_ADJECTIVES
 from .admission.budgets import BudgetStore
 from .config import Settings
+from .config_money import limit_micro
 from .errors import SluicegateError
 from .store.db import with_migrated
 from .store.redis import create_redis
@@ -126,6 +128,12 @@ def stop_command(settings: Settings, action: str, org: str | None, reason: str |
     return 0
 
 
+def _dollars(amount: float) -> str:
+    """``250.00``, ``0.0006``: two decimals, or as many as a smaller amount needs (up to six)."""
+    two = f"{amount:,.2f}"
+    return two if amount == 0 or float(two.replace(",", "")) == amount else f"{amount:,.6f}".rstrip("0")
+
+
 def budgets_command(
     settings: Settings,
     org: str | None,
@@ -141,10 +149,7 @@ def budgets_command(
         store = BudgetStore(engine, settings.budgets, redis=redis)
         try:
             await store.refresh()
-            if org is not None and limit_usd is not None:
-                amount = Decimal(limit_usd)
-                if not amount.is_finite() or amount < 0:
-                    raise InvalidOperation
+            if org is not None and amount is not None:
                 kind, name = narrow or (None, None)
                 await store.set_limit(org, amount, period, kind, name)  # type: ignore[arg-type]
             return [await store.usage(budget) for budget in store.budgets.values()]
@@ -153,22 +158,39 @@ def budgets_command(
             if redis is not None:
                 await redis.aclose(close_connection_pool=True)
 
-    if (org is None) != (limit_usd is None) or period not in ("day", "week", "month"):
-        console.print("[red]error:[/red] give both --org and --limit-usd (period: day, week or month)")
+    if (org is None) != (limit_usd is None):
+        console.print(
+            "[red]error:[/red] give both --org and --limit-usd to set a budget (neither to list them)"
+        )
+        return 2
+    if period not in ("day", "week", "month"):
+        console.print(f"[red]error:[/red] --period must be day, week or month, not {period!r}")
+        return 2
+    amount = None
+    if limit_usd is not None:
+        try:
+            amount = Decimal(limit_usd)
+            limit_micro(amount)
+        except InvalidOperation:
+            console.print(f"[red]error:[/red] --limit-usd must be a number of US dollars, not {limit_usd!r}")
+            return 2
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] --limit-usd {exc}")
+            return 2
+    if narrow is not None and narrow[0] == "feature" and narrow[1] not in settings.feature_names:
+        known = ", ".join(sorted(settings.feature_names))
+        console.print(f"[red]error:[/red] unknown feature {narrow[1]!r}; configured features are: {known}")
         return 2
     try:
         periods = uvloop.run(with_migrated(settings.database.url, run))
-    except InvalidOperation:
-        console.print(f"[red]error:[/red] --limit-usd must be a number of US dollars ≥ 0, not {limit_usd!r}")
-        return 2
     except (SQLAlchemyError, OSError) as exc:
         console.print(f"[red]error:[/red] the database is unreachable: {exc}")
         return 1
     if org is not None:
         whom = org if narrow is None else f"the {narrow[0]} {narrow[1]} of {org}"
         console.print(
-            f"set the {period}ly budget of {whom} to ${limit_usd}; every gateway applies it within "
-            f"{settings.controls.poll_interval_s:g} s"
+            f"set the {PERIOD_ADJECTIVES[period]} budget of {whom} to ${limit_usd}; every gateway "
+            f"applies it within {settings.controls.poll_interval_s:g} s"
         )
     table = Table("scope", "period", "limit $", "spent $", "reserved $", "used", "forecast $")
     table.columns[0].no_wrap = True
@@ -179,7 +201,7 @@ def budgets_command(
         table.add_row(
             row["scope"],
             row["period"],
-            f"{row['limit_usd']:,.2f}",
+            _dollars(row["limit_usd"]),
             f"{row['spent_usd']:,.4f}",
             f"{row['reserved_usd']:,.4f}",
             used,

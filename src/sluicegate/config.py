@@ -7,7 +7,7 @@ Every value object is frozen. Nothing here is read on the hot path except throug
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -276,6 +276,29 @@ class Settings(BaseSettings):
                 raise ValueError("feature name 'all' is reserved: cache statistics use it for the totals")
         return value
 
+    @property
+    def feature_names(self) -> frozenset[str]:
+        """Every feature a request may name: the configured ones, and ``default``."""
+        return frozenset(self.features) | {DEFAULT_FEATURE}
+
+    @model_validator(mode="after")
+    def _features_of_limits_and_budgets_exist(self) -> Settings:
+        """A limit or budget of a feature no request can name would never apply: refuse it."""
+        known = self.feature_names
+        sources: tuple[tuple[str, Sequence[RequestLimit | TokenLimit | OrgBudget]], ...] = (
+            ("limits.requests", self.limits.requests),
+            ("limits.tokens", self.limits.tokens),
+            ("budgets.orgs", self.budgets.orgs),
+        )
+        for where, items in sources:
+            for index, item in enumerate(items):
+                if item.feature is not None and item.feature not in known:
+                    raise ValueError(
+                        f"{where}[{index}].feature: unknown feature {item.feature!r} "
+                        f"(configured: {', '.join(sorted(known))})"
+                    )
+        return self
+
     @model_validator(mode="after")
     def _fill_and_check_catalog(self) -> Settings:
         if not self.providers and not self.models:
@@ -301,6 +324,9 @@ class Settings(BaseSettings):
                         f"models.{name}: the name {public!r} is already used by models.{seen[public]}"
                     )
                 seen[public] = name
+        throttle = self.budgets.throttle_model
+        if throttle is not None and throttle not in seen:
+            raise ValueError(f"budgets.throttle_model: {throttle!r} is not a configured model or alias")
         return self
 
 

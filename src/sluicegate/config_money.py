@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import cached_property
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .config_base import Frozen
 
@@ -21,6 +22,7 @@ __all__ = [
     "RequestLimit",
     "SpendBreakerConfig",
     "TokenLimit",
+    "limit_micro",
 ]
 
 
@@ -91,10 +93,15 @@ class RequestLimit(Frozen):
     window_s: int = Field(3600, ge=1, le=30 * 86400)
     feature: str | None = Field(None, description="only this feature's requests (default: all)")
 
-    @property
+    @cached_property
     def name(self) -> str:
         """The policy's name in the RateLimit headers, e.g. ``user-3600``."""
         return f"{self.per}{'-' + self.feature if self.feature else ''}-{self.window_s}"
+
+    @cached_property
+    def policy(self) -> str:
+        """The policy in the ``RateLimit-Policy`` header, e.g. ``"user-3600";q=100;w=3600``."""
+        return f'"{self.name}";q={self.limit};w={self.window_s}'
 
 
 class TokenLimit(Frozen):
@@ -146,6 +153,21 @@ class LimitsConfig(Frozen):
     )
 
 
+MAX_LIMIT_USD = Decimal(1_000_000_000)
+
+
+def limit_micro(limit_usd: Decimal) -> int:
+    """A budget's limit in micro-USD (pure); `ValueError` saying why ``limit_usd`` cannot be one."""
+    if not limit_usd.is_finite() or limit_usd < 0:
+        raise ValueError("must be a number of US dollars, 0 or more")
+    if limit_usd > MAX_LIMIT_USD:
+        raise ValueError(f"must be at most ${MAX_LIMIT_USD:,}")
+    micro = limit_usd * 1_000_000
+    if micro != micro.to_integral_value():
+        raise ValueError("has at most 6 decimals: budgets count whole micro-dollars ($0.000001)")
+    return int(micro)
+
+
 class OrgBudget(Frozen):
     """A spending limit per period (UTC) for an org, or for one user, feature or key of it."""
 
@@ -155,6 +177,12 @@ class OrgBudget(Frozen):
     user: str | None = Field(None, min_length=1, description="only this user's calls in the org")
     feature: str | None = Field(None, min_length=1, description="only this feature's calls in the org")
     key: str | None = Field(None, min_length=1, description="only the calls made with this key id")
+
+    @field_validator("limit_usd")
+    @classmethod
+    def _a_countable_limit(cls, value: Decimal) -> Decimal:
+        limit_micro(value)
+        return value
 
     @model_validator(mode="after")
     def _one_narrowing(self) -> OrgBudget:

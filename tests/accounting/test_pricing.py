@@ -91,6 +91,27 @@ def test_a_price_in_the_config_wins_over_genai_prices() -> None:
     assert book.rates("gpt-4o") == Rates(1_000_000, 1_000_000, 2_000_000, 3_000_000, "config")
 
 
+def test_the_same_answer_asked_about_twice_costs_the_same_and_another_route_its_own() -> None:
+    """The budget, the ledger and the cache ask about one answer in turn: the book answers the
+    repeat without counting again, and a switch of route (a cheaper model) is counted afresh."""
+    big_price = {"input_per_mtok": "1", "output_per_mtok": "2"}
+    small_price = {"input_per_mtok": "0.1", "output_per_mtok": "0.2"}
+    book = PriceBook.from_settings(
+        _settings(
+            {
+                "big": {"provider": "openai", "price": big_price},
+                "small": {"provider": "openai", "price": small_price},
+            }
+        )
+    )
+    big, small = ModelRoute("big", "openai", "big"), ModelRoute("small", "openai", "small")
+    usage = Usage(1000, 100, 1100)
+    assert book.cost_micro(big, usage) == book.cost_micro(big, usage) == 1200
+    assert book.cost_micro(small, usage) == 120
+    assert book.cost_micro(big, Usage(2000, 100, 2100)) == 2200
+    assert book.cost_usd(small, usage) == 0.00012
+
+
 def test_a_model_with_no_price_fails_start_up_naming_it() -> None:
     settings = _settings(
         {

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sluicegate import RequestContext, create_gateway
 from sluicegate.admission.budget_math import period_start
 from sluicegate.admission.budgets import BudgetStore
-from sluicegate.config import BudgetsConfig
+from sluicegate.config import BudgetsConfig, load_settings
 from sluicegate.errors import BudgetExceeded, ConfigError
 from sluicegate.store.db import create_engine, migrate
 from sluicegate.testing import mock_settings
@@ -198,6 +198,44 @@ async def test_a_forecast_past_the_limit_alerts_once(
 
 
 async def test_a_throttle_model_that_does_not_exist_stops_the_start(tmp_path: Path) -> None:
-    """A typo in throttle_model would show only past 95 %: it is refused when the gateway starts."""
-    with pytest.raises(ConfigError, match=r"budgets\.throttle_model 'gpt-4o-mni'"):
-        create_gateway(settings(tmp_path, "1", throttle_model="gpt-4o-mni"))
+    """A typo in throttle_model would show only past 95 %: it is refused with the settings,
+    before any worker starts."""
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text("budgets:\n  throttle_model: gpt-4o-mni\n")
+    with pytest.raises(ConfigError, match=r"budgets\.throttle_model: 'gpt-4o-mni' is not a configured model"):
+        load_settings(config)
+
+
+async def test_a_budget_set_mid_period_counts_what_was_spent_before_it(tmp_path: Path) -> None:
+    """Without Redis too: the period starts from the ledger's spend, not from zero."""
+    globex = RequestContext("globex", "gus", "chat")
+    async with create_gateway(settings(tmp_path, "1000")) as gateway:  # a budget for acme only
+        for n in range(3):
+            await gateway.send(
+                gateway.new_call("chat", body(f"before the budget {n}", max_tokens=50), globex)
+            )
+        assert gateway.outbox is not None
+        await gateway.outbox.flush()
+        async with gateway.engine.connect() as connection:
+            query = "SELECT sum(cost_micro) FROM usage_ledger WHERE org = 'globex'"
+            spent = int(await connection.scalar(text(query)) or 0)
+        assert spent > 0
+        budget = await gateway.budgets.set_limit("globex", Decimal("5"), "month")
+        assert (await gateway.budgets.usage(budget)).spent_micro == spent
+        held = await gateway.budgets.reserve(budget, "r1:1", 1, 600_000, 10)
+        assert held.decision.admitted and held.usages[0].spent_micro == spent
+
+
+async def test_the_least_completion_tokens_hold_for_each_of_n_choices(tmp_path: Path) -> None:
+    """Clamped to what is left, each of the n choices still gets at least 16 tokens, or the
+    call is refused and its reservation given back."""
+    async with create_gateway(settings(tmp_path, "0.0005", throttle_at=1.0)) as gateway:
+        with pytest.raises(BudgetExceeded) as refused:
+            await gateway.send(gateway.new_call("chat", body("many answers", n=100), ACME))
+        assert refused.value.code == "budget_exceeded"
+        call = gateway.new_call("chat", body("two answers", n=2), ACME)
+        await gateway.send(call)
+        assert 16 <= call.body["max_tokens"] < 4096
+        budget = gateway.budgets.budget_for("acme")
+        assert budget is not None
+        assert (await gateway.budgets.usage(budget)).reserved_micro == 0

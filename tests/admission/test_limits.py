@@ -67,5 +67,6 @@ def test_a_refusal_by_one_limit_logs_nothing_in_the_others() -> None:
     assert log.check(checks, now=0.0).admitted
     refused = log.check(checks, now=1.0)
     assert not refused.admitted and refused.blocked == 1
+    assert (refused.remaining, refused.reset_s, refused.retry_after_s) == ((99, 0), (3599, 59), 59)
     alone = log.check(checks_for([PER_USER], ctx), now=2.0)
     assert alone.remaining == (98,)  # the refused request was not counted against the user

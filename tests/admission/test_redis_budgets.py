@@ -69,7 +69,7 @@ async def test_settlements_delivered_twice_and_out_of_order_count_once(budgets: 
     for rid in ("a", "b", "c"):
         await reserve(budgets, [ORG, ANN], rid)
     for rid, cost in (("c", 30), ("a", 10), ("c", 30), ("b", 20), ("a", 10)):
-        await budgets.settle([(ORG, PERIOD), (ANN, PERIOD)], rid, cost)
+        await budgets.settle([(ORG, PERIOD, 0.0), (ANN, PERIOD, 0.0)], rid, cost)
     assert await budgets.read(ORG, PERIOD) == (60, 0)
     assert await budgets.read(ANN, PERIOD) == (60, 0)
 
@@ -82,7 +82,7 @@ async def test_a_lease_that_ends_is_released_and_a_late_settlement_still_counts(
     await asyncio.sleep(0.1)
     admitted, _, after = await reserve(budgets, [ORG], "next")
     assert admitted and after == [(0, 100)]  # the reservation of "dead" was released first
-    [(counted, spent, reserved)] = await budgets.settle([(ORG, PERIOD)], "dead", 70)
+    [(counted, spent, reserved)] = await budgets.settle([(ORG, PERIOD, 0.0)], "dead", 70)
     assert counted and (spent, reserved) == (70, 100)
 
 

@@ -42,6 +42,9 @@ async def test_a_refusal_by_one_limit_logs_nothing_in_the_others(limiter: RedisL
     assert (await limiter.admit(checks_for([user, org], ANN), "a")).admitted
     refused = await limiter.admit(checks_for([user, org], ANN), "b")
     assert not refused.admitted and refused.blocked == 1
+    # The refusal says what each limit has left: the user's 99, not 0 (the RateLimit header).
+    assert refused.remaining == (99, 0) and 3590 < refused.reset_s[0] <= 3600
+    assert refused.retry_after_s == refused.reset_s[1] > 0
     alone = await limiter.admit(checks_for([user], ANN), "c")
     assert alone.remaining == (98,)  # "b" was refused, so only "a" counts
 

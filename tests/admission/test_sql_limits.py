@@ -28,6 +28,8 @@ async def test_limits_hold_and_refusals_log_nothing(engine: AsyncEngine) -> None
         results.append(await limiter.admit(checks_for([LIMIT, org], ANN), f"r{n}"))
     assert [v.admitted for v in results] == [True, True, True, False, False]
     assert results[2].remaining == (22, 0) and results[3].blocked == 1
+    # A refusal says what each limit has left and when its oldest request leaves the window.
+    assert (results[3].remaining, results[3].reset_s, results[3].retry_after_s) == ((22, 0), (3597, 57), 57)
     assert results[3].retry_after_s == 57  # the first request leaves the org's window at 1061
     now[0] = 1062.0
     # at 1062 the requests of 1001 and 1002 have left the org's window; the one of 1003 has not

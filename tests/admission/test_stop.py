@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ async def test_a_stop_refuses_upstream_calls_but_serves_the_cache(tmp_path: Path
             await gateway.send(gateway.new_call("chat", body("new question"), ACME))
         assert (stopped.value.status_code, stopped.value.code) == (503, "emergency_stop")
         assert "runaway loop" in stopped.value.message and "acme" in stopped.value.message
+        assert "`sluicegate resume --org acme`" in stopped.value.message
         # another org is not stopped
         await gateway.send(gateway.new_call("chat", body("new question"), GLOBEX))
 
@@ -82,3 +84,22 @@ async def test_the_breaker_is_off_by_default(tmp_path: Path) -> None:
     async with create_gateway(mock_settings(data_dir=tmp_path)) as gateway:
         await gateway.send(gateway.new_call("chat", body("x"), ACME))
         assert await gateway.breaker.check(gateway.controls.stops, now_please=True) == []
+
+
+async def test_a_call_the_stop_refuses_holds_none_of_its_budget(tmp_path: Path) -> None:
+    """The budget reserves before the stop refuses: the refusal gives the reservation back."""
+    settings = mock_settings(data_dir=tmp_path, budgets={"orgs": [{"org": "acme", "limit_usd": "5"}]})
+    async with create_gateway(settings) as gateway:
+        await controls.set_stop(gateway.engine, "acme", "runaway loop")
+        await gateway.controls.refresh()
+        for n in range(3):
+            with pytest.raises(EmergencyStopped):
+                await gateway.send(gateway.new_call("chat", body(f"question {n}"), ACME))
+        budget = gateway.budgets.budget_for("acme")
+        assert budget is not None
+        for _ in range(50):  # the settlement runs in the background
+            usage = await gateway.budgets.usage(budget)
+            if usage.reserved_micro == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert (usage.spent_micro, usage.reserved_micro) == (0, 0)

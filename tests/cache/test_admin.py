@@ -250,6 +250,28 @@ async def test_invalidate_by_tag_with_redis(redis_url: str, tmp_path: Path) -> N
 
 @pytest.mark.redis
 @pytest.mark.filterwarnings("default:SKIPPING:pytest.PytestWarning")
+async def test_a_tag_or_a_key_with_other_fields_deletes_what_matches_them_all(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Every field must match, in Redis as in the other tiers: a tag and a user delete that
+    user's tagged entry and not another user's; a key of another org is not deleted for this one."""
+    tag, org = unique("shared"), unique("acme")
+    ann, bob = RequestContext(org, unique("ann"), "chat"), RequestContext(org, unique("bob"), "chat")
+    async with create_gateway(settings_for(tmp_path / "data", redis_url)) as gateway:
+        await ask(gateway, ann, cache={"tags": [tag]})
+        await ask(gateway, bob, cache={"tags": [tag]})
+        await written(gateway)
+        result = await admin.invalidate(cache_of(gateway), tag=tag, user=ann.user)
+        assert result["deleted"] == {"memory": 1, "redis": 1, "sql": 1}
+        bobs = cache_key("chat", "gpt-4o-mini", BODY, "user", bob, 0).key
+        result = await admin.invalidate(cache_of(gateway), key=bobs, org=unique("globex"))
+        assert result["deleted"] == {"memory": 0, "redis": 0, "sql": 0}
+        assert await ask(gateway, bob) == "hit-redis"
+        assert await ask(gateway, ann) == "miss"
+
+
+@pytest.mark.redis
+@pytest.mark.filterwarnings("default:SKIPPING:pytest.PytestWarning")
 @pytest.mark.parametrize(
     ("feature", "match", "count"),
     [

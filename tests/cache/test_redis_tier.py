@@ -137,6 +137,23 @@ async def test_tags_index_and_delete(tier: RedisTier, redis: Redis, org: str) ->
     assert await tier.delete_tag(tag) == 0
 
 
+async def test_a_tag_deletes_only_the_entries_that_still_carry_it(
+    tier: RedisTier, redis: Redis, org: str
+) -> None:
+    """An entry stored again without a tag (or gone) is no longer the tag's: deleting the tag
+    leaves it, and the tag's set forgets it."""
+    tag = f"old-{org}"
+    kept, retagged, gone = (key(org, digest=name) for name in ("kept", "retagged", "gone"))
+    for k in (kept, retagged, gone):
+        await tier.set(k, entry(tags=(tag,)), 60)
+    await tier.set(retagged, entry(), 60)  # the same request, stored again with no tags
+    await tier.delete(gone)
+    assert await tier.tagged(tag) == [kept]
+    assert {m.decode() for m in await redis.smembers(TAG_PREFIX + tag)} == {kept}
+    assert await tier.delete_tag(tag) == 1
+    assert await tier.get(retagged) is not None and await tier.get(kept) is None
+
+
 async def test_tag_set_lives_as_long_as_its_longest_entry(tier: RedisTier, redis: Redis, org: str) -> None:
     """A tag's set is extended by a longer-lived entry and never shortened by a shorter one."""
     tag = f"t-{org}"

@@ -201,6 +201,46 @@ async def test_if_none_match_is_answered_304(gw: Gateway) -> None:
     assert chat_calls(gw) == 1
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("*", 304), ("W/{etag}", 304), ('"other", {etag}', 304), ('"x{etag}"', 200), ('"other"', 200)],
+    ids=["any", "weak", "list", "a-longer-tag-holding-it", "another"],
+)
+async def test_if_none_match_compares_whole_tags(gw: Gateway, header: str, expected: int) -> None:
+    """``*`` and any tag in the list that is the entry's ETag (weakly compared) get a 304; a
+    tag that merely contains it does not."""
+    etag = (await send(gw)).headers["etag"]
+    assert (await send(gw, if_none_match=header.format(etag=etag))).status == expected
+
+
+async def test_every_answer_to_a_no_store_request_says_no_store(tmp_path: Path) -> None:
+    """A 304, a stale answer and one that waited for another request's upstream call are no
+    more for the browser to keep than a hit or a miss."""
+    settings = mock_settings(
+        data_dir=tmp_path / "data",
+        features=features(stale_while_revalidate_s=600, tiers=["browser", "memory", "sql"]),
+        providers={"upstream": {"kind": "mock", "mock": {"latency": 200}}},
+    )
+    async with create_gateway(settings) as gateway:
+        first = await send(gateway)
+        assert first.headers["cache-control"].startswith("private, max-age=")
+        revalidated = await send(gateway, if_none_match=first.headers["etag"], cache_control="no-store")
+        assert (revalidated.status, revalidated.headers["cache-control"]) == (304, "no-store")
+        await only_in_memory(gateway)
+        assert gateway.cache is not None
+        for entry in gateway.cache.memory.entries():  # type: ignore[union-attr]
+            entry.expires_at = time.time() - 100
+        stale = await send(gateway, cache_control="no-store")
+        assert (stale.headers["x-sluicegate-cache"], stale.headers["cache-control"]) == ("stale", "no-store")
+        other = RequestContext("acme", "bob", "chat")
+        leader = asyncio.ensure_future(send(gateway, other))
+        await asyncio.sleep(0.05)
+        follower = await send(gateway, other, cache_control="no-store")
+        assert (await leader).headers["cache-control"].startswith("private, max-age=")
+        assert follower.headers["x-sluicegate-coalesced"] == "true"
+        assert follower.headers["cache-control"] == "no-store"
+
+
 async def test_concurrent_identical_requests_make_one_upstream_call(tmp_path: Path) -> None:
     """100 identical concurrent requests make exactly one upstream call in one process."""
     settings = mock_settings(

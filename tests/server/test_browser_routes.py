@@ -77,13 +77,14 @@ def mint(gw: GatewayServer, key: str | None = None, **body: Any) -> dict[str, An
 
 
 def test_dev_mode_mints_without_a_key(server: GatewayServer) -> None:
-    """In dev mode no key is needed; the token is for the dev org and every configured feature."""
+    """In dev mode no key is needed; the token is for the dev org, every configured feature and
+    `default` (a request that names no feature)."""
     before = int(time.time())
     minted = mint(server)
     assert set(minted) == {"token", "expires_at", "org", "user", "features"}
     assert minted["token"].startswith("sgb_")
     assert (minted["org"], minted["user"]) == ("local", "ann")
-    assert minted["features"] == ["okr-template", "chat", "insights", "preferences"]
+    assert minted["features"] == ["okr-template", "chat", "insights", "preferences", "default"]
     assert before + 900 <= minted["expires_at"] <= int(time.time()) + 900
 
 

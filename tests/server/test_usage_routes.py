@@ -110,3 +110,22 @@ def test_budgets_route_sets_and_lists_and_refuses_bad_values(keyed: Any) -> None
     assert (
         call(server.url + "/api/ai/budgets", "POST", {"org": "acme", "limit_usd": 1}, keys["acme"])[0] == 401
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "said"),
+    [
+        ({"org": "acme", "limit_usd": 5, "period": "year"}, "period", "period must be day, week or month"),
+        ({"org": "acme", "limit_usd": 1e13}, "limit_usd", "at most $1,000,000,000"),
+        ({"org": "acme", "limit_usd": "0.0000001"}, "limit_usd", "at most 6 decimals"),
+        ({"org": "acme", "limit_usd": 5, "feature": "nope"}, "feature", "unknown feature 'nope'"),
+    ],
+    ids=["period", "too-large", "below-a-micro-dollar", "unknown-feature"],
+)
+def test_setting_a_budget_names_the_field_that_is_wrong(
+    keyed: Any, body: dict[str, Any], param: str, said: str
+) -> None:
+    server, _ = keyed
+    status, answer = call(server.url + "/api/ai/budgets", "POST", body, ADMIN)
+    assert status == 400, answer
+    assert answer["error"]["param"] == param and said in answer["error"]["message"]

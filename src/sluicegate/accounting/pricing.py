@@ -107,6 +107,7 @@ class PriceBook:
     def __init__(self, rates: Mapping[str, Rates], provider_id: str | None = "openai") -> None:
         self._rates = dict(rates)
         self._provider_id = provider_id
+        self._last: tuple[Usage | None, ModelRoute | None, int] = (None, None, 0)  # see cost_micro
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PriceBook:
@@ -143,9 +144,15 @@ class PriceBook:
         return self._rates.get(model)
 
     def cost_micro(self, route: ModelRoute, usage: Usage | None) -> int | None:
-        """What ``usage`` of ``route``'s model cost in micro-USD; None when the usage is unknown."""
+        """What ``usage`` of ``route``'s model cost in micro-USD; None when the usage is unknown.
+
+        The budget, the ledger and the cache each ask about the same answer: the last one asked
+        about (the same `Usage` object, which is frozen) is answered without counting again."""
         if usage is None:
             return None
+        last = self._last
+        if usage is last[0] and route is last[1]:
+            return last[2]
         rates = self._rates.get(route.name)
         if rates is None:
             return None
@@ -158,14 +165,13 @@ class PriceBook:
                 output_tokens=usage.completion_tokens,
                 output_reasoning_tokens=min(usage.reasoning_tokens, usage.completion_tokens),
             )
-            return math.ceil(usd * _MILLION)
-        return cost_micro(rates, usage)
+            cost = math.ceil(usd * _MILLION)
+        else:
+            cost = cost_micro(rates, usage)
+        self._last = (usage, route, cost)
+        return cost
 
     def cost_usd(self, route: ModelRoute, usage: Usage | None) -> float | None:
         """The same in US dollars, for the cache's cost-aware TTL."""
-        if usage is not None:
-            rates = self._rates.get(route.name)
-            if rates is not None and not rates.tiered:
-                return cost_micro(rates, usage) / _MILLION
         micro = self.cost_micro(route, usage)
         return None if micro is None else micro / _MILLION

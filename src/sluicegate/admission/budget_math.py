@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 __all__ = [
+    "MIN_COMPLETION_TOKENS",
+    "PERIOD_ADJECTIVES",
     "Book",
     "Decision",
     "Outcome",
@@ -30,6 +32,7 @@ __all__ = [
 ]
 
 Period = Literal["day", "week", "month"]
+PERIOD_ADJECTIVES = {"day": "daily", "week": "weekly", "month": "monthly"}
 MIN_COMPLETION_TOKENS = 16  # below this an answer is not worth calling for: refuse instead
 
 
@@ -73,8 +76,7 @@ def forecast(spent: int, recent_micro: int, window_s: float, now: float, ends_at
     return spent + math.ceil(recent_micro / window_s * max(0.0, ends_at - now))
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """Whether a call may go upstream, with how many completion tokens and what to reserve."""
 
     admitted: bool

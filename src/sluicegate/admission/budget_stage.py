@@ -19,15 +19,15 @@ from ..accounting.pricing import PriceBook
 from ..background import spawn
 from ..calls import Call, ModelRoute, Reply, ReplyStream
 from ..config import BudgetsConfig
-from ..errors import BudgetExceeded, ConfigError, ModelNotFound, UpstreamError
+from ..errors import BudgetExceeded
 from ..upstream.router import ModelCatalog
+from .budget_math import MIN_COMPLETION_TOKENS, PERIOD_ADJECTIVES
 from .budget_scopes import parse_scope
 from .budgets import BudgetStore, Usage
 
 __all__ = ["ReserveBudget", "worst_prompt_tokens"]
 
 logger = logging.getLogger("sluicegate.budgets")
-_ADVERB = {"day": "daily", "week": "weekly", "month": "monthly"}
 
 
 def worst_prompt_tokens(body: dict[str, Any]) -> int:
@@ -43,6 +43,11 @@ def worst_prompt_tokens(body: dict[str, Any]) -> int:
 def _not_settled(rid: str, error: BaseException) -> None:
     """A settlement failed: its lease releases the reservation, and the ledger has the cost."""
     logger.warning("budgets: could not settle %s (%s); its lease will release it", rid, error)
+
+
+def _room(usage: Usage) -> int:
+    """What is left of a budget's period."""
+    return usage.budget.limit_micro - usage.spent_micro - usage.reserved_micro
 
 
 def _usd(micro: int) -> str:
@@ -64,14 +69,10 @@ class ReserveBudget:
         self._prices = prices
         self._config = config
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._cheaper: ModelRoute | None = None
-        if config.throttle_model is not None:  # a typo would show only past throttle_at: check now
-            try:
-                self._cheaper = catalog.resolve(config.throttle_model)
-            except ModelNotFound:
-                raise ConfigError(
-                    f"budgets.throttle_model {config.throttle_model!r} is not a configured model or alias"
-                ) from None
+        # The settings made sure that the model exists (a typo would show only past throttle_at).
+        self._cheaper: ModelRoute | None = (
+            catalog.resolve(config.throttle_model) if config.throttle_model is not None else None
+        )
 
     async def __call__(self, call: Call) -> Reply:
         budgets = self._store.budgets_for(call.context)
@@ -91,24 +92,27 @@ class ReserveBudget:
         if not decision.admitted:
             code = "budget_throttled" if held.throttled else "budget_exceeded"
             raise self._refusal(held.usages[held.refused_by], code)
-        for usage in held.usages:
-            before = usage.spent_micro + usage.reserved_micro - decision.reserve_micro
-            if before >= self._config.throttle_at * usage.budget.limit_micro:
+        for index, ((budget, _, _), (spent, reserved)) in enumerate(zip(held.books, held.after, strict=True)):
+            if spent + reserved - decision.reserve_micro >= self._config.throttle_at * budget.limit_micro:
                 if self._cheaper is not None:
                     call.route = self._cheaper
                 elif self._config.throttle_concurrency is None and self._config.throttle_per_minute is None:
                     await self._store.settle(rid, 0)
-                    raise self._refusal(usage, "budget_throttled")
+                    raise self._refusal(held.usages[index], "budget_throttled")
                 break
         if decision.max_tokens < asked:
-            call.body = {**body, field: max(1, decision.max_tokens // choices)}
+            each = decision.max_tokens // choices
+            if each < min(asked // choices, MIN_COMPLETION_TOKENS):  # the stores' floor is for all n
+                await self._store.settle(rid, 0)
+                raise self._refusal(min(held.usages, key=_room), "budget_exceeded")
+            call.body = {**body, field: max(1, each)}
         try:
             reply = await self._send(call)
-        except UpstreamError:
-            spawn(self._tasks, self._settle(rid, 0))
-            raise
         except asyncio.CancelledError:
             spawn(self._tasks, self._settle(rid, prompt_micro))  # the provider had the prompt
+            raise
+        except Exception:  # refused further in (an emergency stop, a breaker) or failed: unbilled
+            spawn(self._tasks, self._settle(rid, 0))
             raise
         if reply.stream is None:
             cost = self._prices.cost_micro(call.route, reply.usage)
@@ -150,8 +154,9 @@ class ReserveBudget:
             what = f"{past}: only cached answers are served"
         org, kind, name = parse_scope(budget.scope)
         where = f"--org {org}" + ("" if kind is None else f" --{kind} {name}")
+        adjective = PERIOD_ADJECTIVES[budget.period]
         return BudgetExceeded(
-            f"the {_ADVERB[budget.period]} budget of {budget.describe()} ({_usd(budget.limit_micro)}, "
+            f"the {adjective} budget of {budget.describe()} ({_usd(budget.limit_micro)}, "
             f"{_usd(usage.spent_micro)} spent, {_usd(usage.reserved_micro)} reserved) "
             f"{what}; it resets at {resets:%Y-%m-%d %H:%M} UTC. Ask an admin to raise it "
             f"(sluicegate budgets set {where} --limit-usd N), or send a smaller max_tokens",
@@ -173,8 +178,11 @@ class ReserveBudget:
         def done(usages: list[Usage], error: BaseException | None) -> None:
             if error is not None:
                 _not_settled(rid, error)
-            elif any(self._past_alert(usage) for usage in usages):
-                spawn(self._tasks, self._alert(usages))
+                return
+            for usage in usages:
+                if self._past_alert(usage):
+                    spawn(self._tasks, self._alert(usages))
+                    return
 
         return done
 

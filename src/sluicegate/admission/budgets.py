@@ -2,8 +2,10 @@
 
 A call's budgets (its org's, and its user's, feature's and key's if set, see `budget_scopes`)
 are counted in Redis when it is configured (`redis_budgets`: one script per reservation and
-one per settlement) and in the database otherwise (`sql_budgets`). While Redis is down or slow
-the database takes over, its periods first raised to what the ledger has recorded; when Redis
+one per settlement) and in the database otherwise (`sql_budgets`), each period raised at its
+first reservation to what the ledger has recorded (so a budget set mid-period counts what was
+spent before it). While Redis is down or slow the database takes over, its periods first
+raised to what the ledger has recorded; when Redis
 answers again, each of its periods is raised the same way before its next reservation. With
 neither reachable, calls under a budget are refused (``budget_unavailable``): a hard cap fails
 closed. The 80 % alert is a unique row per budget, period and level, so it fires once across
@@ -16,8 +18,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -26,19 +28,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..calls import RequestContext
-from ..config import BudgetsConfig
+from ..config_money import BudgetsConfig, limit_micro
 from ..errors import BudgetUnavailable
 from ..observe.alerts import Alerts
 from ..store.tables import budget_limits
 from .budget_alerts import Usage, announce
 from .budget_math import Decision, Outcome, Period, Throttle, forecast, period_bounds, period_start
 from .budget_scopes import Budget, BudgetIndex, scope_of
-from .redis_budgets import NeedsFloor, RedisBudgets
+from .redis_budgets import Book, NeedsFloor, RedisBudgets
 from .sql_budgets import SqlBudgets
 
 __all__ = ["Budget", "BudgetStore", "Reservation", "Usage"]
 
-_MICRO = Decimal(1_000_000)
 _FORECAST_WINDOW_S = 86_400.0
 _REDIS_RETRY_S = 1.0  # after a failure, how long the database alone counts before Redis is tried
 _SPENT = (
@@ -51,15 +52,24 @@ _REDIS_DOWN = "redis-down:budgets"
 logger = logging.getLogger("sluicegate.budgets")
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """A reservation's outcome: the decision, each budget's period after it, the index of the
-    budget that refused (-1 when admitted), and whether that was the throttle's cap."""
+class Reservation(NamedTuple):
+    """A reservation's outcome: the decision, the budgets' periods and each one's (spent,
+    reserved) after it, the index of the budget that refused (-1 when admitted), and whether
+    that was the throttle's cap."""
 
     decision: Decision
-    usages: list[Usage]
+    books: Sequence[Book]
+    after: Sequence[tuple[int, int]]
     refused_by: int
     throttled: bool = False
+
+    @property
+    def usages(self) -> list[Usage]:
+        """Each budget's period after the reservation."""
+        each = zip(self.books, self.after, strict=True)
+        return [
+            Usage(budget, name, ends, spent, reserved) for (budget, name, ends), (spent, reserved) in each
+        ]
 
 
 class BudgetStore:
@@ -82,15 +92,13 @@ class BudgetStore:
         self._redis = RedisBudgets(redis, config.redis_timeout_ms / 1000) if redis is not None else None
         self._redis_down_until = 0.0
         self._floored_in_redis: set[str] | None = None  # after an outage: periods raised since
-        self._floored_in_sql: set[str] = set()  # periods raised since the database took over
-        self._held: dict[str, tuple[bool, list[tuple[Budget, str]]]] = {}  # id → (in Redis, books)
+        self._floored_in_sql: set[str] = set()  # periods raised to the ledger here since start or outage
+        self._held: dict[str, tuple[bool, Sequence[Book]]] = {}  # id → (in Redis, its books)
         self._alerted: set[tuple[str, str, str]] = set()
         self._periods: dict[Period, tuple[str, float, float]] = {}  # name, start, end
         cap, rate = config.throttle_concurrency, config.throttle_per_minute
         self._throttle = None if cap is None and rate is None else Throttle(config.throttle_at, cap, rate)
-        self._configured = {
-            b.scope: Budget(b.scope, int(b.limit_usd * _MICRO), b.period) for b in config.orgs
-        }
+        self._configured = {b.scope: Budget(b.scope, limit_micro(b.limit_usd), b.period) for b in config.orgs}
         self.index = BudgetIndex(dict(self._configured))
 
     @property
@@ -128,8 +136,9 @@ class BudgetStore:
     async def set_limit(
         self, org: str, limit_usd: Decimal, period: Period, kind: str | None = None, name: str | None = None
     ) -> Budget:
-        """Set (or replace) a budget at run time; every worker applies it at its next poll."""
-        budget = Budget(scope_of(org, kind, name), int(limit_usd * _MICRO), period)
+        """Set (or replace) a budget at run time; every worker applies it at its next poll.
+        `ValueError` for a limit that cannot be counted (see `limit_micro`)."""
+        budget = Budget(scope_of(org, kind, name), limit_micro(limit_usd), period)
         async with self._engine.begin() as connection:
             await connection.execute(text("DELETE FROM budget_limits WHERE scope = :s"), {"s": budget.scope})
             await connection.execute(
@@ -151,12 +160,10 @@ class BudgetStore:
             spent = await connection.scalar(text(_SPENT.format(where=where)), {**params, "since": since})
         return int(spent or 0)
 
-    async def _floors(
-        self, books: Sequence[tuple[Budget, str]], done: set[str] | None, now: float
-    ) -> list[int | None]:
+    async def _floors(self, books: Sequence[Book], done: set[str] | None, now: float) -> list[int | None]:
         """The ledger's sum for each period not yet in ``done`` (all of them without it)."""
         floors: list[int | None] = []
-        for budget, period in books:
+        for budget, period, _ in books:
             fresh = done is not None and f"{budget.scope}@{period}" in done
             floors.append(None if fresh else await self._ledger_spent(budget, now))
         return floors
@@ -189,30 +196,24 @@ class BudgetStore:
     ) -> Reservation:
         """Reserve the call's worst case under every one of its budgets if it fits (clamping its
         completion tokens), or under none."""
-        budgets = [budgets] if isinstance(budgets, Budget) else list(budgets)
+        budgets = [budgets] if isinstance(budgets, Budget) else budgets
         now = self.clock()
-        bounds = [self._bounds(budget.period, now) for budget in budgets]
-        books = [(budget, name) for budget, (name, _) in zip(budgets, bounds, strict=True)]
+        books = [(budget, *self._bounds(budget.period, now)) for budget in budgets]
         outcome = None
         if self._redis is not None and now >= self._redis_down_until:
             try:
-                outcome = await self._reserve_in_redis(
-                    books, bounds, rid, prompt_micro, out_pico, asked_tokens, now
-                )
+                outcome = await self._reserve_in_redis(books, rid, prompt_micro, out_pico, asked_tokens, now)
             except _REDIS_ERRORS as exc:
                 self._redis_failed(exc, now)
+            else:
+                if _REDIS_DOWN in self._alerts.active:
+                    self._alerts.resolve(_REDIS_DOWN, "budgets: Redis is back; it counts budgets again")
         in_redis = outcome is not None
-        if in_redis and _REDIS_DOWN in self._alerts.active:
-            self._alerts.resolve(_REDIS_DOWN, "budgets: Redis is back; it counts budgets again")
         if outcome is None:
             outcome = await self._reserve_in_sql(books, rid, prompt_micro, out_pico, asked_tokens, now)
         if outcome.decision.admitted:
             self._held[rid] = (in_redis, books)
-        usages = [
-            Usage(budget, name, ends, spent, reserved)
-            for budget, (name, ends), (spent, reserved) in zip(budgets, bounds, outcome.after, strict=True)
-        ]
-        return Reservation(outcome.decision, usages, outcome.refused, outcome.throttled)
+        return Reservation(outcome.decision, books, outcome.after, outcome.refused, outcome.throttled)
 
     def _unavailable(self, budget: Budget, exc: BaseException, rebuilding: bool = False) -> BudgetUnavailable:
         if rebuilding:
@@ -227,7 +228,7 @@ class BudgetStore:
         )
 
     async def _floors_or_refuse(
-        self, books: list[tuple[Budget, str]], done: set[str] | None, now: float, rebuilding: bool
+        self, books: Sequence[Book], done: set[str] | None, now: float, rebuilding: bool
     ) -> list[int | None]:
         try:
             return await self._floors(books, done, now)
@@ -235,38 +236,30 @@ class BudgetStore:
             raise self._unavailable(books[0][0], exc, rebuilding) from exc
 
     async def _reserve_in_redis(
-        self,
-        books: list[tuple[Budget, str]],
-        bounds: list[tuple[str, float]],
-        rid: str,
-        prompt_micro: int,
-        out_pico: int,
-        asked: int,
-        now: float,
+        self, books: Sequence[Book], rid: str, prompt_micro: int, out_pico: int, asked: int, now: float
     ) -> Outcome:
         assert self._redis is not None
-        timed = [(budget, name, ends) for (budget, name), (_, ends) in zip(books, bounds, strict=True)]
         done = self._floored_in_redis
         lease = self._config.lease_s
-        floors: list[int | None] = [None] * len(books)
+        floors: list[int | None] | None = None
         if done is not None:  # back from an outage: catch up with what the database counted
             floors = await self._floors_or_refuse(books, done, now, rebuilding=True)
         try:
             result = await self._redis.reserve(
-                timed, rid, prompt_micro, out_pico, asked, lease, floors, now, self._throttle
+                books, rid, prompt_micro, out_pico, asked, lease, floors, now, self._throttle
             )
         except NeedsFloor:  # a new period, or Redis lost it: rebuild it from the ledger
             floors = await self._floors_or_refuse(books, None, now, rebuilding=True)
             result = await self._redis.reserve(
-                timed, rid, prompt_micro, out_pico, asked, lease, floors, now, self._throttle
+                books, rid, prompt_micro, out_pico, asked, lease, floors, now, self._throttle
             )
         if done is not None:
-            done.update(f"{budget.scope}@{name}" for budget, name in books)
+            done.update(f"{budget.scope}@{name}" for budget, name, _ in books)
         return result
 
     async def _reserve_in_sql(
         self,
-        books: list[tuple[Budget, str]],
+        books: Sequence[Book],
         rid: str,
         prompt_micro: int,
         out_pico: int,
@@ -274,12 +267,12 @@ class BudgetStore:
         now: float,
     ) -> Outcome:
         try:
-            floors: list[int | None] = [None] * len(books)
-            if self._redis is not None:  # the database takes over from Redis: catch up first
-                floors = await self._floors(books, self._floored_in_sql, now)
+            # A period's first reservation here (in this process) starts from what the ledger
+            # has: a budget set mid-period, or the database taking over from Redis.
+            floors = await self._floors(books, self._floored_in_sql, now)
             lease_end = now + self._config.lease_s
             result = await self._sql.reserve(
-                books,
+                [(budget, name) for budget, name, _ in books],
                 rid,
                 prompt_micro,
                 out_pico,
@@ -291,8 +284,7 @@ class BudgetStore:
             )
         except (SQLAlchemyError, OSError) as exc:
             raise self._unavailable(books[0][0], exc) from exc
-        if self._redis is not None:
-            self._floored_in_sql.update(f"{budget.scope}@{name}" for budget, name in books)
+        self._floored_in_sql.update(f"{budget.scope}@{name}" for budget, name, _ in books)
         return result
 
     async def settle(self, rid: str, cost_micro: int) -> list[Usage]:
@@ -307,7 +299,7 @@ class BudgetStore:
             except _REDIS_ERRORS as exc:  # its lease releases it; the ledger still has the cost
                 self._redis_failed(exc, now)
                 raise
-            return self._counted(held[1], counted, now)
+            return self._counted(held[1], counted)
         rows = await self._sql.settle(rid, len(held[1]) if held else 1, cost_micro)
         usages = []
         for scope, period, spent, reserved in rows:
@@ -332,24 +324,21 @@ class BudgetStore:
         del self._held[rid]
         books = held[1]
 
-        def counted(result: list[tuple[bool, int, int]] | None, error: BaseException | None) -> None:
-            now = self.clock()
-            if error is not None or result is None:
-                if isinstance(error, _REDIS_ERRORS):
-                    self._redis_failed(error, now)
-                done([], error)
-            else:
-                done(self._counted(books, result, now), None)
+        def counted(usages: list[Usage] | None, error: BaseException | None) -> None:
+            if usages is not None:
+                done(usages, None)
+                return
+            if isinstance(error, _REDIS_ERRORS):
+                self._redis_failed(error, self.clock())
+            done([], error)
 
         self._redis.settle_soon(books, rid, cost_micro, counted)
         return True
 
-    def _counted(
-        self, books: Sequence[tuple[Budget, str]], counted: Sequence[tuple[bool, int, int]], now: float
-    ) -> list[Usage]:
+    def _counted(self, books: Sequence[Book], counted: Sequence[tuple[bool, int, int]]) -> list[Usage]:
         return [
-            Usage(budget, period, self._bounds(budget.period, now)[1], spent, reserved)
-            for (budget, period), (ok, spent, reserved) in zip(books, counted, strict=True)
+            Usage(budget, period, ends, spent, reserved)
+            for (budget, period, ends), (ok, spent, reserved) in zip(books, counted, strict=True)
             if ok
         ]
 
@@ -376,7 +365,7 @@ class BudgetStore:
             if counted is None:
                 row = (await connection.execute(text(_PERIOD), {"s": budget.scope, "p": period})).first()
                 counted = (int(row[0]), int(row[1])) if row else (0, 0)
-        if self._redis is not None and counted[0] == 0:  # Redis has not counted this period yet
+        if counted[0] == 0:  # nothing counted this period yet: the ledger may have spend already
             counted = (max(counted[0], await self._ledger_spent(budget, now)), counted[1])
         spent, reserved = counted
         projected = forecast(spent, int(recent or 0), window, now, ends)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..cache.keys import escape
 from ..calls import RequestContext
@@ -19,16 +19,14 @@ __all__ = ["Check", "LocalLog", "Verdict", "checks_for", "headers_for", "limit_k
 _ANONYMOUS = "%00anon"  # the org's users who send no user id share one log, as in the cache
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
+class Check(NamedTuple):
     """One limit a request counts against, and the Redis key of its log."""
 
     rule: RequestLimit
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """The outcome of the checks: admitted or not, and for each check what is left and when
     its oldest request leaves the window (seconds)."""
 
@@ -70,10 +68,11 @@ def checks_for(rules: Sequence[RequestLimit], context: RequestContext) -> list[C
 def headers_for(checks: Sequence[Check], verdict: Verdict) -> dict[str, str]:
     """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers), plus
     ``Retry-After`` on a refusal."""
-    policy = ", ".join(f'"{c.rule.name}";q={c.rule.limit};w={c.rule.window_s}' for c in checks)
     each = zip(checks, verdict.remaining, verdict.reset_s, strict=True)
-    state = ", ".join(f'"{c.rule.name}";r={r};t={t}' for c, r, t in each)
-    out = {"ratelimit-policy": policy, "ratelimit": state}
+    out = {
+        "ratelimit-policy": ", ".join([c.rule.policy for c in checks]),
+        "ratelimit": ", ".join([f'"{c.rule.name}";r={r};t={t}' for c, r, t in each]),
+    }
     if not verdict.admitted:
         out["retry-after"] = str(max(1, verdict.retry_after_s))
     return out
@@ -90,31 +89,26 @@ class LocalLog:
         """Admit (and log) a request at ``now`` if every check has room in its share (pure but
         for the log itself)."""
         logs: list[deque[float]] = []
+        limits: list[int] = []
+        refused = None
         for index, check in enumerate(checks):
             log = self._logs.setdefault(check.key, deque())
-            window = check.rule.window_s
-            while log and log[0] <= now - window:
+            while log and log[0] <= now - check.rule.window_s:
                 log.popleft()
-            limit = max(1, math.floor(check.rule.limit * self.share))
-            if len(log) >= limit:
-                retry = math.ceil(log[0] + window - now)
-                return Verdict(False, _zeros(checks), _resets(checks, logs, now), index, retry)
+            limits.append(max(1, math.floor(check.rule.limit * self.share)))
             logs.append(log)
-        remaining = []
-        for check, log in zip(checks, logs, strict=True):
-            log.append(now)
-            remaining.append(max(0, math.floor(check.rule.limit * self.share) - len(log)))
-        return Verdict(True, tuple(remaining), _resets(checks, logs, now))
-
-
-def _zeros(checks: Sequence[Check]) -> tuple[int, ...]:
-    return tuple(0 for _ in checks)
+            if refused is None and len(log) >= limits[-1]:
+                refused = index
+        if refused is None:
+            for log in logs:
+                log.append(now)
+        remaining = tuple(max(0, limit - len(log)) for limit, log in zip(limits, logs, strict=True))
+        resets = _resets(checks, logs, now)
+        if refused is not None:  # what each limit has left, and when its oldest request leaves
+            return Verdict(False, remaining, resets, refused, max(1, resets[refused]))
+        return Verdict(True, remaining, resets)
 
 
 def _resets(checks: Sequence[Check], logs: Sequence[deque[float]], now: float) -> tuple[int, ...]:
-    out = []
-    for index, check in enumerate(checks):
-        log = logs[index] if index < len(logs) else None
-        oldest = log[0] if log else now
-        out.append(max(0, math.ceil(oldest + check.rule.window_s - now)))
-    return tuple(out)
+    each = zip(checks, logs, strict=True)
+    return tuple(max(0, math.ceil((log[0] if log else now) + c.rule.window_s - now)) for c, log in each)

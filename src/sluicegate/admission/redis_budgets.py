@@ -20,14 +20,16 @@ from typing import Any
 from redis.asyncio import Redis
 
 from ..store.redis import LuaScript
+from .budget_alerts import Usage
 from .budget_math import Decision, Outcome, Throttle
 from .budget_scopes import Budget, parse_scope
 
-__all__ = ["NeedsFloor", "RedisBudgets", "book_key"]
+__all__ = ["Book", "NeedsFloor", "RedisBudgets", "book_key"]
 
 # KEYS: per budget, its period's hash, its leases and its recent admissions. ARGV: id, prompt
 # µUSD, output pUSD a token, tokens asked, lease ms, the throttle's share, concurrency cap and
-# calls a minute ('' for none), then per budget: limit, key TTL s, floor ('' for none).
+# calls a minute ('' for none), then per budget: limit, when its keys expire (Unix time, s),
+# floor ('' for none).
 # Returns {-1, i} when budget i's period is unknown and has no floor; {0, i, spent, reserved,
 # throttled} when budget i refuses (or the id is already reserved); {1, tokens, amount, spent,
 # reserved, …} with each budget's period after the reservation. Past the share, a budget
@@ -85,12 +87,12 @@ end
 local amount = prompt + math.ceil(tokens * out / 1000000)
 local result = {1, tokens, amount}
 for i = 1, n do
-  local book, leases, ttl = KEYS[3 * i - 2], KEYS[3 * i - 1], tonumber(ARGV[3 * i + 7])
+  local book, leases, expires = KEYS[3 * i - 2], KEYS[3 * i - 1], ARGV[3 * i + 7]
   redis.call('HINCRBY', book, 'reserved', amount)
   redis.call('HSET', book, 'r:' .. rid, amount)
   redis.call('ZADD', leases, now + lease, rid)
-  redis.call('EXPIRE', book, ttl)
-  redis.call('EXPIRE', leases, ttl)
+  redis.call('EXPIREAT', book, expires)
+  redis.call('EXPIREAT', leases, expires)
   if rate then
     redis.call('ZADD', KEYS[3 * i], now, rid)
     redis.call('PEXPIRE', KEYS[3 * i], 60000)
@@ -124,6 +126,7 @@ return result
 """
 
 _KEEP_S = 7 * 86_400  # a period's counters outlive it by a week, for late settlements and reports
+Book = tuple[Budget, str, float]  # a budget, the name of its current period, and the period's end
 
 
 class NeedsFloor(Exception):
@@ -137,13 +140,12 @@ def book_key(budget: Budget, period: str) -> str:
     return f"sg:budget:{{{org}}}{tail}:{period}"
 
 
-# What `RedisBudgets.settle_soon` calls: per budget (counted, spent, reserved), or the error.
-Settled = Callable[[list[tuple[bool, int, int]] | None, BaseException | None], None]
+# What `RedisBudgets.settle_soon` calls: the periods the settlement counted in, or the error.
+Settled = Callable[[list[Usage] | None, BaseException | None], None]
 
 
 def _settled(result: Any) -> list[tuple[bool, int, int]]:
-    values = [int(v) for v in result]
-    return [(bool(values[i]), values[i + 1], values[i + 2]) for i in range(0, len(values), 3)]
+    return [(result[i] == 1, int(result[i + 1]), int(result[i + 2])) for i in range(0, len(result), 3)]
 
 
 class RedisBudgets:
@@ -155,75 +157,80 @@ class RedisBudgets:
         self._settle = LuaScript(redis, SETTLE, timeout_s)
         self._known_keys: dict[tuple[str, str], tuple[str, str, str]] = {}
 
-    def _keys(self, books: Sequence[tuple[Budget, str]]) -> list[tuple[str, str, str]]:
-        """Each budget's keys: its period's hash, its leases and its recent admissions."""
-        keys: list[tuple[str, str, str]] = []
+    def _keys(self, budget: Budget, period: str) -> tuple[str, str, str]:
+        """A budget's keys: its period's hash, its leases and its recent admissions."""
         known = self._known_keys
-        for budget, period in books:
-            trio = known.get((budget.scope, period))
-            if trio is None:
-                if len(known) > 10_000:  # old periods and deleted budgets: start again
-                    known.clear()
-                key = book_key(budget, period)
-                trio = known[(budget.scope, period)] = (key, key + ":leases", key + ":recent")
-            keys.append(trio)
-        return keys
+        trio = known.get((budget.scope, period))
+        if trio is None:
+            if len(known) > 10_000:  # old periods and deleted budgets: start again
+                known.clear()
+            key = book_key(budget, period)
+            trio = known[(budget.scope, period)] = (key, key + ":leases", key + ":recent")
+        return trio
 
     async def reserve(
         self,
-        books: Sequence[tuple[Budget, str, float]],
+        books: Sequence[Book],
         rid: str,
         prompt_micro: int,
         out_pico: int,
         asked: int,
         lease_s: float,
-        floors: Sequence[int | None],
+        floors: Sequence[int | None] | None,
         now: float,
         throttle: Throttle | None = None,
     ) -> Outcome:
-        """Reserve under every budget (each with its period's name and end) or none."""
+        """Reserve under every budget (each with its period's name and end) or none; ``floors``,
+        when given, holds each period's floor (None for none)."""
         share, cap, rate = throttle or ("", None, None)
-        limits = ["" if value is None else value for value in (cap, rate)]
-        args: list[Any] = [rid, prompt_micro, out_pico, asked, int(lease_s * 1000), share, *limits]
-        for (budget, _, ends), floor in zip(books, floors, strict=True):
-            args += [budget.limit_micro, int(ends - now) + _KEEP_S, "" if floor is None else floor]
-        keys = [key for trio in self._keys([(budget, period) for budget, period, _ in books]) for key in trio]
-        result = await self._reserve(keys, args)
-        state = int(result[0])
+        args: list[Any] = [rid, prompt_micro, out_pico, asked, int(lease_s * 1000), share]
+        args += ("" if cap is None else cap, "" if rate is None else rate)
+        keys: list[str] = []
+        for index, (budget, period, ends) in enumerate(books):
+            floor = None if floors is None else floors[index]
+            args += (budget.limit_micro, int(ends) + _KEEP_S, "" if floor is None else floor)
+            keys += self._keys(budget, period)
+        result = await self._reserve(keys, args)  # integers, from hiredis
+        state = result[0]
         if state == -1:
             raise NeedsFloor(int(result[1]) - 1)
         if state == 0:
             index = int(result[1]) - 1
-            books_after = [(0, 0)] * len(books)
-            books_after[index] = (int(result[2]), int(result[3]))
-            return Outcome(Decision(False, 0, 0), index, books_after, bool(int(result[4])))
-        values = [int(v) for v in result[3:]]
-        after = list(zip(values[0::2], values[1::2], strict=True))
+            after = [(0, 0)] * len(books)
+            after[index] = (int(result[2]), int(result[3]))
+            return Outcome(Decision(False, 0, 0), index, after, result[4] == 1)
+        after = list(zip(result[3::2], result[4::2], strict=True))
         return Outcome(Decision(True, int(result[1]), int(result[2])), -1, after)
 
-    async def settle(
-        self, books: Sequence[tuple[Budget, str]], rid: str, cost_micro: int
-    ) -> list[tuple[bool, int, int]]:
+    async def settle(self, books: Sequence[Book], rid: str, cost_micro: int) -> list[tuple[bool, int, int]]:
         """Count the cost once under each budget: per budget, whether this settlement counted,
         and its (spent, reserved) after it."""
         return _settled(await self._settle(self._settle_keys(books), (rid, cost_micro)))
 
-    def settle_soon(
-        self, books: Sequence[tuple[Budget, str]], rid: str, cost_micro: int, done: Settled
-    ) -> None:
+    def settle_soon(self, books: Sequence[Book], rid: str, cost_micro: int, done: Settled) -> None:
         """`settle` without waiting: the script leaves with this loop turn's other commands and
-        ``done`` gets what `settle` returns, or the error."""
+        ``done`` gets the periods it counted in (their state after it), or the error."""
 
         def replied(result: Any, error: BaseException | None) -> None:
             if error is not None:
                 done(None, error)
-            else:
-                done(_settled(result), None)
+                return
+            done(
+                [
+                    Usage(b, name, ends, int(result[3 * i + 1]), int(result[3 * i + 2]))
+                    for i, (b, name, ends) in enumerate(books)
+                    if result[3 * i] == 1
+                ],
+                None,
+            )
 
         self._settle.send(self._settle_keys(books), (rid, cost_micro), replied)
 
-    def _settle_keys(self, books: Sequence[tuple[Budget, str]]) -> list[str]:
-        return [key for book, leases, _ in self._keys(books) for key in (book, leases)]
+    def _settle_keys(self, books: Sequence[Book]) -> list[str]:
+        keys: list[str] = []
+        for budget, period, _ in books:
+            keys += self._keys(budget, period)[:2]
+        return keys
 
     async def read(self, budget: Budget, period: str) -> tuple[int, int] | None:
         """A budget's period as Redis holds it: (spent, reserved), or None when it holds none."""

@@ -19,32 +19,29 @@ from .limits import Check, Verdict
 __all__ = ["RedisLimiter"]
 
 # KEYS: one log per limit. ARGV: the request's member, then (limit, window in ms) per limit.
-# Returns {0, index of the refusing limit, ms until it has room} or {1, remaining, ms, ...}.
+# Returns {1 admitted or 0 refused, index of the first refusing limit (0 when admitted), then
+# per limit: what it has left, ms until its oldest request leaves the window}. A refused
+# request is logged in none of the limits.
 ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local counts = {}
+local counts, refused = {}, 0
 for i = 1, #KEYS do
-  local limit = tonumber(ARGV[2 * i])
-  local window = tonumber(ARGV[2 * i + 1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
-  local count = redis.call('ZCARD', KEYS[i])
-  if count >= limit then
-    local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-    local wait = window
-    if oldest[2] then wait = tonumber(oldest[2]) + window - now end
-    return {0, i, wait}
-  end
-  counts[i] = count
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - tonumber(ARGV[2 * i + 1]))
+  counts[i] = redis.call('ZCARD', KEYS[i])
+  if refused == 0 and counts[i] >= tonumber(ARGV[2 * i]) then refused = i end
 end
-local out = {1}
+local out = {refused == 0 and 1 or 0, refused}
 for i = 1, #KEYS do
   local window = tonumber(ARGV[2 * i + 1])
-  redis.call('ZADD', KEYS[i], now, ARGV[1])
-  redis.call('PEXPIRE', KEYS[i], window)
+  if refused == 0 then
+    redis.call('ZADD', KEYS[i], now, ARGV[1])
+    redis.call('PEXPIRE', KEYS[i], window)
+    counts[i] = counts[i] + 1
+  end
   local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-  out[#out + 1] = tonumber(ARGV[2 * i]) - counts[i] - 1
-  out[#out + 1] = tonumber(oldest[2]) + window - now
+  out[#out + 1] = math.max(0, tonumber(ARGV[2 * i]) - counts[i])
+  out[#out + 1] = oldest[2] and (tonumber(oldest[2]) + window - now) or window
 end
 return out
 """
@@ -61,15 +58,11 @@ class RedisLimiter:
         """Log the request in every limit if each has room; otherwise refuse and log nothing."""
         args: list[Any] = [member]
         for check in checks:
-            args += [check.rule.limit, check.rule.window_s * 1000]
-        keys = [check.key for check in checks]
-        result = await self._admit(keys, args)
-        if int(result[0]) == 0:
-            index, wait_ms = int(result[1]) - 1, int(result[2])
-            resets = tuple(check.rule.window_s for check in checks)
-            zeros = tuple(0 for _ in checks)
-            return Verdict(False, zeros, resets, index, -(-wait_ms // 1000))
-        values = [int(v) for v in result[1:]]
-        remaining = tuple(max(0, v) for v in values[0::2])
-        resets = tuple(max(0, -(-ms // 1000)) for ms in values[1::2])
-        return Verdict(True, remaining, resets)
+            args += (check.rule.limit, check.rule.window_s * 1000)
+        result = await self._admit([check.key for check in checks], args)  # integers, from hiredis
+        remaining = tuple([int(left) for left in result[2::2]])
+        resets = tuple([max(0, -(-int(ms) // 1000)) for ms in result[3::2]])
+        if result[0] == 1:
+            return Verdict(True, remaining, resets)
+        index = int(result[1]) - 1
+        return Verdict(False, remaining, resets, index, max(1, resets[index]))

@@ -41,25 +41,21 @@ def decide(
     verdicts: list[Verdict] = []
     logged: list[str] = []
     for checks in batch:
-        refused: Verdict | None = None
-        for index, check in enumerate(checks):
-            count, oldest = windows.get(check.key, (0, now))
-            if count >= check.rule.limit:
-                retry = max(1, math.ceil(oldest + check.rule.window_s - now))
-                zeros = tuple(0 for _ in checks)
-                refused = Verdict(False, zeros, tuple(c.rule.window_s for c in checks), index, retry)
-                break
-        if refused is not None:
-            verdicts.append(refused)
+        seen = [windows.get(check.key, (0, now)) for check in checks]
+        refused = next((i for i, c in enumerate(checks) if seen[i][0] >= c.rule.limit), None)
+        resets = tuple(
+            max(0, math.ceil(oldest + c.rule.window_s - now))
+            for c, (_, oldest) in zip(checks, seen, strict=True)
+        )
+        if refused is not None:  # what each limit has left, and when its oldest request leaves
+            left = tuple(max(0, c.rule.limit - count) for c, (count, _) in zip(checks, seen, strict=True))
+            verdicts.append(Verdict(False, left, resets, refused, max(1, resets[refused])))
             continue
-        remaining, resets = [], []
-        for check in checks:
-            count, oldest = windows.get(check.key, (0, now))
+        for check, (count, oldest) in zip(checks, seen, strict=True):
             windows[check.key] = (count + 1, oldest)
             logged.append(check.key)
-            remaining.append(check.rule.limit - count - 1)
-            resets.append(max(0, math.ceil(oldest + check.rule.window_s - now)))
-        verdicts.append(Verdict(True, tuple(remaining), tuple(resets)))
+        left = tuple(c.rule.limit - count - 1 for c, (count, _) in zip(checks, seen, strict=True))
+        verdicts.append(Verdict(True, left, resets))
     return verdicts, logged
 
 

@@ -18,15 +18,30 @@ from ..calls import Call, Reply
 from ..config import RequestLimit
 from ..errors import RateLimited
 from ..observe.alerts import Alerts
-from .limits import Check, LocalLog, Verdict, checks_for, headers_for
+from .limits import LocalLog, checks_for, headers_for
 from .redis_limits import RedisLimiter
 from .sql_limits import SqlLimiter
 
-__all__ = ["LimitRequests", "global_or_share"]
+__all__ = ["LimitRequests", "global_or_share", "redis_answered", "redis_failed"]
 
 _REDIS_DOWN = "redis-down:rate-limits"
+_WHAT, _HOLDS = "rate limits", "enforces its share (limits.local_share) of each limit"
 Send = Callable[[Call], Awaitable[Reply]]
 T = TypeVar("T")
+
+
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+def redis_failed(alerts: Alerts, key: str, what: str, holds: str, error: BaseException) -> None:
+    """Raise the operator alert ``key``: Redis failed, so this replica counts on its own."""
+    alerts.alert(key, f"{what}: Redis is unreachable ({error}); this replica {holds} alone until it is back")
+
+
+def redis_answered(alerts: Alerts, key: str, what: str) -> None:
+    """Resolve the alert ``key`` if it is raised: Redis answers again."""
+    if key in alerts.active:
+        alerts.resolve(key, f"{what}: Redis is back; limits are global again")
 
 
 async def global_or_share(
@@ -34,15 +49,13 @@ async def global_or_share(
 ) -> T:
     """``await in_redis`` (the count shared by every replica); when Redis fails, raise the
     operator alert ``key`` and answer with ``alone()`` (this replica's share) instead. The alert
-    is resolved once Redis answers again. Used by the request and the token limits."""
+    is resolved once Redis answers again. Used by the token limits."""
     try:
         result = await in_redis
-    except (RedisError, OSError, TimeoutError) as exc:
-        why = f"{what}: Redis is unreachable ({exc}); this replica {holds} alone until it is back"
-        alerts.alert(key, why)
+    except _REDIS_ERRORS as exc:
+        redis_failed(alerts, key, what, holds, exc)
         return alone()
-    if key in alerts.active:
-        alerts.resolve(key, f"{what}: Redis is back; limits are global again")
+    redis_answered(alerts, key, what)
     return result
 
 
@@ -69,7 +82,18 @@ class LimitRequests:
         checks = checks_for(self._rules, call.context)
         if not checks:
             return await self._send(call)
-        verdict = await self._decide(checks, call.request_id)
+        if self._redis is not None:  # the shared count; this replica's share while Redis fails
+            try:
+                verdict = await self._redis.admit(checks, call.request_id)
+            except _REDIS_ERRORS as exc:
+                redis_failed(self._alerts, _REDIS_DOWN, _WHAT, _HOLDS, exc)
+                verdict = self._local.check(checks, time.time())
+            else:
+                redis_answered(self._alerts, _REDIS_DOWN, _WHAT)
+        elif self._sql is not None:
+            verdict = await self._sql.admit(checks, call.request_id)
+        else:
+            verdict = self._local.check(checks, time.time())
         headers = headers_for(checks, verdict)
         if not verdict.admitted:
             assert verdict.blocked is not None
@@ -83,17 +107,3 @@ class LimitRequests:
         reply = await self._send(call)
         reply.headers.update(headers)
         return reply
-
-    async def _decide(self, checks: list[Check], member: str) -> Verdict:
-        if self._redis is not None:
-            return await global_or_share(
-                self._redis.admit(checks, member),
-                lambda: self._local.check(checks, time.time()),
-                self._alerts,
-                _REDIS_DOWN,
-                "rate limits",
-                "enforces its share (limits.local_share) of each limit",
-            )
-        if self._sql is not None:
-            return await self._sql.admit(checks, member)
-        return self._local.check(checks, time.time())

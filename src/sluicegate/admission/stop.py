@@ -180,11 +180,14 @@ class StopUpstream:
     async def __call__(self, call: Call) -> Reply:
         stop = self._controls.stop_for(call.context.org)
         if stop is not None:
-            who = "every org" if stop.scope == GLOBAL else f"the org {call.context.org!r}"
+            if stop.scope == GLOBAL:
+                who, lift = "every org", "sluicegate resume"
+            else:
+                who, lift = f"the org {call.context.org!r}", f"sluicegate resume --org {call.context.org}"
             raise EmergencyStopped(
                 f"upstream calls are stopped for {who} (emergency stop since "
                 f"{datetime.fromtimestamp(stop.since, UTC):%Y-%m-%d %H:%M:%S} UTC: {stop.reason}); "
-                "cached answers are still served; an admin lifts it with `sluicegate resume`",
+                f"cached answers are still served; an admin lifts it with `{lift}`",
             )
         return await self._send(call)
 

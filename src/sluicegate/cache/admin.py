@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
@@ -111,16 +112,25 @@ async def invalidate(cache: LayeredCache, **match: str) -> dict[str, Any]:
 
 
 async def _delete_in_redis(cache: LayeredCache, match: dict[str, str]) -> int:
+    """Delete the Redis entries that match every field of ``match``: a key or a tag names its
+    candidates, and the other fields (feature, org, user, model) are read from the keys."""
     redis = cache.redis
     assert redis is not None
-    if "key" in match:
-        return await redis.delete_keys([match["key"]])
-    if "tag" in match:
-        return await redis.delete_tag(match["tag"])
-    keys: list[str] = []
     get = match.get
-    for pattern in redis_patterns(get("feature"), get("org"), get("user"), get("model")):
-        keys.extend(await redis.scan(pattern))
+    patterns = redis_patterns(get("feature"), get("org"), get("user"), get("model"))
+    if "key" not in match and "tag" not in match:
+        keys: list[str] = []
+        for pattern in patterns:
+            keys.extend(await redis.scan(pattern))
+        return await redis.delete_keys(keys) if keys else 0
+    if "tag" not in match and not any(name in match for name in ("feature", "org", "user", "model")):
+        return await redis.delete_keys([match["key"]])
+    if "tag" in match and len(match) == 1:
+        return await redis.delete_tag(match["tag"])
+    candidates = await redis.tagged(match["tag"]) if "tag" in match else [match["key"]]
+    if "key" in match:
+        candidates = [key for key in candidates if key == match["key"]]
+    keys = [key for key in candidates if any(fnmatchcase(key, pattern) for pattern in patterns)]
     return await redis.delete_keys(keys) if keys else 0
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "COALESCED_HEADER",
     "EntryMaker",
     "Flight",
+    "etag_matches",
     "headers_for",
     "not_modified",
     "reply_from",
@@ -96,11 +97,25 @@ def _etag(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
 
 
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag`` (or is ``*``): the weak comparison that the
+    header asks for (RFC 9110, 13.1.2)."""
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
+
+
 def headers_for(
-    entry: Entry, label: str, policy: FeatureCache, now: float, headers: dict[str, str] | None = None
+    entry: Entry,
+    label: str,
+    policy: FeatureCache,
+    now: float,
+    headers: dict[str, str] | None = None,
+    no_store: bool = False,
 ) -> dict[str, str]:
     """The cache headers of a reply served from ``entry``, added to ``headers`` when given (a
-    miss's reply already has the upstream's)."""
+    miss's reply already has the upstream's). A ``no-store`` request's reply says
+    ``Cache-Control: no-store`` whatever served it: the browser may not keep it either."""
     if headers is None:
         headers = {}
     headers[CACHE_HEADER] = label
@@ -108,7 +123,9 @@ def headers_for(
     age = entry.age(now)
     if label != "miss":
         headers["age"] = str(age)
-    if "browser" in policy.tiers:
+    if no_store:
+        headers["cache-control"] = "no-store"
+    elif "browser" in policy.tiers:
         # A browser keeps an answer for max-age minus Age: here, the browser TTL, and never
         # past the server's own expiry, so that its revalidation finds the entry.
         remaining = max(0, int(entry.expires_at - now))
@@ -117,18 +134,20 @@ def headers_for(
     return headers
 
 
-def reply_from(call: Call, entry: Entry, label: str, policy: FeatureCache, now: float) -> Reply:
+def reply_from(
+    call: Call, entry: Entry, label: str, policy: FeatureCache, now: float, no_store: bool = False
+) -> Reply:
     """``entry`` as the reply to ``call``: its body, or its stream replayed."""
-    headers = headers_for(entry, label, policy, now)
+    headers = headers_for(entry, label, policy, now, None, no_store)
     if call.stream:
         stream = ReplayStream(entry, wants_usage=wants_usage(call), pace=policy.replay_pace)
         return Reply(stream=stream, headers=headers)
     return Reply(body=entry.body, headers=headers)
 
 
-def not_modified(entry: Entry, policy: FeatureCache, now: float) -> Reply:
+def not_modified(entry: Entry, policy: FeatureCache, now: float, no_store: bool = False) -> Reply:
     """``304 Not Modified``: the browser's copy, ``entry``'s ETag, is still the answer."""
-    headers = headers_for(entry, "hit-browser-revalidated", policy, now)
+    headers = headers_for(entry, "hit-browser-revalidated", policy, now, None, no_store)
     return Reply(status=304, headers=headers)
 
 

@@ -192,11 +192,31 @@ class RedisTier:
                 break
         return found
 
+    async def tagged(self, tag: str) -> list[str]:
+        """The keys of the entries that carry ``tag`` now. A tag's set may still list a key
+        stored again since without the tag, or gone: those leave the set."""
+        tag_key = TAG_PREFIX + tag
+        members = [m.decode() if isinstance(m, bytes) else str(m) for m in await self.redis.smembers(tag_key)]
+        if not members:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:  # one GET each: any slot
+            for key in members:
+                pipe.get(key)
+            values = await pipe.execute()
+        carrying: list[str] = []
+        for key, value in zip(members, values, strict=True):
+            entry = decode(value) if value is not None else None
+            if entry is not None and tag in entry.tags:
+                carrying.append(key)
+        kept = set(carrying)
+        stale = [key for key in members if key not in kept]
+        if stale:
+            await self.redis.srem(tag_key, *stale)
+        return carrying
+
     async def delete_tag(self, tag: str) -> int:
         """Delete every entry carrying ``tag``; how many existed."""
-        members = await self.redis.smembers(TAG_PREFIX + tag)
-        keys = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
-        deleted = await self.delete_keys(keys) if keys else 0
+        deleted = await self.delete_keys(await self.tagged(tag))
         await self.redis.delete(TAG_PREFIX + tag)
         return deleted
 

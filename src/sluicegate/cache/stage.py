@@ -23,6 +23,7 @@ from .answers import (
     COALESCED_HEADER,
     EntryMaker,
     Flight,
+    etag_matches,
     headers_for,
     not_modified,
     reply_from,
@@ -127,7 +128,7 @@ class ServeFromCache:
             self._cache.stats.count(call.context.feature, "stale")
             if self._ledger is not None:
                 self._ledger.served(call, entry.usage, "stale")
-            return reply_from(call, entry, "stale", policy, now)
+            return reply_from(call, entry, "stale", policy, now, control.no_store)
         return None
 
     # Serving entries
@@ -147,11 +148,11 @@ class ServeFromCache:
         entry.hits += 1
         usage = entry.usage
         tokens = usage.total_tokens if usage is not None else None
-        if control.if_none_match is not None and entry.etag in control.if_none_match:
+        if control.if_none_match is not None and etag_matches(control.if_none_match, entry.etag):
             stats.served(key.key, feature, "hits_browser", tokens)
             if self._ledger is not None:
                 self._ledger.served(call, usage, "hit-browser-revalidated")
-            return not_modified(entry, policy, now)
+            return not_modified(entry, policy, now, control.no_store)
         label = _HIT_LABELS[tier]
         stats.served(key.key, feature, _HIT_METRICS[tier], tokens)
         if self._ledger is not None:
@@ -163,10 +164,7 @@ class ServeFromCache:
             and entry.expires_at - now < self._cache.config.refresh_ahead_s
         ):
             self._refresher.start(call, key, policy, entry.hits)
-        reply = reply_from(call, entry, label, policy, now)
-        if control.no_store:
-            reply.headers["cache-control"] = "no-store"  # nor may the browser keep it
-        return reply
+        return reply_from(call, entry, label, policy, now, control.no_store)
 
     async def _bypass(self, call: Call, control: CacheControl) -> Reply:
         self._cache.stats.count(call.context.feature, "bypass")
@@ -215,7 +213,7 @@ class ServeFromCache:
                         cache.stats.count(call.context.feature, "coalesced")
                         if self._ledger is not None:
                             self._ledger.served(call, entry.usage, "coalesced")
-                        reply = reply_from(call, entry, "hit-redis", policy, cache.clock())
+                        reply = reply_from(call, entry, "hit-redis", policy, cache.clock(), control.no_store)
                         reply.headers[COALESCED_HEADER] = "true"
                         return reply
             hits = stale.hits if stale is not None else 0
@@ -286,7 +284,7 @@ class ServeFromCache:
             return reply
         if now is None:
             now = self._cache.clock()
-        if control.if_none_match is not None and entry.etag in control.if_none_match:
+        if control.if_none_match is not None and etag_matches(control.if_none_match, entry.etag):
             return not_modified(entry, policy, now)
         headers_for(entry, "miss", policy, now, headers)
         return reply
@@ -332,7 +330,7 @@ class ServeFromCache:
         if entry is not None and state is not None:
             # The leader's lookup found it in a tier, or the leader's upstream call made it.
             label = ("hit-" + flight.tier if flight.tier else "miss") if state == "fresh" else "stale"
-            reply = reply_from(call, entry, label, policy, now)
+            reply = reply_from(call, entry, label, policy, now, control.no_store)
             reply.headers[COALESCED_HEADER] = "true"
             if self._ledger is not None:
                 self._ledger.served(call, entry.usage, "coalesced")
@@ -360,7 +358,7 @@ class ServeFromCache:
             self._cache.stats.count(call.context.feature, "stale")
             if self._ledger is not None:
                 self._ledger.served(call, stale.usage, "stale")
-            return reply_from(call, stale, "stale", policy, now)
+            return reply_from(call, stale, "stale", policy, now, control.no_store)
         raise error
 
     def _stream_done(

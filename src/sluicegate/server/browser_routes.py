@@ -51,12 +51,13 @@ def _user(value: Any) -> str:
 
 
 def _features(value: Any, settings: Settings) -> tuple[str, ...]:
-    """The requested features, checked; by default every configured feature."""
+    """The requested features, checked; by default every configured feature and ``default``
+    (what a request that names no feature is for)."""
     if value is None:
-        return tuple(settings.features) or (DEFAULT_FEATURE,)
+        return tuple(dict.fromkeys([*settings.features, DEFAULT_FEATURE]))
     if not isinstance(value, list) or not value or not all(isinstance(f, str) for f in value):
         raise InvalidRequest("features must be a non-empty list of feature names", param="features")
-    known = {*settings.features, DEFAULT_FEATURE}
+    known = settings.feature_names
     unknown = [f for f in value if f not in known]
     if unknown:
         raise InvalidRequest(

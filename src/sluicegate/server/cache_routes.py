@@ -58,8 +58,8 @@ async def bump_namespace(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/cache/bump`` with ``{"feature"}``: every older entry of it becomes unreachable."""
     cache = _cache(gateway, request)
     feature = (await _body(gateway, request)).get("feature")
-    if not isinstance(feature, str) or (feature not in gateway.settings.features and feature != "default"):
-        known = ", ".join(sorted(gateway.settings.features))
+    if not isinstance(feature, str) or feature not in gateway.settings.feature_names:
+        known = ", ".join(sorted(gateway.settings.feature_names))
         raise InvalidRequest(f"feature must be a configured feature name ({known})", param="feature")
     await send_json(request, 200, orjson.dumps(await admin.bump(cache, feature)))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 
+from ..cache.answers import etag_matches
 from ..gateway import Gateway
 from .http import Request
 from .openai_routes import Handler
@@ -23,7 +24,7 @@ def static_file(name: str, content_type: bytes, cache_control: bytes) -> Handler
     headers = [(b"etag", etag), (b"cache-control", cache_control)]
 
     async def serve(gateway: Gateway, request: Request) -> None:
-        if request.if_none_match is not None and _matches(request.if_none_match, etag):
+        if request.if_none_match is not None and etag_matches(request.if_none_match, etag.decode()):
             status, content = 304, b""
             response_headers = headers
         else:
@@ -53,11 +54,3 @@ def client_script() -> Handler:
 def demo_page() -> Handler:
     """``GET /sdk/demo``: the demo page, revalidated on every load."""
     return static_file("demo.html", b"text/html; charset=utf-8", b"no-cache")
-
-
-def _matches(if_none_match: str, etag: bytes) -> bool:
-    """Weak comparison, as ``If-None-Match`` on a GET asks for (RFC 9110, 13.1.2)."""
-    if if_none_match.strip() == "*":
-        return True
-    wanted = etag.decode()
-    return any(tag.strip().removeprefix("W/") == wanted for tag in if_none_match.split(","))
