@@ -153,6 +153,16 @@ async def test_delete_where_drops_queued_rows(sql: SqlTier) -> None:
     assert await sql.get(key("c", "initech")) is not None
 
 
+async def test_an_invalidation_elsewhere_drops_every_queued_row(sql: SqlTier) -> None:
+    """Another process's invalidation cannot say which rows it deletes: none queued here lands."""
+    sql.enqueue(key("a"), entry(org="acme"), 3600)
+    sql.enqueue(key("b", "globex"), entry(org="globex"), 3600)
+    await sql.drop_queued()
+    assert sql.pending == 0
+    await sql.flush()
+    assert await sql.get(key("a")) is None and await sql.get(key("b", "globex")) is None
+
+
 @pytest.mark.postgres
 async def test_delete_where_wins_over_a_write_in_flight(database_url: str) -> None:
     """A row the writer is busy writing when an invalidation runs does not survive it."""

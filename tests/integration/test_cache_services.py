@@ -126,9 +126,13 @@ def test_invalidate_by_tag_and_org_through_the_admin_api(
             post(server.url + "/v1/chat/completions", tagged, headers)
         result = post(servers[0].url + "/api/ai/cache/invalidate", {"tag": "q3-report"}).json()
         assert result["deleted"]["redis"] == 1
-        for server in servers:
-            again = post(server.url + "/v1/chat/completions", body(), headers)
-            assert again.headers["x-sluicegate-cache"] in ("miss", "hit-redis")
+        # Nothing of the entry survived in any tier of either process: the first asks upstream;
+        # the second finds that fresh answer in whichever shared tier has it first.
+        labels = [
+            post(server.url + "/v1/chat/completions", body(), headers).headers["x-sluicegate-cache"]
+            for server in servers
+        ]
+        assert labels[0] == "miss" and labels[1] in ("miss", "hit-redis", "hit-sql")
         result = post(servers[1].url + "/api/ai/cache/invalidate", {"org": "local"}).json()
         assert result["deleted"]["redis"] == 1
         stats = get(servers[0].url + "/api/ai/cache").json()

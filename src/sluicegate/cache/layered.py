@@ -132,7 +132,9 @@ class LayeredCache:
         """Apply an invalidation: an empty in-process tier at once, then fresh namespace versions.
 
         Until the versions are read, `pending` hands the reload to every request, so that none
-        computes a key with the old version meanwhile.
+        computes a key with the old version meanwhile. The SQL rows this process has not
+        written yet are dropped (see `SqlTier.drop_queued`), so that none lands after the
+        invalidation's delete.
         """
         await asyncio.shield(self._begin_reload())
 
@@ -144,6 +146,8 @@ class LayeredCache:
         return self._reloading
 
     async def _read_namespaces(self) -> None:
+        if self.sql is not None:
+            await self.sql.drop_queued()
         with contextlib.suppress(Exception):  # the database is down: keep the versions we have
             self.namespaces = await self.namespace_store.namespaces()
         if self.memory is not None:

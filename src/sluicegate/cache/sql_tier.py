@@ -159,6 +159,15 @@ class SqlTier:
             return True
         return False
 
+    async def drop_queued(self, wait_s: float = 2.0) -> None:
+        """Forget the rows not yet written, once the batch being written now (if any) has
+        landed, waiting at most ``wait_s``: an invalidation came, and they may be what it
+        deletes. They were copies of answers to keep; the next miss stores them again."""
+        self._queue.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s), self._write_lock:
+                self._queue.clear()
+
     @property
     def pending(self) -> int:
         """Rows queued and not yet written."""
