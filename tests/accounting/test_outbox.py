@@ -58,6 +58,20 @@ async def totals(engine: AsyncEngine) -> tuple[int, int]:
     return int(count), int(cost)
 
 
+async def test_rows_go_in_exactly_as_they_were_recorded(engine: AsyncEngine) -> None:
+    """Every value comes back with its type: None, a float time to the last digit, an
+    amount past 32 bits, quotes and non-ASCII text (SQLite takes a batch as one JSON array)."""
+    odd = dict(zip(COLUMNS, make_row("r-odd"), strict=True))
+    odd.update(
+        at=1_795_670_544.464593, user='ann "the boss" Ünal', key_id="k_1", cost_micro=9_000_000_000_123
+    )
+    rows = [make_row("r-plain"), tuple(odd[name] for name in COLUMNS), make_row("r-plain")]  # twice: once in
+    await insert_rows(engine, rows)
+    async with engine.connect() as connection:
+        found = (await connection.execute(select(*(usage_ledger.c[n] for n in COLUMNS)).order_by("id"))).all()
+    assert [tuple(row) for row in found] == rows[:2]
+
+
 async def test_rows_are_spooled_at_the_end_of_the_turn_then_written_and_the_spool_emptied(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
