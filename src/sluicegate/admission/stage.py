@@ -26,11 +26,9 @@ __all__ = ["LimitRequests", "global_or_share", "redis_answered", "redis_failed"]
 
 _REDIS_DOWN = "redis-down:rate-limits"
 _WHAT, _HOLDS = "rate limits", "enforces its share (limits.local_share) of each limit"
+_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 Send = Callable[[Call], Awaitable[Reply]]
 T = TypeVar("T")
-
-
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 def redis_failed(alerts: Alerts, key: str, what: str, holds: str, error: BaseException) -> None:
