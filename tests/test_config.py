@@ -242,6 +242,7 @@ def test_a_limit_or_budget_of_an_unknown_feature_is_named(section: str, where: s
     """A typo in a feature name would make the limit or budget never apply: refused by name."""
     message = config_error(section)
     assert where in message and "'chatt'" in message and "chat, default" in message
+    assert f"\n  {where}: unknown feature" in message  # the key first, as for any other bad value
 
 
 def test_a_limit_or_budget_of_a_configured_feature_or_default_is_accepted() -> None:

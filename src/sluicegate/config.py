@@ -333,8 +333,9 @@ class Settings(BaseSettings):
 def _format_validation_error(source: str, error: ValidationError) -> str:
     lines = [f"invalid configuration in {source}:"]
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"  {key}: {item['msg']}")
+        key = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")  # our own checks name their keys
+        lines.append(f"  {key}: {message}" if key else f"  {message}")
     return "\n".join(lines)
 
 
