@@ -239,3 +239,33 @@ async def test_the_least_completion_tokens_hold_for_each_of_n_choices(tmp_path: 
         budget = gateway.budgets.budget_for("acme")
         assert budget is not None
         assert (await gateway.budgets.usage(budget)).reserved_micro == 0
+
+
+async def test_a_stream_the_client_cuts_costs_its_estimate_not_its_worst_case(tmp_path: Path) -> None:
+    """The budget settles a cut stream at what the ledger records for it: its prompt and the
+    chunks it sent, not the reservation's worst case."""
+    slow = {"upstream": {"kind": "mock", "mock": {"answer_words": 400, "chunk_interval_ms": 5}}}
+    budgets = {"orgs": [{"org": "acme", "limit_usd": "1"}]}
+    async with create_gateway(
+        mock_settings(data_dir=tmp_path, budgets=budgets, providers=slow, cache={"enabled": False})
+    ) as gateway:
+        reply = await gateway.send(
+            gateway.new_call("chat", body("cut me", max_tokens=4000, stream=True), ACME)
+        )
+        assert reply.stream is not None
+        async for _ in reply.stream:
+            break  # the client leaves
+        await reply.stream.aclose()
+        budget = gateway.budgets.budget_for("acme")
+        assert budget is not None
+        for _ in range(50):  # the settlement runs in the background
+            usage = await gateway.budgets.usage(budget)
+            if usage.reserved_micro == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert gateway.outbox is not None
+        await gateway.outbox.flush()
+        async with gateway.engine.connect() as connection:
+            ledger = int(await connection.scalar(text("SELECT sum(cost_micro) FROM usage_ledger")) or 0)
+        assert (usage.reserved_micro, usage.spent_micro) == (0, ledger)
+        assert ledger < 600  # 4,000 tokens at $0.60 a million would be 2,400 µUSD

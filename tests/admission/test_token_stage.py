@@ -78,3 +78,30 @@ async def test_with_redis_down_each_replica_holds_its_share(caplog: pytest.LogCa
     assert admitted == 2  # 500 tokens held here: two calls of about 205
     assert sum("token limits: Redis is unreachable" in r.getMessage() for r in caplog.records) == 1
     await unreachable.aclose()
+
+
+async def test_embeddings_take_their_input_only(tmp_path: Path) -> None:
+    """An embedding has no completion: it does not take budgets.default_max_tokens."""
+    async with create_gateway(settings(tmp_path, 3000)) as gateway:
+        for n in range(3):
+            body_ = {"model": "text-embedding-3-small", "input": [f"text {n}"]}
+            reply = await gateway.send(gateway.new_call("embeddings", body_, ACME))
+            assert int(reply.headers["x-ratelimit-remaining-tokens"]) > 2900
+
+
+async def test_a_stream_the_client_cuts_gives_back_all_but_what_it_used(tmp_path: Path) -> None:
+    """Cut after its first chunks, a stream keeps only its prompt and those chunks' tokens."""
+    slow = {"upstream": {"kind": "mock", "mock": {"answer_words": 400, "chunk_interval_ms": 5}}}
+    limits = {"tokens": [{"per": "org", "tokens_per_minute": 3000}]}
+    async with create_gateway(
+        mock_settings(data_dir=tmp_path, limits=limits, providers=slow, cache={"enabled": False})
+    ) as gateway:
+        call = gateway.new_call("chat", {**body("cut me", 2500), "stream": True}, ACME)
+        reply = await gateway.send(call)
+        assert reply.stream is not None
+        async for _ in reply.stream:
+            break  # the client leaves
+        await reply.stream.aclose()
+        await asyncio.sleep(0.1)  # the give-back runs in the background
+        second = await gateway.send(gateway.new_call("chat", body("next", 2500), ACME))
+        assert second.usage is not None  # admitted: the cut stream's worst case came back

@@ -19,7 +19,15 @@ from ..calls import Call, ReplyStream, Usage
 from ..errors import SluicegateError, UpstreamError
 from .pricing import PriceBook
 
-__all__ = ["COLUMNS", "Ledger", "RecordUsage", "estimate_prompt_tokens", "row"]
+__all__ = [
+    "COLUMNS",
+    "Ledger",
+    "RecordUsage",
+    "estimate_prompt_tokens",
+    "row",
+    "stream_usage",
+    "usage_or_estimate",
+]
 
 # The order of a row's values (the outbox keeps rows as tuples, and spools them as JSON arrays).
 COLUMNS = (
@@ -110,6 +118,27 @@ def row(
 _NO_USAGE = Usage()
 
 
+def usage_or_estimate(
+    body: dict[str, Any], usage: Usage | None, status: int, completion_estimate: int = 0
+) -> tuple[Usage, str]:
+    """What an attempt used, and where that comes from (pure): the upstream's ``usage``; none
+    when it was refused or failed before any answer; else an estimate (the prompt, plus
+    ``completion_estimate`` tokens: a stream's chunks), as for a client that left (499). The
+    ledger, the budget and the token limits all count a call this way."""
+    if usage is not None:
+        return usage, "usage"
+    if status >= 400 and status != 499 and not completion_estimate:
+        return _NO_USAGE, "none"
+    return Usage(estimate_prompt_tokens(body), completion_estimate, 0), "estimate"
+
+
+def stream_usage(body: dict[str, Any], relay: ReplyStream) -> Usage:
+    """What a stream that has ended used, however it ended (see `usage_or_estimate`)."""
+    error = relay.error
+    status = error.status_code if error is not None else (200 if relay.done else 499)
+    return usage_or_estimate(body, relay.usage, status, relay.deltas)[0]
+
+
 class Ledger:
     """Turns what happened to a call into rows: attempts (with their cost) and cache answers
     (with what they saved)."""
@@ -142,17 +171,7 @@ class Ledger:
         """Record one upstream attempt of ``call``; ``usage`` None means the upstream reported
         none (its tokens are then estimated) and ``status`` ≥ 400 one that failed unbilled
         (499, a client that left, is billed by estimate: the upstream had the prompt)."""
-        priced_from = "usage"
-        if usage is None:
-            if status >= 400 and status != 499 and not completion_estimate:
-                usage, priced_from = _NO_USAGE, "none"  # refused or failed before any answer
-            else:
-                usage = Usage(
-                    estimate_prompt_tokens(call.body),
-                    completion_estimate,
-                    0,
-                )
-                priced_from = "estimate"
+        usage, priced_from = usage_or_estimate(call.body, usage, status, completion_estimate)
         cost = self.prices.cost_micro(call.route, usage) or 0
         latency = int((time.perf_counter() - started) * 1000)
         self._sink.add(

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from ..accounting.ledger import stream_usage
 from ..accounting.pricing import PriceBook
 from ..background import spawn
 from ..calls import Call, ModelRoute, Reply, ReplyStream
@@ -125,7 +126,8 @@ class ReserveBudget:
             reserved = decision.reserve_micro
 
             def settle_stream(relay: ReplyStream) -> None:
-                cost = self._prices.cost_micro(call.route, relay.usage)
+                # Cut by the client, it costs what the ledger records: its estimate, not its worst case.
+                cost = self._prices.cost_micro(call.route, stream_usage(call.body, relay))
                 amount = reserved if cost is None else cost
                 if not self._store.settle_soon(rid, amount, self._settled_soon(rid)):
                     spawn(self._tasks, self._settle(rid, amount))

@@ -16,11 +16,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ..accounting.ledger import estimate_prompt_tokens
+from ..accounting.ledger import estimate_prompt_tokens, stream_usage
 from ..background import spawn
 from ..calls import Call, Reply, ReplyStream, Usage
 from ..config import TokenLimit
-from ..errors import TokensLimited, UpstreamError
+from ..errors import TokensLimited
 from ..observe.alerts import Alerts
 from .redis_tokens import RedisTokens
 from .sql_tokens import SqlTokens
@@ -62,7 +62,10 @@ class LimitTokens:
         if not checks:
             return await self._send(call)
         body = call.body
-        asked = body.get("max_completion_tokens") or body.get("max_tokens") or self._default_max_tokens
+        if call.kind == "embeddings":  # an embedding has no completion: its input is all it uses
+            asked = 0
+        else:
+            asked = body.get("max_completion_tokens") or body.get("max_tokens") or self._default_max_tokens
         cost = estimate_prompt_tokens(body) + asked * (body.get("n") or 1)
         taken = await self._take(checks, cost)
         tightest = min(check.rule.tokens_per_minute for check in checks)
@@ -83,18 +86,19 @@ class LimitTokens:
             )
         try:
             reply = await self._send(call)
-        except UpstreamError:
-            spawn(self._tasks, self._give_back(checks, cost))
-            raise
         except asyncio.CancelledError:
             spawn(self._tasks, self._give_back(checks, cost - estimate_prompt_tokens(body)))
+            raise
+        except Exception:  # refused further in (a budget, the stop) or failed: nothing used
+            spawn(self._tasks, self._give_back(checks, cost))
             raise
         if reply.stream is None:
             await self._settle(checks, cost, reply.usage)
         else:
 
             def settle_stream(relay: ReplyStream) -> None:
-                spawn(self._tasks, self._settle(checks, cost, relay.usage))
+                # Cut by the client: all but what it used (its prompt and the chunks sent) goes back.
+                spawn(self._tasks, self._settle(checks, cost, stream_usage(body, relay)))
 
             reply.stream.on_close(settle_stream)
         reply.headers["x-ratelimit-limit-tokens"] = str(tightest)
