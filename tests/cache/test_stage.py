@@ -409,6 +409,7 @@ async def test_refresh_ahead_refetches_a_popular_entry_before_it_expires(tmp_pat
         await send(gateway)
         assert gateway.cache is not None
         (entry,) = gateway.cache.memory.entries()  # type: ignore[union-attr]
+        entry.created_at = time.time() - 3570  # an hour-old entry with 30 s left:
         entry.expires_at = time.time() + 30  # within the default 60 s refresh-ahead window
         for _ in range(6):
             assert (await send(gateway)).headers["x-sluicegate-cache"] == "hit-memory"
@@ -417,6 +418,19 @@ async def test_refresh_ahead_refetches_a_popular_entry_before_it_expires(tmp_pat
         (fresh,) = gateway.cache.memory.entries()  # type: ignore[union-attr]
         assert fresh.expires_at > time.time() + 600
         assert fresh.hits >= 3  # popularity carries over
+
+
+async def test_refresh_ahead_never_refreshes_an_entry_just_stored(tmp_path: Path) -> None:
+    """With a TTL no longer than the refresh-ahead window, an entry is not refetched on every
+    hit: the window is at most a quarter of the entry's lifetime."""
+    settings = mock_settings(
+        data_dir=tmp_path / "data", features=features(refresh_ahead_hits=2, ttl_s=60, cost_aware=False)
+    )
+    async with create_gateway(settings) as gateway:
+        for _ in range(20):
+            await send(gateway)
+        await asyncio.sleep(0.1)
+        assert chat_calls(gateway) == 1
 
 
 async def test_followers_never_get_an_expired_entry_from_the_leaders_lookup(tmp_path: Path) -> None:

@@ -161,7 +161,7 @@ class ServeFromCache:
         if (
             threshold is not None
             and entry.hits >= threshold
-            and entry.expires_at - now < self._cache.config.refresh_ahead_s
+            and entry.expires_at - now < min(self._cache.config.refresh_ahead_s, entry.ttl_s / 4)
         ):
             self._refresher.start(call, key, policy, entry.hits)
         return reply_from(call, entry, label, policy, now, control.no_store)
