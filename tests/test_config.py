@@ -252,6 +252,12 @@ def test_a_limit_or_budget_of_a_configured_feature_or_default_is_accepted() -> N
     assert settings.limits.requests[0].feature == "default"
 
 
+def test_an_org_with_a_slash_cannot_have_a_budget() -> None:
+    """`acme/user:boss` would share the budget of the user boss of acme."""
+    message = config_error("budgets:\n  orgs:\n    - {org: acme/user:boss, limit_usd: 1}\n")
+    assert "budgets.orgs.0.org" in message and "cannot contain '/'" in message
+
+
 @pytest.mark.parametrize(
     ("limit", "why"),
     [

@@ -25,7 +25,7 @@ from .admission import stop as controls
 from .admission.budget_math import PERIOD_ADJECTIVES
 from .admission.budgets import BudgetStore
 from .config import Settings
-from .config_money import limit_micro
+from .config_money import check_org_name, limit_micro
 from .errors import SluicegateError
 from .store.db import with_migrated
 from .store.redis import create_redis
@@ -162,6 +162,12 @@ def budgets_command(
         console.print(
             "[red]error:[/red] give both --org and --limit-usd to set a budget (neither to list them)"
         )
+        return 2
+    try:
+        if org is not None:
+            check_org_name(org)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] --org: {exc}")
         return 2
     if period not in ("day", "week", "month"):
         console.print(f"[red]error:[/red] --period must be day, week or month, not {period!r}")

@@ -22,6 +22,7 @@ __all__ = [
     "RequestLimit",
     "SpendBreakerConfig",
     "TokenLimit",
+    "check_org_name",
     "limit_micro",
 ]
 
@@ -156,6 +157,17 @@ class LimitsConfig(Frozen):
 MAX_LIMIT_USD = Decimal(1_000_000_000)
 
 
+def check_org_name(org: str) -> str:
+    """``org`` if it can name an org; `ValueError` otherwise. A ``/`` is refused: a budget's
+    scope reads ``org:ORG/user:NAME``, so an org called ``acme/user:boss`` would share the
+    budget of the user boss of acme."""
+    if not org:
+        raise ValueError("an org's name cannot be empty")
+    if "/" in org:
+        raise ValueError(f"an org's name cannot contain '/' (got {org!r}): budget scopes use it")
+    return org
+
+
 def limit_micro(limit_usd: Decimal) -> int:
     """A budget's limit in micro-USD (pure); `ValueError` saying why ``limit_usd`` cannot be one."""
     if not limit_usd.is_finite() or limit_usd < 0:
@@ -183,6 +195,11 @@ class OrgBudget(Frozen):
     def _a_countable_limit(cls, value: Decimal) -> Decimal:
         limit_micro(value)
         return value
+
+    @field_validator("org")
+    @classmethod
+    def _an_org_name(cls, value: str) -> str:
+        return check_org_name(value)
 
     @model_validator(mode="after")
     def _one_narrowing(self) -> OrgBudget:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Select, and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .config_money import check_org_name
 from .errors import InvalidRequest, NotFound
 from .store.tables import virtual_keys
 
@@ -157,6 +158,10 @@ class KeyStore:
 
     def _new(self, org: str, user: str | None, name: str | None, now: datetime) -> tuple[str, KeyRecord]:
         _check_label("org", org)
+        try:
+            check_org_name(org)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="org") from None
         _check_label("user", user)
         _check_label("name", name)
         key = new_key()
@@ -201,9 +206,12 @@ class KeyStore:
         return _record(rows[0])
 
     async def revoke(self, id_or_prefix: str) -> KeyRecord:
-        """Revoke the key with this id or prefix; `NotFound` when none or several match."""
+        """Revoke the key with this id or prefix; `NotFound` when none or several match. A key
+        revoked already keeps the time it was revoked first."""
         async with self._engine.begin() as conn:
             record = await self._one(conn, id_or_prefix)
+            if record.revoked_at is not None:
+                return record
             now = datetime.now(UTC)
             await conn.execute(
                 update(virtual_keys).where(virtual_keys.c.id == record.id).values(revoked_at=now)

@@ -179,3 +179,42 @@ def test_rotating_with_no_grace_refuses_the_old_key_at_once(
         assert (status, body["error"]["code"]) == (401, "expired_api_key")
         status, body = call(rotate, "POST", key="admin-secret")
         assert status == 400 and "expired at" in body["error"]["message"]
+
+
+def test_admin_bodies_refuse_unknown_fields_and_orgs_with_a_slash(
+    upstream: MockUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo is a 400 naming it, not a request with the field left out: `orgg` must not stop
+    every org, `usr` must not replace the org's own budget. An org named `acme/user:boss`
+    would share the budget of acme's user boss: refused."""
+    monkeypatch.setenv("SLUICEGATE_ADMIN_KEY", "admin-secret")
+    with GatewayServer(mock_settings(upstream.url, data_dir=tmp_path)) as gw:
+        for path, body, param in (
+            ("/api/ai/stop", {"orgg": "acme", "reason": "x"}, "orgg"),
+            ("/api/ai/resume", {"org": "acme", "reason": "x"}, "reason"),
+            ("/api/ai/budgets", {"org": "acme", "limit_usd": 1, "usr": "ann"}, "usr"),
+            ("/api/ai/keys", {"org": "acme", "nmae": "web"}, "nmae"),
+            ("/api/ai/budgets", {"org": "acme/user:boss", "limit_usd": 1}, "org"),
+            ("/api/ai/keys", {"org": "acme/user:boss"}, "org"),
+        ):
+            status, answer = call(gw.url + path, "POST", body, key="admin-secret")
+            assert (status, answer["error"]["param"]) == (400, param), (path, answer)
+        assert call(gw.url + "/api/ai/stop", key="admin-secret")[1]["stops"] == []
+        assert call(gw.url + "/api/ai/budgets", key="admin-secret")[1]["budgets"] == []
+
+
+def test_models_need_a_key_when_keys_are_required_and_a_revocation_keeps_its_time(
+    upstream: MockUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLUICEGATE_ADMIN_KEY", "admin-secret")
+    settings = mock_settings(upstream.url, data_dir=tmp_path, auth={"require_keys": True})
+    with GatewayServer(settings) as gw:
+        assert call(gw.url + "/v1/models")[0] == 401
+        assert call(gw.url + "/v1/models", key="sk-sg-made-up")[0] == 401
+        _, created = call(gw.url + "/api/ai/keys", "POST", {"org": "acme"}, key="admin-secret")
+        assert call(gw.url + "/v1/models", key=created["key"])[0] == 200
+        assert call(gw.url + "/v1/models", key="admin-secret")[0] == 200
+        first = call(gw.url + f"/api/ai/keys/{created['id']}", "DELETE", key="admin-secret")[1]
+        time.sleep(0.01)
+        again = call(gw.url + f"/api/ai/keys/{created['id']}", "DELETE", key="admin-secret")[1]
+        assert again["revoked_at"] == first["revoked_at"] is not None

@@ -11,7 +11,7 @@ import orjson
 
 from .._version import __version__
 from ..admission import stop as stop_controls
-from ..config_money import limit_micro
+from ..config_money import check_org_name, limit_micro
 from ..errors import InvalidRequest, NotFound
 from ..gateway import Gateway
 from ..virtual_keys import DEFAULT_GRACE_S
@@ -81,6 +81,7 @@ async def create_key(gateway: Gateway, request: Request) -> None:
     )
     if not isinstance(body, dict) or not isinstance(body.get("org"), str):
         raise InvalidRequest("send a JSON object with a string org", param="org")
+    _only(body, ("org", "user", "name"))
     fields = {f: body.get(f) for f in ("user", "name")}
     for name, value in fields.items():
         if value is not None and not isinstance(value, str):
@@ -123,6 +124,17 @@ async def rotate_key(gateway: Gateway, request: Request) -> None:
     await send_json(request, 201, orjson.dumps({"key": key, **new.to_dict(), "replaces": old.to_dict()}))
 
 
+def _only(body: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """Refuse a body with a field this request does not take: a typo (``orgg``) must not turn a
+    stop of one org into a stop of every org."""
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field {', '.join(map(repr, unknown))}; this request takes {', '.join(fields)}",
+            param=unknown[0],
+        )
+
+
 def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -134,12 +146,15 @@ async def list_stops(gateway: Gateway, request: Request) -> None:
     await send_json(request, 200, orjson.dumps({"stops": [s.to_dict() for s in stops]}))
 
 
-async def _org_and_reason(gateway: Gateway, request: Request) -> tuple[str | None, Any]:
+async def _org_and_reason(
+    gateway: Gateway, request: Request, fields: tuple[str, ...]
+) -> tuple[str | None, Any]:
     body = await read_json(
         request, gateway.settings.server.max_body_bytes, gateway.settings.server.body_timeout_s
     )
     if not isinstance(body, dict) or not isinstance(body.get("org", ""), str | None):
         raise InvalidRequest("send a JSON object with an optional string org", param="org")
+    _only(body, fields)
     return body.get("org"), body.get("reason")
 
 
@@ -147,7 +162,7 @@ async def set_stop(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/stop`` with ``{"org"?, "reason"}``: stop upstream calls for the org, or
     for everyone; every replica obeys within ``controls.poll_interval_s`` (admin)."""
     gateway.authenticator.check_admin(request.authorization)
-    org, reason = await _org_and_reason(gateway, request)
+    org, reason = await _org_and_reason(gateway, request, ("org", "reason"))
     if not isinstance(reason, str):
         raise InvalidRequest("say why in reason: it is shown to every refused caller", param="reason")
     stop = await stop_controls.set_stop(gateway.engine, org, reason)
@@ -158,7 +173,7 @@ async def set_stop(gateway: Gateway, request: Request) -> None:
 async def resume(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/resume`` with ``{"org"?}``: lift the org's stop, or the global one (admin)."""
     gateway.authenticator.check_admin(request.authorization)
-    org, _ = await _org_and_reason(gateway, request)
+    org, _ = await _org_and_reason(gateway, request, ("org",))
     lifted = await stop_controls.clear_stop(gateway.engine, org)
     await gateway.controls.refresh()
     await send_json(request, 200, orjson.dumps({"scope": stop_controls.scope_of(org), "lifted": lifted}))
@@ -183,6 +198,11 @@ async def set_budget(gateway: Gateway, request: Request) -> None:
     )
     if not isinstance(body, dict) or not isinstance(body.get("org"), str) or not body["org"]:
         raise InvalidRequest("send a JSON object with the org's name in org", param="org")
+    _only(body, ("org", "limit_usd", "period", "user", "feature", "key"))
+    try:
+        check_org_name(body["org"])
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="org") from None
     limit = body.get("limit_usd")
     if isinstance(limit, bool) or not isinstance(limit, int | float | str):
         raise InvalidRequest("limit_usd must be a number of US dollars", param="limit_usd")

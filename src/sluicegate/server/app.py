@@ -29,6 +29,9 @@ class SluicegateApp:
         models = openai_routes.models_body(gateway)
 
         async def list_models(gateway: Gateway, request: Request) -> None:
+            # With keys required, the catalogue is for callers with a key (or the admin), too.
+            if not gateway.authenticator.is_admin(request.authorization):
+                await gateway.authenticator.authenticate(request.authorization)
             await send_json(request, 200, models)
 
         self._routes: dict[str, dict[str, Handler]] = {
