@@ -24,6 +24,7 @@ from .errors import SluicegateError
 from .store.db import with_migrated
 from .upstream.mock import MockEngine
 from .upstream.mock_server import start_mock_server
+from .upstream.router import ModelCatalog
 
 __all__ = ["main"]
 
@@ -301,7 +302,10 @@ def usage(
     params.update(
         {k: v for k, v in {"org": org, "user": user, "feature": feature, "model": model}.items() if v}
     )
-    status = cli_usage.usage_command(_settings(config), params, as_json)
+    settings = _settings(config)
+    if model:
+        params["model"] = ModelCatalog(settings).canonical(model)  # an alias reads as its model
+    status = cli_usage.usage_command(settings, params, as_json)
     if status:
         raise typer.Exit(status)
 

@@ -195,6 +195,7 @@ async def test_a_forecast_past_the_limit_alerts_once(
         await gateway.budgets.check_forecasts()
     forecasts = [r for r in caplog.records if "budget forecast" in r.getMessage()]
     assert len(forecasts) == 1
+    assert "of $0.001 by the end of" in forecasts[0].getMessage()  # not "$0.00"
 
 
 async def test_a_throttle_model_that_does_not_exist_stops_the_start(tmp_path: Path) -> None:

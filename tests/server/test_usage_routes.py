@@ -129,3 +129,16 @@ def test_setting_a_budget_names_the_field_that_is_wrong(
     status, answer = call(server.url + "/api/ai/budgets", "POST", body, ADMIN)
     assert status == 400, answer
     assert answer["error"]["param"] == param and said in answer["error"]["message"]
+
+
+def test_usage_of_a_model_alias_is_the_usage_of_its_model(upstream: MockUpstream, tmp_path: Path) -> None:
+    """The ledger records a model by its configured name: asking by an alias finds its rows."""
+    models = {"gpt-4o-mini": {"provider": "upstream", "aliases": ["fast"]}}
+    settings = mock_settings(upstream.url, data_dir=tmp_path, models=models)
+    with GatewayServer(settings) as server:
+        status, _, raw = http(server.url + "/v1/chat/completions", "POST", {**chat_body(), "model": "fast"})
+        assert status == 200, raw
+        for name in ("fast", "gpt-4o-mini"):
+            status, found = call(server.url + f"/api/ai/usage?model={name}")
+            assert status == 200 and found["totals"]["requests"] == 1, (name, found)
+            assert found["filters"]["model"] == "gpt-4o-mini"

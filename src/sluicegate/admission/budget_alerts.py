@@ -11,7 +11,7 @@ from typing import Any
 from ..observe.alerts import post_json
 from .budget_scopes import Budget
 
-__all__ = ["Usage", "announce"]
+__all__ = ["Usage", "announce", "usd"]
 
 logger = logging.getLogger("sluicegate.budgets")
 
@@ -41,22 +41,27 @@ class Usage:
         }
 
 
+def usd(micro: int) -> str:
+    """``$0.0012``, ``$250``: dollars with as many decimals as the amount needs (pure)."""
+    return "$" + f"{micro / 1_000_000:,.6f}".rstrip("0").rstrip(".")
+
+
 async def announce(usage: Usage, level: str, url: str | None) -> None:
     """Log an alert (``forecast``, or the share reached), and POST it to ``url`` if set."""
-    limit = usage.budget.limit_micro / 1_000_000
+    limit = usd(usage.budget.limit_micro)
     if level == "forecast":
         logger.warning(
-            "budget forecast: %s is on course to spend $%.4f of $%.2f by the end of %s",
+            "budget forecast: %s is on course to spend %s of %s by the end of %s",
             usage.budget.scope,
-            (usage.forecast_micro or 0) / 1_000_000,
+            usd(usage.forecast_micro or 0),
             limit,
             usage.period,
         )
     else:
         logger.warning(
-            "budget alert: %s has spent $%.4f of $%.2f this %s (%s)",
+            "budget alert: %s has spent %s of %s this %s (%s)",
             usage.budget.scope,
-            usage.spent_micro / 1_000_000,
+            usd(usage.spent_micro),
             limit,
             usage.budget.period,
             usage.period,

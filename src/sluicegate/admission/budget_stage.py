@@ -22,6 +22,7 @@ from ..calls import Call, ModelRoute, Reply, ReplyStream
 from ..config import BudgetsConfig
 from ..errors import BudgetExceeded
 from ..upstream.router import ModelCatalog
+from .budget_alerts import usd
 from .budget_math import MIN_COMPLETION_TOKENS, PERIOD_ADJECTIVES
 from .budget_scopes import parse_scope
 from .budgets import BudgetStore, Usage
@@ -49,11 +50,6 @@ def _not_settled(rid: str, error: BaseException) -> None:
 def _room(usage: Usage) -> int:
     """What is left of a budget's period."""
     return usage.budget.limit_micro - usage.spent_micro - usage.reserved_micro
-
-
-def _usd(micro: int) -> str:
-    """``$0.0012``, ``$250``: dollars with as many decimals as the amount needs."""
-    return "$" + f"{micro / 1_000_000:,.6f}".rstrip("0").rstrip(".")
 
 
 Send = Callable[[Call], Awaitable[Reply]]
@@ -158,8 +154,8 @@ class ReserveBudget:
         where = f"--org {org}" + ("" if kind is None else f" --{kind} {name}")
         adjective = PERIOD_ADJECTIVES[budget.period]
         return BudgetExceeded(
-            f"the {adjective} budget of {budget.describe()} ({_usd(budget.limit_micro)}, "
-            f"{_usd(usage.spent_micro)} spent, {_usd(usage.reserved_micro)} reserved) "
+            f"the {adjective} budget of {budget.describe()} ({usd(budget.limit_micro)}, "
+            f"{usd(usage.spent_micro)} spent, {usd(usage.reserved_micro)} reserved) "
             f"{what}; it resets at {resets:%Y-%m-%d %H:%M} UTC. Ask an admin to raise it "
             f"(sluicegate budgets set {where} --limit-usd N), or send a smaller max_tokens",
             code=code,

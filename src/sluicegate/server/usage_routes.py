@@ -46,6 +46,8 @@ async def usage(gateway: Gateway, request: Request) -> None:
         )
     raw = request.scope.get("query_string", b"").decode("latin-1")
     params = dict(urllib.parse.parse_qsl(raw))
+    if params.get("model"):
+        params["model"] = gateway.catalog.canonical(params["model"])  # an alias reads as its model
     query = UsageQuery.parse(params, time.time(), org)
     try:
         if gateway.outbox is not None:

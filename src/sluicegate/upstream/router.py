@@ -40,6 +40,12 @@ class ModelCatalog:
                 self._routes[public] = route
         self.names = tuple(settings.models)
 
+    def canonical(self, model: str) -> str:
+        """The configured name of ``model`` (a name or an alias), as the ledger records it;
+        ``model`` itself when it is neither (a model no longer configured)."""
+        route = self._routes.get(model)
+        return route.name if route is not None else model
+
     def resolve(self, model: str, kind: CallKind | None = None) -> ModelRoute:
         """The route for ``model``; `ModelNotFound` when it is not configured, `InvalidRequest`
         when it does not serve ``kind`` of call."""
