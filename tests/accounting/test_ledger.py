@@ -182,3 +182,36 @@ def test_a_pending_row_is_priced_at_the_prompt_and_the_completion_limit(settings
     assert (values["status"], values["priced_from"], values["completion_tokens"]) == (0, "pending", 200)
     # gpt-4o-mini: $0.60 per million output tokens, so 200 tokens are at least 120 µUSD
     assert values["cost_micro"] >= 120
+
+
+async def test_a_stream_joined_in_flight_records_what_it_saved(tmp_path: Path) -> None:
+    """Followers that join a streamed call once its chunks flow read the leader's chunks: each
+    one's row has the tokens and the cost it saved, as a coalesced plain answer's has."""
+    slow = {"upstream": {"kind": "mock", "mock": {"chunk_interval_ms": 5}}}
+    async with create_gateway(mock_settings(data_dir=tmp_path, providers=slow)) as gateway:
+
+        async def read(first_only: bool = False) -> Any:
+            reply = await gateway.send(gateway.new_call("chat", body("together", stream=True), CONTEXT))
+            assert reply.stream is not None
+            chunks = aiter(reply.stream)
+            await anext(chunks)
+            if first_only:
+                return reply, chunks
+            async for _ in chunks:
+                pass
+            await reply.stream.aclose()
+            return reply.headers
+
+        leader, rest = await read(first_only=True)  # the leader's stream flows
+        followers = await asyncio.gather(read(), read())
+        assert all(h["x-sluicegate-coalesced"] == "true" for h in followers)
+        async for _ in rest:
+            pass
+        await leader.stream.aclose()
+        rows = await ledger_rows(gateway)
+    coalesced = [r for r in rows if r["cache"] == "coalesced"]
+    (miss,) = [r for r in rows if r["cache"] == "miss"]
+    assert len(coalesced) == 2
+    for row in coalesced:
+        assert row["completion_tokens"] == miss["completion_tokens"] > 0
+        assert row["saved_micro"] == miss["cost_micro"] > 0

@@ -313,10 +313,13 @@ class ServeFromCache:
         cache = self._cache
         cache.stats.count(call.context.feature, "coalesced")
         if call.stream and flight.stream is not None and not flight.stream.finished:
-            reader = flight.stream.reader(leader=False, wants_usage=wants_usage(call))
+            live = flight.stream
+            reader = live.reader(leader=False, wants_usage=wants_usage(call))
             ledger = self._ledger
-            if ledger is not None:
-                reader.on_close(lambda ended: ledger.served(call, ended.usage, "coalesced"))
+            if ledger is not None:  # what it saved: the leader's usage, if it read the whole stream
+                reader.on_close(
+                    lambda ended: ledger.served(call, live.usage if ended.done else None, "coalesced")
+                )
             return Reply(stream=reader, headers={CACHE_HEADER: "miss", COALESCED_HEADER: "true"})
         try:
             async with asyncio.timeout(cache.config.wait_s):
