@@ -80,6 +80,28 @@ async def test_the_spend_rate_breaker_stops_a_runaway_org(tmp_path: Path) -> Non
         assert cached.headers["x-sluicegate-cache"] == "hit-memory"
 
 
+async def test_a_resume_is_not_undone_by_the_spend_that_caused_the_stop(tmp_path: Path) -> None:
+    """After `resume`, the breaker counts what the org spends from then on, not the window's
+    spend from before (which would stop it again at once); a new runaway stops it again."""
+    settings = mock_settings(
+        data_dir=tmp_path, controls={"spend_breaker": {"max_usd": "0.00005", "window_minutes": 5}}
+    )
+    async with create_gateway(settings) as gateway:
+        assert gateway.outbox is not None
+        for n in range(5):
+            await gateway.send(gateway.new_call("chat", body(f"again {n}"), ACME))
+        await gateway.outbox.flush()
+        assert await gateway.breaker.check(gateway.controls.stops, now_please=True) == ["acme"]
+        assert await controls.clear_stop(gateway.engine, "acme")
+        await gateway.controls.refresh()
+        assert await gateway.breaker.check(gateway.controls.stops, now_please=True) == []
+        await gateway.send(gateway.new_call("chat", body("after the resume"), ACME))
+        for n in range(5):
+            await gateway.send(gateway.new_call("chat", body(f"runaway again {n}"), ACME))
+        await gateway.outbox.flush()
+        assert await gateway.breaker.check(gateway.controls.stops, now_please=True) == ["acme"]
+
+
 async def test_the_breaker_is_off_by_default(tmp_path: Path) -> None:
     async with create_gateway(mock_settings(data_dir=tmp_path)) as gateway:
         await gateway.send(gateway.new_call("chat", body("x"), ACME))

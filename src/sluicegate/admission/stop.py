@@ -26,7 +26,7 @@ from ..background import cancel_and_wait
 from ..calls import Call, Reply
 from ..config import SpendBreakerConfig
 from ..errors import EmergencyStopped, InvalidRequest
-from ..store.tables import emergency_stops, virtual_keys
+from ..store.tables import emergency_stops, stop_lifts, virtual_keys
 
 __all__ = [
     "Controls",
@@ -77,12 +77,18 @@ async def set_stop(engine: AsyncEngine, org: str | None, reason: str, now: float
     return stop
 
 
-async def clear_stop(engine: AsyncEngine, org: str | None) -> bool:
-    """Lift the stop for ``org`` (None: the global one); whether there was one."""
+async def clear_stop(engine: AsyncEngine, org: str | None, now: float | None = None) -> bool:
+    """Lift the stop for ``org`` (None: the global one); whether there was one. The time is
+    kept: the spend-rate breaker counts only what the org spends from then on."""
+    scope = scope_of(org)
+    at = time.time() if now is None else now
+    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    lifted = insert(stop_lifts).values(scope=scope, at=at)
+    lifted = lifted.on_conflict_do_update(index_elements=["scope"], set_={"at": at})
     async with engine.begin() as connection:
-        result = await connection.execute(
-            delete(emergency_stops).where(emergency_stops.c.scope == scope_of(org))
-        )
+        result = await connection.execute(delete(emergency_stops).where(emergency_stops.c.scope == scope))
+        if result.rowcount:
+            await connection.execute(lifted)
     return bool(result.rowcount)
 
 
@@ -192,6 +198,7 @@ class StopUpstream:
         return await self._send(call)
 
 
+_SPEND_OF_ORG = "SELECT sum(cost_micro) FROM usage_ledger WHERE org = :org AND at > :since AND attempt >= 1"
 _SPEND_BY_ORG = (
     "SELECT org, sum(cost_micro) FROM usage_ledger WHERE at > :since AND attempt >= 1 "
     "GROUP BY org HAVING sum(cost_micro) > :most"
@@ -222,12 +229,20 @@ class SpendBreaker:
         self._checked_at = now
         window_s = self._config.window_minutes * 60
         most = int(self._config.max_usd * 1_000_000)
+        since = now - window_s
         async with self._engine.connect() as connection:
-            result = await connection.execute(text(_SPEND_BY_ORG), {"since": now - window_s, "most": most})
-            rows = result.all()
+            found = await connection.execute(text(_SPEND_BY_ORG), {"since": since, "most": most})
+            over = {str(org): int(spent) for org, spent in found.all()}
+            if over:  # an org whose stop was lifted within the window: only what it spent since counts
+                lifted = select(stop_lifts.c.scope, stop_lifts.c.at).where(stop_lifts.c.at > since)
+                for scope, at in (await connection.execute(lifted)).all():
+                    org = str(scope).removeprefix("org:")
+                    if str(scope).startswith("org:") and org in over:
+                        spent = await connection.scalar(text(_SPEND_OF_ORG), {"org": org, "since": at})
+                        over[org] = int(spent or 0)
         stopped = []
-        for org, spent in rows:
-            if stops is not None and ("org:" + str(org)) in stops:
+        for org, spent in over.items():
+            if spent <= most or (stops is not None and ("org:" + org) in stops):
                 continue
             reason = (
                 f"spend-rate breaker: ${int(spent) / 1_000_000:,.4f} in the last "

@@ -29,6 +29,7 @@ __all__ = [
     "emergency_stops",
     "metadata",
     "rate_events",
+    "stop_lifts",
     "token_buckets",
     "usage_daily",
     "usage_ledger",
@@ -183,6 +184,14 @@ emergency_stops = Table(
     Column("scope", String(160), primary_key=True),
     Column("reason", Text, nullable=False),
     Column("since", Float, nullable=False),
+)
+
+# When each stop was last lifted: the spend-rate breaker counts an org's spend since then only.
+stop_lifts = Table(
+    "stop_lifts",
+    metadata,
+    Column("scope", String(160), primary_key=True),
+    Column("at", Float, nullable=False),
 )
 
 # Budgets (docs/cost-control.md#budgets): limits set at run time (they override the config's),
