@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sluicegate import Gateway, Settings, create_gateway
+from sluicegate.store import tables
 from sluicegate.store.db import create_engine, migrate
 from sluicegate.testing import GatewayServer, MockUpstream, mock_settings
 
@@ -131,11 +132,7 @@ async def redis_url() -> AsyncIterator[str]:
     await client.aclose()
 
 
-_DROP_ALL = text(
-    "DROP TABLE IF EXISTS virtual_keys, cache_entries, cache_namespaces, cache_stats, rate_events,"
-    " usage_ledger, usage_daily, emergency_stops, budget_limits, budget_periods, budget_reservations,"
-    " budget_alerts, token_buckets, alembic_version"
-)
+_DROP_ALL = text(f"DROP TABLE IF EXISTS {', '.join([*tables.metadata.tables, 'alembic_version'])}")
 
 
 @pytest.fixture

@@ -189,6 +189,9 @@ def budgets_command(
         return 2
     try:
         periods = uvloop.run(with_migrated(settings.database.url, run))
+    except SluicegateError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        return 2
     except (SQLAlchemyError, OSError) as exc:
         console.print(f"[red]error:[/red] the database is unreachable: {exc}")
         return 1

@@ -142,3 +142,15 @@ def test_usage_of_a_model_alias_is_the_usage_of_its_model(upstream: MockUpstream
             status, found = call(server.url + f"/api/ai/usage?model={name}")
             assert status == 200 and found["totals"]["requests"] == 1, (name, found)
             assert found["filters"]["model"] == "gpt-4o-mini"
+
+
+def test_a_key_budget_needs_one_of_the_orgs_keys(keyed: Any) -> None:
+    """A budget for a key that does not exist, or is another org's, would never apply: a 400."""
+    server, _ = keyed
+    status, made = call(server.url + "/api/ai/keys", "POST", {"org": "acme"}, ADMIN)
+    assert status == 201
+    url = server.url + "/api/ai/budgets"
+    for org, key in (("globex", made["id"]), ("acme", "nonexistent")):
+        status, answer = call(url, "POST", {"org": org, "key": key, "limit_usd": 1}, ADMIN)
+        assert (status, answer["error"]["param"]) == (400, "key"), answer
+    assert call(url, "POST", {"org": "acme", "key": made["id"], "limit_usd": 1}, ADMIN)[0] == 201

@@ -29,9 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..calls import RequestContext
 from ..config_money import BudgetsConfig, limit_micro
-from ..errors import BudgetUnavailable
+from ..errors import BudgetUnavailable, InvalidRequest
 from ..observe.alerts import Alerts
-from ..store.tables import budget_limits
+from ..store.tables import budget_limits, virtual_keys
 from .budget_alerts import Usage, announce
 from .budget_math import Decision, Outcome, Period, Throttle, forecast, period_bounds, period_start
 from .budget_scopes import Budget, BudgetIndex, scope_of
@@ -137,9 +137,18 @@ class BudgetStore:
         self, org: str, limit_usd: Decimal, period: Period, kind: str | None = None, name: str | None = None
     ) -> Budget:
         """Set (or replace) a budget at run time; every worker applies it at its next poll.
-        `ValueError` for a limit that cannot be counted (see `limit_micro`)."""
+        `ValueError` for a limit that cannot be counted (see `limit_micro`); `InvalidRequest`
+        for a key that is not one of the org's (its budget would never apply)."""
         budget = Budget(scope_of(org, kind, name), limit_micro(limit_usd), period)
         async with self._engine.begin() as connection:
+            if kind == "key":
+                owner = await connection.scalar(select(virtual_keys.c.org).where(virtual_keys.c.id == name))
+                if owner != org:
+                    raise InvalidRequest(
+                        f"the org {org!r} has no key with the id {name!r} (`sluicegate keys list` "
+                        "shows them): its budget would never apply",
+                        param="key",
+                    )
             await connection.execute(text("DELETE FROM budget_limits WHERE scope = :s"), {"s": budget.scope})
             await connection.execute(
                 text(_SET_LIMIT),
