@@ -18,6 +18,7 @@ from . import cli_cache, cli_keys, cli_usage
 from ._version import __version__
 from .accounting.pricing import PriceBook
 from .auth import KeyStore, load_pepper
+from .cli_console import console, out
 from .cli_serve import refuse_open_network, serve_granian, serve_uvicorn
 from .config import CONFIG_ENV, MockBehaviour, Settings, load_settings
 from .errors import SluicegateError
@@ -39,8 +40,6 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Manage virtual keys (stored as HMAC-SHA256, shown once).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(cli_cache.cache_app, name="cache")
-console = Console(stderr=True)
-out = Console()
 
 ConfigOption = Annotated[
     Path | None,

@@ -13,13 +13,13 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 import uvloop
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .cache import admin
 from .cache.layered import LayeredCache
 from .cache.warming import parse_lines, warm
+from .cli_console import console, out
 from .config import Settings
 from .errors import SluicegateError
 from .gateway import Gateway, create_gateway
@@ -28,8 +28,6 @@ __all__ = ["cache_app", "warm_command"]
 
 T = TypeVar("T")
 cache_app = typer.Typer(help="Inspect and invalidate the response cache.", no_args_is_help=True)
-console = Console(stderr=True)
-out = Console()
 
 
 def _with_cache(settings: Settings, action: Callable[[Gateway, LayeredCache], Awaitable[T]]) -> T:

@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 import uvloop
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,6 +23,7 @@ from .accounting.usage import UsageQuery, report
 from .admission import stop as controls
 from .admission.budget_math import PERIOD_ADJECTIVES
 from .admission.budgets import BudgetStore
+from .cli_console import console, out
 from .config import Settings
 from .config_money import check_org_name, limit_micro
 from .errors import SluicegateError
@@ -31,9 +31,6 @@ from .store.db import with_migrated
 from .store.redis import create_redis
 
 __all__ = ["budgets_command", "compact_command", "stop_command", "usage_command"]
-
-console = Console(stderr=True)
-out = Console()
 
 
 def usage_command(settings: Settings, params: dict[str, str], as_json: bool) -> int:
