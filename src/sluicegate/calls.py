@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import orjson
+
 from .errors import InvalidRequest, SluicegateError
 
 __all__ = [
@@ -172,7 +174,10 @@ _POSITIVE_INTEGERS = ("max_tokens", "max_completion_tokens", "n")
 
 
 def _check_positive_integer(name: str, value: object) -> None:
-    shown = repr(value)
+    try:  # as the client sent it: JSON (true, "8", 1.5), not Python (True, '8')
+        shown = orjson.dumps(value).decode()
+    except TypeError:
+        shown = repr(value)
     shown = shown if len(shown) <= 40 else shown[:37] + "..."
     if type(value) is not int:
         raise InvalidRequest(

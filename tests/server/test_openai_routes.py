@@ -160,6 +160,19 @@ def test_request_errors(
     assert error["code"] == code
 
 
+@pytest.mark.parametrize(("value", "shown"), [(True, "got true"), ("8", 'got "8"'), (None, None)])
+def test_a_bad_value_is_shown_as_the_client_sent_it(
+    server: GatewayServer, value: Any, shown: str | None
+) -> None:
+    """The message shows the JSON the client sent (true, "8"), not Python's True or '8'."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "n": value}
+    status, _, raw = post(server.url, "/v1/chat/completions", body)
+    if shown is None:
+        assert status == 200
+    else:
+        assert status == 400 and error_of(raw)["message"].endswith(shown)
+
+
 def test_embeddings_need_input(server: GatewayServer) -> None:
     """An embeddings request without input is a 400 naming the parameter."""
     status, _, raw = post(server.url, "/v1/embeddings", {"model": "text-embedding-3-small"})
