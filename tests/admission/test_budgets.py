@@ -270,3 +270,37 @@ async def test_a_stream_the_client_cuts_costs_its_estimate_not_its_worst_case(tm
             ledger = int(await connection.scalar(text("SELECT sum(cost_micro) FROM usage_ledger")) or 0)
         assert (usage.reserved_micro, usage.spent_micro) == (0, ledger)
         assert ledger < 600  # 4,000 tokens at $0.60 a million would be 2,400 µUSD
+
+
+async def test_a_fallback_to_a_dearer_model_cannot_pass_the_limit(tmp_path: Path) -> None:
+    """The worst case is priced at the dearest model the call may end on: when the cheap model
+    fails and its fallback answers, the budget still holds."""
+    dear = {"input_per_mtok": "1000", "output_per_mtok": "4000"}
+    models = {
+        "cheap": {"provider": "bad", "price": {"input_per_mtok": "0.1", "output_per_mtok": "0.4"}},
+        "pricey": {"provider": "good", "price": dear},
+    }
+    models["cheap"]["fallbacks"] = ["pricey"]
+    settings = mock_settings(
+        data_dir=tmp_path,
+        budgets={"orgs": [{"org": "acme", "limit_usd": "0.05"}], "throttle_at": 1.0},
+        providers={
+            "bad": {"kind": "mock", "mock": {"error_rate": 1.0, "error_status": 500}},
+            "good": {"kind": "mock", "mock": {"answer_words": 400}},
+        },
+        models=models,
+        resilience={"retry": {"max_attempts": 1}},
+        cache={"enabled": False},
+    )
+    async with create_gateway(settings) as gateway:
+        try:
+            reply = await gateway.send(
+                gateway.new_call("chat", {**body("hello"), "model": "cheap", "max_tokens": 20}, ACME)
+            )
+            assert reply.headers.get("x-sluicegate-model") == "pricey"
+        except BudgetExceeded:
+            pass  # refused outright is within the budget too
+        budget = gateway.budgets.budget_for("acme")
+        assert budget is not None
+        usage = await gateway.budgets.usage(budget)
+        assert usage.spent_micro + usage.reserved_micro <= budget.limit_micro

@@ -66,6 +66,8 @@ class ReserveBudget:
         self._prices = prices
         self._config = config
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._catalog = catalog
+        self._dearest_of: dict[str, tuple[int, int]] = {}
         # The settings made sure that the model exists (a typo would show only past throttle_at).
         self._cheaper: ModelRoute | None = (
             catalog.resolve(config.throttle_model) if config.throttle_model is not None else None
@@ -80,9 +82,8 @@ class ReserveBudget:
         choices = body.get("n") or 1
         field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         asked = (body.get(field) or self._config.default_max_tokens) * choices
-        rates = self._prices.rates(call.route.name)
-        out_pico = rates.output if rates is not None else 0
-        prompt_pico = worst_prompt_tokens(body) * (rates.input if rates is not None else 0)
+        in_pico, out_pico = self._dearest(call.route.name)
+        prompt_pico = worst_prompt_tokens(body) * in_pico
         prompt_micro = math.ceil(prompt_pico / 1_000_000)
         held = await self._store.reserve(budgets, rid, prompt_micro, out_pico, asked)
         decision = held.decision
@@ -130,6 +131,19 @@ class ReserveBudget:
 
             reply.stream.on_close(settle_stream)
         return reply
+
+    def _dearest(self, model: str) -> tuple[int, int]:
+        """The dearest input and output prices (pico-USD a token; reasoning counts as output)
+        among ``model`` and its fallbacks: the worst case is priced as if a fallback answered."""
+        known = self._dearest_of.get(model)
+        if known is None:
+            chain = (model, *self._catalog.fallbacks.get(model, ()))
+            rates = [found for found in map(self._prices.rates, chain) if found is not None]
+            known = self._dearest_of[model] = (
+                max((r.input for r in rates), default=0),
+                max((max(r.output, r.reasoning) for r in rates), default=0),
+            )
+        return known
 
     def _refusal(self, usage: Usage, code: str) -> BudgetExceeded:
         budget = usage.budget
