@@ -134,6 +134,15 @@ def test_serve_answers_then_stops(tmp_path: Path) -> None:
     assert b"mock (mock)" in output
 
 
+def test_serve_with_its_database_unreachable_says_so_in_one_line(tmp_path: Path) -> None:
+    """No traceback: exit 2 and the reason, before any worker starts."""
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text("database:\n  url: postgresql+asyncpg://postgres@127.0.0.1:9/nothing\n")
+    result = runner.invoke(app, ["serve", "--config", str(config), "--port", "9"])
+    assert result.exit_code == 2
+    assert "the database is unreachable" in " ".join(result.output.split())
+
+
 def test_serve_refuses_a_model_with_no_price(tmp_path: Path) -> None:
     """A model no price source knows stops `serve` before any worker starts, naming the model."""
     config = tmp_path / "sluicegate.yaml"

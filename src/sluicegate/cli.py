@@ -19,7 +19,7 @@ from ._version import __version__
 from .accounting.pricing import PriceBook
 from .auth import KeyStore, load_pepper
 from .cli_console import console, out
-from .cli_serve import refuse_open_network, serve_granian, serve_uvicorn
+from .cli_serve import migrate_first, refuse_open_network, serve_granian, serve_uvicorn
 from .config import CONFIG_ENV, MockBehaviour, Settings, load_settings
 from .errors import SluicegateError
 from .store.db import with_migrated
@@ -82,10 +82,6 @@ async def _with_keys(settings: Settings, action: Callable[[KeyStore], Awaitable[
     return await _migrated(settings, lambda engine: action(KeyStore(engine, load_pepper(settings))))
 
 
-async def _nothing(engine: AsyncEngine) -> None:
-    return None
-
-
 @app.command()
 def serve(
     config: ConfigOption = None,
@@ -104,7 +100,7 @@ def serve(
     except SluicegateError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from None
-    _run(_migrated(settings, _nothing))
+    migrate_first(settings, console)
     if settings.auth.require_keys:
         load_pepper(settings)  # made once here rather than by racing workers
     # Migrated once here, so that the workers do not race each other to do it.

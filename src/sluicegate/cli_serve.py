@@ -7,14 +7,34 @@ import math
 
 import typer
 import uvicorn
+import uvloop
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import Settings
 from .server.protocol import CoalescingHttpToolsProtocol
+from .store.db import with_migrated
 
-__all__ = ["APP_TARGET", "refuse_open_network", "serve_granian", "serve_uvicorn"]
+__all__ = ["APP_TARGET", "migrate_first", "refuse_open_network", "serve_granian", "serve_uvicorn"]
 
 APP_TARGET = "sluicegate.server.app:app_from_environment"
+
+
+def migrate_first(settings: Settings, console: Console) -> None:
+    """Bring the schema up to date once, before the workers start (they would race each other
+    to), unless ``database.migrate_on_start`` is off; exit 2 when the database is unreachable."""
+    if not settings.database.migrate_on_start:
+        return
+    try:
+        uvloop.run(with_migrated(settings.database.url, _nothing))
+    except (SQLAlchemyError, OSError) as exc:
+        console.print(f"[red]error:[/red] the database is unreachable ({type(exc).__name__}: {exc})")
+        raise typer.Exit(2) from None
+
+
+async def _nothing(engine: AsyncEngine) -> None:
+    return None
 
 
 def refuse_open_network(settings: Settings, console: Console) -> None:

@@ -15,6 +15,7 @@ from sluicegate.admission.stage import LimitRequests
 from sluicegate.calls import Call, Reply
 from sluicegate.config import RequestLimit
 from sluicegate.errors import RateLimited
+from sluicegate.observe.alerts import Alerts
 from sluicegate.store.redis import create_redis
 from sluicegate.testing import mock_settings
 
@@ -71,3 +72,30 @@ async def test_with_redis_down_each_replica_admits_its_share(caplog: pytest.LogC
     assert admitted == 5
     warnings = [r for r in caplog.records if "Redis is unreachable" in r.getMessage()]
     assert len(warnings) == 1  # once per outage, not per request
+
+
+async def test_with_the_database_unreachable_each_process_counts_its_share() -> None:
+    """Limits kept in the database (no Redis) do not turn a database outage into 500s: each
+    process admits its share alone, with an alert, and counts in the database again after."""
+
+    class Unreachable:
+        async def admit(self, checks: object, member: str) -> object:
+            raise ConnectionRefusedError("connection refused")
+
+    async def answer(call: Call) -> Reply:
+        return Reply(body=b"{}")
+
+    alerts = Alerts()
+    rules = [RequestLimit(per="user", limit=4, window_s=60)]
+    stage = LimitRequests(answer, rules, None, Unreachable(), 0.5, alerts)  # type: ignore[arg-type]
+    context = RequestContext("acme", "ann", "chat")
+    admitted = 0
+    for n in range(4):
+        try:
+            await stage(Call("chat", {"n": n}, None, context, f"r{n}"))  # type: ignore[arg-type]
+            admitted += 1
+        except RateLimited:
+            pass
+    assert admitted == 2  # half of 4: this process's share
+    assert "database-down:rate-limits" in alerts.active
+    await alerts.aclose()

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..calls import Call, Reply
 from ..config import RequestLimit
@@ -22,38 +23,51 @@ from .limits import LocalLog, checks_for, headers_for
 from .redis_limits import RedisLimiter
 from .sql_limits import SqlLimiter
 
-__all__ = ["LimitRequests", "global_or_share", "redis_answered", "redis_failed"]
+__all__ = ["DATABASE_ERRORS", "LimitRequests", "global_or_share", "redis_answered", "redis_failed"]
 
 _REDIS_DOWN = "redis-down:rate-limits"
 _WHAT, _HOLDS = "rate limits", "enforces its share (limits.local_share) of each limit"
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+_REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, TimeoutError)
+_DB_DOWN = "database-down:rate-limits"
 Send = Callable[[Call], Awaitable[Reply]]
 T = TypeVar("T")
 
 
-def redis_failed(alerts: Alerts, key: str, what: str, holds: str, error: BaseException) -> None:
-    """Raise the operator alert ``key``: Redis failed, so this replica counts on its own."""
-    alerts.alert(key, f"{what}: Redis is unreachable ({error}); this replica {holds} alone until it is back")
+def redis_failed(
+    alerts: Alerts, key: str, what: str, holds: str, error: BaseException, store: str = "Redis"
+) -> None:
+    """Raise the operator alert ``key``: the shared store failed, so this replica counts alone."""
+    alerts.alert(
+        key, f"{what}: {store} is unreachable ({error}); this replica {holds} alone until it is back"
+    )
 
 
-def redis_answered(alerts: Alerts, key: str, what: str) -> None:
-    """Resolve the alert ``key`` if it is raised: Redis answers again."""
+def redis_answered(alerts: Alerts, key: str, what: str, store: str = "Redis") -> None:
+    """Resolve the alert ``key`` if it is raised: the shared store answers again."""
     if key in alerts.active:
-        alerts.resolve(key, f"{what}: Redis is back; limits are global again")
+        alerts.resolve(key, f"{what}: {store} is back; limits are global again")
 
 
 async def global_or_share(
-    in_redis: Awaitable[T], alone: Callable[[], T], alerts: Alerts, key: str, what: str, holds: str
+    shared: Awaitable[T],
+    alone: Callable[[], T],
+    alerts: Alerts,
+    key: str,
+    what: str,
+    holds: str,
+    store: str = "Redis",
+    errors: tuple[type[BaseException], ...] = _REDIS_ERRORS,
 ) -> T:
-    """``await in_redis`` (the count shared by every replica); when Redis fails, raise the
-    operator alert ``key`` and answer with ``alone()`` (this replica's share) instead. The alert
-    is resolved once Redis answers again. Used by the token limits."""
+    """``await shared`` (the count every replica or worker shares, in Redis or the database);
+    when ``store`` fails, raise the operator alert ``key`` and answer with ``alone()`` (this
+    process's share) instead. The alert is resolved once it answers again."""
     try:
-        result = await in_redis
-    except _REDIS_ERRORS as exc:
-        redis_failed(alerts, key, what, holds, exc)
+        result = await shared
+    except errors as exc:
+        redis_failed(alerts, key, what, holds, exc, store)
         return alone()
-    redis_answered(alerts, key, what)
+    redis_answered(alerts, key, what, store)
     return result
 
 
@@ -89,7 +103,16 @@ class LimitRequests:
             else:
                 redis_answered(self._alerts, _REDIS_DOWN, _WHAT)
         elif self._sql is not None:
-            verdict = await self._sql.admit(checks, call.request_id)
+            verdict = await global_or_share(
+                self._sql.admit(checks, call.request_id),
+                lambda: self._local.check(checks, time.time()),
+                self._alerts,
+                _DB_DOWN,
+                _WHAT,
+                _HOLDS,
+                "the database",
+                DATABASE_ERRORS,
+            )
         else:
             verdict = self._local.check(checks, time.time())
         headers = headers_for(checks, verdict)

@@ -24,7 +24,7 @@ from ..errors import TokensLimited
 from ..observe.alerts import Alerts
 from .redis_tokens import RedisTokens
 from .sql_tokens import SqlTokens
-from .stage import global_or_share
+from .stage import DATABASE_ERRORS, global_or_share
 from .token_bucket import LocalBuckets, Taken, TokenCheck, token_checks
 
 __all__ = ["LimitTokens"]
@@ -116,7 +116,16 @@ class LimitTokens:
                 "holds its share (limits.local_share) of each bucket",
             )
         if self._sql is not None:
-            return await self._sql.take(checks, cost)
+            return await global_or_share(
+                self._sql.take(checks, cost),
+                lambda: self._local.take(checks, cost, time.time()),
+                self._alerts,
+                "database-down:token-limits",
+                "token limits",
+                "holds its share (limits.local_share) of each bucket",
+                "the database",
+                DATABASE_ERRORS,
+            )
         return self._local.take(checks, cost, time.time())
 
     async def _settle(self, checks: list[TokenCheck], cost: int, usage: Usage | None) -> None:

@@ -60,7 +60,7 @@ async def usage(gateway: Gateway, request: Request) -> None:
             for scope, budget in sorted(store.budgets.items())
             if org is None or budget.org == org
         ]
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, OSError) as exc:  # asyncpg's refused connection is an OSError
         raise ServiceUnavailable(
             f"the usage ledger's database is unreachable ({type(exc).__name__}); rows are kept "
             "and will be there when it is back",

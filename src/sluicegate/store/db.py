@@ -31,7 +31,13 @@ def create_engine(url: str) -> AsyncEngine:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # hide_parameters: a database error's message (which gets logged) never carries the values
     # written, such as a cached answer.
-    engine = create_async_engine(url, pool_pre_ping=not sqlite, hide_parameters=True)
+    # asyncpg waits 60 s for a server that accepts the connection and never answers (a hung
+    # database, a black-holed network): a request under a budget would wait as long. Give up
+    # after 5 s, and on a statement after 60 s.
+    connect_args = {"timeout": 5.0, "command_timeout": 60.0} if parsed.get_driver_name() == "asyncpg" else {}
+    engine = create_async_engine(
+        url, pool_pre_ping=not sqlite, hide_parameters=True, connect_args=connect_args
+    )
     if sqlite and parsed.database and parsed.database != ":memory:":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
