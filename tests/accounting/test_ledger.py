@@ -4,6 +4,7 @@ they saved, streams from their usage chunk or an estimate, failures unbilled."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from sluicegate.store.tables import usage_ledger
 from sluicegate.testing import mock_settings
 
 CONTEXT = RequestContext("acme", "ann", "insights", "key1")
+DEFAULT = RequestContext("acme", "ann", "default", "key1")
 
 
 async def ledger_rows(gateway: Gateway) -> list[dict[str, Any]]:
@@ -215,3 +217,42 @@ async def test_a_stream_joined_in_flight_records_what_it_saved(tmp_path: Path) -
     for row in coalesced:
         assert row["completion_tokens"] == miss["completion_tokens"] > 0
         assert row["saved_micro"] == miss["cost_micro"] > 0
+
+
+async def test_a_stale_answer_after_every_fallback_failed_is_the_asked_models(tmp_path: Path) -> None:
+    """The ledger records a stale answer under the model that made it, with what that model's
+    answer cost, not under the last fallback tried."""
+    models = {
+        "big": {
+            "provider": "a",
+            "price": {"input_per_mtok": "10", "output_per_mtok": "40"},
+            "fallbacks": ["small"],
+        },
+        "small": {"provider": "b", "price": {"input_per_mtok": "0.1", "output_per_mtok": "0.4"}},
+    }
+    settings = mock_settings(
+        data_dir=tmp_path,
+        models=models,
+        providers={"a": {"kind": "mock"}, "b": {"kind": "mock"}},
+        features={
+            "default": {
+                "cache": {"ttl_s": 3600, "stale_if_error_s": 600, "cost_aware": False, "tiers": ["memory"]}
+            }
+        },
+        resilience={"retry": {"max_attempts": 1}},
+    )
+    async with create_gateway(settings) as gateway:
+        first = await gateway.send(gateway.new_call("chat", {**body("stale me"), "model": "big"}, DEFAULT))
+        assert first.headers["x-sluicegate-model"] == "big"
+        assert gateway.cache is not None and gateway.cache.memory is not None
+        for entry in gateway.cache.memory.entries():
+            entry.expires_at = time.time() - 1
+        for provider in gateway.providers.values():
+            engine = provider.transport.engine  # type: ignore[attr-defined]
+            engine.behaviour = engine.behaviour.model_copy(update={"error_rate": 1.0, "error_status": 503})
+        stale = await gateway.send(gateway.new_call("chat", {**body("stale me"), "model": "big"}, DEFAULT))
+        assert stale.headers["x-sluicegate-cache"] == "stale"
+        rows = await ledger_rows(gateway)
+    (answered,) = [r for r in rows if r["cache"] == "miss" and r["status"] == 200]
+    (served,) = [r for r in rows if r["cache"] == "stale"]
+    assert (served["model"], served["saved_micro"]) == ("big", answered["cost_micro"])

@@ -233,6 +233,7 @@ class RouteCall:
             reply = await self._inner(call)
             self._label(reply, call.route, None)
             return reply
+        asked = call.route  # given back when nothing answers: a stale answer is the asked model's
         first: tuple[ModelRoute, SluicegateError] | None = None
         options = self._options(name)
         hedge = self._hedges.get(call.context.feature)
@@ -254,6 +255,7 @@ class RouteCall:
             except SluicegateError as exc:
                 cause = classify(exc).cause
                 if cause is None or cause not in self._fallback_on or time.perf_counter() >= call.deadline:
+                    call.route = asked
                     raise
                 if first is None:
                     first = (route, exc)
@@ -261,6 +263,7 @@ class RouteCall:
                 continue
             self._label(reply, route, first)
             return reply
+        call.route = asked
         raise last
 
     def _label(
