@@ -99,3 +99,26 @@ async def test_with_the_database_unreachable_each_process_counts_its_share() -> 
     assert admitted == 2  # half of 4: this process's share
     assert "database-down:rate-limits" in alerts.active
     await alerts.aclose()
+
+
+async def test_after_redis_fails_it_is_left_alone_for_a_while() -> None:
+    """A stalled Redis costs one request its timeout: the next ones count this replica's share
+    without asking it, until the back-off ends."""
+    asked = []
+
+    class Stalled:
+        async def admit(self, checks: object, member: str) -> object:
+            asked.append(member)
+            raise TimeoutError("Redis did not answer in time")
+
+    async def answer(call: Call) -> Reply:
+        return Reply(body=b"{}")
+
+    alerts = Alerts()
+    rules = [RequestLimit(per="user", limit=100, window_s=60)]
+    stage = LimitRequests(answer, rules, Stalled(), None, 0.5, alerts)  # type: ignore[arg-type]
+    for n in range(10):
+        await stage(Call("chat", {"n": n}, None, RequestContext("acme", "ann", "chat"), f"r{n}"))  # type: ignore[arg-type]
+    assert asked == ["r0"]
+    assert "redis-down:rate-limits" in alerts.active
+    await alerts.aclose()

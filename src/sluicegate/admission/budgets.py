@@ -41,7 +41,7 @@ from .sql_budgets import SqlBudgets
 __all__ = ["Budget", "BudgetStore", "Reservation", "Usage"]
 
 _FORECAST_WINDOW_S = 86_400.0
-_REDIS_RETRY_S = 1.0  # after a failure, how long the database alone counts before Redis is tried
+_REDIS_RETRY_S = 5.0  # after a failure, how long the database alone counts before Redis is tried
 _SPENT = (
     "SELECT coalesce(sum(cost_micro), 0) FROM usage_ledger WHERE {where} AND at >= :since AND attempt >= 1"
 )

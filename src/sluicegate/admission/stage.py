@@ -23,13 +23,23 @@ from .limits import LocalLog, checks_for, headers_for
 from .redis_limits import RedisLimiter
 from .sql_limits import SqlLimiter
 
-__all__ = ["DATABASE_ERRORS", "LimitRequests", "global_or_share", "redis_answered", "redis_failed"]
+__all__ = [
+    "DATABASE_ERRORS",
+    "REDIS_RETRY_S",
+    "LimitRequests",
+    "global_or_share",
+    "redis_answered",
+    "redis_failed",
+]
 
 _REDIS_DOWN = "redis-down:rate-limits"
 _WHAT, _HOLDS = "rate limits", "enforces its share (limits.local_share) of each limit"
 _REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, TimeoutError)
 _DB_DOWN = "database-down:rate-limits"
+# After Redis fails (a timeout: it is stopped or unreachable), how long a replica counts alone
+# before it tries Redis again: a stalled Redis costs one request its timeout, not every one.
+REDIS_RETRY_S = 5.0
 Send = Callable[[Call], Awaitable[Reply]]
 T = TypeVar("T")
 
@@ -89,19 +99,23 @@ class LimitRequests:
         self._sql = sql
         self._local = LocalLog(local_share)
         self._alerts = alerts or Alerts()
+        self._redis_down_until = 0.0
 
     async def __call__(self, call: Call) -> Reply:
         checks = checks_for(self._rules, call.context)
         if not checks:
             return await self._send(call)
-        if self._redis is not None:  # the shared count; this replica's share while Redis fails
-            try:
+        if self._redis is not None and time.monotonic() >= self._redis_down_until:
+            try:  # the shared count; this replica's share while Redis fails
                 verdict = await self._redis.admit(checks, call.request_id)
             except _REDIS_ERRORS as exc:
+                self._redis_down_until = time.monotonic() + REDIS_RETRY_S
                 redis_failed(self._alerts, _REDIS_DOWN, _WHAT, _HOLDS, exc)
                 verdict = self._local.check(checks, time.time())
             else:
                 redis_answered(self._alerts, _REDIS_DOWN, _WHAT)
+        elif self._redis is not None:  # Redis failed a moment ago: this replica's share
+            verdict = self._local.check(checks, time.time())
         elif self._sql is not None:
             verdict = await global_or_share(
                 self._sql.admit(checks, call.request_id),

@@ -24,7 +24,7 @@ from ..errors import TokensLimited
 from ..observe.alerts import Alerts
 from .redis_tokens import RedisTokens
 from .sql_tokens import SqlTokens
-from .stage import DATABASE_ERRORS, global_or_share
+from .stage import DATABASE_ERRORS, REDIS_RETRY_S, global_or_share
 from .token_bucket import LocalBuckets, Taken, TokenCheck, token_checks
 
 __all__ = ["LimitTokens"]
@@ -55,6 +55,7 @@ class LimitTokens:
         self._local = LocalBuckets(local_share)
         self._default_max_tokens = default_max_tokens
         self._alerts = alerts or Alerts()
+        self._redis_down_until = 0.0  # after a Redis failure, the local share until then
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, call: Call) -> Reply:
@@ -106,8 +107,10 @@ class LimitTokens:
         return reply
 
     async def _take(self, checks: list[TokenCheck], cost: int) -> Taken:
+        if self._redis is not None and time.monotonic() < self._redis_down_until:
+            return self._local.take(checks, cost, time.time())  # Redis failed a moment ago
         if self._redis is not None:
-            return await global_or_share(
+            taken = await global_or_share(
                 self._redis.take(checks, cost),
                 lambda: self._local.take(checks, cost, time.time()),
                 self._alerts,
@@ -115,6 +118,9 @@ class LimitTokens:
                 "token limits",
                 "holds its share (limits.local_share) of each bucket",
             )
+            if _REDIS_DOWN in self._alerts.active:  # it failed: try it again in a while
+                self._redis_down_until = time.monotonic() + REDIS_RETRY_S
+            return taken
         if self._sql is not None:
             return await global_or_share(
                 self._sql.take(checks, cost),
