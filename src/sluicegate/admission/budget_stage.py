@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ..accounting.ledger import stream_usage
+from ..accounting.ledger import stream_usage, usage_or_estimate
 from ..accounting.pricing import PriceBook
 from ..background import spawn
 from ..calls import Call, ModelRoute, Reply, ReplyStream
@@ -106,8 +106,9 @@ class ReserveBudget:
             call.body = {**body, field: max(1, each)}
         try:
             reply = await self._send(call)
-        except asyncio.CancelledError:
-            spawn(self._tasks, self._settle(rid, prompt_micro))  # the provider had the prompt
+        except asyncio.CancelledError:  # the client left: the provider had the prompt
+            left = self._prices.cost_micro(call.route, usage_or_estimate(call.body, None, 499)[0])
+            spawn(self._tasks, self._settle(rid, prompt_micro if left is None else left))  # as the ledger
             raise
         except Exception:  # refused further in (an emergency stop, a breaker) or failed: unbilled
             spawn(self._tasks, self._settle(rid, 0))
