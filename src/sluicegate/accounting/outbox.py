@@ -330,8 +330,10 @@ class Outbox:
     async def aclose(self, timeout_s: float = 10.0) -> None:
         """Write what is left; rows the database did not take stay spooled for the next start."""
         # Between writes, never in one: cut midway, a write left SQLite's write lock held, and
-        # the last flush waited out the busy timeout and failed, leaving every row spooled.
-        await stop_between(self._task, self._lock)
+        # the last flush waited out the busy timeout and failed, leaving every row spooled. A
+        # write still going after ``timeout_s`` (a hung database) is cut all the same: its rows
+        # stay spooled for the next start, and the process can exit.
+        await stop_between(self._task, self._lock, wait_s=timeout_s)
         self._task = None
         self._interrupt_open()
         try:
