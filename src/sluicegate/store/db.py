@@ -6,6 +6,7 @@ PostgreSQL (asyncpg). Migrations are Alembic's, run in-process by `migrate`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 __all__ = ["SQLITE_PRAGMAS", "create_engine", "migrate", "ping", "with_migrated"]
@@ -47,8 +49,10 @@ def create_engine(url: str) -> AsyncEngine:
 # other, and a commit appends to the log instead of rewriting a rollback journal with three
 # fsyncs. With synchronous=NORMAL a commit survives a crash of the process (the ledger's spool
 # covers the rest); only a power loss may take the last commits back. A writer waits up to 5 s
-# for another process's lock instead of failing at once.
-SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=5000")
+# for another process's lock instead of failing at once; the wait is set first, so that
+# switching a new database to WAL waits too (processes starting together on a new data folder
+# failed with "database is locked").
+SQLITE_PRAGMAS = ("PRAGMA busy_timeout=5000", "PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL")
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -72,7 +76,22 @@ _MIGRATION_LOCK = 0x51C3_6A7E
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema up to date (idempotent, and safe when several replicas start together)."""
+    """Bring the schema up to date (idempotent, and safe when several replicas start together).
+
+    On SQLite, processes that start together on one new file can still be told "database is
+    locked" at once, without the busy timeout's wait: the migration, one transaction, is tried
+    again for up to about 10 s."""
+    for attempt in range(40):
+        try:
+            await _migrate_once(engine)
+            return
+        except OperationalError as exc:
+            if engine.dialect.name != "sqlite" or "locked" not in str(exc) or attempt == 39:
+                raise
+            await asyncio.sleep(0.25)
+
+
+async def _migrate_once(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             await connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
