@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from redis.asyncio import Redis
 
 from sluicegate import RequestContext, create_gateway
 from sluicegate.admission.redis_tokens import RedisTokens
+from sluicegate.admission.token_bucket import Taken, token_checks
 from sluicegate.admission.token_stage import LimitTokens
 from sluicegate.calls import Call, Reply, Usage
 from sluicegate.config import TokenLimit
@@ -105,3 +107,34 @@ async def test_a_stream_the_client_cuts_gives_back_all_but_what_it_used(tmp_path
         await asyncio.sleep(0.1)  # the give-back runs in the background
         second = await gateway.send(gateway.new_call("chat", body("next", 2500), ACME))
         assert second.usage is not None  # admitted: the cut stream's worst case came back
+
+
+async def test_unused_tokens_go_back_where_they_were_taken() -> None:
+    """A call counted in Redis gives its unused tokens back to Redis even when Redis failed for
+    another call meanwhile; the other call's, taken from this replica's share, go back there."""
+    given_back: list[int] = []
+
+    class FlakyRedis:
+        calls = 0
+
+        async def take(self, checks: Any, cost: int) -> Taken:
+            FlakyRedis.calls += 1
+            if FlakyRedis.calls > 1:
+                raise ConnectionError("Redis went away")
+            return Taken(True, remaining=800)
+
+        async def give_back(self, checks: Any, tokens: int) -> None:
+            given_back.append(tokens)
+
+    async def answer(call: Call) -> Reply:
+        if call.request_id == "first":  # while it is upstream, Redis fails for another call
+            await stage(Call("chat", body("second", 200), None, ACME, "second"))  # type: ignore[arg-type]
+        return Reply(body=b"{}", usage=Usage(prompt_tokens=10, completion_tokens=90))
+
+    rules = [TokenLimit(per="org", tokens_per_minute=1000)]
+    stage = LimitTokens(answer, rules, FlakyRedis(), None, 0.5, 4096)  # type: ignore[arg-type]
+    await stage(Call("chat", body("first", 200), None, ACME, "first"))  # type: ignore[arg-type]
+    assert len(given_back) == 1 and 100 <= given_back[0] <= 110  # the first call's, to Redis
+    checks = token_checks(rules, ACME)
+    # The second call's unused tokens came back to the local share (500): 100 are used.
+    assert stage._local.take(checks, 395, time.time()).admitted

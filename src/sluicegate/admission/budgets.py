@@ -22,7 +22,6 @@ from decimal import Decimal
 from typing import NamedTuple
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,20 +34,18 @@ from ..store.tables import budget_limits, virtual_keys
 from .budget_alerts import Usage, announce
 from .budget_math import Decision, Outcome, Period, Throttle, forecast, period_bounds, period_start
 from .budget_scopes import Budget, BudgetIndex, scope_of
+from .outage import REDIS_ERRORS, Outage
 from .redis_budgets import Book, NeedsFloor, RedisBudgets
 from .sql_budgets import SqlBudgets
 
 __all__ = ["Budget", "BudgetStore", "Reservation", "Usage"]
 
 _FORECAST_WINDOW_S = 86_400.0
-_REDIS_RETRY_S = 5.0  # after a failure, how long the database alone counts before Redis is tried
 _SPENT = (
     "SELECT coalesce(sum(cost_micro), 0) FROM usage_ledger WHERE {where} AND at >= :since AND attempt >= 1"
 )
 _PERIOD = "SELECT spent_micro, reserved_micro FROM budget_periods WHERE scope = :s AND period = :p"
 _SET_LIMIT = "INSERT INTO budget_limits (scope, limit_micro, period, updated_at) VALUES (:s, :l, :p, :t)"
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-_REDIS_DOWN = "redis-down:budgets"
 logger = logging.getLogger("sluicegate.budgets")
 
 
@@ -90,7 +87,9 @@ class BudgetStore:
         self._reaped_at = 0.0
         self._sql = SqlBudgets(engine)
         self._redis = RedisBudgets(redis, config.redis_timeout_ms / 1000) if redis is not None else None
-        self._redis_down_until = 0.0
+        self._redis_outage = Outage(
+            self._alerts, "redis-down:budgets", "budgets", "the database counts budgets"
+        )
         self._floored_in_redis: set[str] | None = None  # after an outage: periods raised since
         self._floored_in_sql: set[str] = set()  # periods raised to the ledger here since start or outage
         self._held: dict[str, tuple[bool, Sequence[Book]]] = {}  # id → (in Redis, its books)
@@ -186,12 +185,7 @@ class BudgetStore:
         return known[0], known[2]
 
     def _redis_failed(self, exc: BaseException, now: float) -> None:
-        self._alerts.alert(
-            _REDIS_DOWN,
-            f"budgets: Redis is unreachable or slow ({type(exc).__name__}); the database counts "
-            "budgets until it answers",
-        )
-        self._redis_down_until = now + _REDIS_RETRY_S
+        self._redis_outage.failed(exc, now)
         self._floored_in_redis = set()
         self._floored_in_sql = set()
 
@@ -209,14 +203,13 @@ class BudgetStore:
         now = self.clock()
         books = [(budget, *self._bounds(budget.period, now)) for budget in budgets]
         outcome = None
-        if self._redis is not None and now >= self._redis_down_until:
+        if self._redis is not None and self._redis_outage.usable(now):
             try:
                 outcome = await self._reserve_in_redis(books, rid, prompt_micro, out_pico, asked_tokens, now)
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 self._redis_failed(exc, now)
             else:
-                if _REDIS_DOWN in self._alerts.active:
-                    self._alerts.resolve(_REDIS_DOWN, "budgets: Redis is back; it counts budgets again")
+                self._redis_outage.answered()
         in_redis = outcome is not None
         if outcome is None:
             outcome = await self._reserve_in_sql(books, rid, prompt_micro, out_pico, asked_tokens, now)
@@ -305,7 +298,7 @@ class BudgetStore:
             assert self._redis is not None
             try:
                 counted = await self._redis.settle(held[1], rid, cost_micro)
-            except _REDIS_ERRORS as exc:  # its lease releases it; the ledger still has the cost
+            except REDIS_ERRORS as exc:  # its lease releases it; the ledger still has the cost
                 self._redis_failed(exc, now)
                 raise
             return self._counted(held[1], counted)
@@ -337,7 +330,7 @@ class BudgetStore:
             if usages is not None:
                 done(usages, None)
                 return
-            if isinstance(error, _REDIS_ERRORS):
+            if isinstance(error, REDIS_ERRORS):
                 self._redis_failed(error, self.clock())
             done([], error)
 
@@ -363,8 +356,8 @@ class BudgetStore:
         period, ends = period_bounds(budget.period, now)
         window = min(_FORECAST_WINDOW_S, now - period_start(budget.period, now))
         counted = None
-        if self._redis is not None and now >= self._redis_down_until:
-            with contextlib.suppress(*_REDIS_ERRORS):
+        if self._redis is not None and self._redis_outage.usable(now):
+            with contextlib.suppress(*REDIS_ERRORS):
                 counted = await self._redis.read(budget, period)
         where, params = budget.ledger_filter()
         async with self._engine.connect() as connection:

@@ -37,12 +37,14 @@ class TokenCheck:
 @dataclass(frozen=True, slots=True)
 class Taken:
     """The outcome of a take: admitted or not, the index of the refusing limit, when to retry
-    (seconds), and the tokens left in the tightest bucket."""
+    (seconds), the tokens left in the tightest bucket, and whether this process's own buckets
+    counted it (the shared store was down): what it did not use goes back where it was taken."""
 
     admitted: bool
     blocked: int | None = None
     retry_after_s: float = 0.0
     remaining: int = 0
+    local: bool = False
 
 
 def token_checks(rules: Sequence[TokenLimit], context: RequestContext) -> list[TokenCheck]:
@@ -86,11 +88,11 @@ class LocalBuckets:
             level = refill(level, at, capacity, rate, now)
             ok, wait = take(level, capacity, rate, cost)
             if not ok:
-                return Taken(False, index, wait)
+                return Taken(False, index, wait, local=True)
             levels.append(level)
         for check, level in zip(checks, levels, strict=True):
             self._buckets[check.key] = (level - cost, now)
-        return Taken(True, remaining=max(0, math.floor(min(levels) - cost)))
+        return Taken(True, remaining=max(0, math.floor(min(levels) - cost)), local=True)
 
     def give_back(self, checks: Sequence[TokenCheck], tokens: int, now: float) -> None:
         """Return unused tokens to every bucket (never above its capacity)."""

@@ -22,15 +22,15 @@ from ..calls import Call, Reply, ReplyStream, Usage
 from ..config import TokenLimit
 from ..errors import TokensLimited
 from ..observe.alerts import Alerts
+from .outage import DATABASE_ERRORS, Outage, shared_or_alone
 from .redis_tokens import RedisTokens
 from .sql_tokens import SqlTokens
-from .stage import DATABASE_ERRORS, REDIS_RETRY_S, global_or_share
 from .token_bucket import LocalBuckets, Taken, TokenCheck, token_checks
 
 __all__ = ["LimitTokens"]
 
 logger = logging.getLogger("sluicegate.limits")
-_REDIS_DOWN = "redis-down:token-limits"
+_WHAT, _ALONE = "token limits", "this replica holds its share (limits.local_share) of each bucket"
 Send = Callable[[Call], Awaitable[Reply]]
 
 
@@ -54,8 +54,9 @@ class LimitTokens:
         self._sql = sql
         self._local = LocalBuckets(local_share)
         self._default_max_tokens = default_max_tokens
-        self._alerts = alerts or Alerts()
-        self._redis_down_until = 0.0  # after a Redis failure, the local share until then
+        alerts = alerts or Alerts()
+        self._redis_outage = Outage(alerts, "redis-down:token-limits", _WHAT, _ALONE)
+        self._sql_outage = Outage(alerts, "database-down:token-limits", _WHAT, _ALONE, "the database", 0)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, call: Call) -> Reply:
@@ -88,18 +89,18 @@ class LimitTokens:
         try:
             reply = await self._send(call)
         except asyncio.CancelledError:
-            spawn(self._tasks, self._give_back(checks, cost - estimate_prompt_tokens(body)))
+            spawn(self._tasks, self._give_back(checks, cost - estimate_prompt_tokens(body), taken.local))
             raise
         except Exception:  # refused further in (a budget, the stop) or failed: nothing used
-            spawn(self._tasks, self._give_back(checks, cost))
+            spawn(self._tasks, self._give_back(checks, cost, taken.local))
             raise
         if reply.stream is None:
-            await self._settle(checks, cost, reply.usage)
+            await self._settle(checks, cost, reply.usage, taken.local)
         else:
 
             def settle_stream(relay: ReplyStream) -> None:
                 # Cut by the client: all but what it used (its prompt and the chunks sent) goes back.
-                spawn(self._tasks, self._settle(checks, cost, stream_usage(body, relay)))
+                spawn(self._tasks, self._settle(checks, cost, stream_usage(body, relay), taken.local))
 
             reply.stream.on_close(settle_stream)
         reply.headers["x-ratelimit-limit-tokens"] = str(tightest)
@@ -107,49 +108,37 @@ class LimitTokens:
         return reply
 
     async def _take(self, checks: list[TokenCheck], cost: int) -> Taken:
-        if self._redis is not None and time.monotonic() < self._redis_down_until:
-            return self._local.take(checks, cost, time.time())  # Redis failed a moment ago
-        if self._redis is not None:
-            taken = await global_or_share(
-                self._redis.take(checks, cost),
-                lambda: self._local.take(checks, cost, time.time()),
-                self._alerts,
-                _REDIS_DOWN,
-                "token limits",
-                "holds its share (limits.local_share) of each bucket",
-            )
-            if _REDIS_DOWN in self._alerts.active:  # it failed: try it again in a while
-                self._redis_down_until = time.monotonic() + REDIS_RETRY_S
-            return taken
-        if self._sql is not None:
-            return await global_or_share(
-                self._sql.take(checks, cost),
-                lambda: self._local.take(checks, cost, time.time()),
-                self._alerts,
-                "database-down:token-limits",
-                "token limits",
-                "holds its share (limits.local_share) of each bucket",
-                "the database",
-                DATABASE_ERRORS,
-            )
-        return self._local.take(checks, cost, time.time())
+        def alone() -> Taken:
+            return self._local.take(checks, cost, time.time())
 
-    async def _settle(self, checks: list[TokenCheck], cost: int, usage: Usage | None) -> None:
+        now = time.monotonic()
+        if self._redis is not None:
+            if not self._redis_outage.usable(now):
+                return alone()  # Redis failed a moment ago
+            return await shared_or_alone(self._redis.take(checks, cost), alone, self._redis_outage, now)
+        if self._sql is not None:
+            return await shared_or_alone(
+                self._sql.take(checks, cost), alone, self._sql_outage, now, DATABASE_ERRORS
+            )
+        return alone()
+
+    async def _settle(self, checks: list[TokenCheck], cost: int, usage: Usage | None, local: bool) -> None:
         if usage is None:  # nothing known of what it used: it keeps its worst case
             return
         unused = cost - usage.prompt_tokens - usage.completion_tokens
         if unused > 0:
-            await self._give_back(checks, unused)
+            await self._give_back(checks, unused, local)
 
-    async def _give_back(self, checks: list[TokenCheck], tokens: int) -> None:
+    async def _give_back(self, checks: list[TokenCheck], tokens: int, local: bool) -> None:
+        """Give ``tokens`` back to the buckets they were taken from (``local``: this process's)."""
         if tokens <= 0:
             return
         try:
-            if self._redis is not None and _REDIS_DOWN not in self._alerts.active:
+            if local:
+                self._local.give_back(checks, tokens, time.time())
+            elif self._redis is not None:
                 await self._redis.give_back(checks, tokens)
             elif self._sql is not None:
                 await self._sql.give_back(checks, tokens)
-            else:
-                self._local.give_back(checks, tokens, time.time())
         except Exception as exc:  # the bucket refills by itself within a minute
             logger.warning("token limits: could not give back %d tokens (%s)", tokens, exc)
