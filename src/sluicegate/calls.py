@@ -127,6 +127,9 @@ class Call:
     outcome: str = "none"  # what the cache made of it: miss, bypass, refresh; none without a cache
     deadline: float = math.inf  # perf_counter() time by which the request must be answered
     timeouts: tuple[float | None, float | None] | None = None  # the feature's connect and first-byte
+    # A stage past the cache changed what is asked for this caller (its budget's cheaper model,
+    # or max_tokens clamped to what it can afford): the answer is its own, never shared or stored.
+    own_answer: bool = False
 
 
 class ReplyStream(Protocol):

@@ -76,6 +76,9 @@ async def test_max_tokens_is_clamped_to_what_is_left(tmp_path: Path) -> None:
         reply = await gateway.send(call)
         assert call.body["max_tokens"] < 4096
         assert reply.usage is not None and reply.usage.completion_tokens <= call.body["max_tokens"]
+        # cut short for this org's budget: not stored as the answer to the request as asked
+        assert gateway.cache is not None and gateway.cache.memory is not None
+        assert len(gateway.cache.memory) == 0
 
 
 async def test_past_the_throttle_misses_go_to_the_cheaper_model_or_nowhere(tmp_path: Path) -> None:
@@ -94,6 +97,21 @@ async def test_past_the_throttle_misses_go_to_the_cheaper_model_or_nowhere(tmp_p
         second = gateway.new_call("chat", {**body("second", max_tokens=10), "model": "gpt-4o"}, ACME)
         await gateway.send(second)
         assert (first.route.name, second.route.name) == ("gpt-4o", "gpt-4o-mini")
+
+
+async def test_the_cheaper_models_answer_is_not_cached_as_the_asked_models(tmp_path: Path) -> None:
+    """Past the throttle, the answer of the cheaper model is the org's alone: not stored under
+    the asked model's key, where other orgs or users would get it for the whole TTL."""
+    cheaper = settings(tmp_path, "1", throttle_at=0.0001, throttle_model="fast", models=MODELS)
+    async with create_gateway(cheaper) as gateway:
+        assert gateway.cache is not None and gateway.cache.memory is not None
+        first = gateway.new_call("chat", {**body("first", max_tokens=2000), "model": "gpt-4o"}, ACME)
+        await gateway.send(first)
+        assert len(gateway.cache.memory) == 1
+        second = gateway.new_call("chat", {**body("second", max_tokens=2000), "model": "gpt-4o"}, ACME)
+        reply = await gateway.send(second)
+        assert second.route.name == "gpt-4o-mini" and reply.headers["x-sluicegate-cache"] == "miss"
+        assert len(gateway.cache.memory) == 1
 
 
 async def test_a_users_budget_refuses_that_user_and_no_one_else(tmp_path: Path) -> None:
@@ -304,3 +322,27 @@ async def test_a_fallback_to_a_dearer_model_cannot_pass_the_limit(tmp_path: Path
         assert budget is not None
         usage = await gateway.budgets.usage(budget)
         assert usage.spent_micro + usage.reserved_micro <= budget.limit_micro
+
+
+async def test_an_embedding_reserves_its_input_only_and_is_never_sent_max_tokens(tmp_path: Path) -> None:
+    """An embedding has no completion: a budget with room for its input but not for
+    default_max_tokens of output admits it as asked, without a max_tokens in its body."""
+    # an output price, as a custom model's config must give one
+    price = {"input_per_mtok": 0.02, "output_per_mtok": 1}
+    models = {"embedder": {"provider": "upstream", "serves": ["embeddings"], "price": price}}
+    async with create_gateway(settings(tmp_path, "0.0001", throttle_at=1.0, models=models)) as gateway:
+        body_ = {"model": "embedder", "input": "quarterly revenue"}
+        call = gateway.new_call("embeddings", body_, ACME)
+        await gateway.send(call)
+        assert "max_tokens" not in call.body
+
+
+async def test_past_the_throttle_an_embedding_is_not_sent_to_a_chat_model(tmp_path: Path) -> None:
+    models = {**MODELS, "text-embedding-3-small": {"provider": "upstream"}}
+    cheaper = settings(tmp_path, "1", throttle_at=0.0001, throttle_model="fast", models=models)
+    async with create_gateway(cheaper) as gateway:
+        await gateway.send(gateway.new_call("chat", body("spend", max_tokens=2000), ACME))
+        call = gateway.new_call("embeddings", {"model": "text-embedding-3-small", "input": "x"}, ACME)
+        with pytest.raises(BudgetExceeded) as throttled:
+            await gateway.send(call)
+        assert throttled.value.code == "budget_throttled"

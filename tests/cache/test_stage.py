@@ -12,6 +12,7 @@ import pytest
 
 from sluicegate import AllUpstreamsFailed, Gateway, RequestContext, UpstreamError, create_gateway
 from sluicegate.calls import Reply
+from sluicegate.errors import BudgetExceeded
 from sluicegate.testing import mock_settings
 from sluicegate.upstream.mock import MockEngine
 
@@ -456,3 +457,16 @@ async def test_followers_never_get_an_expired_entry_from_the_leaders_lookup(tmp_
         replies = await asyncio.gather(*(send(gateway) for _ in range(20)))
         assert {r.headers["x-sluicegate-cache"] for r in replies} == {"miss"}
         assert chat_calls(gateway) == 2
+
+
+async def test_a_leaders_own_budget_refusal_is_not_handed_to_its_followers(tmp_path: Path) -> None:
+    """Ann and Bob ask the same org-scoped question at once; Ann's own budget refuses her, and
+    Bob, who waited for her call, goes upstream on his own instead of getting her refusal."""
+    budgets = [{"org": "acme", "limit_usd": "1"}, {"org": "acme", "user": "ann", "limit_usd": "0.000001"}]
+    settings = mock_settings(data_dir=tmp_path / "data", features=features(), budgets={"orgs": budgets})
+    async with create_gateway(settings) as gateway:
+        ann, bob = RequestContext("acme", "ann", "insights"), RequestContext("acme", "bob", "insights")
+        outcomes = await asyncio.gather(send(gateway, ann), send(gateway, bob), return_exceptions=True)
+        assert isinstance(outcomes[0], BudgetExceeded) and "'ann'" in outcomes[0].message
+        assert isinstance(outcomes[1], Reply) and outcomes[1].headers["x-sluicegate-cache"] == "miss"
+        assert chat_calls(gateway) == 1

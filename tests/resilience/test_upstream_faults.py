@@ -177,3 +177,22 @@ async def test_a_feature_timeout_overrides_the_providers(tmp_path: Path) -> None
                 await gateway.chat(model="gpt-4o-mini", messages=MESSAGES)
             assert loop.time() - started < 2
         assert len(upstream.calls) == 3
+
+
+async def test_a_fallback_models_answer_is_served_but_not_cached_as_the_asked_models(tmp_path: Path) -> None:
+    """While gpt-4o-mini fails, backup-model answers; its answer is not stored under
+    gpt-4o-mini's key, so the next identical request asks again instead of getting it for a day."""
+    models = {
+        "gpt-4o-mini": {"provider": "upstream", "fallbacks": ["backup-model"]},
+        "backup-model": {"provider": "backup"},
+    }
+    with MockUpstream() as upstream:
+        upstream.behave(error_rate=1.0, error_status=503)
+        async with create_gateway(settings_for(upstream, tmp_path, models=models)) as gateway:
+            body = {"model": "gpt-4o-mini", "messages": MESSAGES}
+            for _ in range(2):
+                reply = await gateway.send(gateway.new_call("chat", body, RequestContext("local")))
+                assert reply.headers["x-sluicegate-model"] == "backup-model"
+                assert reply.headers["x-sluicegate-cache"] == "miss"
+            assert gateway.cache is not None and gateway.cache.memory is not None
+            assert len(gateway.cache.memory) == 0

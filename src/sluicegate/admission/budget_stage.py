@@ -81,7 +81,10 @@ class ReserveBudget:
         body = call.body
         choices = body.get("n") or 1
         field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-        asked = (body.get(field) or self._config.default_max_tokens) * choices
+        if call.kind == "embeddings":  # no completion: its input is its whole cost
+            asked = 0
+        else:
+            asked = (body.get(field) or self._config.default_max_tokens) * choices
         in_pico, out_pico = self._dearest(call.route.name)
         prompt_pico = worst_prompt_tokens(body) * in_pico
         prompt_micro = math.ceil(prompt_pico / 1_000_000)
@@ -92,8 +95,9 @@ class ReserveBudget:
             raise self._refusal(held.usages[held.refused_by], code)
         for index, ((budget, _, _), (spent, reserved)) in enumerate(zip(held.books, held.after, strict=True)):
             if spent + reserved - decision.reserve_micro >= self._config.throttle_at * budget.limit_micro:
-                if self._cheaper is not None:
+                if self._cheaper is not None and self._catalog.serves(self._cheaper.name, call.kind):
                     call.route = self._cheaper
+                    call.own_answer = True
                 elif self._config.throttle_concurrency is None and self._config.throttle_per_minute is None:
                     await self._store.settle(rid, 0)
                     raise self._refusal(held.usages[index], "budget_throttled")
@@ -104,6 +108,7 @@ class ReserveBudget:
                 await self._store.settle(rid, 0)
                 raise self._refusal(min(held.usages, key=_room), "budget_exceeded")
             call.body = {**body, field: max(1, each)}
+            call.own_answer = True
         try:
             reply = await self._send(call)
         except asyncio.CancelledError:  # the client left: the provider had the prompt

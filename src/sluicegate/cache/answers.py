@@ -14,7 +14,7 @@ import orjson
 from ..accounting.pricing import PriceBook
 from ..calls import CacheControl, Call, Reply, Usage
 from ..config import CostTtlConfig, FeatureCache
-from ..errors import SluicegateError
+from ..errors import BudgetUnavailable, EmergencyStopped, RateLimited, SluicegateError
 from .entry import Entry
 from .forms import assemble, content_events
 from .policy import answer_is_storable, ttl_for
@@ -32,6 +32,9 @@ __all__ = [
     "wants_usage",
 ]
 
+# Refusals that depend on who asked (their budget, token limit or emergency stop), which the
+# stages past the cache make: they are the leader's own, never its followers'.
+_CALLERS_OWN = (RateLimited, EmergencyStopped, BudgetUnavailable)
 CACHE_HEADER = "x-sluicegate-cache"
 # On an answer that waited for an identical request's upstream call rather than its own.
 COALESCED_HEADER = "x-sluicegate-coalesced"
@@ -61,8 +64,11 @@ class Flight:
                 self._future.set_result(entry)
 
     def fail(self, error: SluicegateError) -> None:
-        """Hand the leader's error to the followers."""
-        if not self._settled:
+        """Hand the leader's error to the followers; when it is a refusal of the leader's own
+        (its budget, token limit or stop), they go on their own instead."""
+        if isinstance(error, _CALLERS_OWN):
+            self.settle(None)
+        elif not self._settled:
             self._settled, self._error = True, error
             if self._future is not None:
                 self._future.set_exception(error)
@@ -175,6 +181,8 @@ class EntryMaker:
     ) -> Entry | None:
         """A new entry for ``body`` (``payload`` is it parsed, if at hand), made at ``now`` (the
         clock's by default), or None when it may not be stored."""
+        if call.own_answer:
+            return None
         if payload is None:
             try:
                 payload = orjson.loads(body)

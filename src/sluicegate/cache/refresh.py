@@ -57,7 +57,7 @@ class Refresher:
                 entry = self._entries.from_body(
                     plain, policy, call.cache, reply.body, reply.usage, hits=hits, payload=reply.payload
                 )
-                if entry is not None:
+                if entry is not None and entry.model == key.model:  # not a fallback model's answer
                     if await cache.store(key, entry, policy, token if cache.redis is not None else None):
                         locked = False  # released by the store
                     cache.stats.count(call.context.feature, "stores")

@@ -99,7 +99,7 @@ class ServeFromCache:
             )
             memory = plan.memory
             stored = False
-            if entry is not None and memory is not None and not control.no_store:
+            if entry is not None and memory is not None and not control.no_store and entry.model == key.model:
                 memory.keep(key.key, entry, entry.expires_at + plan.grace_s)
                 stored = True
             cache.stats.missed(feature, stored)
@@ -248,7 +248,8 @@ class ServeFromCache:
                 call, policy, control, reply.body, reply.usage, hits=hits, payload=reply.payload, now=now
             )
             stored = False
-            if entry is not None and plan.server and not control.no_store:
+            # An answer from a fallback model goes to the followers, but is not stored as the asked one's.
+            if entry is not None and plan.server and not control.no_store and entry.model == key.model:
                 stored = True
                 if not plan.shared:
                     if plan.memory is not None:
@@ -384,7 +385,7 @@ class ServeFromCache:
                 entry = (
                     self._entries.from_stream(call, policy, control, live, hits) if live.completed else None
                 )
-                if entry is not None and not control.no_store and plan.server:
+                if entry is not None and not control.no_store and plan.server and entry.model == key.model:
                     if await cache.store(key, entry, policy, token if held else None):
                         held = False
                     cache.stats.count(call.context.feature, "stores")

@@ -67,6 +67,10 @@ class ModelCatalog:
             )
         return route
 
+    def serves(self, name: str, kind: CallKind) -> bool:
+        """Whether the configured model ``name`` answers ``kind`` of call."""
+        return kind in self._kinds[name]
+
     def has_alternatives(self, name: str) -> bool:
         """Whether ``name`` has more than one deployment or any fallback."""
         return len(self.deployments[name]) > 1 or bool(self.fallbacks[name])
