@@ -248,3 +248,52 @@ def test_usage_event_is_the_usage_only_chunk() -> None:
         "chat.completion.chunk",
     )
     assert content_events(event) == ([], False)
+
+
+LOGPROBS = {
+    "content": [
+        {"token": "Hello", "logprob": -0.1, "bytes": [72, 101, 108, 108, 111], "top_logprobs": []},
+        {"token": " there", "logprob": -0.2, "bytes": None, "top_logprobs": []},
+    ],
+    "refusal": None,
+}
+PLAIN = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o-mini",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello there", "refusal": None},
+            "logprobs": LOGPROBS,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    "system_fingerprint": "fp_1",
+    "service_tier": "default",
+}
+DETAILED = Usage(5, 2, 7, cached_tokens=3, reasoning_tokens=1)
+
+
+def test_logprobs_and_the_answers_fields_survive_both_conversions() -> None:
+    """A plain answer with logprobs becomes one chunk per token, each with its own logprob, and
+    the chunks assemble back into the same choices, fingerprint and service tier."""
+    events = synthesise(orjson.dumps(PLAIN))
+    chunks = [orjson.loads(e[6:]) for e in events]
+    tokens = [c["choices"][0]["logprobs"]["content"] for c in chunks if c["choices"][0]["logprobs"]]
+    assert tokens == [[LOGPROBS["content"][0]], [LOGPROBS["content"][1]]]
+    assert {(c["system_fingerprint"], c["service_tier"]) for c in chunks} == {("fp_1", "default")}
+    body = orjson.loads(assemble(events, Usage(5, 2, 7)))
+    assert body["choices"] == PLAIN["choices"]
+    assert (body["system_fingerprint"], body["service_tier"]) == ("fp_1", "default")
+
+
+def test_usage_keeps_its_cached_and_reasoning_tokens_in_both_forms() -> None:
+    body = orjson.loads(assemble(synthesise(orjson.dumps(PLAIN)), DETAILED))
+    last = orjson.loads(usage_event(orjson.dumps(PLAIN), DETAILED)[6:])
+    for usage in (body["usage"], last["usage"]):
+        assert usage["prompt_tokens_details"] == {"cached_tokens": 3}
+        assert usage["completion_tokens_details"] == {"reasoning_tokens": 1}
+    assert last["service_tier"] == "default" and last["choices"] == []

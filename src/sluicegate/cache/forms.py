@@ -16,6 +16,8 @@ __all__ = ["DONE", "assemble", "content_events", "synthesise", "usage_event"]
 
 DONE = b"data: [DONE]\n\n"
 _WORDS_PER_CHUNK = 4
+# The answer's own fields, besides its choices and usage, that both forms carry.
+_HEAD = ("id", "created", "model", "system_fingerprint", "service_tier")
 
 
 def _event(payload: dict[str, Any]) -> bytes:
@@ -58,6 +60,19 @@ def content_events(data: bytes) -> tuple[list[bytes], bool]:
     return kept, done
 
 
+def usage_json(usage: Usage) -> dict[str, Any]:
+    """OpenAI's ``usage`` object for ``usage``, with its token details when it has any."""
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    if usage.cached_tokens or usage.reasoning_tokens:
+        out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+        out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return out
+
+
 def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
     index = delta.get("index", 0)
     call = calls.setdefault(
@@ -81,7 +96,7 @@ def assemble(events: tuple[bytes, ...] | list[bytes], usage: Usage | None) -> by
         chunk = _parse(event)
         if chunk is None:
             continue
-        for name in ("id", "created", "model", "system_fingerprint"):
+        for name in _HEAD:
             if name in chunk and name not in head:
                 head[name] = chunk[name]
         for choice in chunk.get("choices") or ():
@@ -93,6 +108,12 @@ def assemble(events: tuple[bytes, ...] | list[bytes], usage: Usage | None) -> by
                     state[field] = (state[field] or "") + delta[field]
             for call in delta.get("tool_calls") or ():
                 _merge_tool_call(tools.setdefault(index, {}), call)
+            logprobs = choice.get("logprobs")
+            if isinstance(logprobs, dict):  # each chunk's tokens, in order
+                held = state.setdefault("logprobs", {"content": None, "refusal": None})
+                for part in ("content", "refusal"):
+                    if isinstance(logprobs.get(part), list):
+                        held[part] = (held[part] or []) + logprobs[part]
             if choice.get("finish_reason"):
                 state["finish_reason"] = choice["finish_reason"]
     out_choices = []
@@ -109,7 +130,7 @@ def assemble(events: tuple[bytes, ...] | list[bytes], usage: Usage | None) -> by
             {
                 "index": index,
                 "message": message,
-                "logprobs": None,
+                "logprobs": state.get("logprobs"),
                 "finish_reason": state.get("finish_reason"),
             }
         )
@@ -121,13 +142,10 @@ def assemble(events: tuple[bytes, ...] | list[bytes], usage: Usage | None) -> by
         "choices": out_choices,
     }
     if usage is not None:
-        body["usage"] = {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens,
-        }
-    if "system_fingerprint" in head:
-        body["system_fingerprint"] = head["system_fingerprint"]
+        body["usage"] = usage_json(usage)
+    for name in ("system_fingerprint", "service_tier"):
+        if name in head:
+            body[name] = head[name]
     return orjson.dumps(body)
 
 
@@ -139,28 +157,42 @@ def _pieces(text: str) -> list[str]:
     ]
 
 
-def synthesise(body: bytes) -> tuple[bytes, ...]:
-    """The ``chat.completion.chunk`` events for a stored plain ``chat.completion`` body."""
-    payload = orjson.loads(body)
+def _chunk_base(payload: dict[str, Any]) -> dict[str, Any]:
+    """The fields every chunk of the answer ``payload`` repeats."""
     base = {
         "id": payload.get("id"),
         "object": "chat.completion.chunk",
         "created": payload.get("created"),
         "model": payload.get("model"),
     }
-    if "system_fingerprint" in payload:
-        base["system_fingerprint"] = payload["system_fingerprint"]
+    for name in ("system_fingerprint", "service_tier"):
+        if name in payload:
+            base[name] = payload[name]
+    return base
+
+
+def synthesise(body: bytes) -> tuple[bytes, ...]:
+    """The ``chat.completion.chunk`` events for a stored plain ``chat.completion`` body. With
+    ``logprobs``, a chunk per token, carrying its own; otherwise a chunk every few words."""
+    payload = orjson.loads(body)
+    base = _chunk_base(payload)
     events: list[bytes] = []
     for choice in payload.get("choices") or ():
         index = choice.get("index", 0)
         message = choice.get("message") or {}
 
-        def chunk(delta: dict[str, Any], finish: str | None = None, index: int = index) -> bytes:
-            return _event({**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
+        def chunk(
+            delta: dict[str, Any], finish: str | None = None, index: int = index, logprobs: Any = None
+        ) -> bytes:
+            one = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            return _event({**base, "choices": [one]})
 
         events.append(chunk({"role": "assistant", "content": ""}))
         content = message.get("content")
-        if content:
+        tokens = _logprob_tokens(choice.get("logprobs"), content)
+        if tokens is not None:
+            events.extend(chunk({"content": t["token"]}, logprobs={"content": [t]}) for t in tokens)
+        elif content:
             events.extend(chunk({"content": piece}) for piece in _pieces(content))
         for position, call in enumerate(message.get("tool_calls") or ()):
             events.append(chunk({"tool_calls": [{"index": position, **call}]}))
@@ -168,20 +200,16 @@ def synthesise(body: bytes) -> tuple[bytes, ...]:
     return tuple(events)
 
 
+def _logprob_tokens(logprobs: Any, content: Any) -> list[dict[str, Any]] | None:
+    """The content's tokens with their logprobs, when they spell out the content exactly."""
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(tokens, list) or not tokens or not isinstance(content, str):
+        return None
+    if not all(isinstance(t, dict) and isinstance(t.get("token"), str) for t in tokens):
+        return None
+    return tokens if "".join(t["token"] for t in tokens) == content else None
+
+
 def usage_event(body: bytes, usage: Usage) -> bytes:
     """The usage-only chunk a client that asked for ``include_usage`` gets last."""
-    payload = orjson.loads(body)
-    return _event(
-        {
-            "id": payload.get("id"),
-            "object": "chat.completion.chunk",
-            "created": payload.get("created"),
-            "model": payload.get("model"),
-            "choices": [],
-            "usage": {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens,
-            },
-        }
-    )
+    return _event({**_chunk_base(orjson.loads(body)), "choices": [], "usage": usage_json(usage)})

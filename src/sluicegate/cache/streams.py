@@ -15,6 +15,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import orjson
+
 from ..calls import ReplyStream, Usage
 from ..errors import SluicegateError, UpstreamStreamBroken
 from .entry import Entry
@@ -30,10 +32,18 @@ def strip_usage(blob: bytes) -> bytes:
     """``blob`` without its usage-only events, for a client that did not ask for usage."""
     if not any(mark in blob for mark in _USAGE_MARKS):
         return blob
-    kept = [
-        e for e in blob.split(b"\n\n") if not (any(m in e for m in _USAGE_MARKS) and b'"choices":[]' in e)
-    ]
-    return b"\n\n".join(kept)
+    return b"\n\n".join(event for event in blob.split(b"\n\n") if not _usage_only(event))
+
+
+def _usage_only(event: bytes) -> bool:
+    """Whether the SSE ``event`` carries usage and no choices (however its JSON is spaced)."""
+    if not any(mark in event for mark in _USAGE_MARKS):
+        return False
+    try:
+        payload = orjson.loads(event.partition(b"data:")[2])
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(payload, dict) and payload.get("usage") is not None and not payload.get("choices")
 
 
 class _Ending:
