@@ -127,3 +127,24 @@ async def test_request_ids_are_unique_across_gateways(settings: Settings) -> Non
     assert all(i.startswith("req_") and len(i) == 28 for i in ids)
     await first.aclose()
     await second.aclose()
+
+
+async def test_the_body_names_the_feature_and_user_as_over_http(gateway: Gateway) -> None:
+    """Without a context, metadata.feature, metadata.user and user say whom a call is for, as
+    they do over HTTP: a user-scoped feature keeps one user's answer from another."""
+    asked = {"model": "gpt-4o-mini", "messages": MESSAGES}
+    ann = gateway.new_call("chat", {**asked, "metadata": {"feature": "chat", "user": "ann"}})
+    bob = gateway.new_call("chat", {**asked, "user": "bob", "metadata": {"feature": "chat"}})
+    assert (ann.context.feature, ann.context.user, bob.context.user) == ("chat", "ann", "bob")
+    assert ann.context.org == bob.context.org == gateway.settings.auth.dev_org
+    first, second = await gateway.send(ann), await gateway.send(bob)
+    assert (first.headers["x-sluicegate-cache"], second.headers["x-sluicegate-cache"]) == ("miss", "miss")
+
+
+async def test_an_unknown_feature_is_refused(gateway: Gateway) -> None:
+    asked = {"model": "gpt-4o-mini", "messages": MESSAGES}
+    with pytest.raises(InvalidRequest) as named:
+        gateway.new_call("chat", {**asked, "metadata": {"feature": "nope"}})
+    assert named.value.code == "unknown_feature"
+    with pytest.raises(InvalidRequest):
+        gateway.new_call("chat", asked, RequestContext("acme", "ann", "nope"))

@@ -154,13 +154,7 @@ class Authenticator:
                 user = user or _str_or_none(metadata.get("user"))
             user = user or _str_or_none(body.get("user"))
         feature = feature or DEFAULT_FEATURE
-        if feature not in self._features:
-            known = ", ".join(sorted(self._features))
-            raise InvalidRequest(
-                f"unknown feature {feature!r}; configured features are: {known}",
-                param="feature",
-                code="unknown_feature",
-            )
+        self.check_feature(feature)
         if key is None:
             return RequestContext(self._dev_org, user, feature, None)
         if isinstance(key, BrowserPrincipal):
@@ -174,6 +168,16 @@ class Authenticator:
                 )
             return RequestContext(key.org, key.user, feature, None)
         return RequestContext(key.org, user or key.user, feature, key.id)
+
+    def check_feature(self, feature: str) -> None:
+        """Raise `InvalidRequest` (``unknown_feature``) when ``feature`` is not configured."""
+        if feature not in self._features:
+            known = ", ".join(sorted(self._features))
+            raise InvalidRequest(
+                f"unknown feature {feature!r}; configured features are: {known}",
+                param="feature",
+                code="unknown_feature",
+            )
 
     def forget(self, key_ids: set[str]) -> None:
         """Drop the cached records of these keys (revoked elsewhere): the next use looks again."""

@@ -168,7 +168,6 @@ class Gateway:
             probes["redis"] = redis.ping
         self.probes = HealthProbes(probes, interval=settings.server.status_probe_interval_s)
         self.started_at = time.time()
-        self._default_context = RequestContext(settings.auth.dev_org)
         # Request ids: a random prefix per gateway (each server worker builds its own) and a
         # counter, so that no request asks the OS for randomness.
         self._id_prefix = "req_" + secrets.token_hex(6)
@@ -252,11 +251,18 @@ class Gateway:
     ) -> Call:
         """Validate ``body`` and resolve its model; raise `InvalidRequest` or `ModelNotFound`.
 
+        Without ``context``, the call is the dev org's (``auth.dev_org``), for the feature and
+        user the body names in ``metadata.feature``, ``metadata.user`` or ``user``, as over HTTP
+        without a key. An unknown feature is an `InvalidRequest` (``unknown_feature``).
         ``cache_control`` and ``if_none_match`` are the request's headers of those names; the
         body's ``cache`` object is taken out of the body (it never goes upstream). Run the call
         with ``await gateway.send(call)``.
         """
         model, stream = validate_body(kind, body)
+        if context is None:
+            context = self.authenticator.context(None, None, None, body)
+        else:
+            self.authenticator.check_feature(context.feature)
         directives = NO_DIRECTIVES
         if cache_control is not None or if_none_match is not None or "cache" in body:
             directives = parse_cache_control(cache_control)
@@ -271,7 +277,7 @@ class Gateway:
             kind,
             body,
             self.catalog.resolve(model, kind),
-            context or self._default_context,
+            context,
             request_id or self.new_request_id(),
             stream,
             time.perf_counter(),
