@@ -87,6 +87,15 @@ def test_sdk_embeddings_and_models(client: openai.OpenAI) -> None:
     assert {"gpt-4o-mini", "fast", "text-embedding-3-small"} <= ids
 
 
+def test_sdk_retrieves_one_model(client: openai.OpenAI) -> None:
+    """``GET /v1/models/{id}``: a name or an alias; an unknown one is the SDK's NotFoundError."""
+    assert client.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
+    assert client.models.retrieve("fast").id == "fast"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-9")
+    assert "gpt-9" in str(missing.value)
+
+
 def test_alias_is_routed_to_its_model(server: GatewayServer, upstream: MockUpstream) -> None:
     """An alias resolves to the model's upstream name."""
     status, _, _ = post(server.url, "/v1/chat/completions", chat_body(model="fast"))

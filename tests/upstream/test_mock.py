@@ -260,9 +260,21 @@ def test_embedding_list_input() -> None:
     assert data[1]["embedding"] == orjson.loads(embed(engine, input="b").body)["data"][0]["embedding"]
 
 
-@pytest.mark.parametrize("payload", [{"input": []}, {"input": [1, 2]}, {"input": 3}, {}])
+def test_embedding_token_id_input() -> None:
+    """Token ids, as OpenAI takes them: one list of ids, or a list of such lists."""
+    engine = MockEngine()
+    one = orjson.loads(embed(engine, input=[1, 2, 3]).body)
+    many = orjson.loads(embed(engine, input=[[1, 2, 3], [4, 8]]).body)
+    assert one["usage"]["prompt_tokens"] == 3 and many["usage"]["prompt_tokens"] == 5
+    assert [item["index"] for item in many["data"]] == [0, 1]
+    assert many["data"][0]["embedding"] == one["data"][0]["embedding"] != many["data"][1]["embedding"]
+
+
+@pytest.mark.parametrize(
+    "payload", [{"input": []}, {"input": [1, "a"]}, {"input": [[1], []]}, {"input": [-1]}, {"input": 3}, {}]
+)
 def test_embedding_bad_input_is_400(payload: dict[str, Any]) -> None:
-    """An input that is not a string or a non-empty list of strings is a 400."""
+    """An input that is none of a string, strings, token ids or lists of token ids is a 400."""
     reply = embed(MockEngine(), **payload)
     assert reply.status == 400
     assert "input" in error_of(reply)["message"]

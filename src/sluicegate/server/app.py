@@ -13,7 +13,7 @@ from ..gateway import Gateway, create_gateway
 from . import admin_routes, browser_routes, cache_routes, openai_routes, sdk_routes, usage_routes
 from .auth_delay import FailedAuthDelay
 from .cors import Cors
-from .http import Receive, Request, Scope, Send, send_error, send_json
+from .http import Receive, Request, Scope, Send, send_error
 from .openai_routes import Handler
 
 __all__ = ["SluicegateApp", "app_from_environment", "create_app"]
@@ -26,14 +26,7 @@ class SluicegateApp:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        models = openai_routes.models_body(gateway)
-
-        async def list_models(gateway: Gateway, request: Request) -> None:
-            # With keys required, the catalogue is for callers with a key (or the admin), too.
-            if not gateway.authenticator.is_admin(request.authorization):
-                await gateway.authenticator.authenticate(request.authorization)
-            await send_json(request, 200, models)
-
+        list_models, retrieve_model = openai_routes.model_routes(gateway)
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": openai_routes.chat_completions},
             "/v1/embeddings": {"POST": openai_routes.embeddings},
@@ -54,6 +47,8 @@ class SluicegateApp:
         }
         self._prefixes: tuple[tuple[str, dict[str, Handler]], ...] = (
             ("/api/ai/keys/", {"DELETE": admin_routes.revoke_key, "POST": admin_routes.rotate_key}),
+            ("/v1/models/", {"GET": retrieve_model}),
+            ("/models/", {"GET": retrieve_model}),
         )
         # OpenAI's SDK and others also call the routes without the /v1 prefix.
         for path in ("/chat/completions", "/embeddings", "/models"):

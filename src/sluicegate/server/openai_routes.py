@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
 
 import orjson
 
@@ -14,7 +15,7 @@ from ..gateway import Gateway
 from ..upstream.sse import error_event
 from .http import Request, read_json, send_json
 
-__all__ = ["chat_completions", "embeddings", "models_body"]
+__all__ = ["chat_completions", "embeddings", "model_routes"]
 
 _SSE_HEADERS = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -130,12 +131,34 @@ async def _relay(request: Request, stream: ReplyStream, headers: list[tuple[byte
         await stream.aclose()
 
 
-def models_body(gateway: Gateway) -> bytes:
-    """``GET /v1/models``: every configured name and alias, serialised once."""
+def model_routes(gateway: Gateway) -> tuple[Handler, Handler]:
+    """``GET /v1/models`` (every configured name and alias) and ``GET /v1/models/{id}`` (one of
+    them, or a 404 ``model_not_found``), each answer serialised once. With keys required, the
+    catalogue is for callers with a key (or the admin key), too."""
     data: list[dict[str, object]] = []
     for name, model in gateway.settings.models.items():
         data.extend(
             {"id": public, "object": "model", "created": 0, "owned_by": model.provider}
             for public in (name, *model.aliases)
         )
-    return orjson.dumps({"object": "list", "data": data})
+    listing = orjson.dumps({"object": "list", "data": data})
+    each = {str(entry["id"]): orjson.dumps(entry) for entry in data}
+
+    async def authorise(gateway: Gateway, request: Request) -> None:
+        if not gateway.authenticator.is_admin(request.authorization):
+            await gateway.authenticator.authenticate(request.authorization)
+
+    async def list_models(gateway: Gateway, request: Request) -> None:
+        await authorise(gateway, request)
+        await send_json(request, 200, listing)
+
+    async def retrieve_model(gateway: Gateway, request: Request) -> None:
+        await authorise(gateway, request)
+        name = unquote(request.scope["path"].split("/models/", 1)[1])
+        found = each.get(name)
+        if found is None:
+            gateway.catalog.resolve(name)  # not a configured name or alias: raises ModelNotFound
+        assert found is not None
+        await send_json(request, 200, found)
+
+    return list_models, retrieve_model

@@ -227,12 +227,12 @@ class MockEngine:
         refusal = check_embeddings(payload)
         if refusal is not None:
             return _refused(refusal)
-        raw = payload.get("input")
-        inputs = [raw] if isinstance(raw, str) else raw
-        if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
+        inputs = _embedding_inputs(payload.get("input"))
+        if inputs is None:
             return _error(
                 400,
-                "mock: input must be a string or a list of strings",
+                "mock: input must be a string, a list of strings, a list of token ids, or a list "
+                "of lists of token ids",
                 "invalid_request_error",
                 None,
             )
@@ -241,13 +241,13 @@ class MockEngine:
             return _error(400, "mock: dimensions must be 1-4096", "invalid_request_error", None)
         as_base64 = payload.get("encoding_format") == "base64"
         data = []
-        for index, text in enumerate(inputs):
-            vector = _embedding(text, dims)
+        for index, one in enumerate(inputs):
+            vector = _embedding(one if isinstance(one, str) else orjson.dumps(one).decode(), dims)
             packed: Any = (
                 base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode() if as_base64 else vector
             )
             data.append({"object": "embedding", "index": index, "embedding": packed})
-        tokens = sum(_estimate_tokens(t) for t in inputs)
+        tokens = sum(_estimate_tokens(one) if isinstance(one, str) else len(one) for one in inputs)
         body = {
             "object": "list",
             "data": data,
@@ -257,6 +257,24 @@ class MockEngine:
         return MockReply(
             200, _JSON_HEADERS, orjson.dumps(body), delay_s=self._latency_s(self._behaviour.latency)
         )
+
+
+def _is_tokens(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(t) is int and t >= 0 for t in value)
+
+
+def _embedding_inputs(raw: Any) -> list[str] | list[list[int]] | None:
+    """The inputs of an embeddings request, each a text or a list of token ids, as OpenAI takes
+    them; None when ``input`` is none of its four forms."""
+    if isinstance(raw, str):
+        return [raw]
+    if _is_tokens(raw):
+        return [raw]
+    if isinstance(raw, list) and raw and all(isinstance(one, str) for one in raw):
+        return raw
+    if isinstance(raw, list) and raw and all(_is_tokens(one) for one in raw):
+        return raw
+    return None
 
 
 def _loads_or_none(body: bytes) -> dict[str, Any] | None:
