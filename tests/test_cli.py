@@ -143,6 +143,29 @@ def test_serve_with_its_database_unreachable_says_so_in_one_line(tmp_path: Path)
     assert "the database is unreachable" in " ".join(result.output.split())
 
 
+def test_serve_refuses_a_providers_unset_api_key_in_one_line(tmp_path: Path) -> None:
+    """Not in each worker, which the server would start again and again: exit 2, naming it."""
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text(
+        "providers:\n  openai:\n    kind: openai\n    base_url: https://api.openai.com/v1\n"
+        "    api_key_env: SG_TEST_UNSET_KEY\nmodels:\n  gpt-4o-mini:\n    provider: openai\n"
+    )
+    result = runner.invoke(
+        app, ["serve", "--config", str(config), "--port", "9"], env={"SG_TEST_UNSET_KEY": ""}
+    )
+    assert result.exit_code == 2
+    assert "providers.openai.api_key_env" in result.output and "SG_TEST_UNSET_KEY" in result.output
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"), [("REDIS__URL", "http://127.0.0.1:6379/8"), ("DATABASE__URL", "mysql://x/y")]
+)
+def test_a_store_url_of_the_wrong_kind_is_a_config_error(tmp_path: Path, setting: str, value: str) -> None:
+    result = runner.invoke(app, ["serve", "--port", "9"], env={f"SLUICEGATE_{setting}": value})
+    assert result.exit_code == 2
+    assert setting.lower().replace("__", ".") in result.output and value in result.output
+
+
 def test_serve_refuses_a_model_with_no_price(tmp_path: Path) -> None:
     """A model no price source knows stops `serve` before any worker starts, naming the model."""
     config = tmp_path / "sluicegate.yaml"
@@ -299,3 +322,21 @@ def test_serve_allows_an_open_network_address_when_told(
     result = runner.invoke(app, ["serve", "--config", str(config), "--host", "0.0.0.0", "--port", "9"])
     assert result.exit_code == 0, result.output
     assert served == ["0.0.0.0"]
+
+
+@pytest.mark.parametrize(
+    "command", [["keys", "list"], ["keys", "revoke", "abc"], ["cache", "stats"], ["cache", "bump", "chat"]]
+)
+def test_an_unreachable_database_is_one_line_not_a_traceback(command: list[str]) -> None:
+    env = {"SLUICEGATE_DATABASE__URL": "postgresql+asyncpg://postgres@127.0.0.1:9/nothing"}
+    result = runner.invoke(app, command, env=env)
+    assert result.exit_code == 1
+    assert "the database is unreachable" in result.output and "Traceback" not in result.output
+
+
+def test_a_bad_org_name_for_a_key_is_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["keys", "create", "--org", "a/b"], env={"SLUICEGATE_DATA_DIR": str(tmp_path)}
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("error:") and "Traceback" not in result.output

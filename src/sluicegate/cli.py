@@ -18,13 +18,14 @@ from . import cli_cache, cli_keys, cli_usage
 from ._version import __version__
 from .accounting.pricing import PriceBook
 from .auth import KeyStore, load_pepper
-from .cli_console import console, out
+from .cli_console import console, out, run_or_exit
 from .cli_serve import migrate_first, refuse_open_network, serve_granian, serve_uvicorn
 from .config import CONFIG_ENV, MockBehaviour, Settings, load_settings
 from .errors import SluicegateError
 from .store.db import with_migrated
 from .upstream.mock import MockEngine
 from .upstream.mock_server import start_mock_server
+from .upstream.providers import api_key
 from .upstream.router import ModelCatalog
 
 __all__ = ["main"]
@@ -96,7 +97,11 @@ def serve(
     settings = _settings(config, host=host, port=port, workers=workers, implementation=server)
     refuse_open_network(settings, console)
     try:
-        PriceBook.from_settings(settings)  # a model with no price stops here, not in each worker
+        # A model with no price or a provider's unset API key stops here, not in each worker
+        # (which the server would start again and again).
+        PriceBook.from_settings(settings)
+        for name, provider in settings.providers.items():
+            api_key(name, provider)
     except SluicegateError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from None
@@ -178,7 +183,7 @@ def keys_create(
 ) -> None:
     """Create a virtual key and print it (it is shown only this once)."""
     settings = _settings(config)
-    key, record = _run(_with_keys(settings, lambda store: store.create(org, user=user, name=name)))
+    key, record = run_or_exit(_with_keys(settings, lambda store: store.create(org, user=user, name=name)))
     out.print(key, soft_wrap=True)
     console.print(f"created key {record.id} for org {record.org}; store it now, it is not shown again")
 
@@ -191,7 +196,7 @@ def keys_list(
 ) -> None:
     """List virtual keys (never the keys themselves), with the expiry and successor of rotated ones."""
     settings = _settings(config)
-    records = _run(_with_keys(settings, lambda store: store.list_keys(org, include_revoked=all_keys)))
+    records = run_or_exit(_with_keys(settings, lambda store: store.list_keys(org, include_revoked=all_keys)))
     out.print(cli_keys.keys_table(records))
 
 
@@ -202,11 +207,7 @@ def keys_revoke(
 ) -> None:
     """Revoke a virtual key (running gateways notice within controls.poll_interval_s)."""
     settings = _settings(config)
-    try:
-        record = _run(_with_keys(settings, lambda store: store.revoke(key_id)))
-    except SluicegateError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from None
+    record = run_or_exit(_with_keys(settings, lambda store: store.revoke(key_id)))
     console.print(f"revoked key {record.id} of org {record.org}")
 
 
@@ -225,10 +226,10 @@ def keys_rotate(
     settings = _settings(config)
     try:
         seconds = cli_keys.parse_grace(grace)
-        key, new, old = _run(_with_keys(settings, lambda store: store.rotate(key_id, seconds)))
     except SluicegateError as exc:
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
+    key, new, old = run_or_exit(_with_keys(settings, lambda store: store.rotate(key_id, seconds)))
     out.print(key, soft_wrap=True)
     console.print(cli_keys.rotated_message(new, old, settings.controls.poll_interval_s))
 

@@ -12,14 +12,13 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
-import uvloop
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .cache import admin
 from .cache.layered import LayeredCache
 from .cache.warming import parse_lines, warm
-from .cli_console import console, out
+from .cli_console import console, out, run_or_exit
 from .config import Settings
 from .errors import SluicegateError
 from .gateway import Gateway, create_gateway
@@ -40,11 +39,7 @@ def _with_cache(settings: Settings, action: Callable[[Gateway, LayeredCache], Aw
             assert gateway.cache is not None
             return await action(gateway, gateway.cache)
 
-    try:
-        return uvloop.run(run())
-    except SluicegateError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from None
+    return run_or_exit(run())
 
 
 def _print_json(value: Any) -> None:

@@ -1,13 +1,39 @@
-"""The CLI's two consoles: messages on stderr, results on stdout (whole tables when piped)."""
+"""The CLI's two consoles (messages on stderr, results on stdout, whole tables when piped), and
+how a command runs its work: an error is one line, never a traceback."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable
+from typing import TypeVar
 
+import typer
+import uvloop
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 
-__all__ = ["console", "out"]
+from .errors import SluicegateError
+
+__all__ = ["console", "out", "run_or_exit"]
 
 console = Console(stderr=True)
 # Piped or redirected, rich would wrap tables at 80 columns and cut the amounts short.
 out = Console(width=None if sys.stdout.isatty() else 200)
+T = TypeVar("T")
+
+
+def run_or_exit(work: Awaitable[T]) -> T:
+    """Run ``work`` to its end. A `SluicegateError` is its message on stderr and exit 1, as is
+    a database that cannot be reached or opened."""
+
+    async def run() -> T:
+        return await work
+
+    try:
+        return uvloop.run(run())
+    except SluicegateError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    except (SQLAlchemyError, OSError) as exc:
+        console.print(f"[red]error:[/red] the database is unreachable: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from None

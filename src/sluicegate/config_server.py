@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .config_base import Frozen
 
@@ -58,11 +58,28 @@ class DatabaseConfig(Frozen):
         True, description="bring the schema up to date when a gateway starts (serve does it once)"
     )
 
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "the database URL must be sqlite+aiosqlite:///PATH or "
+                f"postgresql+asyncpg://USER@HOST:PORT/DATABASE, got {value!r}"
+            )
+        return value
+
 
 class RedisConfig(Frozen):
     """Redis; none on the embedded default."""
 
     url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"the Redis URL must start with redis://, rediss:// or unix://, got {value!r}")
+        return value
 
 
 class AuthConfig(Frozen):

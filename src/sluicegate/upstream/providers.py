@@ -21,21 +21,30 @@ from .mock import MockEngine, MockTransport
 from .sse import SseRelay
 from .transport import AiohttpTransport, Transport, UpstreamRequest, UpstreamResponse
 
-__all__ = ["TRANSPORTS", "Provider", "build_providers", "deadline_passed", "upstream_error"]
+__all__ = ["TRANSPORTS", "Provider", "api_key", "build_providers", "deadline_passed", "upstream_error"]
 
 _PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 _ERROR_HEADERS = ("retry-after", "retry-after-ms")
 _NO_DEADLINE = math.inf
 
 
+def api_key(name: str, config: ProviderConfig) -> str | None:
+    """The provider's API key, from the variable its ``api_key_env`` names (None without one);
+    `ConfigError` when that variable is not set."""
+    if config.api_key_env is None:
+        return None
+    key = os.environ.get(config.api_key_env)
+    if not key:
+        raise ConfigError(
+            f"providers.{name}.api_key_env: the environment variable {config.api_key_env} is not set"
+        )
+    return key
+
+
 def _http_transport(name: str, config: ProviderConfig) -> Transport:
     headers = {"content-type": "application/json", **config.headers}
-    if config.api_key_env is not None:
-        key = os.environ.get(config.api_key_env)
-        if not key:
-            raise ConfigError(
-                f"providers.{name}.api_key_env: the environment variable {config.api_key_env} is not set"
-            )
+    key = api_key(name, config)
+    if key is not None:
         headers["authorization"] = f"Bearer {key}"
     assert config.base_url is not None  # the config validator insists on it
     return AiohttpTransport(name, config.base_url, headers, config.timeouts, config.max_connections)
