@@ -346,3 +346,16 @@ async def test_past_the_throttle_an_embedding_is_not_sent_to_a_chat_model(tmp_pa
         with pytest.raises(BudgetExceeded) as throttled:
             await gateway.send(call)
         assert throttled.value.code == "budget_throttled"
+
+
+async def test_a_throttled_call_is_told_to_come_back_within_the_minute(tmp_path: Path) -> None:
+    """Held to so many calls a minute, a refused call may retry within 60 s, not at the
+    period's end (days away)."""
+    async with create_gateway(settings(tmp_path, "1", throttle_at=0.0001, throttle_per_minute=2)) as gateway:
+        await gateway.send(gateway.new_call("chat", body("spend", max_tokens=2000), ACME))
+        with pytest.raises(BudgetExceeded) as throttled:
+            for n in range(3):
+                await gateway.send(gateway.new_call("chat", body(f"q {n}", max_tokens=10), ACME))
+        assert throttled.value.code == "budget_throttled"
+        assert throttled.value.headers["retry-after"] == "60"
+        assert "try again in 60 s" in throttled.value.message

@@ -154,11 +154,15 @@ class ReserveBudget:
     def _refusal(self, usage: Usage, code: str) -> BudgetExceeded:
         budget = usage.budget
         resets = datetime.fromtimestamp(usage.ends_at, UTC)
-        wait = max(1, int(usage.ends_at - self._store.clock()))
+        wait = max(1, math.ceil(usage.ends_at - self._store.clock()))  # at the reset, not before
+        remedy = "or send a smaller max_tokens"
         past = f"is past {self._config.throttle_at:.0%} of its limit"
         if code == "budget_exceeded":
             what = "has no room left for this call"
         elif self._config.throttle_concurrency is not None or self._config.throttle_per_minute is not None:
+            # A slot frees within the minute, or as soon as one of its calls ends.
+            wait = min(wait, 60 if self._config.throttle_per_minute is not None else 1)
+            remedy = f"or try again in {wait} s"
             caps = [
                 f"{self._config.throttle_concurrency} of its calls at once"
                 if self._config.throttle_concurrency
@@ -177,7 +181,7 @@ class ReserveBudget:
             f"the {adjective} budget of {budget.describe()} ({usd(budget.limit_micro)}, "
             f"{usd(usage.spent_micro)} spent, {usd(usage.reserved_micro)} reserved) "
             f"{what}; it resets at {resets:%Y-%m-%d %H:%M} UTC. Ask an admin to raise it "
-            f"(sluicegate budgets set {where} --limit-usd N), or send a smaller max_tokens",
+            f"(sluicegate budgets set {where} --limit-usd N), {remedy}",
             code=code,
             headers={"retry-after": str(wait)},
         )
