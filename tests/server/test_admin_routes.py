@@ -194,6 +194,11 @@ def test_admin_bodies_refuse_unknown_fields_and_orgs_with_a_slash(
             ("/api/ai/resume", {"org": "acme", "reason": "x"}, "reason"),
             ("/api/ai/budgets", {"org": "acme", "limit_usd": 1, "usr": "ann"}, "usr"),
             ("/api/ai/keys", {"org": "acme", "nmae": "web"}, "nmae"),
+            ("/api/ai/keys", {"orgg": "acme"}, "orgg"),  # named even with the org missing
+            ("/api/ai/budgets", {"orgg": "acme", "limit_usd": 1}, "orgg"),
+            ("/api/ai/cache/bump", {"featur": "chat"}, "featur"),
+            ("/api/ai/keys/abc/rotate", {"grace": 60}, "grace"),
+            ("/api/ai/browser-tokens", {"user": "ann", "feature": ["chat"]}, "feature"),
             ("/api/ai/budgets", {"org": "acme/user:boss", "limit_usd": 1}, "org"),
             ("/api/ai/keys", {"org": "acme/user:boss"}, "org"),
         ):

@@ -28,6 +28,8 @@ ROUTES = {
     ("POST", "/embeddings"): "same handler as /v1/embeddings",
     ("GET", "/v1/models"): "no tenant data",
     ("GET", "/models"): "no tenant data",
+    ("GET", "/v1/models/"): "no tenant data",
+    ("GET", "/models/"): "no tenant data",
     ("GET", "/api/ai/status"): "public health; every org's traffic totals only for the admin",
     ("GET", "/api/ai/keys"): "admin only",
     ("POST", "/api/ai/keys"): "admin only",
@@ -245,8 +247,11 @@ def test_invalidation_by_tag_for_one_org_spares_the_other(tenants: Tenants) -> N
 
 def test_browser_tokens_are_bound_to_the_minting_org(tenants: Tenants) -> None:
     """A token minted with acme's key is acme's, whatever the mint body or the request says."""
+    asked = {"user": "ann", "org": "globex"}
+    status, refused = call(tenants.url("/api/ai/browser-tokens"), "POST", asked, tenants.keys["acme"])
+    assert status == 400 and refused["error"]["param"] == "org"  # the org is not the body's to say
     status, minted = call(
-        tenants.url("/api/ai/browser-tokens"), "POST", {"user": "ann", "org": "globex"}, tenants.keys["acme"]
+        tenants.url("/api/ai/browser-tokens"), "POST", {"user": "ann"}, tenants.keys["acme"]
     )
     assert status == 201 and minted["org"] == "acme"
     headers = {

@@ -15,7 +15,7 @@ from ..config_money import check_org_name, limit_micro
 from ..errors import InvalidRequest, NotFound
 from ..gateway import Gateway
 from ..virtual_keys import DEFAULT_GRACE_S
-from .http import Request, read_body, read_json, send_json
+from .http import Request, json_object, read_body, read_json, send_json
 
 __all__ = [
     "create_key",
@@ -76,12 +76,9 @@ async def list_keys(gateway: Gateway, request: Request) -> None:
 async def create_key(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/keys`` with ``{"org", "user"?, "name"?}``: a new key, shown once (admin)."""
     gateway.authenticator.check_admin(request.authorization)
-    body = await read_json(
-        request, gateway.settings.server.max_body_bytes, gateway.settings.server.body_timeout_s
-    )
-    if not isinstance(body, dict) or not isinstance(body.get("org"), str):
-        raise InvalidRequest("send a JSON object with a string org", param="org")
-    _only(body, ("org", "user", "name"))
+    body = json_object(await _read(gateway, request), ("org", "user", "name"))
+    if not isinstance(body.get("org"), str):
+        raise InvalidRequest("send the key's org as a string in org", param="org")
     fields = {f: body.get(f) for f in ("user", "name")}
     for name, value in fields.items():
         if value is not None and not isinstance(value, str):
@@ -113,8 +110,10 @@ async def rotate_key(gateway: Gateway, request: Request) -> None:
         body = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError:
         body = None
+    if isinstance(body, dict):
+        json_object(body, ("grace_s",))
     grace = body.get("grace_s", DEFAULT_GRACE_S) if isinstance(body, dict) else None
-    if not isinstance(body, dict) or set(body) - {"grace_s"} or not _is_number(grace):
+    if not isinstance(body, dict) or not _is_number(grace):
         raise InvalidRequest(
             'send no body, or a JSON object such as {"grace_s": 3600} (seconds, 0 ends the old key now)',
             param="grace_s",
@@ -124,15 +123,10 @@ async def rotate_key(gateway: Gateway, request: Request) -> None:
     await send_json(request, 201, orjson.dumps({"key": key, **new.to_dict(), "replaces": old.to_dict()}))
 
 
-def _only(body: dict[str, Any], fields: tuple[str, ...]) -> None:
-    """Refuse a body with a field this request does not take: a typo (``orgg``) must not turn a
-    stop of one org into a stop of every org."""
-    unknown = sorted(set(body) - set(fields))
-    if unknown:
-        raise InvalidRequest(
-            f"unknown field {', '.join(map(repr, unknown))}; this request takes {', '.join(fields)}",
-            param=unknown[0],
-        )
+async def _read(gateway: Gateway, request: Request) -> Any:
+    return await read_json(
+        request, gateway.settings.server.max_body_bytes, gateway.settings.server.body_timeout_s
+    )
 
 
 def _is_number(value: Any) -> TypeGuard[int | float]:
@@ -149,12 +143,9 @@ async def list_stops(gateway: Gateway, request: Request) -> None:
 async def _org_and_reason(
     gateway: Gateway, request: Request, fields: tuple[str, ...]
 ) -> tuple[str | None, Any]:
-    body = await read_json(
-        request, gateway.settings.server.max_body_bytes, gateway.settings.server.body_timeout_s
-    )
-    if not isinstance(body, dict) or not isinstance(body.get("org", ""), str | None):
-        raise InvalidRequest("send a JSON object with an optional string org", param="org")
-    _only(body, fields)
+    body = json_object(await _read(gateway, request), fields)
+    if not isinstance(body.get("org", ""), str | None):
+        raise InvalidRequest("org must be a string (or absent: every org)", param="org")
     return body.get("org"), body.get("reason")
 
 
@@ -193,12 +184,11 @@ async def set_budget(gateway: Gateway, request: Request) -> None:
     ``user``, ``feature`` and ``key``: set a budget; every worker applies it within
     ``controls.poll_interval_s`` (admin)."""
     gateway.authenticator.check_admin(request.authorization)
-    body = await read_json(
-        request, gateway.settings.server.max_body_bytes, gateway.settings.server.body_timeout_s
+    body = json_object(
+        await _read(gateway, request), ("org", "limit_usd", "period", "user", "feature", "key")
     )
-    if not isinstance(body, dict) or not isinstance(body.get("org"), str) or not body["org"]:
-        raise InvalidRequest("send a JSON object with the org's name in org", param="org")
-    _only(body, ("org", "limit_usd", "period", "user", "feature", "key"))
+    if not isinstance(body.get("org"), str) or not body["org"]:
+        raise InvalidRequest("send the org's name in org", param="org")
     try:
         check_org_name(body["org"])
     except ValueError as exc:

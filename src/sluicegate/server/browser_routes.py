@@ -10,7 +10,7 @@ from ..browser_tokens import BrowserPrincipal
 from ..config import DEFAULT_FEATURE, Settings
 from ..errors import InvalidRequest, PermissionDenied
 from ..gateway import Gateway
-from .http import Request, read_json, send_json
+from .http import Request, json_object, read_json, send_json
 
 __all__ = ["create_browser_token"]
 
@@ -32,8 +32,7 @@ async def create_browser_token(gateway: Gateway, request: Request) -> None:
         )
     settings = gateway.settings
     body = await read_json(request, settings.server.max_body_bytes, settings.server.body_timeout_s)
-    if not isinstance(body, dict):
-        raise InvalidRequest('send a JSON object such as {"user": "ann"}')
+    body = json_object(body, ("user", "features", "ttl_s"))
     user = _user(body.get("user"))
     features = _features(body.get("features"), settings)
     ttl_s = _ttl(body.get("ttl_s"), settings.browser.token_ttl_s)

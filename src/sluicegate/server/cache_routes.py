@@ -11,7 +11,7 @@ from ..cache.layered import LayeredCache
 from ..cache.warming import parse_lines, warm
 from ..errors import InvalidRequest, NotFound
 from ..gateway import Gateway
-from .http import Request, read_json, send_json
+from .http import Request, json_object, read_json, send_json
 
 __all__ = ["bump_namespace", "cache_stats", "invalidate", "warm_cache"]
 
@@ -25,13 +25,11 @@ def _cache(gateway: Gateway, request: Request) -> LayeredCache:
     return gateway.cache
 
 
-async def _body(gateway: Gateway, request: Request) -> dict[str, Any]:
+async def _body(gateway: Gateway, request: Request, fields: tuple[str, ...]) -> dict[str, Any]:
     body = await read_json(
         request, gateway.settings.server.max_body_bytes, gateway.settings.server.body_timeout_s
     )
-    if not isinstance(body, dict):
-        raise InvalidRequest("send a JSON object")
-    return body
+    return json_object(body, fields)
 
 
 async def cache_stats(gateway: Gateway, request: Request) -> None:
@@ -43,10 +41,9 @@ async def cache_stats(gateway: Gateway, request: Request) -> None:
 async def invalidate(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/cache/invalidate`` with any of key, tag, feature, org, user, model."""
     cache = _cache(gateway, request)
-    body = await _body(gateway, request)
+    body = await _body(gateway, request, admin.MATCH_FIELDS)
     match: dict[str, str] = {name: body[name] for name in admin.MATCH_FIELDS if body.get(name) is not None}
-    unknown = set(body) - set(admin.MATCH_FIELDS)
-    if unknown or not match or not all(isinstance(v, str) and v for v in match.values()):
+    if not match or not all(isinstance(v, str) and v for v in match.values()):
         raise InvalidRequest(
             f"send one or more of {', '.join(admin.MATCH_FIELDS)} as non-empty strings",
             code="invalid_match",
@@ -57,7 +54,7 @@ async def invalidate(gateway: Gateway, request: Request) -> None:
 async def bump_namespace(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/cache/bump`` with ``{"feature"}``: every older entry of it becomes unreachable."""
     cache = _cache(gateway, request)
-    feature = (await _body(gateway, request)).get("feature")
+    feature = (await _body(gateway, request, ("feature",))).get("feature")
     if not isinstance(feature, str) or feature not in gateway.settings.feature_names:
         known = ", ".join(sorted(gateway.settings.feature_names))
         raise InvalidRequest(f"feature must be a configured feature name ({known})", param="feature")
@@ -67,14 +64,7 @@ async def bump_namespace(gateway: Gateway, request: Request) -> None:
 async def warm_cache(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/cache/warm``: ``{"requests": [...]}``, optionally dry_run, max_requests, concurrency."""
     _cache(gateway, request)
-    body = await _body(gateway, request)
-    unknown = set(body) - {"requests", "dry_run", "max_requests", "concurrency"}
-    if unknown:
-        raise InvalidRequest(
-            f"unknown field(s): {', '.join(sorted(unknown))}; "
-            "send requests, dry_run, max_requests and concurrency",
-            code="invalid_value",
-        )
+    body = await _body(gateway, request, ("requests", "dry_run", "max_requests", "concurrency"))
     dry_run = body.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise InvalidRequest("dry_run must be true or false", param="dry_run", code="invalid_type")

@@ -21,6 +21,7 @@ __all__ = [
     "Request",
     "Scope",
     "Send",
+    "json_object",
     "read_body",
     "read_json",
     "send_error",
@@ -130,6 +131,21 @@ async def read_json(request: Request, limit: int, timeout_s: float = 30.0) -> An
             f"the request body is not valid JSON ({exc}); send a JSON object",
             code="invalid_json",
         ) from None
+
+
+def json_object(body: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    """``body`` when it is a JSON object whose fields are all among ``fields``; otherwise
+    `InvalidRequest`, naming the unknown fields (a typo such as ``orgg`` must not turn a stop
+    of one org into a stop of every org)."""
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"send a JSON object; this request takes {', '.join(fields)}")
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field {', '.join(map(repr, unknown))}; this request takes {', '.join(fields)}",
+            param=unknown[0],
+        )
+    return body
 
 
 async def send_json(
