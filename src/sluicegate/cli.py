@@ -336,7 +336,7 @@ def budgets_set(
     config: ConfigOption = None,
 ) -> None:
     """Set a budget for an org, or for one user, feature or key of it; every gateway applies it
-    within a second."""
+    within controls.poll_interval_s."""
     narrowed = [(kind, name) for kind, name in (("user", user), ("feature", feature), ("key", key)) if name]
     if len(narrowed) > 1:
         console.print("[red]error:[/red] give at most one of --user, --feature and --key")

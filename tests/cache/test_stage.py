@@ -240,6 +240,13 @@ async def test_every_answer_to_a_no_store_request_says_no_store(tmp_path: Path) 
         assert (await leader).headers["cache-control"].startswith("private, max-age=")
         assert follower.headers["x-sluicegate-coalesced"] == "true"
         assert follower.headers["cache-control"] == "no-store"
+        # streamed: a miss, and a request joining its stream
+        carol = RequestContext("acme", "carol", "chat")
+        live = await send(gateway, carol, stream=True, cache_control="no-store")
+        joined = await send(gateway, carol, stream=True, cache_control="no-store")
+        assert live.headers["cache-control"] == joined.headers["cache-control"] == "no-store"
+        assert joined.headers["x-sluicegate-coalesced"] == "true"
+        await read(live), await read(joined)
 
 
 async def test_concurrent_identical_requests_make_one_upstream_call(tmp_path: Path) -> None:

@@ -205,6 +205,8 @@ INVALID_WARMS: list[tuple[dict[str, Any], str | None, str]] = [
     ({"requests": "x"}, "requests", "requests must be a list"),
     ({}, "requests", "requests must be a list"),
     ({"requests": [], "concurrency": 0}, "concurrency", "concurrency"),
+    ({"requests": [], "concurrency": 257}, "concurrency", "from 1 to 256"),
+    ({"requests": [], "max_requests": -1}, "max_requests", "0 or more"),
     ({"requests": [], "max_requests": True}, "max_requests", "max_requests"),
     ({"requests": [{"kind": "images"}]}, None, "line 1"),
     ({"requests": [{}, "text"]}, None, "line 2"),

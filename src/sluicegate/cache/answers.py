@@ -27,6 +27,7 @@ __all__ = [
     "Flight",
     "etag_matches",
     "headers_for",
+    "labelled",
     "not_modified",
     "reply_from",
     "wants_usage",
@@ -109,6 +110,15 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
     if if_none_match.strip() == "*":
         return True
     return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
+
+
+def labelled(headers: dict[str, str], label: str, no_store: bool) -> dict[str, str]:
+    """``headers`` saying how the answer was served (``miss``, ``bypass``), and ``no-store`` when
+    the request said so: then the browser may not keep the answer either."""
+    headers[CACHE_HEADER] = label
+    if no_store:
+        headers["cache-control"] = "no-store"
+    return headers
 
 
 def headers_for(

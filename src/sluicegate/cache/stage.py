@@ -25,6 +25,7 @@ from .answers import (
     Flight,
     etag_matches,
     headers_for,
+    labelled,
     not_modified,
     reply_from,
     wants_usage,
@@ -170,9 +171,7 @@ class ServeFromCache:
         self._cache.stats.count(call.context.feature, "bypass")
         call.outcome = "bypass"
         reply = await self._send(call)
-        reply.headers[CACHE_HEADER] = "bypass"
-        if control.no_store:
-            reply.headers["cache-control"] = "no-store"
+        labelled(reply.headers, "bypass", control.no_store)
         return reply
 
     # Misses
@@ -230,7 +229,7 @@ class ServeFromCache:
                     flight.stream = live
                     handed_over = True
                     reply.stream = live.reader(leader=True, wants_usage=usage_wanted)
-                    reply.headers[CACHE_HEADER] = "miss"
+                    labelled(reply.headers, "miss", control.no_store)
                     return reply
             else:
                 call.outcome = "miss"
@@ -279,9 +278,7 @@ class ServeFromCache:
         """The upstream's own answer, labelled a miss (or a 304 when the browser already has it)."""
         headers = reply.headers
         if entry is None or control.no_store:
-            headers[CACHE_HEADER] = "miss"
-            if control.no_store:
-                headers["cache-control"] = "no-store"
+            labelled(headers, "miss", control.no_store)
             return reply
         if now is None:
             now = self._cache.clock()
@@ -321,7 +318,8 @@ class ServeFromCache:
                 reader.on_close(
                     lambda ended: ledger.served(call, live.usage if ended.done else None, "coalesced")
                 )
-            return Reply(stream=reader, headers={CACHE_HEADER: "miss", COALESCED_HEADER: "true"})
+            headers = labelled({COALESCED_HEADER: "true"}, "miss", control.no_store)
+            return Reply(stream=reader, headers=headers)
         try:
             async with asyncio.timeout(cache.config.wait_s):
                 entry = await flight.wait()
@@ -346,7 +344,7 @@ class ServeFromCache:
                 call, policy, control, reply.body, reply.usage, payload=reply.payload
             )
             return self._fresh_reply(reply, entry, policy, control)
-        reply.headers[CACHE_HEADER] = "miss"
+        labelled(reply.headers, "miss", control.no_store)
         return reply
 
     def _stale_or_raise(

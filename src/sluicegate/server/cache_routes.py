@@ -72,10 +72,13 @@ async def warm_cache(gateway: Gateway, request: Request) -> None:
     if not isinstance(requests, list) or len(requests) > _MAX_WARM:
         raise InvalidRequest(f"requests must be a list of at most {_MAX_WARM} objects", param="requests")
     items = parse_lines([orjson.dumps(r) for r in requests], gateway.settings.auth.dev_org)
+    # As the CLI's options: max_requests 0 or more, concurrency 1 to 256.
     options = {name: body.get(name) for name in ("max_requests", "concurrency")}
-    for name, value in options.items():
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise InvalidRequest(f"{name} must be a positive integer", param=name)
+    for (name, value), (least, most) in zip(options.items(), ((0, None), (1, 256)), strict=True):
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if value is not None and (not whole or value < least or (most is not None and value > most)):
+            bounds = f"from {least} to {most}" if most is not None else f"{least} or more"
+            raise InvalidRequest(f"{name} must be a whole number, {bounds}", param=name)
     report = await warm(
         gateway,
         items,
