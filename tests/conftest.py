@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import warnings
@@ -150,6 +151,17 @@ async def database_url() -> AsyncIterator[str]:
     async with engine.begin() as conn:
         await conn.execute(_DROP_ALL)
     await engine.dispose()
+
+
+async def settled_usage(gateway: Gateway, budget: Any, tries: int = 50) -> Any:
+    """The budget's period once nothing is reserved under it (its settlements run in the
+    background), or as it is after ``tries`` looks 20 ms apart."""
+    for _ in range(tries):
+        usage = await gateway.budgets.usage(budget)
+        if usage.reserved_micro == 0:
+            break
+        await asyncio.sleep(0.02)
+    return usage
 
 
 def chat_body(**extra: Any) -> dict[str, Any]:

@@ -275,7 +275,7 @@ def test_budgets_set_and_list(tmp_path: Path) -> None:
         (["--limit-usd", "5", "--period", "year"], "--period must be day, week or month, not 'year'"),
         (["--limit-usd", "10000000000000"], "--limit-usd must be at most $1,000,000,000"),
         (["--limit-usd", "0.0000001"], "--limit-usd has at most 6 decimals"),
-        (["--limit-usd", "5", "--feature", "chatt"], "unknown feature 'chatt'"),
+        (["--limit-usd", "5", "--feature", "chatt"], "--feature must be a configured feature"),
     ],
     ids=["period", "too-large", "below-a-micro-dollar", "unknown-feature"],
 )

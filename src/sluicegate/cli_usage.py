@@ -22,10 +22,11 @@ from .accounting.rollups import DAY_S, compact
 from .accounting.usage import UsageQuery, report
 from .admission import stop as controls
 from .admission.budget_math import PERIOD_ADJECTIVES
+from .admission.budget_scopes import new_budget
 from .admission.budgets import BudgetStore
 from .cli_console import console, out
 from .config import Settings
-from .config_money import check_org_name, limit_micro
+from .config_money import usd
 from .errors import SluicegateError
 from .store.db import with_migrated
 from .store.redis import create_redis
@@ -125,10 +126,9 @@ def stop_command(settings: Settings, action: str, org: str | None, reason: str |
     return 0
 
 
-def _dollars(amount: float) -> str:
-    """``250.00``, ``0.0006``: two decimals, or as many as a smaller amount needs (up to six)."""
-    two = f"{amount:,.2f}"
-    return two if amount == 0 or float(two.replace(",", "")) == amount else f"{amount:,.6f}".rstrip("0")
+def _option(field: str) -> str:
+    """How the CLI spells a budget's field: ``limit_usd`` is ``--limit-usd``."""
+    return "--" + field.replace("_", "-")
 
 
 def budgets_command(
@@ -146,9 +146,8 @@ def budgets_command(
         store = BudgetStore(engine, settings.budgets, redis=redis)
         try:
             await store.refresh()
-            if org is not None and amount is not None:
-                kind, name = narrow or (None, None)
-                await store.set_limit(org, amount, period, kind, name)  # type: ignore[arg-type]
+            if budget is not None:
+                await store.set_limit(budget)
             return [await store.usage(budget) for budget in store.budgets.values()]
         finally:
             store.close()
@@ -160,30 +159,18 @@ def budgets_command(
             "[red]error:[/red] give both --org and --limit-usd to set a budget (neither to list them)"
         )
         return 2
-    try:
-        if org is not None:
-            check_org_name(org)
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] --org: {exc}")
-        return 2
-    if period not in ("day", "week", "month"):
-        console.print(f"[red]error:[/red] --period must be day, week or month, not {period!r}")
-        return 2
-    amount = None
-    if limit_usd is not None:
+    budget = None
+    if org is not None and limit_usd is not None:
         try:
             amount = Decimal(limit_usd)
-            limit_micro(amount)
         except InvalidOperation:
             console.print(f"[red]error:[/red] --limit-usd must be a number of US dollars, not {limit_usd!r}")
             return 2
-        except ValueError as exc:
-            console.print(f"[red]error:[/red] --limit-usd {exc}")
+        try:
+            budget = new_budget(org, amount, period, narrow, settings.feature_names, _option)
+        except SluicegateError as exc:
+            console.print(f"[red]error:[/red] {exc.message}")
             return 2
-    if narrow is not None and narrow[0] == "feature" and narrow[1] not in settings.feature_names:
-        known = ", ".join(sorted(settings.feature_names))
-        console.print(f"[red]error:[/red] unknown feature {narrow[1]!r}; configured features are: {known}")
-        return 2
     try:
         periods = uvloop.run(with_migrated(settings.database.url, run))
     except SluicegateError as exc:
@@ -198,18 +185,18 @@ def budgets_command(
             f"set the {PERIOD_ADJECTIVES[period]} budget of {whom} to ${limit_usd}; every gateway "
             f"applies it within {settings.controls.poll_interval_s:g} s"
         )
-    table = Table("scope", "period", "limit $", "spent $", "reserved $", "used", "forecast $")
+    table = Table("scope", "period", "limit", "spent", "reserved", "used", "forecast")
     table.columns[0].no_wrap = True
     for usage in periods:
         row = usage.to_dict()
         used = f"{row['used']:.1%}" if row["used"] is not None else "-"
-        projected = "-" if row["forecast_usd"] is None else f"{row['forecast_usd']:,.4f}"
+        projected = "-" if usage.forecast_micro is None else usd(usage.forecast_micro, cents=True)
         table.add_row(
             row["scope"],
             row["period"],
-            _dollars(row["limit_usd"]),
-            f"{row['spent_usd']:,.4f}",
-            f"{row['reserved_usd']:,.4f}",
+            usd(usage.budget.limit_micro, cents=True),
+            usd(usage.spent_micro, cents=True),
+            usd(usage.reserved_micro, cents=True),
             used,
             projected,
         )

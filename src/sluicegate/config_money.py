@@ -24,6 +24,7 @@ __all__ = [
     "TokenLimit",
     "check_org_name",
     "limit_micro",
+    "usd",
 ]
 
 
@@ -178,6 +179,15 @@ def limit_micro(limit_usd: Decimal) -> int:
     if micro != micro.to_integral_value():
         raise ValueError("has at most 6 decimals: budgets count whole micro-dollars ($0.000001)")
     return int(micro)
+
+
+def usd(micro: int, cents: bool = False) -> str:
+    """``$0.0012``, ``$250`` (``$250.00`` with ``cents``): micro-USD as dollars, with as many
+    decimals as the amount needs, up to six (pure)."""
+    text = f"{micro / 1_000_000:,.6f}".rstrip("0")
+    if cents and len(text.partition(".")[2]) < 2:
+        return "$" + f"{micro / 1_000_000:,.2f}"
+    return "$" + text.rstrip(".")
 
 
 class OrgBudget(Frozen):

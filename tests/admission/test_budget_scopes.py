@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from pydantic import ValidationError
 
-from sluicegate.admission.budget_scopes import Budget, BudgetIndex, parse_scope, scope_of
+from sluicegate.admission.budget_scopes import Budget, BudgetIndex, new_budget, parse_scope, scope_of
 from sluicegate.calls import RequestContext
 from sluicegate.config import BudgetsConfig
+from sluicegate.errors import InvalidRequest
 
 
 @pytest.mark.parametrize(
@@ -82,3 +85,27 @@ def test_the_config_takes_one_narrowing_per_budget_and_one_budget_per_scope() ->
         BudgetsConfig(orgs=({"org": "a", "user": "ann", "feature": "chat", "limit_usd": 1},))  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="more than one budget for org:a"):
         BudgetsConfig(orgs=({"org": "a", "limit_usd": 1}, {"org": "a", "limit_usd": 2}))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("org", "limit", "period", "narrow", "param", "text"),
+    [
+        ("acme/user:boss", "1", "month", None, "org", "cannot contain '/'"),
+        ("acme", "0.0000001", "month", None, "limit_usd", "at most 6 decimals"),
+        ("acme", "2000000000", "month", None, "limit_usd", "at most $1,000,000,000"),
+        ("acme", "1", "year", None, "period", "not 'year'"),
+        ("acme", "1", "day", ("feature", "nope"), "feature", "not 'nope'"),
+    ],
+)
+def test_a_budget_set_at_run_time_is_checked_naming_the_field(
+    org: str, limit: str, period: str, narrow: tuple[str, str] | None, param: str, text: str
+) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        new_budget(org, Decimal(limit), period, narrow, ("chat",), lambda field: f"--{field}")
+    assert refused.value.param == param and text in refused.value.message
+    assert refused.value.message.startswith(f"--{param} ")
+
+
+def test_a_budget_set_at_run_time_names_its_scope() -> None:
+    made = new_budget("acme", Decimal("2.5"), "week", ("user", "ann"), ())
+    assert (made.scope, made.limit_micro, made.period) == ("org:acme/user:ann", 2_500_000, "week")

@@ -18,11 +18,13 @@ from sqlalchemy import text
 
 from sluicegate import RequestContext, create_gateway
 from sluicegate.admission.budget_math import period_start
+from sluicegate.admission.budget_scopes import new_budget
 from sluicegate.admission.budgets import BudgetStore
 from sluicegate.config import BudgetsConfig, load_settings
 from sluicegate.errors import BudgetExceeded, ConfigError
 from sluicegate.store.db import create_engine, migrate
 from sluicegate.testing import mock_settings
+from tests.conftest import settled_usage
 
 ACME = RequestContext("acme", "ann", "insights")
 MODELS = {"gpt-4o": {"provider": "upstream"}, "gpt-4o-mini": {"provider": "upstream", "aliases": ["fast"]}}
@@ -239,7 +241,7 @@ async def test_a_budget_set_mid_period_counts_what_was_spent_before_it(tmp_path:
             query = "SELECT sum(cost_micro) FROM usage_ledger WHERE org = 'globex'"
             spent = int(await connection.scalar(text(query)) or 0)
         assert spent > 0
-        budget = await gateway.budgets.set_limit("globex", Decimal("5"), "month")
+        budget = await gateway.budgets.set_limit(new_budget("globex", Decimal("5"), "month", None, ()))
         assert (await gateway.budgets.usage(budget)).spent_micro == spent
         held = await gateway.budgets.reserve(budget, "r1:1", 1, 600_000, 10)
         assert held.decision.admitted and held.usages[0].spent_micro == spent
@@ -277,11 +279,7 @@ async def test_a_stream_the_client_cuts_costs_its_estimate_not_its_worst_case(tm
         await reply.stream.aclose()
         budget = gateway.budgets.budget_for("acme")
         assert budget is not None
-        for _ in range(50):  # the settlement runs in the background
-            usage = await gateway.budgets.usage(budget)
-            if usage.reserved_micro == 0:
-                break
-            await asyncio.sleep(0.02)
+        usage = await settled_usage(gateway, budget)
         assert gateway.outbox is not None
         await gateway.outbox.flush()
         async with gateway.engine.connect() as connection:

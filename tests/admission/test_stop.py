@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from sluicegate import RequestContext, create_gateway
 from sluicegate.admission import stop as controls
 from sluicegate.errors import EmergencyStopped, InvalidRequest
 from sluicegate.testing import mock_settings
+from tests.conftest import settled_usage
 
 ACME = RequestContext("acme", "ann", "insights")
 GLOBEX = RequestContext("globex", "gus", "insights")
@@ -119,9 +119,5 @@ async def test_a_call_the_stop_refuses_holds_none_of_its_budget(tmp_path: Path) 
                 await gateway.send(gateway.new_call("chat", body(f"question {n}"), ACME))
         budget = gateway.budgets.budget_for("acme")
         assert budget is not None
-        for _ in range(50):  # the settlement runs in the background
-            usage = await gateway.budgets.usage(budget)
-            if usage.reserved_micro == 0:
-                break
-            await asyncio.sleep(0.02)
+        usage = await settled_usage(gateway, budget)
         assert (usage.spent_micro, usage.reserved_micro) == (0, 0)

@@ -8,10 +8,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from ..config_money import usd
 from ..observe.alerts import post_json
 from .budget_scopes import Budget
 
-__all__ = ["Usage", "announce", "usd"]
+__all__ = ["Usage", "announce"]
 
 logger = logging.getLogger("sluicegate.budgets")
 
@@ -39,11 +40,6 @@ class Usage:
             "resets_at": self.ends_at,
             "forecast_usd": None if self.forecast_micro is None else self.forecast_micro / 1_000_000,
         }
-
-
-def usd(micro: int) -> str:
-    """``$0.0012``, ``$250``: dollars with as many decimals as the amount needs (pure)."""
-    return "$" + f"{micro / 1_000_000:,.6f}".rstrip("0").rstrip(".")
 
 
 async def announce(usage: Usage, level: str, url: str | None) -> None:

@@ -9,13 +9,17 @@ Cluster hash slot, and a call's budgets can be reserved together, atomically.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from ..calls import RequestContext
+from ..config_money import check_org_name, limit_micro
+from ..errors import InvalidRequest
 from .budget_math import Period
 
-__all__ = ["KINDS", "Budget", "BudgetIndex", "parse_scope", "scope_of"]
+__all__ = ["KINDS", "Budget", "BudgetIndex", "new_budget", "parse_scope", "scope_of"]
 
 KINDS = ("user", "feature", "key")  # what a budget can narrow an org's spend to
 
@@ -23,6 +27,39 @@ KINDS = ("user", "feature", "key")  # what a budget can narrow an org's spend to
 def scope_of(org: str, kind: str | None = None, name: str | None = None) -> str:
     """The scope of an org's budget, or of one of its users, features or keys."""
     return f"org:{org}" if kind is None else f"org:{org}/{kind}:{name}"
+
+
+def new_budget(
+    org: str,
+    limit_usd: Decimal,
+    period: str,
+    narrow: tuple[str, str] | None,
+    features: Collection[str],
+    spell: Callable[[str], str] = str,
+) -> Budget:
+    """A budget set at run time, for an org or for one user, feature or key (``narrow``) of it,
+    checked (pure): `InvalidRequest` whose ``param`` is the field that cannot be one, and whose
+    message calls it as the caller does (``spell``: ``limit_usd``, or the CLI's ``--limit-usd``).
+    Whether a key is the org's is `BudgetStore.set_limit`'s to check."""
+
+    def refuse(field: str, why: str) -> InvalidRequest:
+        return InvalidRequest(f"{spell(field)} {why}", param=field)
+
+    try:
+        check_org_name(org)
+    except ValueError as exc:
+        raise refuse("org", f"is not an org's name: {exc}") from None
+    try:
+        micro = limit_micro(limit_usd)
+    except ValueError as exc:
+        raise refuse("limit_usd", str(exc)) from None
+    if period not in ("day", "week", "month"):
+        raise refuse("period", f"must be day, week or month, not {period!r}")
+    if narrow is not None and narrow[0] == "feature" and narrow[1] not in features:
+        known = ", ".join(sorted(features))
+        raise refuse("feature", f"must be a configured feature ({known}), not {narrow[1]!r}")
+    kind, name = narrow or (None, None)
+    return Budget(scope_of(org, kind, name), micro, period)  # type: ignore[arg-type]
 
 
 _NARROWED = re.compile(r"^org:(.*?)/(user|feature|key):(.*)$", re.DOTALL)

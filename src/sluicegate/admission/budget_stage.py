@@ -20,9 +20,9 @@ from ..accounting.pricing import PriceBook
 from ..background import spawn
 from ..calls import Call, ModelRoute, Reply, ReplyStream
 from ..config import BudgetsConfig
+from ..config_money import usd
 from ..errors import BudgetExceeded
 from ..upstream.router import ModelCatalog
-from .budget_alerts import usd
 from .budget_math import MIN_COMPLETION_TOKENS, PERIOD_ADJECTIVES
 from .budget_scopes import parse_scope
 from .budgets import BudgetStore, Usage

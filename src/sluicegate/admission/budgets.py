@@ -18,7 +18,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from decimal import Decimal
 from typing import NamedTuple
 
 from redis.asyncio import Redis
@@ -33,7 +32,7 @@ from ..observe.alerts import Alerts
 from ..store.tables import budget_limits, virtual_keys
 from .budget_alerts import Usage, announce
 from .budget_math import Decision, Outcome, Period, Throttle, forecast, period_bounds, period_start
-from .budget_scopes import Budget, BudgetIndex, scope_of
+from .budget_scopes import Budget, BudgetIndex, parse_scope, scope_of
 from .outage import REDIS_ERRORS, Outage
 from .redis_budgets import Book, NeedsFloor, RedisBudgets
 from .sql_budgets import SqlBudgets
@@ -132,13 +131,11 @@ class BudgetStore:
             await self.reap()
             await self.check_forecasts()
 
-    async def set_limit(
-        self, org: str, limit_usd: Decimal, period: Period, kind: str | None = None, name: str | None = None
-    ) -> Budget:
-        """Set (or replace) a budget at run time; every worker applies it at its next poll.
-        `ValueError` for a limit that cannot be counted (see `limit_micro`); `InvalidRequest`
-        for a key that is not one of the org's (its budget would never apply)."""
-        budget = Budget(scope_of(org, kind, name), limit_micro(limit_usd), period)
+    async def set_limit(self, budget: Budget) -> Budget:
+        """Set (or replace) a budget at run time (made by `new_budget`); every worker applies it
+        at its next poll. `InvalidRequest` for a key that is not one of the org's (its budget
+        would never apply)."""
+        org, kind, name = parse_scope(budget.scope)
         async with self._engine.begin() as connection:
             if kind == "key":
                 owner = await connection.scalar(select(virtual_keys.c.org).where(virtual_keys.c.id == name))
@@ -151,7 +148,7 @@ class BudgetStore:
             await connection.execute(text("DELETE FROM budget_limits WHERE scope = :s"), {"s": budget.scope})
             await connection.execute(
                 text(_SET_LIMIT),
-                {"s": budget.scope, "l": budget.limit_micro, "p": period, "t": self.clock()},
+                {"s": budget.scope, "l": budget.limit_micro, "p": budget.period, "t": self.clock()},
             )
         self.index = BudgetIndex({**self.budgets, budget.scope: budget})
         return budget

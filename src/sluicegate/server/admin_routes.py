@@ -11,7 +11,7 @@ import orjson
 
 from .._version import __version__
 from ..admission import stop as stop_controls
-from ..config_money import check_org_name, limit_micro
+from ..admission.budget_scopes import new_budget
 from ..errors import InvalidRequest, NotFound
 from ..gateway import Gateway
 from ..virtual_keys import DEFAULT_GRACE_S
@@ -189,10 +189,6 @@ async def set_budget(gateway: Gateway, request: Request) -> None:
     )
     if not isinstance(body.get("org"), str) or not body["org"]:
         raise InvalidRequest("send the org's name in org", param="org")
-    try:
-        check_org_name(body["org"])
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param="org") from None
     limit = body.get("limit_usd")
     if isinstance(limit, bool) or not isinstance(limit, int | float | str):
         raise InvalidRequest("limit_usd must be a number of US dollars", param="limit_usd")
@@ -200,21 +196,14 @@ async def set_budget(gateway: Gateway, request: Request) -> None:
         amount = Decimal(str(limit))
     except ArithmeticError:
         raise InvalidRequest("limit_usd must be a number of US dollars", param="limit_usd") from None
-    try:
-        limit_micro(amount)
-    except ValueError as exc:
-        raise InvalidRequest(f"limit_usd {exc}", param="limit_usd") from None
-    period = body.get("period", "month")
-    if period not in ("day", "week", "month"):
-        raise InvalidRequest(f"period must be day, week or month, not {period!r}", param="period")
     narrowed = [kind for kind in ("user", "feature", "key") if body.get(kind) is not None]
     if len(narrowed) > 1 or any(not isinstance(body[kind], str) or not body[kind] for kind in narrowed):
         raise InvalidRequest("give at most one of user, feature and key, as a name", param=narrowed[-1])
-    kind = narrowed[0] if narrowed else None
-    name = body[kind] if kind else None
-    if kind == "feature" and name not in gateway.settings.feature_names:
-        known = ", ".join(sorted(gateway.settings.feature_names))
-        raise InvalidRequest(f"unknown feature {name!r}; configured features are: {known}", param="feature")
-    budget = await gateway.budgets.set_limit(body["org"], amount, period, kind, name)
+    narrow = (narrowed[0], body[narrowed[0]]) if narrowed else None
+    period = body.get("period", "month")
+    if not isinstance(period, str):
+        raise InvalidRequest("period must be day, week or month", param="period")
+    made = new_budget(body["org"], amount, period, narrow, gateway.settings.feature_names)
+    budget = await gateway.budgets.set_limit(made)
     usage = await gateway.budgets.usage(budget)
     await send_json(request, 201, orjson.dumps(usage.to_dict()))
