@@ -148,6 +148,13 @@ def test_environment_beats_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.server.host == "0.0.0.0"
 
 
+def test_a_bad_value_from_the_environment_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICEGATE_SERVER__PORT", "70000")
+    with pytest.raises(ConfigError) as bad:
+        load_settings(write("c.yaml", "server:\n  port: 5000\n"))
+    assert "server.port (from $SLUICEGATE_SERVER__PORT)" in bad.value.message
+
+
 def test_overrides_replace_the_file_keys() -> None:
     """Keyword overrides replace the file's top-level keys."""
     settings = load_settings(write("c.yaml", "server:\n  port: 5000\n"), server={"port": 6000})

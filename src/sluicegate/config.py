@@ -333,9 +333,14 @@ class Settings(BaseSettings):
 def _format_validation_error(source: str, error: ValidationError) -> str:
     lines = [f"invalid configuration in {source}:"]
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
+        parts = [str(part) for part in item["loc"]]
+        key = ".".join(parts)
         message = item["msg"].removeprefix("Value error, ")  # our own checks name their keys
-        lines.append(f"  {key}: {message}" if key else f"  {message}")
+        # A value the environment gave (the CLI's flags are passed to the workers that way).
+        names = [f"SLUICEGATE_{'__'.join(parts[:n]).upper()}" for n in range(len(parts), 0, -1)]
+        given = next((name for name in names if name in os.environ), None)
+        where = f" (from ${given})" if given else ""
+        lines.append(f"  {key}{where}: {message}" if key else f"  {message}")
     return "\n".join(lines)
 
 

@@ -118,7 +118,11 @@ def test_budgets_route_sets_and_lists_and_refuses_bad_values(keyed: Any) -> None
         ({"org": "acme", "limit_usd": 5, "period": "year"}, "period", "period must be day, week or month"),
         ({"org": "acme", "limit_usd": 1e13}, "limit_usd", "at most $1,000,000,000"),
         ({"org": "acme", "limit_usd": "0.0000001"}, "limit_usd", "at most 6 decimals"),
-        ({"org": "acme", "limit_usd": 5, "feature": "nope"}, "feature", "unknown feature 'nope'"),
+        (
+            {"org": "acme", "limit_usd": 5, "feature": "nope"},
+            "feature",
+            "feature must be a configured feature",
+        ),
     ],
     ids=["period", "too-large", "below-a-micro-dollar", "unknown-feature"],
 )

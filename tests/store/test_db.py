@@ -17,6 +17,16 @@ async def test_sqlite_folder_is_created(tmp_path: Path) -> None:
     await engine.dispose()
 
 
+async def test_a_new_sqlite_file_is_its_owners_alone(tmp_path: Path) -> None:
+    """It holds cached answers and key digests: mode 0600, as its WAL files then are."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    await migrate(engine)
+    await engine.dispose()
+    for name in ("db.sqlite", "db.sqlite-wal", "db.sqlite-shm"):
+        if (tmp_path / name).exists():
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+
+
 async def test_migrate_is_idempotent_and_creates_the_tables(tmp_path: Path) -> None:
     """Migrating twice leaves the schema at head with the virtual_keys table."""
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")

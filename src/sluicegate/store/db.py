@@ -25,12 +25,15 @@ T = TypeVar("T")
 
 
 def create_engine(url: str) -> AsyncEngine:
-    """An async engine for ``url``; for SQLite, the database's folder is created if missing and
-    every connection uses `SQLITE_PRAGMAS`."""
+    """An async engine for ``url``; for SQLite, the database's folder is created if missing, the
+    file is its owner's alone (it holds cached answers and key digests; SQLite gives its
+    journal files the same mode), and every connection uses `SQLITE_PRAGMAS`."""
     parsed = make_url(url)
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite and parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(parsed.database)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)  # an existing file keeps its mode
     # hide_parameters: a database error's message (which gets logged) never carries the values
     # written, such as a cached answer.
     # asyncpg waits 60 s for a server that accepts the connection and never answers (a hung
