@@ -179,6 +179,79 @@ def test_only_private_answers_with_an_etag_are_kept(
     assert not result["stored"]
 
 
+def test_the_bodys_cache_object_decides_whether_a_kept_answer_may_serve(
+    page: Page, server: GatewayServer
+) -> None:
+    """`no_cache` always asks the gateway (and its answer replaces the kept one), `max_age: N`
+    takes a kept answer only if it is at most N s old; neither is part of the key."""
+    result = run(
+        page,
+        server.url,
+        """
+        let t = 0;
+        const s = stub((n) => json({ answer: n }, { ...cacheable(`"e${n}"`, 600), age: '0' }));
+        const client = createClient({ baseUrl: location.origin, fetch: s.fetch, now: () => t });
+        const answers = [await client.chat(chat)];                                  // network: 1
+        answers.push(await client.chat({ ...chat, cache: { no_cache: true } }));    // network: 2
+        answers.push(await client.chat({ ...chat, cache: { no_cache: true } }));    // network: 3
+        answers.push(await client.chat(chat));                                      // local: 3
+        t += 10_000;
+        answers.push(await client.chat({ ...chat, cache: { max_age: 60 } }));       // local: 3
+        answers.push(await client.chat({ ...chat, cache: { max_age: 5 } }));        // network: 4
+        return { answers: answers.map((a) => a.answer), sent: s.calls.map((c) => c.body.cache ?? null) };
+        """,
+    )
+    assert result["answers"] == [1, 2, 3, 3, 3, 4]
+    assert result["sent"] == [None, {"no_cache": True}, {"no_cache": True}, {"max_age": 5}]
+
+
+def test_an_answer_on_its_way_when_the_cache_is_cleared_is_not_kept(
+    page: Page, server: GatewayServer
+) -> None:
+    """Log-out while an answer loads: the previous user's answer must not land afterwards."""
+    result = run(
+        page,
+        server.url,
+        """
+        let release;
+        const gate = new Promise((resolve) => { release = resolve; });
+        const s = stub(async () => { await gate; return json({ answer: 1 }, cacheable('"e1"', 600)); });
+        const client = createClient({ baseUrl: location.origin, token: token('ann'), fetch: s.fetch });
+        const pending = client.chat(chat, { feature: 'chat' });
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        await client.clearCache();
+        release();
+        const answer = await pending;
+        const kept = (await caches.has('sluicegate-v1'))
+          && (await (await caches.open('sluicegate-v1')).keys()).length;
+        return { answer, memory: client.stats().memoryEntries, kept };
+        """,
+    )
+    assert result["answer"] == {"answer": 1}
+    assert result["memory"] == 0 and not result["kept"]
+
+
+def test_an_error_carries_retry_after(page: Page, server: GatewayServer) -> None:
+    result = run(
+        page,
+        server.url,
+        """
+        const refusal = { error: { message: 'slow down', type: 'requests', code: 'rate_limit_exceeded' } };
+        const s = stub(() => json(refusal, { 'retry-after': '42' }, 429));
+        const client = createClient({ baseUrl: location.origin, fetch: s.fetch });
+        try { await client.chat(chat); } catch (error) {
+          return { name: error.name, status: error.status, code: error.code, retryAfter: error.retryAfter };
+        }
+        """,
+    )
+    assert result == {
+        "name": "SluicegateError",
+        "status": 429,
+        "code": "rate_limit_exceeded",
+        "retryAfter": 42,
+    }
+
+
 def test_a_new_answer_replaces_a_stale_entry(page: Page, server: GatewayServer) -> None:
     """A 200 to a revalidation replaces the entry; a later no-store answer removes it."""
     result = run(

@@ -281,6 +281,29 @@ async def test_concurrent_streams_share_one_upstream_stream(tmp_path: Path) -> N
         assert b'"usage":{' not in bodies[0]
 
 
+async def test_a_stream_joining_before_the_first_byte_reads_the_live_stream(tmp_path: Path) -> None:
+    """A streamed request that joins while the leader still waits for its first byte gets the
+    chunks as they arrive, not the whole answer once the leader's stream has ended."""
+    mock = {"ttft_ms": 300, "chunk_interval_ms": 40, "answer_words": 60}
+    settings = mock_settings(
+        data_dir=tmp_path / "data",
+        features=features(),
+        providers={"upstream": {"kind": "mock", "mock": mock}},
+    )
+    async with create_gateway(settings) as gateway:
+
+        async def first_and_last(delay: float) -> tuple[float, float]:
+            await asyncio.sleep(delay)
+            reply = await send(gateway, stream=True)
+            assert reply.stream is not None
+            times = [time.perf_counter() async for _ in reply.stream]
+            return times[0], times[-1]
+
+        (_, leader_done), (follower_first, _) = await asyncio.gather(first_and_last(0), first_and_last(0.1))
+        assert chat_calls(gateway) == 1
+        assert follower_first < leader_done - 0.2
+
+
 async def test_stream_is_stored_and_replayed_with_its_chunks(gw: Gateway) -> None:
     """A completed stream is replayed with the same chunks; a plain request reads it as one body."""
     original = await read(await send(gw, stream=True))

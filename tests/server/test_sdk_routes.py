@@ -13,11 +13,13 @@ from sluicegate.testing import GatewayServer
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
-def get(base: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One GET; status, lower-cased headers and body."""
+def get(
+    base: str, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    """One GET (or ``method``); status, lower-cased headers and body."""
     host, port = base.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    conn.request("GET", path, headers=headers or {})
+    conn.request(method, path, headers=headers or {})
     response = conn.getresponse()
     result = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     conn.close()
@@ -36,7 +38,17 @@ def test_client_script(server: GatewayServer) -> None:
     assert headers["content-type"] == "text/javascript; charset=utf-8"
     assert headers["cache-control"] == "public, max-age=300"
     assert headers["etag"] == f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    assert headers["vary"] == "Origin"  # readable cross-origin or not, per Origin (CORS)
     assert b"export function createClient" in body
+
+
+def test_head_is_answered_wherever_get_is(server: GatewayServer) -> None:
+    """RFC 9110: the GET's head, without its body."""
+    for path in ("/sdk/sluicegate.js", "/sdk/demo", "/v1/models"):
+        status, headers, body = get(server.url, path, method="HEAD")
+        full = get(server.url, path)
+        assert (status, body) == (200, b""), path
+        assert headers["content-length"] == full[1]["content-length"] == str(len(full[2]))
 
 
 def test_client_script_revalidates(server: GatewayServer) -> None:

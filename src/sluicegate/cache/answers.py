@@ -47,10 +47,11 @@ class Flight:
     Its future is made only when a follower waits: most flights have none.
     """
 
-    __slots__ = ("_error", "_future", "_settled", "_value", "stream", "tier")
+    __slots__ = ("_error", "_future", "_settled", "_started", "_value", "stream", "tier")
 
     def __init__(self) -> None:
         self._future: asyncio.Future[Entry | None] | None = None
+        self._started: asyncio.Future[None] | None = None  # made when a stream waits for one
         self._settled = False
         self._value: Entry | None = None
         self._error: SluicegateError | None = None
@@ -63,6 +64,7 @@ class Flight:
             self._settled, self._value, self.tier = True, entry, tier
             if self._future is not None:
                 self._future.set_result(entry)
+            self._wake()
 
     def fail(self, error: SluicegateError) -> None:
         """Hand the leader's error to the followers; when it is a refusal of the leader's own
@@ -74,6 +76,23 @@ class Flight:
             if self._future is not None:
                 self._future.set_exception(error)
                 self._future.exception()  # retrieved, even if every follower has given up
+            self._wake()
+
+    def start(self, live: StreamFlight) -> None:
+        """The leader's stream has begun: streamed followers may read it from its start."""
+        self.stream = live
+        self._wake()
+
+    async def started(self) -> None:
+        """Until the leader's stream begins, or the flight is settled (then `wait`)."""
+        if self.stream is None and not self._settled:
+            if self._started is None:
+                self._started = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._started)
+
+    def _wake(self) -> None:
+        if self._started is not None and not self._started.done():
+            self._started.set_result(None)
 
     def end(self, flights: dict[str, Any], key: str) -> None:
         """The call that made this flight is over: followers still waiting go on their own

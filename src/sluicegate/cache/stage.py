@@ -11,6 +11,7 @@ and hand it to the followers. When the upstream fails, a stale entry within the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from ..accounting.ledger import Ledger
@@ -226,7 +227,7 @@ class ServeFromCache:
                 if reply.stream is not None:
                     done = self._stream_done(call, key, plan, control, flight, lock_state, token, hits)
                     live = StreamFlight(reply.stream, done)
-                    flight.stream = live
+                    flight.start(live)
                     handed_over = True
                     reply.stream = live.reader(leader=True, wants_usage=usage_wanted)
                     labelled(reply.headers, "miss", control.no_store)
@@ -310,6 +311,10 @@ class ServeFromCache:
     ) -> Reply:
         cache = self._cache
         cache.stats.count(call.context.feature, "coalesced")
+        if call.stream and flight.stream is None:  # its leader has not had a first byte yet
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(cache.config.wait_s):
+                    await flight.started()
         if call.stream and flight.stream is not None and not flight.stream.finished:
             live = flight.stream
             reader = live.reader(leader=False, wants_usage=wants_usage(call))

@@ -67,6 +67,8 @@ class SluicegateApp:
         try:
             methods = self._find(scope["path"])
             handler = methods.get(scope["method"]) if methods is not None else None
+            if handler is None and methods is not None and scope["method"] == "HEAD":
+                handler = methods.get("GET")  # the server sends the head alone (RFC 9110, 9.3.2)
             if handler is None:
                 what = f"{scope['method']} {scope['path']}"
                 if methods is None:

@@ -21,7 +21,9 @@ def static_file(name: str, content_type: bytes, cache_control: bytes) -> Handler
     """A handler serving the packaged file ``sdk/name`` with a strong ETag, read once, now."""
     body = resources.files("sluicegate.server").joinpath("sdk", name).read_bytes()
     etag = b'"%s"' % hashlib.sha256(body).hexdigest()[:32].encode()
-    headers = [(b"etag", etag), (b"cache-control", cache_control)]
+    # Whether a page of another origin may read it depends on its Origin (CORS): a shared
+    # cache must not hand one origin's copy to another.
+    headers = [(b"etag", etag), (b"cache-control", cache_control), (b"vary", b"Origin")]
 
     async def serve(gateway: Gateway, request: Request) -> None:
         if request.if_none_match is not None and etag_matches(request.if_none_match, etag.decode()):

@@ -29,8 +29,16 @@
  * that was cut is never stored. Both stores need a secure context (https, or localhost);
  * elsewhere the client works without caching.
  *
+ * The body's `cache` object works as on the gateway: `{no_cache: true}` is never answered from
+ * the browser (the fresh answer then replaces the kept one), `{max_age: N}` only by an answer at
+ * most N seconds old, and `{no_store: true}` is never kept. It is not part of the key.
+ *
+ * Errors are `SluicegateError`s: the gateway's `status`, `type`, `code`, `param`, and
+ * `retryAfter` (seconds) when it sent `Retry-After`.
+ *
  * Log-out and user switch: call `await client.clearCache()`. It empties the memory and the
- * Cache Storage bucket, so nothing the previous user was answered stays on the device. (Entries
+ * Cache Storage bucket, so nothing the previous user was answered stays on the device, not
+ * even an answer that was still on its way when it was called. (Entries
  * are keyed by the token's user, so one user never reads another's, but they would stay on
  * disk until then.)
  */
@@ -42,13 +50,14 @@ const TOKEN_PREFIX = 'sgb_';
 
 /** An error answered by the gateway, in OpenAI's shape, or a stream that broke. */
 export class SluicegateError extends Error {
-  constructor(message, { status = 0, type = null, code = null, param = null } = {}) {
+  constructor(message, { status = 0, type = null, code = null, param = null, retryAfter = null } = {}) {
     super(message);
     this.name = 'SluicegateError';
     this.status = status;
     this.type = type;
     this.code = code;
     this.param = param;
+    this.retryAfter = retryAfter; // seconds, from Retry-After (a 429 or 503), else null
   }
 }
 
@@ -79,6 +88,8 @@ export function createClient({
   };
   let last = null;
   let opened = null;
+  // Counts the clearCache() calls: an answer still on its way when one ran is not kept.
+  let generation = 0;
 
   // The stores
 
@@ -117,6 +128,7 @@ export function createClient({
       const entry = {
         etag: response.headers.get('etag'),
         freshUntil: Number(response.headers.get('x-sluicegate-fresh-until')),
+        bornAt: Number(response.headers.get('x-sluicegate-born-at') ?? Number.NaN),
         kind: response.headers.get('x-sluicegate-kind'),
         body: await response.text(),
       };
@@ -128,16 +140,18 @@ export function createClient({
     }
   }
 
-  async function store(key, entry) {
+  async function store(key, entry, born) {
+    if (born !== generation) return; // the cache was cleared while this answer was on its way
     remember(key, entry);
     counters.stored += 1;
     const cache = await openCache();
     const url = entryUrl(key);
-    if (!cache || !url) return;
+    if (!cache || !url || born !== generation) return;
     const headers = {
       'content-type': entry.kind === 'sse' ? 'text/event-stream' : 'application/json',
       etag: entry.etag,
       'x-sluicegate-fresh-until': String(entry.freshUntil),
+      'x-sluicegate-born-at': String(entry.bornAt),
       'x-sluicegate-kind': entry.kind,
     };
     try {
@@ -157,10 +171,14 @@ export function createClient({
   // One exchange with the gateway, or none when the browser holds a fresh answer
 
   async function exchange(kind, body, { feature = null, signal = null } = {}, onServed = null) {
+    const born = generation;
     const bearer = getToken ? await getToken() : token;
-    const key = await cacheKey(base, kind, body, feature, bearer);
+    // The body's `cache` object (as the gateway reads it) never changes the answer, only
+    // whether a kept one may serve: `no_cache` asks for a fresh one, `max_age` for a young one.
+    const { cache: wanted = {}, ...asked } = body ?? {};
+    const key = await cacheKey(base, kind, asked, feature, bearer);
     const found = key ? await lookup(key) : null;
-    if (found && found.entry.freshUntil > now()) {
+    if (found && found.entry.freshUntil > now() && acceptable(found.entry, wanted)) {
       counters[found.tier === 'browser-memory' ? 'memoryHits' : 'cacheStorageHits'] += 1;
       return served({ source: found.tier, gatewayCache: null, status: 200 }, { entry: found.entry });
     }
@@ -186,8 +204,9 @@ export function createClient({
       const renewed = freshness(response.headers, now(), found.entry.etag);
       const entry = { ...found.entry, etag: renewed?.etag ?? found.entry.etag };
       entry.freshUntil = renewed ? renewed.freshUntil : now();
+      if (renewed?.bornAt) entry.bornAt = renewed.bornAt;
       if (renewed?.noStore) await forget(key);
-      else await store(key, entry);
+      else await store(key, entry, born);
       counters.revalidated += 1;
       return served({ ...meta, source: 'browser-revalidated' }, { entry });
     }
@@ -195,7 +214,13 @@ export function createClient({
     const policy = freshness(response.headers, now(), null);
     const keep = key && policy && !policy.noStore && policy.private ? policy : null;
     if (found && !keep) await forget(key);
-    return served({ ...meta, source: 'network' }, { response, key, keep });
+    return served({ ...meta, source: 'network' }, { response, key, keep, born });
+
+    function acceptable(entry, { no_cache: noCache, max_age: maxAge }) {
+      if (noCache === true) return false;
+      if (!Number.isInteger(maxAge)) return true;
+      return Number.isFinite(entry.bornAt) && now() - entry.bornAt <= maxAge * 1000;
+    }
 
     function served(info, result) {
       last = info;
@@ -210,7 +235,7 @@ export function createClient({
     const text = await result.response.text();
     const value = JSON.parse(text);
     if (result.keep) {
-      await store(result.key, { etag: result.keep.etag, freshUntil: result.keep.freshUntil, kind: 'json', body: text });
+      await store(result.key, { ...kept(result.keep), kind: 'json', body: text }, result.born);
     }
     return value;
   }
@@ -257,7 +282,7 @@ export function createClient({
       });
     }
     if (result.keep) {
-      await store(result.key, { etag: result.keep.etag, freshUntil: result.keep.freshUntil, kind: 'sse', body: raw });
+      await store(result.key, { ...kept(result.keep), kind: 'sse', body: raw }, result.born);
     }
   }
 
@@ -274,6 +299,7 @@ export function createClient({
 
     /** Empty the memory and the Cache Storage bucket: call it on log-out and when the user changes. */
     async clearCache() {
+      generation += 1;
       memory.clear();
       opened = null;
       if (typeof caches !== 'undefined') await caches.delete(CACHE_NAME).catch(() => false);
@@ -287,6 +313,11 @@ export function createClient({
 }
 
 // Pure helpers
+
+/** What an entry keeps of the gateway's freshness: its validator, lifetime and birth. */
+function kept(policy) {
+  return { etag: policy.etag, freshUntil: policy.freshUntil, bornAt: policy.bornAt };
+}
 
 /** The cache key: SHA-256 of the canonical request, feature and the token's org and user; null without crypto. */
 async function cacheKey(base, kind, body, feature, bearer) {
@@ -335,7 +366,7 @@ function freshness(headers, at, fallbackEtag) {
   // As in HTTP, max-age counts from when the answer was made; Age says how long ago that was.
   const age = Number.parseInt(headers.get('age') ?? '0', 10) || 0;
   const freshUntil = at + Math.max(0, maxAge - age) * 1000;
-  return { etag, freshUntil, private: directives.has('private'), noStore: false };
+  return { etag, freshUntil, bornAt: at - age * 1000, private: directives.has('private'), noStore: false };
 }
 
 /** The data of each complete SSE event in `text`, and the incomplete rest. */
@@ -357,15 +388,17 @@ async function errorOf(response) {
   } catch {
     // Not JSON: the status says enough.
   }
-  return errorFromBody(payload, response.status);
+  const retryAfter = Number.parseInt(response.headers.get('retry-after') ?? '', 10);
+  return errorFromBody(payload, response.status, Number.isFinite(retryAfter) ? retryAfter : null);
 }
 
-function errorFromBody(payload, status) {
+function errorFromBody(payload, status, retryAfter = null) {
   const error = payload && typeof payload.error === 'object' && payload.error ? payload.error : {};
   return new SluicegateError(error.message || `the gateway answered HTTP ${status}`, {
     status,
     type: error.type ?? null,
     code: error.code ?? null,
     param: error.param ?? null,
+    retryAfter,
   });
 }
