@@ -357,3 +357,28 @@ async def test_a_throttled_call_is_told_to_come_back_within_the_minute(tmp_path:
         assert throttled.value.code == "budget_throttled"
         assert throttled.value.headers["retry-after"] == "60"
         assert "try again in 60 s" in throttled.value.message
+
+
+async def test_a_call_refused_by_the_concurrency_cap_may_retry_in_a_second(tmp_path: Path) -> None:
+    """With both caps set, the refusal says which one refused: the concurrency cap frees as
+    soon as a call ends, not within the minute."""
+    config = mock_settings(
+        data_dir=tmp_path,
+        budgets={
+            "orgs": [{"org": "acme", "limit_usd": "1"}],
+            "throttle_at": 0.0001,
+            "throttle_concurrency": 1,
+            "throttle_per_minute": 100,
+        },
+        providers={"upstream": {"kind": "mock", "mock": {"answer_words": 400, "latency": 300}}},
+    )
+    async with create_gateway(config) as gateway:
+        await gateway.send(gateway.new_call("chat", body("spend", max_tokens=2000), ACME))
+        calls = [
+            gateway.send(gateway.new_call("chat", body(f"q {n}", max_tokens=10), ACME)) for n in range(3)
+        ]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, BudgetExceeded)]
+        assert len(refused) == 2 and all(r.code == "budget_throttled" for r in refused)
+        assert {r.headers["retry-after"] for r in refused} == {"1"}
+        assert "1 of its calls at once" in refused[0].message and "max_tokens" not in refused[0].message

@@ -241,7 +241,7 @@ async def test_past_the_throttle_share_only_the_cap_of_calls_run_at_once(
     held = await asyncio.gather(*(store.reserve(org, f"r{n}:1", 0, 1_000_000, 20) for n in range(20)))
     admitted = [n for n, h in enumerate(held) if h.decision.admitted]
     assert len(admitted) == 3
-    assert all(h.throttled for h in held if not h.decision.admitted)
+    assert all(h.throttled == "concurrency" for h in held if not h.decision.admitted)
     await store.settle(f"r{admitted[0]}:1", 20)
     assert (await store.reserve(org, "after:1", 0, 1_000_000, 20)).decision.admitted
     store.close()
@@ -268,7 +268,7 @@ async def test_past_the_throttle_share_only_so_many_calls_a_minute(
         assert (await store.reserve(org, f"r{n}:1", 0, 1_000_000, 20)).decision.admitted
         await store.settle(f"r{n}:1", 20)
     refused = await store.reserve(org, "r9:1", 0, 1_000_000, 20)
-    assert not refused.decision.admitted and refused.throttled
+    assert not refused.decision.admitted and refused.throttled == "per_minute"
     store.close()
     if client is not None:
         await client.aclose()

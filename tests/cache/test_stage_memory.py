@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from sluicegate import AllUpstreamsFailed, RequestContext, create_gateway
+from sluicegate.admission import stop as controls
 from sluicegate.cache.admin import stats
+from sluicegate.errors import EmergencyStopped
 from sluicegate.testing import mock_settings
 
 from .test_stage import chat_calls, engine_of, read, send
@@ -130,3 +132,24 @@ async def test_memory_only_streams_and_plain_calls_share_the_entry(tmp_path: Pat
         reply = await send(gateway, stream=not stream)
         assert reply.headers["x-sluicegate-cache"] == "hit-memory"
         assert chat_calls(gateway) == 1
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["memory", "memory-and-sql"])
+async def test_calls_refused_past_the_cache_are_misses_but_no_upstream_calls(
+    tmp_path: Path, shared: bool
+) -> None:
+    """Under an emergency stop, 10 identical calls (plain and streamed) are 10 misses, and
+    neither upstream calls nor answers coalesced from another's call: none reached the provider."""
+    settings = memory_only(tmp_path, latency_ms=50)
+    if shared:
+        settings = mock_settings(data_dir=tmp_path / "data", features={"chat": {"cache": {"scope": "user"}}})
+    async with create_gateway(settings) as gateway:
+        await controls.set_stop(gateway.engine, "acme", "runaway loop")
+        await gateway.controls.refresh()
+        calls = [send(gateway, stream=n % 2 == 1) for n in range(10)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(o, EmergencyStopped) for o in outcomes)
+        assert gateway.cache is not None
+        row = (await stats(gateway.cache))["features"]["chat"]
+        assert (row["misses"], row["upstream_calls"], row["coalesced"]) == (10, 0, 0)
+        assert chat_calls(gateway) == 0

@@ -95,13 +95,13 @@ class Throttle(NamedTuple):
 
 class Outcome(NamedTuple):
     """A reservation under a call's budgets, as a store made it: the decision, the index of the
-    budget that refused (-1), each budget's (spent, reserved) after it, and whether the refusal
-    was the throttle's rather than the limit's."""
+    budget that refused (-1), each budget's (spent, reserved) after it, and which of the
+    throttle's caps refused it (``concurrency`` or ``per_minute``; empty when none did)."""
 
     decision: Decision
     refused: int
     after: list[tuple[int, int]]
-    throttled: bool = False
+    throttled: str = ""
 
 
 def decide(

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ import orjson
 from ..accounting.ledger import stream_usage, usage_or_estimate
 from ..accounting.pricing import PriceBook
 from ..background import spawn
-from ..calls import Call, ModelRoute, Reply, ReplyStream
+from ..calls import Call, CallKind, ModelRoute, Reply, ReplyStream
 from ..config import BudgetsConfig
 from ..config_money import usd
 from ..errors import BudgetExceeded
@@ -92,7 +93,7 @@ class ReserveBudget:
         decision = held.decision
         if not decision.admitted:
             code = "budget_throttled" if held.throttled else "budget_exceeded"
-            raise self._refusal(held.usages[held.refused_by], code)
+            raise self._refusal(held.usages[held.refused_by], code, call.kind, held.throttled)
         for index, ((budget, _, _), (spent, reserved)) in enumerate(zip(held.books, held.after, strict=True)):
             if spent + reserved - decision.reserve_micro >= self._config.throttle_at * budget.limit_micro:
                 if self._cheaper is not None and self._catalog.serves(self._cheaper.name, call.kind):
@@ -100,13 +101,17 @@ class ReserveBudget:
                     call.own_answer = True
                 elif self._config.throttle_concurrency is None and self._config.throttle_per_minute is None:
                     await self._store.settle(rid, 0)
-                    raise self._refusal(held.usages[index], "budget_throttled")
+                    mine = held.usages[index]  # without this call's own reservation, given back
+                    mine = replace(mine, reserved_micro=mine.reserved_micro - decision.reserve_micro)
+                    raise self._refusal(mine, "budget_throttled", call.kind)
                 break
         if decision.max_tokens < asked:
             each = decision.max_tokens // choices
             if each < min(asked // choices, MIN_COMPLETION_TOKENS):  # the stores' floor is for all n
                 await self._store.settle(rid, 0)
-                raise self._refusal(min(held.usages, key=_room), "budget_exceeded")
+                mine = min(held.usages, key=_room)
+                mine = replace(mine, reserved_micro=mine.reserved_micro - decision.reserve_micro)
+                raise self._refusal(mine, "budget_exceeded", call.kind)
             call.body = {**body, field: max(1, each)}
             call.own_answer = True
         try:
@@ -151,37 +156,36 @@ class ReserveBudget:
             )
         return known
 
-    def _refusal(self, usage: Usage, code: str) -> BudgetExceeded:
+    def _refusal(self, usage: Usage, code: str, kind: CallKind, cap: str = "") -> BudgetExceeded:
+        """The 429 for ``usage``'s budget: ``budget_exceeded``, or ``budget_throttled`` (by
+        ``cap``, the throttle's cap that refused, or, with none, because only cached answers
+        are served past the share)."""
         budget = usage.budget
         resets = datetime.fromtimestamp(usage.ends_at, UTC)
         wait = max(1, math.ceil(usage.ends_at - self._store.clock()))  # at the reset, not before
-        remedy = "or send a smaller max_tokens"
+        remedy = ""
         past = f"is past {self._config.throttle_at:.0%} of its limit"
         if code == "budget_exceeded":
             what = "has no room left for this call"
-        elif self._config.throttle_concurrency is not None or self._config.throttle_per_minute is not None:
-            # A slot frees within the minute, or as soon as one of its calls ends.
-            wait = min(wait, 60 if self._config.throttle_per_minute is not None else 1)
-            remedy = f"or try again in {wait} s"
-            caps = [
-                f"{self._config.throttle_concurrency} of its calls at once"
-                if self._config.throttle_concurrency
-                else "",
-                f"{self._config.throttle_per_minute} calls a minute"
-                if self._config.throttle_per_minute
-                else "",
-            ]
-            what = f"{past}: it is held to {' and '.join(c for c in caps if c)}"
+            remedy = ", or send a smaller max_tokens" if kind == "chat" else ", or send a shorter input"
+        elif cap == "concurrency":
+            wait = min(wait, 1)  # as soon as one of its calls ends
+            what = f"{past}: it is held to {self._config.throttle_concurrency} of its calls at once"
+            remedy = f", or try again in {wait} s"
+        elif cap == "per_minute":
+            wait = min(wait, 60)  # within the minute
+            what = f"{past}: it is held to {self._config.throttle_per_minute} calls a minute"
+            remedy = f", or try again in {wait} s"
         else:
             what = f"{past}: only cached answers are served"
-        org, kind, name = parse_scope(budget.scope)
-        where = f"--org {org}" + ("" if kind is None else f" --{kind} {name}")
+        org, scope_kind, name = parse_scope(budget.scope)
+        where = f"--org {org}" + ("" if scope_kind is None else f" --{scope_kind} {name}")
         adjective = PERIOD_ADJECTIVES[budget.period]
         return BudgetExceeded(
             f"the {adjective} budget of {budget.describe()} ({usd(budget.limit_micro)}, "
             f"{usd(usage.spent_micro)} spent, {usd(usage.reserved_micro)} reserved) "
             f"{what}; it resets at {resets:%Y-%m-%d %H:%M} UTC. Ask an admin to raise it "
-            f"(sluicegate budgets set {where} --limit-usd N), {remedy}",
+            f"(sluicegate budgets set {where} --limit-usd N){remedy}",
             code=code,
             headers={"retry-after": str(wait)},
         )

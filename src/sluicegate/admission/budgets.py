@@ -57,7 +57,7 @@ class Reservation(NamedTuple):
     books: Sequence[Book]
     after: Sequence[tuple[int, int]]
     refused_by: int
-    throttled: bool = False
+    throttled: str = ""  # the throttle's cap that refused: concurrency or per_minute
 
     @property
     def usages(self) -> list[Usage]:

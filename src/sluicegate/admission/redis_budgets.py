@@ -31,10 +31,12 @@ __all__ = ["Book", "NeedsFloor", "RedisBudgets", "book_key"]
 # calls a minute ('' for none), then per budget: limit, when its keys expire (Unix time, s),
 # floor ('' for none).
 # Returns {-1, i} when budget i's period is unknown and has no floor; {0, i, spent, reserved,
-# throttled} when budget i refuses (or the id is already reserved); {1, tokens, amount, spent,
+# throttled} when budget i refuses (or the id is already reserved), throttled being 1 when its
+# concurrency cap refused, 2 its calls a minute, 0 its limit; {1, tokens, amount, spent,
 # reserved, …} with each budget's period after the reservation. Past the share, a budget
 # admits only while fewer than the cap of its reservations are open (its calls in flight) and
 # fewer than the rate were admitted in the last minute.
+_CAPS = {1: "concurrency", 2: "per_minute"}  # RESERVE's throttled
 RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -71,7 +73,7 @@ for i = 1, n do
     if cap and redis.call('ZCARD', leases) >= cap then return {0, i, spent[i], reserved[i], 1} end
     if rate then
       redis.call('ZREMRANGEBYSCORE', KEYS[3 * i], '-inf', now - 60000)
-      if redis.call('ZCARD', KEYS[3 * i]) >= rate then return {0, i, spent[i], reserved[i], 1} end
+      if redis.call('ZCARD', KEYS[3 * i]) >= rate then return {0, i, spent[i], reserved[i], 2} end
     end
   end
   local room = limit - spent[i] - reserved[i] - prompt
@@ -198,7 +200,7 @@ class RedisBudgets:
             index = int(result[1]) - 1
             after = [(0, 0)] * len(books)
             after[index] = (int(result[2]), int(result[3]))
-            return Outcome(Decision(False, 0, 0), index, after, result[4] == 1)
+            return Outcome(Decision(False, 0, 0), index, after, _CAPS.get(int(result[4]), ""))
         after = list(zip(result[3::2], result[4::2], strict=True))
         return Outcome(Decision(True, int(result[1]), int(result[2])), -1, after)
 

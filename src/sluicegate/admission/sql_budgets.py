@@ -95,8 +95,9 @@ class SqlBudgets:
             after = [state[i] for i in range(len(books))]
             if throttle is not None:
                 for i, (budget, period) in enumerate(books):
-                    if self._throttled(q, throttle, budget, period, after[i], lease_end - lease_s, lease_s):
-                        return Outcome(Decision(False, 0, 0), i, after, True)
+                    cap = self._throttled(q, throttle, budget, period, after[i], lease_end - lease_s, lease_s)
+                    if cap:
+                        return Outcome(Decision(False, 0, 0), i, after, cap)
             ledgers = [(books[i][0].limit_micro, *after[i]) for i in range(len(books))]
             decision, refused = decide_all(ledgers, prompt_micro, out_pico, asked)
             if not decision.admitted:
@@ -122,21 +123,22 @@ class SqlBudgets:
         book: tuple[int, int],
         now: float,
         lease_s: float,
-    ) -> bool:
-        """Past the share: are the budget's calls in flight, or admitted in the last minute, at
-        their cap? (Reservations made in the last minute have leases ending in the last one.)"""
+    ) -> str:
+        """Past the share: the cap the budget's calls in flight (``concurrency``), or admitted in
+        the last minute (``per_minute``), are at; empty when neither. (Reservations made in the
+        last minute have leases ending in the last one.)"""
         if sum(book) < throttle.share * budget.limit_micro:
-            return False
+            return ""
         where = {"s": budget.scope, "p": period}
         if throttle.concurrency is not None:
             rows, _ = q(_OPEN, where)
             if int(rows[0][0]) >= throttle.concurrency:
-                return True
+                return "concurrency"
         if throttle.per_minute is not None:
             rows, _ = q(_RECENT, {**where, "after": now - 60.0 + lease_s})
             if int(rows[0][0]) >= throttle.per_minute:
-                return True
-        return False
+                return "per_minute"
+        return ""
 
     async def settle(self, rid: str, count: int, cost_micro: int) -> list[tuple[str, str, int, int]]:
         """Count the call's actual cost once under each of its ``count`` budgets, releasing its

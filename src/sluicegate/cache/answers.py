@@ -26,9 +26,11 @@ __all__ = [
     "EntryMaker",
     "Flight",
     "etag_matches",
+    "going_upstream",
     "headers_for",
     "labelled",
     "not_modified",
+    "reached_upstream",
     "reply_from",
     "wants_usage",
 ]
@@ -69,7 +71,7 @@ class Flight:
     def fail(self, error: SluicegateError) -> None:
         """Hand the leader's error to the followers; when it is a refusal of the leader's own
         (its budget, token limit or stop), they go on their own instead."""
-        if isinstance(error, _CALLERS_OWN):
+        if not reached_upstream(error):
             self.settle(None)
         elif not self._settled:
             self._settled, self._error = True, error
@@ -110,6 +112,23 @@ class Flight:
         if self._error is not None:
             raise self._error
         return self._value
+
+
+def reached_upstream(error: SluicegateError) -> bool:
+    """Whether a call that failed with ``error`` went to the provider: not when the stages past
+    the cache refused it for the caller's own budget, token limit or stop."""
+    return not isinstance(error, _CALLERS_OWN)
+
+
+def going_upstream(call: Call) -> Call:
+    """``call`` marked a miss, a stream asking for its usage (every reader strips what its
+    client did not ask for; the stored stream needs it): then ``await send(call)`` and count it."""
+    call.outcome = "miss"
+    if call.stream and not wants_usage(call):
+        options = call.body.get("stream_options")
+        extra = options if isinstance(options, dict) else {}
+        call.body = {**call.body, "stream_options": {**extra, "include_usage": True}}
+    return call
 
 
 def wants_usage(call: Call) -> bool:

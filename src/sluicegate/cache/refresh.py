@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from ..calls import Call, Reply
 from ..config import FeatureCache
 from ..errors import SluicegateError
-from .answers import EntryMaker, Flight
+from .answers import EntryMaker, Flight, reached_upstream
 from .keys import CacheKey
 from .layered import LayeredCache
 
@@ -51,9 +51,13 @@ class Refresher:
             body = {k: v for k, v in call.body.items() if k not in ("stream", "stream_options")}
             plain = Call(call.kind, body, call.route, call.context, call.request_id, False, call.started)
             plain.outcome = "refresh"
-            cache.stats.went_upstream(call.context.feature, miss=False)
-            with contextlib.suppress(SluicegateError):
+            try:
                 reply = await self._send(plain)
+            except SluicegateError as exc:
+                cache.stats.went_upstream(call.context.feature, False, reached_upstream(exc))
+                return
+            cache.stats.went_upstream(call.context.feature, False)
+            with contextlib.suppress(SluicegateError):
                 entry = self._entries.from_body(
                     plain, policy, call.cache, reply.body, reply.usage, hits=hits, payload=reply.payload
                 )

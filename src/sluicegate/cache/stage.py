@@ -25,9 +25,11 @@ from .answers import (
     EntryMaker,
     Flight,
     etag_matches,
+    going_upstream,
     headers_for,
     labelled,
     not_modified,
+    reached_upstream,
     reply_from,
     wants_usage,
 )
@@ -108,7 +110,7 @@ class ServeFromCache:
             flight.settle(entry)
             return self._fresh_reply(reply, entry, policy, control, now)
         except SluicegateError as exc:
-            cache.stats.missed(feature, False)
+            cache.stats.missed(feature, False, reached_upstream(exc))
             flight.fail(exc)
             return self._stale_or_raise(call, stale, policy, control, exc)
         except asyncio.CancelledError:  # the client left: the call went upstream all the same
@@ -220,10 +222,12 @@ class ServeFromCache:
             if call.stream:
                 usage_wanted = wants_usage(call)
                 try:
-                    reply = await self._send(self._going_upstream(call))
+                    reply = await self._send(going_upstream(call))
                 except SluicegateError as exc:
+                    cache.stats.went_upstream(call.context.feature, True, reached_upstream(exc))
                     flight.fail(exc)
                     return self._stale_or_raise(call, stale, policy, control, exc)
+                cache.stats.went_upstream(call.context.feature, True)
                 if reply.stream is not None:
                     done = self._stream_done(call, key, plan, control, flight, lock_state, token, hits)
                     live = StreamFlight(reply.stream, done)
@@ -237,7 +241,7 @@ class ServeFromCache:
                 try:
                     reply = await self._send(call)
                 except SluicegateError as exc:
-                    cache.stats.missed(call.context.feature, False)
+                    cache.stats.missed(call.context.feature, False, reached_upstream(exc))
                     flight.fail(exc)
                     return self._stale_or_raise(call, stale, policy, control, exc)
                 except asyncio.CancelledError:
@@ -288,18 +292,6 @@ class ServeFromCache:
         headers_for(entry, "miss", policy, now, headers)
         return reply
 
-    def _going_upstream(self, call: Call) -> Call:
-        """Count the upstream call and ask a stream for its usage; then ``await self._send(call)``
-        (in the caller: one coroutine fewer on a miss's path)."""
-        call.outcome = "miss"
-        self._cache.stats.went_upstream(call.context.feature, True)
-        if call.stream and not wants_usage(call):
-            # Every reader strips usage it did not ask for; the stored stream needs it.
-            options = call.body.get("stream_options")
-            extra = options if isinstance(options, dict) else {}
-            call.body = {**call.body, "stream_options": {**extra, "include_usage": True}}
-        return call
-
     async def _follow(
         self,
         call: Call,
@@ -310,13 +302,14 @@ class ServeFromCache:
         stale: Entry | None,
     ) -> Reply:
         cache = self._cache
-        cache.stats.count(call.context.feature, "coalesced")
+        feature = call.context.feature
         if call.stream and flight.stream is None:  # its leader has not had a first byte yet
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(cache.config.wait_s):
                     await flight.started()
         if call.stream and flight.stream is not None and not flight.stream.finished:
             live = flight.stream
+            cache.stats.count(feature, "coalesced")
             reader = live.reader(leader=False, wants_usage=wants_usage(call))
             ledger = self._ledger
             if ledger is not None:  # what it saved: the leader's usage, if it read the whole stream
@@ -330,11 +323,13 @@ class ServeFromCache:
                 entry = await flight.wait()
         except TimeoutError:
             entry = None
-        except SluicegateError as exc:
+        except SluicegateError as exc:  # the leader's upstream call failed: so does ours
+            cache.stats.count(feature, "coalesced")
             return self._stale_or_raise(call, stale, policy, control, exc)
         now = cache.clock()
         state = answering(entry, policy, control, now) if entry is not None else None
         if entry is not None and state is not None:
+            cache.stats.count(feature, "coalesced")
             # The leader's lookup found it in a tier, or the leader's upstream call made it.
             label = ("hit-" + flight.tier if flight.tier else "miss") if state == "fresh" else "stale"
             reply = reply_from(call, entry, label, policy, now, control.no_store)
@@ -343,7 +338,12 @@ class ServeFromCache:
                 self._ledger.served(call, entry.usage, "coalesced")
             return reply
         # The leader could not answer for us: go alone.
-        reply = await self._send(self._going_upstream(call))
+        try:
+            reply = await self._send(going_upstream(call))
+        except SluicegateError as exc:
+            cache.stats.went_upstream(feature, True, reached_upstream(exc))
+            raise
+        cache.stats.went_upstream(feature, True)
         if reply.stream is None:
             entry = self._entries.from_body(
                 call, policy, control, reply.body, reply.usage, payload=reply.payload

@@ -54,16 +54,21 @@ class CacheStats:
         """Add ``n`` to a feature's counter."""
         self.counts[(feature, metric)] += n
 
-    def went_upstream(self, feature: str, miss: bool) -> None:
-        """Count an upstream call, and a miss when it is one (not a background refresh)."""
+    def went_upstream(self, feature: str, miss: bool, reached: bool = True) -> None:
+        """Count an upstream call (unless the gateway refused it before it ``reached`` the
+        provider), and a miss when it is one (not a background refresh)."""
         counts = self.counts
         if miss:
             counts[(feature, "misses")] += 1
-        counts[(feature, "upstream_calls")] += 1
+        if reached:
+            counts[(feature, "upstream_calls")] += 1
 
-    def missed(self, feature: str, stored: bool) -> None:
+    def missed(self, feature: str, stored: bool, reached: bool = True) -> None:
         """Count a miss that went upstream (as `went_upstream`), and the store of its answer."""
-        self.counts[(feature, _MISS_STORED if stored else _MISS_ONLY)] += 1
+        if reached:
+            self.counts[(feature, _MISS_STORED if stored else _MISS_ONLY)] += 1
+        else:
+            self.counts[(feature, "misses")] += 1
 
     def hit(self, key: str) -> None:
         """Count a hit on an entry."""
