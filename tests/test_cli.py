@@ -332,6 +332,7 @@ def test_an_unreachable_database_is_one_line_not_a_traceback(command: list[str])
     result = runner.invoke(app, command, env=env)
     assert result.exit_code == 1
     assert "the database is unreachable" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 2 and "Background on this error" not in result.output
 
 
 def test_a_bad_org_name_for_a_key_is_one_line(tmp_path: Path) -> None:

@@ -14,12 +14,19 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import SluicegateError
 
-__all__ = ["console", "out", "run_or_exit"]
+__all__ = ["console", "database_error", "out", "run_or_exit"]
 
 console = Console(stderr=True)
 # Piped or redirected, rich would wrap tables at 80 columns and cut the amounts short.
 out = Console(width=None if sys.stdout.isatty() else 200)
 T = TypeVar("T")
+
+
+def database_error(error: BaseException) -> str:
+    """One line on a database that cannot be reached or opened (SQLAlchemy adds a second line,
+    a link to its docs, which is left out)."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"the database is unreachable: {first}"
 
 
 def run_or_exit(work: Awaitable[T]) -> T:
@@ -35,5 +42,5 @@ def run_or_exit(work: Awaitable[T]) -> T:
         console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from None
     except (SQLAlchemyError, OSError) as exc:
-        console.print(f"[red]error:[/red] the database is unreachable: {type(exc).__name__}: {exc}")
+        console.print(f"[red]error:[/red] {database_error(exc)}")
         raise typer.Exit(1) from None

@@ -12,6 +12,7 @@ from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .cli_console import database_error
 from .config import Settings
 from .server.protocol import CoalescingHttpToolsProtocol
 from .store.db import with_migrated
@@ -29,7 +30,7 @@ def migrate_first(settings: Settings, console: Console) -> None:
     try:
         uvloop.run(with_migrated(settings.database.url, _nothing))
     except (SQLAlchemyError, OSError) as exc:
-        console.print(f"[red]error:[/red] the database is unreachable ({type(exc).__name__}: {exc})")
+        console.print(f"[red]error:[/red] {database_error(exc)}")
         raise typer.Exit(2) from None
 
 

@@ -24,7 +24,7 @@ from .admission import stop as controls
 from .admission.budget_math import PERIOD_ADJECTIVES
 from .admission.budget_scopes import new_budget
 from .admission.budgets import BudgetStore
-from .cli_console import console, out
+from .cli_console import console, database_error, out
 from .config import Settings
 from .config_money import usd
 from .errors import SluicegateError
@@ -43,7 +43,7 @@ def usage_command(settings: Settings, params: dict[str, str], as_json: bool) -> 
         console.print(f"[red]error:[/red] {exc.message}")
         return 2
     except (SQLAlchemyError, OSError) as exc:
-        console.print(f"[red]error:[/red] the database is unreachable: {exc}")
+        console.print(f"[red]error:[/red] {database_error(exc)}")
         return 1
     if as_json:
         out.print_json(orjson.dumps(body).decode())
@@ -74,7 +74,7 @@ def compact_command(settings: Settings) -> int:
             with_migrated(settings.database.url, lambda engine: compact(engine, cfg, time.time()))
         )
     except (SQLAlchemyError, OSError) as exc:
-        console.print(f"[red]error:[/red] the database is unreachable: {exc}")
+        console.print(f"[red]error:[/red] {database_error(exc)}")
         return 1
     days = [time.strftime("%Y-%m-%d", time.gmtime(day * DAY_S)) for day in done.rolled_up]
     console.print(f"rolled up {len(days)} day(s){': ' + ', '.join(days) if days else ''}")
@@ -108,7 +108,7 @@ def stop_command(settings: Settings, action: str, org: str | None, reason: str |
         console.print(f"[red]error:[/red] {exc.message}")
         return 2
     except (SQLAlchemyError, OSError) as exc:
-        console.print(f"[red]error:[/red] the database is unreachable: {exc}")
+        console.print(f"[red]error:[/red] {database_error(exc)}")
         return 1
     interval = settings.controls.poll_interval_s
     if action == "stop":
@@ -177,7 +177,7 @@ def budgets_command(
         console.print(f"[red]error:[/red] {exc.message}")
         return 2
     except (SQLAlchemyError, OSError) as exc:
-        console.print(f"[red]error:[/red] the database is unreachable: {exc}")
+        console.print(f"[red]error:[/red] {database_error(exc)}")
         return 1
     if org is not None:
         whom = org if narrow is None else f"the {narrow[0]} {narrow[1]} of {org}"
