@@ -7,7 +7,7 @@ Validation checks only the fields sluicegate uses (``model``, ``messages``, ``st
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -130,6 +130,13 @@ class Call:
     # A stage past the cache changed what is asked for this caller (its budget's cheaper model,
     # or max_tokens clamped to what it can afford): the answer is its own, never shared or stored.
     own_answer: bool = False
+    # Once a hedge races copies of the call, the attempt numbers they share (see `next_attempt`).
+    tries: Iterator[int] | None = None
+
+    def next_attempt(self) -> None:
+        """Number the call's next upstream attempt: one more, or, once copies of it race (a
+        hedge), the next number none of them has had, so that each attempt's ledger row is its own."""
+        self.attempt = self.attempt + 1 if self.tries is None else next(self.tries)
 
 
 class ReplyStream(Protocol):

@@ -20,6 +20,7 @@ from sluicegate.errors import AllUpstreamsFailed
 from sluicegate.gateway import Gateway
 from sluicegate.store.tables import usage_ledger
 from sluicegate.testing import mock_settings
+from tests.conftest import settled_usage
 
 CONTEXT = RequestContext("acme", "ann", "insights", "key1")
 DEFAULT = RequestContext("acme", "ann", "default", "key1")
@@ -92,6 +93,26 @@ async def test_a_stream_without_usage_is_billed_by_estimate(tmp_path: Path) -> N
         (row,) = await ledger_rows(gateway)
     assert (row["cache"], row["priced_from"], row["status"]) == ("none", "estimate", 200)
     assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0 and row["cost_micro"] > 0
+
+
+async def test_a_plain_answer_without_usage_is_billed_for_its_text_too(tmp_path: Path) -> None:
+    """No usage from the upstream: the prompt and the answer's text are estimated, and the
+    budget settles at what the ledger records."""
+    settings = mock_settings(
+        data_dir=tmp_path,
+        cache={"enabled": False},
+        budgets={"orgs": [{"org": "acme", "limit_usd": "5"}]},
+        providers={"upstream": {"kind": "mock", "mock": {"report_usage": False, "answer_words": 80}}},
+    )
+    async with create_gateway(settings) as gateway:
+        await gateway.send(gateway.new_call("chat", body("no usage please", max_tokens=500), CONTEXT))
+        budget = gateway.budgets.budget_for("acme")
+        assert budget is not None
+        usage = await settled_usage(gateway, budget)
+        (row,) = await ledger_rows(gateway)
+    assert (row["priced_from"], row["status"]) == ("estimate", 200)
+    assert row["completion_tokens"] >= 60  # 80 words, about 4 characters a token
+    assert (usage.spent_micro, usage.reserved_micro) == (row["cost_micro"], 0)
 
 
 async def test_an_upstream_failure_is_recorded_unbilled(tmp_path: Path) -> None:

@@ -76,3 +76,22 @@ async def test_the_report_sums_per_day_on_the_database(engine: AsyncEngine) -> N
     assert body["totals"]["cost_micro"] == 200
     nobody = await report(engine, UsageQuery(at - 86_400, at + 86_400, ("org",), "all", org="initech"))
     assert nobody["data"] == [] and nobody["totals"]["requests"] == 0
+
+
+async def test_a_request_counts_once_whatever_the_grouping(engine: AsyncEngine) -> None:
+    """A request whose first attempt failed at 23:59 and whose fallback answered at 00:01 is one
+    request in its week; per model it counts under each model it used, and once in the total."""
+    at = dt.datetime(2026, 11, 25, 23, 59, tzinfo=dt.UTC).timestamp()
+    first = make_row("c")
+    second = make_row("c", attempt=2)
+    rows = [(*first[:2], at, *first[3:]), (*second[:2], at + 120, *second[3:7], "backup", *second[8:])]
+    await insert_rows(engine, rows)
+    span = (at - 86_400, at + 86_400)
+    by_org = await report(engine, UsageQuery(*span, ("org",), "week"))
+    assert [r["requests"] for r in by_org["data"]] == [1] and by_org["totals"]["requests"] == 1
+    by_model = await report(engine, UsageQuery(*span, ("model",), "week"))
+    assert sorted((r["model"], r["requests"]) for r in by_model["data"]) == [
+        ("backup", 1),
+        ("gpt-4o-mini", 1),
+    ]
+    assert by_model["totals"]["requests"] == 1 and by_model["totals"]["upstream_calls"] == 2

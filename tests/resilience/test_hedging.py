@@ -137,3 +137,24 @@ async def test_a_client_that_leaves_cancels_every_attempt() -> None:
             await racing
         await asyncio.sleep(0)
         assert sorted(upstream.cancelled) == (["a"] if delay == 1.0 else ["a", "b"])
+
+
+async def test_every_attempt_of_a_hedged_call_has_a_number_of_its_own() -> None:
+    """The first attempt retries while the hedge runs, and the hedge retries too: each upstream
+    attempt (one ledger row each, unique on request id and attempt) gets its own number."""
+    seen: list[tuple[str, int]] = []
+
+    async def retrying(call: Call) -> Reply:
+        for _ in range(3):  # as RetryCall does: an attempt, a wait, the next attempt
+            seen.append((call.route.provider, call.attempt))
+            await asyncio.sleep(0.03)
+            call.next_attempt()
+        raise UpstreamError(f"{call.route.provider} down", status=503)
+
+    call = make_call()
+    with pytest.raises(UpstreamError):
+        await race(retrying, call, A, B, 0.04, lambda: True)
+    call.next_attempt()  # RouteCall's next option after the race
+    seen.append(("next", call.attempt))
+    numbers = [attempt for _, attempt in seen]
+    assert len(numbers) == 7 and len(set(numbers)) == 7, seen

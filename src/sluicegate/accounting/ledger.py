@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..calls import Call, ReplyStream, Usage
+from ..calls import Call, Reply, ReplyStream, Usage
 from ..errors import SluicegateError, UpstreamError
 from .pricing import PriceBook
 
@@ -24,6 +24,7 @@ __all__ = [
     "Ledger",
     "RecordUsage",
     "estimate_prompt_tokens",
+    "reply_usage",
     "row",
     "stream_usage",
     "usage_or_estimate",
@@ -132,6 +133,37 @@ def usage_or_estimate(
     return Usage(estimate_prompt_tokens(body), completion_estimate, 0), "estimate"
 
 
+def answer_tokens(reply: Reply) -> int:
+    """A rough token count of a plain answer's text (its choices' content, refusals and tool
+    calls' arguments), for an answer whose upstream reported no usage (pure)."""
+    payload = reply.payload
+    if payload is None:
+        try:
+            payload = orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            return 0
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    chars = 0
+    for choice in choices if isinstance(choices, list) else ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            continue
+        texts = [message.get("content"), message.get("refusal")]
+        for tool_call in message.get("tool_calls") or ():
+            function = tool_call.get("function") if isinstance(tool_call, dict) else None
+            texts.append(function.get("arguments") if isinstance(function, dict) else None)
+        chars += sum(len(text) for text in texts if isinstance(text, str))
+    return -(-chars // _CHARS_PER_TOKEN)
+
+
+def reply_usage(body: dict[str, Any], reply: Reply) -> Usage:
+    """What a plain answer used: its upstream's usage, else an estimate of its prompt and its
+    text (see `usage_or_estimate`). The ledger and the budget count it this way."""
+    if reply.usage is not None:
+        return reply.usage
+    return usage_or_estimate(body, None, 200, answer_tokens(reply))[0]
+
+
 def stream_usage(body: dict[str, Any], relay: ReplyStream) -> Usage:
     """What a stream that has ended used, however it ended (see `usage_or_estimate`)."""
     error = relay.error
@@ -220,7 +252,8 @@ class RecordUsage:
             self._ledger.attempt(call, None, 499, started)  # the client left while it waited
             raise
         if reply.stream is None:
-            self._ledger.attempt(call, reply.usage, 200, started)
+            estimate = answer_tokens(reply) if reply.usage is None else 0
+            self._ledger.attempt(call, reply.usage, 200, started, completion_estimate=estimate)
         else:
             ledger = self._ledger
             reply.stream.on_close(lambda relay: ledger.stream_closed(call, relay, started))

@@ -11,10 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from sqlalchemy import Integer, case, cast, func, literal_column, null, select
+from sqlalchemy import Integer, case, cast, func, null, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..errors import InvalidRequest
@@ -96,6 +96,16 @@ class UsageQuery:
         )
 
 
+_TOKENS_AND_MONEY = (
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cost_micro",
+    "saved_micro",
+)
+
+
 def _day_number(engine: AsyncEngine) -> Any:
     at = usage_ledger.c.at
     if engine.dialect.name == "postgresql":
@@ -118,32 +128,33 @@ async def query_days(engine: AsyncEngine, query: UsageQuery) -> list[dict[str, A
 
 
 async def _ledger_days(engine: AsyncEngine, query: UsageQuery, since: float) -> list[dict[str, Any]]:
-    """Sums per group and per UTC day of the ledger's rows from ``since`` to ``query.until``."""
+    """Sums per group and per UTC day of the ledger's rows from ``since`` to ``query.until``.
+
+    A request counts once, in the day and group of its first row (as in the roll-ups'
+    ``requests``); in a report per model, once under each model it used (``model_requests``).
+    """
     c = usage_ledger.c
-    day = _day_number(engine).label("day")
-    served = c.attempt == 0
-    columns = [getattr(c, name) for name in query.group_by]
-    statement = (
-        select(
-            *columns,
-            day,
-            func.sum(case((served, 1), else_=0)).label("cache_hits"),
-            func.sum(case((served, 0), else_=1)).label("upstream_calls"),
-            func.count(func.distinct(c.request_id)).label("requests"),
-            func.sum(c.prompt_tokens).label("prompt_tokens"),
-            func.sum(c.cached_tokens).label("cached_tokens"),
-            func.sum(c.completion_tokens).label("completion_tokens"),
-            func.sum(c.reasoning_tokens).label("reasoning_tokens"),
-            func.sum(c.cost_micro).label("cost_micro"),
-            func.sum(c.saved_micro).label("saved_micro"),
-        )
-        .where(c.at >= since, c.at < query.until)
-        .group_by(*columns, literal_column("day"))
+    where = [c.at >= since, c.at < query.until]
+    where += [
+        getattr(c, n) == getattr(query, n) for n in ("org", "user", "feature", "model") if getattr(query, n)
+    ]
+    nth = func.row_number().over(partition_by=c.request_id, order_by=(c.attempt, c.id))
+    rows = select(usage_ledger, _day_number(engine).label("day"), nth.label("nth")).where(*where).subquery()
+    r = rows.c
+    served = r.attempt == 0
+    per_model = "model" in query.group_by or query.model is not None
+    requests = (
+        func.count(func.distinct(r.request_id)) if per_model else func.sum(case((r.nth == 1, 1), else_=0))
     )
-    for name in ("org", "user", "feature", "model"):
-        value = getattr(query, name)
-        if value is not None:
-            statement = statement.where(getattr(c, name) == value)
+    columns = [getattr(r, name) for name in query.group_by]
+    statement = select(
+        *columns,
+        r.day,
+        func.sum(case((served, 1), else_=0)).label("cache_hits"),
+        func.sum(case((served, 0), else_=1)).label("upstream_calls"),
+        requests.label("requests"),
+        *(func.sum(getattr(r, name)).label(name) for name in _TOKENS_AND_MONEY),
+    ).group_by(*columns, r.day)
     async with engine.connect() as connection:
         result = await connection.execute(statement)
         return [dict(row._mapping) for row in result]
@@ -219,6 +230,11 @@ async def report(engine: AsyncEngine, query: UsageQuery) -> dict[str, Any]:
     for row in rows:
         for metric in METRICS:
             totals[metric] += row[metric]
+    if "model" in query.group_by and query.model is None:
+        # Per model, a request that fell back counts under each model it used: its total is
+        # the distinct requests, counted as without the grouping.
+        alone = replace(query, group_by=tuple(n for n in query.group_by if n != "model"))
+        totals["requests"] = sum(int(day["requests"] or 0) for day in await query_days(engine, alone))
     _dollars(totals)
     return {
         "object": "usage",

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from ..accounting.ledger import stream_usage, usage_or_estimate
+from ..accounting.ledger import reply_usage, stream_usage, usage_or_estimate
 from ..accounting.pricing import PriceBook
 from ..background import spawn
 from ..calls import Call, CallKind, ModelRoute, Reply, ReplyStream
@@ -124,7 +124,7 @@ class ReserveBudget:
             spawn(self._tasks, self._settle(rid, 0))
             raise
         if reply.stream is None:
-            cost = self._prices.cost_micro(call.route, reply.usage)
+            cost = self._prices.cost_micro(call.route, reply_usage(call.body, reply))  # as the ledger
             amount = decision.reserve_micro if cost is None else cost
             # In Redis the settlement is sent, not awaited: it leaves in one write with the
             # cache's store of this answer (one round trip after the call, which nobody waits for).

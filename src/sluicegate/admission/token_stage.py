@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ..accounting.ledger import estimate_prompt_tokens, stream_usage
+from ..accounting.ledger import estimate_prompt_tokens, reply_usage, stream_usage
 from ..background import spawn
 from ..calls import Call, Reply, ReplyStream, Usage
 from ..config import TokenLimit
@@ -95,7 +95,7 @@ class LimitTokens:
             spawn(self._tasks, self._give_back(checks, cost, taken.local))
             raise
         if reply.stream is None:
-            await self._settle(checks, cost, reply.usage, taken.local)
+            await self._settle(checks, cost, reply_usage(body, reply), taken.local)
         else:
 
             def settle_stream(relay: ReplyStream) -> None:

@@ -9,6 +9,7 @@ it is spent from the provider's retry budget and billed like any attempt.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -57,6 +58,8 @@ async def race(
     ``second``. The winner's reply, the call it answered (its route and attempt), and whether a
     hedge was sent. Raises the first attempt's error if it fails before the delay, or the last
     error when both fail."""
+    if call.tries is None:  # from here on, every copy's attempt takes a number of its own
+        call.tries = itertools.count(call.attempt + 1)
     primary = replace(call, route=first)
     first_task = asyncio.ensure_future(send(primary))
     pending = {first_task}
@@ -67,7 +70,7 @@ async def race(
         if done or not may_hedge():
             pending = set()
             return await first_task, primary, False
-        backup = replace(call, route=second, attempt=call.attempt + 1)
+        backup = replace(call, route=second, attempt=next(call.tries))
         tasks = {first_task: primary, asyncio.ensure_future(send(backup)): backup}
         pending = set(tasks)
         error: BaseException | None = None

@@ -120,7 +120,7 @@ class RetryCall:
                     raise
             await self._sleep(delay)
             tries += 1
-            call.attempt += 1
+            call.next_attempt()
 
 
 class GuardDeployment:
@@ -242,7 +242,7 @@ class RouteCall:
             if index == 1 and hedged:
                 continue
             if index:
-                call.attempt += 1
+                call.next_attempt()
             call.route = route
             started = time.perf_counter()
             try:
