@@ -16,7 +16,7 @@ from sluicegate import Gateway, RequestContext, Settings, create_gateway
 from sluicegate.cache import admin
 from sluicegate.cache.keys import cache_key
 from sluicegate.cache.layered import LayeredCache
-from sluicegate.errors import ServiceUnavailable
+from sluicegate.errors import InvalidRequest, ServiceUnavailable
 from sluicegate.testing import mock_settings
 
 FEATURES = {
@@ -177,6 +177,10 @@ async def test_invalidate_by_key_and_tag_without_redis(gateway: Gateway) -> None
     result = await admin.invalidate(cache, key=globex_key)
     assert result["deleted"] == {"memory": 0, "sql": 1}
     assert [await ask(gateway, c) for c in (acme, globex)] == ["miss", "miss"]
+    for not_an_entry in (globex_key + ":hits", globex_key + ":lock", "sg:c:*"):
+        with pytest.raises(InvalidRequest) as refused:
+            await admin.invalidate(cache, key=not_an_entry)
+        assert refused.value.param == "key"
 
 
 async def test_bump_without_redis_reaches_another_gateway(tmp_path: Path) -> None:

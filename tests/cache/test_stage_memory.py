@@ -153,3 +153,12 @@ async def test_calls_refused_past_the_cache_are_misses_but_no_upstream_calls(
         row = (await stats(gateway.cache))["features"]["chat"]
         assert (row["misses"], row["upstream_calls"], row["coalesced"]) == (10, 0, 0)
         assert chat_calls(gateway) == 0
+
+
+async def test_a_bypassed_call_counts_as_an_upstream_call(tmp_path: Path) -> None:
+    """Sampled without cache_temperature: not looked up, not stored, but a call to the provider."""
+    async with create_gateway(memory_only(tmp_path)) as gateway:
+        await send(gateway, temperature=0.9)
+        assert gateway.cache is not None
+        row = (await stats(gateway.cache))["features"]["chat"]
+        assert (row["bypass"], row["upstream_calls"], row["misses"]) == (1, 1, 0)

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from ..errors import ServiceUnavailable
-from .keys import KEY_PREFIX, escape
+from ..errors import InvalidRequest, ServiceUnavailable
+from .keys import KEY_PREFIX, escape, is_entry_key
 from .layered import LayeredCache
 from .stats import summarise
 
@@ -95,6 +95,13 @@ async def stats(cache: LayeredCache) -> dict[str, Any]:
 async def invalidate(cache: LayeredCache, **match: str) -> dict[str, Any]:
     """Delete the entries of a key, a tag, or a feature, org, user and/or model, in every tier."""
     match = {k: v for k, v in match.items() if v is not None}
+    if "key" in match and not is_entry_key(match["key"]):
+        raise InvalidRequest(
+            "key must be an entry's whole key, sg:c:{SCOPE}:FEATURE:VERSION:MODEL:DIGEST "
+            "(not its lock or its hit counter)",
+            param="key",
+            code="invalid_match",
+        )
     deleted: dict[str, int] = {}
     if cache.memory is not None:
         deleted["memory"] = cache.memory.delete_where(lambda key, entry: _matches(key, entry, match))

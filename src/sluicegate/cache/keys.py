@@ -23,7 +23,16 @@ import orjson
 from ..calls import CallKind, RequestContext
 from ..config import Scope
 
-__all__ = ["IGNORED_FIELDS", "KEY_PREFIX", "CacheKey", "cache_key", "escape", "request_digest", "scope_id"]
+__all__ = [
+    "IGNORED_FIELDS",
+    "KEY_PREFIX",
+    "CacheKey",
+    "cache_key",
+    "escape",
+    "is_entry_key",
+    "request_digest",
+    "scope_id",
+]
 
 KEY_PREFIX = "sg:c:"
 # Fields that do not change the answer; `cache` is sluicegate's own and never goes upstream.
@@ -31,6 +40,15 @@ IGNORED_FIELDS = frozenset({"user", "metadata", "stream", "stream_options", "cac
 _UNSAFE_CHARS = "%:{}*?[]\\ \n\r\t"
 _UNSAFE = str.maketrans({c: f"%{ord(c):02X}" for c in _UNSAFE_CHARS})
 _HAS_UNSAFE = re.compile("[" + re.escape(_UNSAFE_CHARS) + "]").search
+
+
+# An entry's key, as `cache_key` lays it out (every part but the scope is escaped of ':').
+_ENTRY_KEY = re.compile(r"sg:c:\{[^{}]*\}:[^:]*:\d+:[^:]*:[0-9a-f]{40}")
+
+
+def is_entry_key(key: str) -> bool:
+    """Whether ``key`` names an entry (not its lock, its hit counter, or anything else)."""
+    return _ENTRY_KEY.fullmatch(key) is not None
 
 
 @functools.lru_cache(maxsize=8192)

@@ -173,8 +173,18 @@ class ServeFromCache:
     async def _bypass(self, call: Call, control: CacheControl) -> Reply:
         self._cache.stats.count(call.context.feature, "bypass")
         call.outcome = "bypass"
-        reply = await self._send(call)
+        reply = await self._upstream(call, miss=False)
         labelled(reply.headers, "bypass", control.no_store)
+        return reply
+
+    async def _upstream(self, call: Call, miss: bool) -> Reply:
+        """``await self._send(call)``, counted as an upstream call if it reached the provider."""
+        try:
+            reply = await self._send(call)
+        except SluicegateError as exc:
+            self._cache.stats.went_upstream(call.context.feature, miss, reached_upstream(exc))
+            raise
+        self._cache.stats.went_upstream(call.context.feature, miss)
         return reply
 
     # Misses
@@ -338,12 +348,7 @@ class ServeFromCache:
                 self._ledger.served(call, entry.usage, "coalesced")
             return reply
         # The leader could not answer for us: go alone.
-        try:
-            reply = await self._send(going_upstream(call))
-        except SluicegateError as exc:
-            cache.stats.went_upstream(feature, True, reached_upstream(exc))
-            raise
-        cache.stats.went_upstream(feature, True)
+        reply = await self._upstream(going_upstream(call), miss=True)
         if reply.stream is None:
             entry = self._entries.from_body(
                 call, policy, control, reply.body, reply.usage, payload=reply.payload
