@@ -295,3 +295,22 @@ async def test_an_expiry_reaches_a_key_cached_before_the_rotation(tmp_path: Path
         await worker.controls.refresh()
         with pytest.raises(AuthenticationFailed, match="rotated and expired"):
             await worker.authenticator.authenticate(f"Bearer {key}")
+
+
+@pytest.mark.parametrize("user", ["u" * 129, "a\x00b", "line\nbreak"])
+def test_a_user_id_the_stores_cannot_hold_is_refused(user: str) -> None:
+    """Longer than 128 characters, or with a control character: a 400 naming the user, not a
+    row the ledger's database refuses later."""
+    authenticator = Authenticator(Settings(), None)
+    with pytest.raises(InvalidRequest) as refused:
+        authenticator.context(None, "chat", user)
+    assert refused.value.param == "user"
+    with pytest.raises(InvalidRequest):
+        authenticator.context(None, None, None, {"metadata": {"user": user}})
+
+
+def test_the_admin_key_counts_only_as_a_bearer_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICEGATE_ADMIN_KEY", "admin-secret")
+    authenticator = Authenticator(Settings(auth={"require_keys": True}), None)
+    assert authenticator.is_admin("Bearer admin-secret")
+    assert not authenticator.is_admin("Basic admin-secret") and not authenticator.is_admin(None)

@@ -130,4 +130,5 @@ def test_principal_allows_only_its_features() -> None:
         "user": "ann",
         "features": ["chat", "insights"],
         "expires_at": NOW + 900,
+        "key_id": None,  # minted without a key: local development
     }

@@ -25,6 +25,7 @@ from typing import Any, TypeAlias
 from .browser_tokens import TOKEN_PREFIX, BrowserPrincipal, derive_secret, sign_token, verify_token
 from .calls import RequestContext
 from .config import DEFAULT_FEATURE, Settings
+from .config_base import MAX_NAME, name_problem
 from .errors import AuthenticationFailed, InvalidRequest, PermissionDenied
 from .virtual_keys import KeyRecord, KeyStore, hash_key, new_key
 
@@ -116,16 +117,20 @@ class Authenticator:
         """
         token = _browser_token(authorization)
         if token is not None:
-            return verify_token(self._token_secret(), token, self._wall_clock())
+            principal = verify_token(self._token_secret(), token, self._wall_clock())
+            if principal.key_id is not None and self._store is not None:
+                await self._lookup(principal.key_id, by_id=True)  # the key it was minted with lives
+            return principal
         if not self._require_keys:
             return None
         return await self._lookup(_bearer(authorization))
 
     def mint_browser_token(
-        self, org: str, user: str, features: tuple[str, ...], ttl_s: int
+        self, org: str, user: str, features: tuple[str, ...], ttl_s: int, key_id: str | None = None
     ) -> tuple[str, BrowserPrincipal]:
-        """A browser token for ``user`` of ``org``, valid for ``ttl_s`` seconds, and its principal."""
-        principal = BrowserPrincipal(org, user, features, int(self._wall_clock()) + ttl_s)
+        """A browser token for ``user`` of ``org``, valid for ``ttl_s`` seconds, minted with the
+        key ``key_id``, and its principal."""
+        principal = BrowserPrincipal(org, user, features, int(self._wall_clock()) + ttl_s, key_id)
         return sign_token(self._token_secret(), principal), principal
 
     def _token_secret(self) -> bytes:
@@ -153,6 +158,8 @@ class Authenticator:
                 feature = feature or _str_or_none(metadata.get("feature"))
                 user = user or _str_or_none(metadata.get("user"))
             user = user or _str_or_none(body.get("user"))
+        if user is not None and (len(user) > MAX_NAME or not user.isprintable()):
+            raise InvalidRequest(f"the user's id {name_problem(user)}", param="user", code="invalid_user")
         feature = feature or DEFAULT_FEATURE
         self.check_feature(feature)
         if key is None:
@@ -166,7 +173,7 @@ class Authenticator:
                     param="feature",
                     code="feature_not_allowed",
                 )
-            return RequestContext(key.org, key.user, feature, None)
+            return RequestContext(key.org, key.user, feature, key.key_id)
         return RequestContext(key.org, user or key.user, feature, key.id)
 
     def check_feature(self, feature: str) -> None:
@@ -185,20 +192,26 @@ class Authenticator:
             if record is not None and record.id in key_ids:
                 del self._cache[key]
 
-    async def _lookup(self, key: str) -> KeyRecord:
+    async def _lookup(self, key: str, by_id: bool = False) -> KeyRecord:
+        """The live record of ``key`` (or, ``by_id``, of the key with that id: a browser
+        token's), cached; `AuthenticationFailed` when it is unknown, revoked or expired."""
         now = self._clock()
-        cached = self._cache.get(key)
+        cache_key = "id:" + key if by_id else key
+        cached = self._cache.get(cache_key)
         if cached is not None and cached[1] > now:
             record = cached[0]
         else:
             assert self._store is not None
-            record = await self._store.find(key)
+            record = await (self._store.find_id(key) if by_id else self._store.find(key))
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[key] = (record, now + self._ttl)
+            self._cache[cache_key] = (record, now + self._ttl)
         if record is None:
             raise AuthenticationFailed(
-                "the API key is unknown or revoked; create one with `sluicegate keys create`"
+                "the virtual key this browser token was minted with is revoked; ask the "
+                "application's backend for a new token"
+                if by_id
+                else "the API key is unknown or revoked; create one with `sluicegate keys create`"
             )
         # Compared here, not when cached: an expiry holds on time whatever the cache's age.
         if record.expires_at is not None:
@@ -213,7 +226,8 @@ class Authenticator:
             return False
         if self._admin_key is None:
             return not self._require_keys
-        given = authorization.partition(" ")[2].strip().encode() if authorization else b""
+        scheme, _, token = (authorization or "").partition(" ")
+        given = token.strip().encode() if scheme.lower() == "bearer" else b""
         return hmac.compare_digest(given, self._admin_key)
 
     def check_admin(self, authorization: str | None) -> None:

@@ -39,12 +39,15 @@ _MAX_TOKEN = 4096
 
 @dataclass(slots=True, frozen=True)
 class BrowserPrincipal:
-    """Who a browser token speaks for: one org and user, a set of features, until ``expires_at``."""
+    """Who a browser token speaks for: one org and user, a set of features, until ``expires_at``;
+    minted with the virtual key ``key_id`` (None in local development), whose budget, limits and
+    revocation it shares."""
 
     org: str
     user: str
     features: tuple[str, ...]
     expires_at: int
+    key_id: str | None = None
 
     def allows(self, feature: str) -> bool:
         """Whether the token may call ``feature``."""
@@ -57,6 +60,7 @@ class BrowserPrincipal:
             "user": self.user,
             "features": list(self.features),
             "expires_at": self.expires_at,
+            "key_id": self.key_id,
         }
 
 
@@ -72,16 +76,15 @@ def is_browser_token(token: str) -> bool:
 
 def sign_token(secret: bytes, principal: BrowserPrincipal) -> str:
     """The token for ``principal``, signed with ``secret``."""
-    payload = _encode(
-        orjson.dumps(
-            {
-                "o": principal.org,
-                "u": principal.user,
-                "f": list(principal.features),
-                "e": principal.expires_at,
-            }
-        )
-    )
+    claims: dict[str, Any] = {
+        "o": principal.org,
+        "u": principal.user,
+        "f": list(principal.features),
+        "e": principal.expires_at,
+    }
+    if principal.key_id is not None:  # minted with a virtual key (not in local development)
+        claims["k"] = principal.key_id
+    payload = _encode(orjson.dumps(claims))
     return f"{TOKEN_PREFIX}{payload}.{_encode(_signature(secret, payload.encode()))}"
 
 
@@ -115,9 +118,10 @@ def _principal(payload: str) -> BrowserPrincipal:
         raise _invalid("its payload is malformed") from None
     if not isinstance(claims, dict):
         raise _invalid("its payload is malformed")
-    org, user, features, expires = (claims.get(k) for k in ("o", "u", "f", "e"))
+    org, user, features, expires, key_id = (claims.get(k) for k in ("o", "u", "f", "e", "k"))
     if (
-        not isinstance(org, str)
+        not isinstance(key_id, str | None)
+        or not isinstance(org, str)
         or not isinstance(user, str)
         or not isinstance(features, list)
         or not all(isinstance(f, str) for f in features)
@@ -125,7 +129,7 @@ def _principal(payload: str) -> BrowserPrincipal:
         or isinstance(expires, bool)
     ):
         raise _invalid("its payload is malformed")
-    return BrowserPrincipal(org, user, tuple(features), expires)
+    return BrowserPrincipal(org, user, tuple(features), expires, key_id)
 
 
 def _signature(secret: bytes, payload: bytes) -> bytes:

@@ -181,6 +181,7 @@ class Reply:
 
 # Fields budgets and limits rely on (the reservation is max tokens times n): null or a positive integer.
 _POSITIVE_INTEGERS = ("max_tokens", "max_completion_tokens", "n")
+_MOST = 2**31 - 1  # beyond any model's limit; its worst-case cost must fit the ledger's integers
 
 
 def _check_positive_integer(name: str, value: object) -> None:
@@ -193,12 +194,21 @@ def _check_positive_integer(name: str, value: object) -> None:
         raise InvalidRequest(
             f"invalid type for '{name}': expected an integer, got {shown}", param=name, code="invalid_type"
         )
-    if value < 1:
+    if not 1 <= value <= _MOST:
         raise InvalidRequest(
-            f"invalid '{name}': expected an integer of at least 1, got {shown}",
+            f"invalid '{name}': expected an integer from 1 to {_MOST:,}, got {shown}",
             param=name,
-            code="integer_below_min_value",
+            code="integer_below_min_value" if value < 1 else "integer_above_max_value",
         )
+
+
+def request_json(value: Any, option: int = 0) -> bytes:
+    """``value`` (a request, or part of one) as JSON; `InvalidRequest` when it cannot be: nested
+    deeper than the 254 levels orjson writes, or, from the library, not made of JSON's types."""
+    try:
+        return orjson.dumps(value, option=option)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest(f"the request cannot be written as JSON: {exc}", code="invalid_json") from None
 
 
 def validate_body(kind: CallKind, body: object) -> tuple[str, bool]:

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .config_base import Frozen
+from .config_base import Frozen, name_problem
 
 __all__ = [
     "AlertsConfig",
@@ -162,8 +162,9 @@ def check_org_name(org: str) -> str:
     """``org`` if it can name an org; `ValueError` otherwise. A ``/`` is refused: a budget's
     scope reads ``org:ORG/user:NAME``, so an org called ``acme/user:boss`` would share the
     budget of the user boss of acme."""
-    if not org:
-        raise ValueError("an org's name cannot be empty")
+    problem = name_problem(org)
+    if problem is not None:
+        raise ValueError(f"an org's name {problem}")
     if "/" in org:
         raise ValueError(f"an org's name cannot contain '/' (got {org!r}): budget scopes use it")
     return org

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Select, and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .config_base import name_problem
 from .config_money import check_org_name
 from .errors import InvalidRequest, NotFound
 from .store.tables import virtual_keys
@@ -36,7 +37,6 @@ __all__ = [
 KEY_PREFIX = "sk-sg-"
 DEFAULT_GRACE_S = 86_400
 MAX_GRACE_S = 365 * 86_400
-_MAX_NAME = 128
 
 
 def new_key() -> str:
@@ -140,8 +140,9 @@ def _select() -> Select[Any]:
 
 
 def _check_label(what: str, value: str | None) -> None:
-    if value is not None and not 0 < len(value) <= _MAX_NAME:
-        raise InvalidRequest(f"{what} must be 1-{_MAX_NAME} characters", param=what)
+    problem = name_problem(value) if value is not None else None
+    if problem is not None:
+        raise InvalidRequest(f"{what} {problem}", param=what)
 
 
 def _check_grace(grace_s: float) -> None:
@@ -253,6 +254,13 @@ class KeyStore:
                     code="key_not_rotatable",
                 )
         return key, new, replace(old, expires_at=expires, replaced_by=new.id, replaced_by_prefix=new.prefix)
+
+    async def find_id(self, key_id: str) -> KeyRecord | None:
+        """The live (not revoked) record of the key ``key_id``, or None."""
+        query = _select().where(virtual_keys.c.id == key_id, virtual_keys.c.revoked_at.is_(None))
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _record(row) if row is not None else None
 
     async def find(self, key: str) -> KeyRecord | None:
         """The record for ``key``, or None when unknown or revoked (an expired record is

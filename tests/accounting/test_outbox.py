@@ -91,6 +91,27 @@ async def test_rows_are_spooled_at_the_end_of_the_turn_then_written_and_the_spoo
     assert not path.exists()
 
 
+async def test_a_row_the_database_refuses_does_not_hold_back_the_others(
+    engine: AsyncEngine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row PostgreSQL refuses (a user longer than its column, a NUL byte) is dropped, logged;
+    the rows of its batch around it go in (SQLite takes them all)."""
+    bad = [dict(zip(COLUMNS, make_row(f"bad{n}"), strict=True)) for n in range(2)]
+    bad[0]["user"], bad[1]["user"] = "u" * 200, "a\x00b"
+    rows = [make_row("good1"), *(tuple(b[n] for n in COLUMNS) for b in bad), make_row("good2")]
+    outbox = Outbox(engine, tmp_path / "spool", batch=10)
+    await outbox.start()
+    for row in rows:
+        outbox.add(row)
+    await outbox.flush()
+    count, _ = await totals(engine)
+    await outbox.aclose()
+    if engine.dialect.name == "postgresql":
+        assert count == 2 and sum("refused a row" in r.getMessage() for r in caplog.records) == 2
+    else:
+        assert count == 4
+
+
 async def test_a_row_delivered_twice_and_out_of_order_counts_once(engine: AsyncEngine) -> None:
     rows = [make_row("a"), make_row("b"), make_row("a", attempt=2, cost=7)]
     await insert_rows(engine, rows)

@@ -279,6 +279,7 @@ def test_body_cache_merges_with_the_header() -> None:
         ({"tags": [1]}, "cache.tags"),
         ({"tags": [""]}, "cache.tags"),
         ({"tags": ["x" * 129]}, "cache.tags"),
+        ({"tags": ["a\x00b"]}, "cache.tags"),
         ({"tags": [f"t{i}" for i in range(17)]}, "cache.tags"),
     ],
 )

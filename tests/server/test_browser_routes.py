@@ -81,7 +81,8 @@ def test_dev_mode_mints_without_a_key(server: GatewayServer) -> None:
     `default` (a request that names no feature)."""
     before = int(time.time())
     minted = mint(server)
-    assert set(minted) == {"token", "expires_at", "org", "user", "features"}
+    assert set(minted) == {"token", "expires_at", "org", "user", "features", "key_id"}
+    assert minted["key_id"] is None  # no key in local development
     assert minted["token"].startswith("sgb_")
     assert (minted["org"], minted["user"]) == ("local", "ann")
     assert minted["features"] == ["okr-template", "chat", "insights", "preferences", "default"]
@@ -101,6 +102,7 @@ def test_features_and_ttl_can_be_narrowed(server: GatewayServer) -> None:
         ({}, "user"),
         ({"user": ""}, "user"),
         ({"user": "u" * 129}, "user"),
+        ({"user": "a\x00b"}, "user"),
         ({"user": 7}, "user"),
         ({"user": "ann", "features": ["nope"]}, "features"),
         ({"user": "ann", "features": []}, "features"),
@@ -219,3 +221,26 @@ def test_keys_required_mint_with_a_virtual_key(
         assert status == 200
         assert call(gw.url + "/api/ai/keys", key=minted["token"])[0] == 403
     assert (recorder.events[-1].org, recorder.events[-1].user) == ("acme", "ann")
+
+
+def test_a_token_shares_its_keys_budget_and_revocation(
+    upstream: MockUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token minted with a key counts against that key's budget, and stops working when the
+    key is revoked: it cannot outlive or outspend the key that minted it."""
+    monkeypatch.setenv("SLUICEGATE_ADMIN_KEY", "admin-secret")
+    settings = mock_settings(upstream.url, data_dir=tmp_path, auth={"require_keys": True})
+    with GatewayServer(settings) as gw:
+        _, created = call(gw.url + "/api/ai/keys", "POST", {"org": "acme"}, key="admin-secret")
+        minted = mint(gw, key=created["key"], features=["chat"])
+        assert minted["key_id"] == created["id"]
+        ask = {"x-sluicegate-feature": "chat"}
+        assert call(gw.url + "/v1/chat/completions", "POST", chat_body(), minted["token"], ask)[0] == 200
+        budget = {"org": "acme", "key": created["id"], "limit_usd": 0}
+        assert call(gw.url + "/api/ai/budgets", "POST", budget, key="admin-secret")[0] == 201
+        body = chat_body(messages=[{"role": "user", "content": "another question"}])
+        status, refused = call(gw.url + "/v1/chat/completions", "POST", body, minted["token"], ask)
+        assert status == 429 and refused["error"]["code"] == "budget_exceeded"
+        assert call(gw.url + f"/api/ai/keys/{created['id']}", "DELETE", key="admin-secret")[0] == 200
+        status, refused = call(gw.url + "/v1/chat/completions", "POST", chat_body(), minted["token"], ask)
+        assert status == 401 and "revoked" in refused["error"]["message"]

@@ -120,6 +120,14 @@ def test_stream_ends_with_done(server: GatewayServer) -> None:
     assert body.endswith(b"data: [DONE]\n\n")
 
 
+def nested(depth: int) -> Any:
+    """A list ``depth`` levels deep."""
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("body", "status", "param", "code"),
     [
@@ -148,12 +156,19 @@ def test_stream_ends_with_done(server: GatewayServer) -> None:
             for value, code in (
                 (-5, "integer_below_min_value"),
                 (0, "integer_below_min_value"),
+                (2**64 - 1, "integer_above_max_value"),  # its worst case would overflow the ledger
                 (1.5, "invalid_type"),
                 (10.0, "invalid_type"),
                 ("100", "invalid_type"),
                 (True, "invalid_type"),
                 ([1], "invalid_type"),
             )
+        ),
+        (  # deeper than orjson writes (254 levels): not a 500 with a traceback
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "x": nested(300)},
+            400,
+            None,
+            "invalid_json",
         ),
     ],
 )

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..calls import Call, Reply, ReplyStream, Usage
+from ..calls import Call, Reply, ReplyStream, Usage, request_json
 from ..errors import SluicegateError, UpstreamError
 from .pricing import PriceBook
 
@@ -76,7 +76,7 @@ class Sink(Protocol):
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     """A rough token count of a request's prompt, for a call whose upstream reported no usage."""
     prompt = body.get("messages", body.get("input", ""))
-    return max(1, -(-len(orjson.dumps(prompt)) // _CHARS_PER_TOKEN))
+    return max(1, -(-len(request_json(prompt)) // _CHARS_PER_TOKEN))
 
 
 def row(

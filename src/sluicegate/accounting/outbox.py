@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..background import stop_between
+from ..store.db import UNREACHABLE, each_alone
 from ..store.tables import usage_ledger
 from .ledger import COLUMNS, Row
 
@@ -90,6 +92,17 @@ async def insert_rows(engine: AsyncEngine, rows: Sequence[Row]) -> None:
             await connection.exec_driver_sql(_INSERT_JSON, (orjson.dumps(rows).decode(),))
         else:
             await connection.exec_driver_sql(_insert_sql(engine.dialect.paramstyle), list(rows))
+
+
+async def write_rows(engine: AsyncEngine, rows: Sequence[Row]) -> None:
+    """`insert_rows`; when the database refuses the batch for a row it holds (not for being
+    unreachable), the rows go one by one and each it still refuses is dropped, logged."""
+    try:
+        await insert_rows(engine, rows)
+    except UNREACHABLE:
+        raise
+    except DBAPIError:
+        await each_alone(rows, lambda one: insert_rows(engine, one), "ledger")
 
 
 _PRICED_FROM = COLUMNS.index("priced_from")
@@ -259,7 +272,7 @@ class Outbox:
             return
         while self._pending:
             batch = self._pending[: self._batch]
-            await insert_rows(self._engine, batch)
+            await write_rows(self._engine, batch)
             del self._pending[: len(batch)]
             self.written += len(batch)
         self._truncate_if_done()
@@ -271,7 +284,7 @@ class Outbox:
             end = os.fstat(self._fd).st_size
             rows = _read_rows(self._path, end, interrupt=False)
             for start in range(0, len(rows), self._batch):
-                await insert_rows(self._engine, rows[start : start + self._batch])
+                await write_rows(self._engine, rows[start : start + self._batch])
             self._spool()
             if os.fstat(self._fd).st_size == end:
                 # Nothing was added while writing: everything is in (no await from here on).
@@ -306,7 +319,7 @@ class Outbox:
                     continue  # its process is alive
                 rows = _read_rows(path)
                 for start in range(0, len(rows), self._batch):
-                    await insert_rows(self._engine, rows[start : start + self._batch])
+                    await write_rows(self._engine, rows[start : start + self._batch])
                 path.unlink(missing_ok=True)
                 replayed += len(rows)
             finally:

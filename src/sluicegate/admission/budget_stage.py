@@ -14,12 +14,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from ..accounting.ledger import reply_usage, stream_usage, usage_or_estimate
 from ..accounting.pricing import PriceBook
 from ..background import spawn
-from ..calls import Call, CallKind, ModelRoute, Reply, ReplyStream
+from ..calls import Call, CallKind, ModelRoute, Reply, ReplyStream, request_json
 from ..config import BudgetsConfig
 from ..config_money import usd
 from ..errors import BudgetExceeded
@@ -40,7 +38,7 @@ def worst_prompt_tokens(body: dict[str, Any]) -> int:
     read = [body.get("messages", body.get("input", "")), body.get("tools"), body.get("response_format")]
     messages = body.get("messages")
     framing = 3 + 4 * (len(messages) if isinstance(messages, list) else 1)
-    return framing + -(-len(orjson.dumps(read)) // 2)
+    return framing + -(-len(request_json(read)) // 2)
 
 
 def _not_settled(rid: str, error: BaseException) -> None:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ..calls import CallKind, RequestContext
+from ..calls import CallKind, RequestContext, request_json
 from ..config import Scope
 
 __all__ = [
@@ -79,7 +79,7 @@ def request_digest(kind: CallKind, model: str, body: dict[str, Any]) -> str:
     canonical = body.copy()
     for name in IGNORED_FIELDS.intersection(body):
         del canonical[name]
-    data = orjson.dumps((kind, model, canonical), option=orjson.OPT_SORT_KEYS)
+    data = request_json((kind, model, canonical), orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(data, digest_size=20).hexdigest()
 
 

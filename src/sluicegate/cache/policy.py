@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from ..calls import CacheControl, CallKind
 from ..config import CostTtlConfig, FeatureCache
+from ..config_base import MAX_NAME, name_problem
 from ..errors import InvalidRequest
 from .entry import Entry
 
@@ -30,7 +31,6 @@ __all__ = [
 ]
 
 _MAX_TAGS = 16
-_MAX_TAG_LENGTH = 128
 _BAD_FINISH = frozenset({"content_filter", "error"})
 
 
@@ -160,10 +160,11 @@ def parse_body_cache(value: Any, header: CacheControl) -> CacheControl:
     if (
         not isinstance(tags, list)
         or len(tags) > _MAX_TAGS
-        or not all(isinstance(t, str) and 0 < len(t) <= _MAX_TAG_LENGTH for t in tags)
+        or not all(isinstance(t, str) and name_problem(t) is None for t in tags)
     ):
         raise InvalidRequest(
-            f"cache.tags must be a list of at most {_MAX_TAGS} strings of 1-{_MAX_TAG_LENGTH} characters",
+            f"cache.tags must be a list of at most {_MAX_TAGS} strings of 1-{MAX_NAME} characters, "
+            "without control characters",
             param="cache.tags",
             code="invalid_type",
         )

@@ -16,9 +16,11 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..background import cancel_and_wait
+from ..store.db import UNREACHABLE, each_alone
 from ..store.tables import cache_entries, cache_namespaces, cache_stats
 from .batching import Batcher
 from .entry import Entry, decode, encode
@@ -110,7 +112,7 @@ class SqlTier:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_behind())
 
-    async def _upsert(self, rows: list[dict[str, Any]]) -> None:
+    async def _upsert(self, rows: Sequence[dict[str, Any]]) -> None:
         statement = self._insert(cache_entries)
         excluded = statement.excluded
         statement = statement.on_conflict_do_update(
@@ -150,14 +152,26 @@ class SqlTier:
             for row in rows:
                 self._queue.setdefault(row["key"], row)
             raise
-        except Exception as exc:  # the database is down: keep the rows for the next try
-            self.pending_failures += 1
-            for row in rows:
-                self._queue.setdefault(row["key"], row)
-            if self.pending_failures in (1, 10, 100):
-                logger.warning("cache: %d SQL writes are waiting (%s)", len(self._queue), exc)
-            return True
+        except UNREACHABLE as exc:  # the database is down: keep the rows for the next try
+            return self._put_back(rows, exc)
+        except DBAPIError:  # a row it refuses (too long, say): the others go one by one
+            try:
+                await each_alone(rows, self._upsert, "cache")
+            except UNREACHABLE as exc:
+                return self._put_back(rows, exc)
+            self.pending_failures = 0
+        except Exception as exc:  # anything else: keep the rows for the next try
+            return self._put_back(rows, exc)
         return False
+
+    def _put_back(self, rows: list[dict[str, Any]], exc: BaseException) -> bool:
+        """The database could not take the batch: its rows wait for the next try (True)."""
+        self.pending_failures += 1
+        for row in rows:
+            self._queue.setdefault(row["key"], row)
+        if self.pending_failures in (1, 10, 100):
+            logger.warning("cache: %d SQL writes are waiting (%s)", len(self._queue), exc)
+        return True
 
     async def drop_queued(self, wait_s: float = 2.0) -> None:
         """Forget the rows not yet written, once the batch being written now (if any) has

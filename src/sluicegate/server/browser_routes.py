@@ -8,13 +8,12 @@ import orjson
 
 from ..browser_tokens import BrowserPrincipal
 from ..config import DEFAULT_FEATURE, Settings
+from ..config_base import MAX_NAME, name_problem
 from ..errors import InvalidRequest, PermissionDenied
 from ..gateway import Gateway
 from .http import Request, json_object, read_json, send_json
 
 __all__ = ["create_browser_token"]
-
-_MAX_USER = 128
 
 
 async def create_browser_token(gateway: Gateway, request: Request) -> None:
@@ -37,14 +36,16 @@ async def create_browser_token(gateway: Gateway, request: Request) -> None:
     features = _features(body.get("features"), settings)
     ttl_s = _ttl(body.get("ttl_s"), settings.browser.token_ttl_s)
     org = principal.org if principal is not None else settings.auth.dev_org
-    token, minted = gateway.authenticator.mint_browser_token(org, user, features, ttl_s)
+    key_id = principal.id if principal is not None else None  # its budget, limits and revocation
+    token, minted = gateway.authenticator.mint_browser_token(org, user, features, ttl_s, key_id)
     await send_json(request, 201, orjson.dumps({"token": token, **minted.to_dict()}))
 
 
 def _user(value: Any) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= _MAX_USER:
+    if not isinstance(value, str) or name_problem(value) is not None:
         raise InvalidRequest(
-            f"user is required: the end user's id, a string of 1-{_MAX_USER} characters", param="user"
+            f"user is required: the end user's id, 1-{MAX_NAME} characters without control characters",
+            param="user",
         )
     return value
 

@@ -7,7 +7,8 @@ PostgreSQL (asyncpg). Migrations are Alembic's, run in-process by `migrate`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,13 +16,39 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-__all__ = ["SQLITE_PRAGMAS", "create_engine", "migrate", "ping", "with_migrated"]
+__all__ = ["SQLITE_PRAGMAS", "UNREACHABLE", "create_engine", "each_alone", "migrate", "ping", "with_migrated"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 T = TypeVar("T")
+
+
+# The database cannot be reached (or is busy): what it was sent waits for the next try.
+# Any other error it raises is about what it was sent.
+UNREACHABLE: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, OSError, TimeoutError)
+logger = logging.getLogger("sluicegate.store")
+R = TypeVar("R")
+
+
+async def each_alone(rows: Sequence[R], write: Callable[[Sequence[R]], Awaitable[None]], what: str) -> int:
+    """After the database refused a batch for what it holds, ``write`` its rows one by one,
+    dropping (with an error in the log) each one it refuses still: one bad row must not hold
+    back every other for ever. How many were dropped; raises when the database is unreachable."""
+    dropped = 0
+    for row in rows:
+        try:
+            await write([row])
+        except UNREACHABLE:
+            raise
+        except DBAPIError as exc:
+            dropped += 1
+            reason = (
+                str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else "refused"
+            )
+            logger.error("%s: the database refused a row, which is dropped (%s)", what, reason)
+    return dropped
 
 
 def create_engine(url: str) -> AsyncEngine:

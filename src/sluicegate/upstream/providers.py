@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ..calls import Call, Reply, Usage
+from ..calls import Call, Reply, Usage, request_json
 from ..config import ProviderConfig, Settings
 from ..errors import ConfigError, UpstreamError, UpstreamTimeout
 from .mock import MockEngine, MockTransport
@@ -114,7 +114,7 @@ class Provider:
             elif options.get("include_usage") is not True:
                 body["stream_options"] = {**options, "include_usage": True}
                 strip_usage = True
-        request = UpstreamRequest("POST", _PATHS[call.kind], orjson.dumps(body), call.stream)
+        request = UpstreamRequest("POST", _PATHS[call.kind], request_json(body), call.stream)
         if call.deadline != _NO_DEADLINE:
             request.timeout_s = call.deadline - time.perf_counter()
             if request.timeout_s <= 0:
