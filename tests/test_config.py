@@ -435,3 +435,11 @@ def test_the_embedded_database_lives_in_data_dir(monkeypatch: pytest.MonkeyPatch
     assert kept.database.url == "postgresql+asyncpg://db/sg"
     monkeypatch.setenv("SLUICEGATE_DATA_DIR", "/var/lib/sg")
     assert Settings(database={"migrate_on_start": False}).database.url.endswith("/var/lib/sg/sluicegate.db")  # type: ignore[arg-type]
+
+
+def test_two_limits_of_one_name_are_refused() -> None:
+    """They would share one count (and one name in the headers): the config says so."""
+    limit = "    - {per: user, limit: %d, window_s: 10}\n"
+    text = "limits:\n  requests:\n" + limit % 5 + limit % 3
+    message = config_error(text)
+    assert "limits.requests: two limits for user-10" in message

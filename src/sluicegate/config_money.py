@@ -151,8 +151,25 @@ class LimitsConfig(Frozen):
         0.5,
         gt=0,
         le=1,
-        description="with Redis configured but down, each replica admits this share of a limit alone",
+        description="with Redis configured but down, each process (each worker of each replica) "
+        "admits this share of a limit alone",
     )
+
+    @model_validator(mode="after")
+    def _one_limit_per_name(self) -> LimitsConfig:
+        # Two limits of one name (per, feature, window) would share their count, and headers.
+        named = (
+            ("requests", [rule.name for rule in self.requests]),
+            ("tokens", [f"{rule.per}{'-' + rule.feature if rule.feature else ''}" for rule in self.tokens]),
+        )
+        for kind, names in named:
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise ValueError(
+                    f"limits.{kind}: two limits for {', '.join(twice)} (the same per, feature and "
+                    "window); keep the one you mean"
+                )
+        return self
 
 
 MAX_LIMIT_USD = Decimal(1_000_000_000)

@@ -29,7 +29,8 @@ so the HTTP layer and library users see the same thing::
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import copy
+from typing import Any, ClassVar, Self
 
 import orjson
 
@@ -84,6 +85,13 @@ class SluicegateError(Exception):
     def status_code(self) -> int:
         """The HTTP status this error is served with."""
         return self.status
+
+    def with_headers(self, headers: dict[str, str]) -> Self:
+        """A copy of this error that also sends ``headers`` (the same error may be raised to
+        several requests, waiting for one call: each adds its own without touching the others')."""
+        twin = copy.copy(self)
+        twin.headers = {**self.headers, **headers}
+        return twin
 
     @property
     def error_type(self) -> str:

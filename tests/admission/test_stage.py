@@ -14,7 +14,7 @@ from sluicegate.admission.redis_limits import RedisLimiter
 from sluicegate.admission.stage import LimitRequests
 from sluicegate.calls import Call, Reply
 from sluicegate.config import RequestLimit
-from sluicegate.errors import RateLimited
+from sluicegate.errors import RateLimited, UpstreamError
 from sluicegate.observe.alerts import Alerts
 from sluicegate.store.redis import create_redis
 from sluicegate.testing import mock_settings
@@ -122,3 +122,17 @@ async def test_after_redis_fails_it_is_left_alone_for_a_while() -> None:
     assert asked == ["r0"]
     assert "redis-down:rate-limits" in alerts.active
     await alerts.aclose()
+
+
+async def test_an_error_answer_carries_the_headers_of_what_it_counted() -> None:
+    """The upstream failed, but the request was counted: its answer says so."""
+
+    async def failing(call: Call) -> Reply:
+        raise UpstreamError("the provider is down", status=503)
+
+    rules = [RequestLimit(per="user", limit=5, window_s=60)]
+    stage = LimitRequests(failing, rules, None, None, 1.0)
+    for n, left in ((1, 4), (2, 3)):
+        with pytest.raises(UpstreamError) as failed:
+            await stage(Call("chat", body(n), None, ANN, f"r{n}"))  # type: ignore[arg-type]
+        assert failed.value.headers["ratelimit"] == f'"user-60";r={left};t=60'

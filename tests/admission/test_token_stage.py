@@ -134,7 +134,21 @@ async def test_unused_tokens_go_back_where_they_were_taken() -> None:
     rules = [TokenLimit(per="org", tokens_per_minute=1000)]
     stage = LimitTokens(answer, rules, FlakyRedis(), None, 0.5, 4096)  # type: ignore[arg-type]
     await stage(Call("chat", body("first", 200), None, ACME, "first"))  # type: ignore[arg-type]
-    assert len(given_back) == 1 and 100 <= given_back[0] <= 110  # the first call's, to Redis
+    assert len(given_back) == 1 and 100 <= given_back[0] <= 115  # the first call's, to Redis
     checks = token_checks(rules, ACME)
     # The second call's unused tokens came back to the local share (500): 100 are used.
     assert stage._local.take(checks, 395, time.time()).admitted
+
+
+async def test_tokens_used_beyond_the_reservation_are_taken_too() -> None:
+    """A prompt far longer than its estimate (say, a tool's description) is charged when its
+    usage is known: the bucket counts every token used, not just the estimate."""
+
+    async def answer(call: Call) -> Reply:
+        return Reply(body=b"{}", usage=Usage(prompt_tokens=900, completion_tokens=5))
+
+    rules = [TokenLimit(per="org", tokens_per_minute=1000)]
+    stage = LimitTokens(answer, rules, None, None, 1.0, 4096)
+    await stage(Call("chat", body("hi", 5), None, ACME, "r1"))  # type: ignore[arg-type]
+    checks = token_checks(rules, ACME)
+    assert not stage._local.take(checks, 200, time.time()).admitted  # 905 used of 1,000

@@ -74,9 +74,10 @@ class Sink(Protocol):
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """A rough token count of a request's prompt, for a call whose upstream reported no usage."""
-    prompt = body.get("messages", body.get("input", ""))
-    return max(1, -(-len(request_json(prompt)) // _CHARS_PER_TOKEN))
+    """A rough token count of a request's prompt (its messages or input, and the tools and
+    response format the model reads too), for a call whose upstream reported no usage."""
+    read = (body.get("messages", body.get("input", "")), body.get("tools"), body.get("response_format"))
+    return max(1, -(-len(request_json(read)) // _CHARS_PER_TOKEN))
 
 
 def row(

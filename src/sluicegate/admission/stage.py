@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from ..calls import Call, Reply
 from ..config import RequestLimit
-from ..errors import RateLimited
+from ..errors import RateLimited, SluicegateError
 from ..observe.alerts import Alerts
 from .limits import LocalLog, checks_for, headers_for
 from .outage import DATABASE_ERRORS, REDIS_ERRORS, Outage, shared_or_alone
@@ -85,6 +85,9 @@ class LimitRequests:
                 f"try again in {verdict.retry_after_s} s",
                 headers=headers,
             )
-        reply = await self._send(call)
+        try:
+            reply = await self._send(call)
+        except SluicegateError as exc:  # counted all the same: its answer says so too
+            raise exc.with_headers(headers) from exc.__cause__
         reply.headers.update(headers)
         return reply

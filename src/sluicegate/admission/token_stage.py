@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ from ..accounting.ledger import estimate_prompt_tokens, reply_usage, stream_usag
 from ..background import spawn
 from ..calls import Call, Reply, ReplyStream, Usage
 from ..config import TokenLimit
-from ..errors import TokensLimited
+from ..errors import SluicegateError, TokensLimited
 from ..observe.alerts import Alerts
 from .outage import DATABASE_ERRORS, Outage, shared_or_alone
 from .redis_tokens import RedisTokens
@@ -74,7 +75,7 @@ class LimitTokens:
         if not taken.admitted:
             assert taken.blocked is not None
             rule = checks[taken.blocked].rule
-            wait = max(1, round(taken.retry_after_s))
+            wait = max(1, math.ceil(taken.retry_after_s))  # not a moment before the bucket holds it
             raise TokensLimited(
                 f"token limit reached: at most {rule.tokens_per_minute:,} tokens a minute for each "
                 f"{rule.per}{' in feature ' + rule.feature if rule.feature else ''}, and this call "
@@ -91,8 +92,14 @@ class LimitTokens:
         except asyncio.CancelledError:
             spawn(self._tasks, self._give_back(checks, cost - estimate_prompt_tokens(body), taken.local))
             raise
-        except Exception:  # refused further in (a budget, the stop) or failed: nothing used
+        except Exception as exc:  # refused further in (a budget, the stop) or failed: nothing used
             spawn(self._tasks, self._give_back(checks, cost, taken.local))
+            if isinstance(exc, SluicegateError):
+                left = {
+                    "x-ratelimit-limit-tokens": str(tightest),
+                    "x-ratelimit-remaining-tokens": str(taken.remaining),
+                }
+                raise exc.with_headers(left) from exc.__cause__
             raise
         if reply.stream is None:
             await self._settle(checks, cost, reply_usage(body, reply), taken.local)
@@ -125,13 +132,16 @@ class LimitTokens:
     async def _settle(self, checks: list[TokenCheck], cost: int, usage: Usage | None, local: bool) -> None:
         if usage is None:  # nothing known of what it used: it keeps its worst case
             return
+        # What it did not use goes back; what it used beyond its reservation (a prompt longer
+        # than estimated) is taken too, so that the buckets count every token used.
         unused = cost - usage.prompt_tokens - usage.completion_tokens
-        if unused > 0:
+        if unused:
             await self._give_back(checks, unused, local)
 
     async def _give_back(self, checks: list[TokenCheck], tokens: int, local: bool) -> None:
-        """Give ``tokens`` back to the buckets they were taken from (``local``: this process's)."""
-        if tokens <= 0:
+        """Give ``tokens`` back to the buckets they were taken from (``local``: this process's);
+        negative, take them (a bucket may then owe tokens, and wait until it has refilled)."""
+        if not tokens:
             return
         try:
             if local:
