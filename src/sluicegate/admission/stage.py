@@ -1,7 +1,7 @@
 """The rate-limit stage: before the cache, every request counts against its limits.
 
 With Redis configured the limits live there (`RedisLimiter`), exact across every replica.
-While Redis is down each replica admits its ``limits.local_share`` of each limit on its own
+While Redis is down each process admits its ``limits.local_share`` of each limit on its own
 (`LocalLog`), logs a warning once, and goes back to Redis when it answers again. Without
 Redis the limits live in the database (`SqlLimiter`), exact across the workers that share it.
 """
@@ -22,7 +22,7 @@ from .sql_limits import SqlLimiter
 
 __all__ = ["LimitRequests"]
 
-_WHAT, _ALONE = "rate limits", "this replica enforces its share (limits.local_share) of each limit"
+_WHAT, _ALONE = "rate limits", "this process enforces its share (limits.local_share) of each limit"
 Send = Callable[[Call], Awaitable[Reply]]
 
 
@@ -56,14 +56,14 @@ class LimitRequests:
             outage = self._redis_outage
             now = time.monotonic()
             if outage.usable(now):
-                try:  # the shared count; this replica's share while Redis fails
+                try:  # the shared count; this process's share while Redis fails
                     verdict = await redis.admit(checks, call.request_id)
                 except REDIS_ERRORS as exc:
                     outage.failed(exc, now)
                     verdict = self._local.check(checks, time.time())
                 else:
                     outage.answered()
-            else:  # Redis failed a moment ago: this replica's share
+            else:  # Redis failed a moment ago: this process's share
                 verdict = self._local.check(checks, time.time())
         elif self._sql is not None:
             verdict = await shared_or_alone(

@@ -31,7 +31,7 @@ from .token_bucket import LocalBuckets, Taken, TokenCheck, token_checks
 __all__ = ["LimitTokens"]
 
 logger = logging.getLogger("sluicegate.limits")
-_WHAT, _ALONE = "token limits", "this replica holds its share (limits.local_share) of each bucket"
+_WHAT, _ALONE = "token limits", "this process holds its share (limits.local_share) of each bucket"
 Send = Callable[[Call], Awaitable[Reply]]
 
 
