@@ -3,7 +3,7 @@ take a miss's worst case from its per-minute buckets before it goes upstream, an
 what it did not use once its usage is known.
 
 With Redis configured the buckets live there (`RedisTokens`), exact across every replica.
-While Redis is down each replica keeps ``limits.local_share`` of each bucket on its own, and
+While Redis is down each process keeps ``limits.local_share`` of each bucket on its own, and
 goes back to Redis when it answers. Without Redis the buckets are rows of the database
 (`SqlTokens`), exact across the workers that share it.
 """
