@@ -148,3 +148,31 @@ async def test_an_unknown_feature_is_refused(gateway: Gateway) -> None:
     assert named.value.code == "unknown_feature"
     with pytest.raises(InvalidRequest):
         gateway.new_call("chat", asked, RequestContext("acme", "ann", "nope"))
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        RequestContext("acme", "u" * 129, "chat"),
+        RequestContext("acme", "a\x00b", "chat"),
+        RequestContext("a/b", None, "chat"),
+        RequestContext("", None, "chat"),
+    ],
+)
+async def test_a_context_the_stores_cannot_hold_is_refused(gateway: Gateway, context: RequestContext) -> None:
+    """As over HTTP: a 400, not a call whose ledger row the database then refuses."""
+    with pytest.raises(InvalidRequest):
+        gateway.new_call("chat", {"model": "gpt-4o-mini", "messages": MESSAGES}, context)
+
+
+async def test_a_name_with_a_joiner_is_a_name(gateway: Gateway) -> None:
+    """Zero-width joiners belong to names and emoji: only control characters are refused."""
+    call = gateway.new_call(
+        "chat",
+        {
+            "model": "gpt-4o-mini",
+            "messages": MESSAGES,
+            "user": "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 \U0001f469\u200d\U0001f4bb",
+        },
+    )
+    assert call.context.user is not None and "\u200d" in call.context.user

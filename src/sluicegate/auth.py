@@ -25,7 +25,7 @@ from typing import Any, TypeAlias
 from .browser_tokens import TOKEN_PREFIX, BrowserPrincipal, derive_secret, sign_token, verify_token
 from .calls import RequestContext
 from .config import DEFAULT_FEATURE, Settings
-from .config_base import MAX_NAME, name_problem
+from .config_base import bad_name, name_problem
 from .errors import AuthenticationFailed, InvalidRequest, PermissionDenied
 from .virtual_keys import KeyRecord, KeyStore, hash_key, new_key
 
@@ -158,7 +158,7 @@ class Authenticator:
                 feature = feature or _str_or_none(metadata.get("feature"))
                 user = user or _str_or_none(metadata.get("user"))
             user = user or _str_or_none(body.get("user"))
-        if user is not None and (len(user) > MAX_NAME or not user.isprintable()):
+        if user is not None and bad_name(user):
             raise InvalidRequest(f"the user's id {name_problem(user)}", param="user", code="invalid_user")
         feature = feature or DEFAULT_FEATURE
         self.check_feature(feature)
@@ -175,6 +175,19 @@ class Authenticator:
                 )
             return RequestContext(key.org, key.user, feature, key.key_id)
         return RequestContext(key.org, user or key.user, feature, key.id)
+
+    def check_context(self, context: RequestContext) -> None:
+        """Raise `InvalidRequest` for a context the stores cannot hold: an unknown feature, a
+        user or an org that cannot be one's name (a library caller's own `RequestContext`)."""
+        self.check_feature(context.feature)
+        if context.user is not None and bad_name(context.user):
+            raise InvalidRequest(
+                f"the user's id {name_problem(context.user)}", param="user", code="invalid_user"
+            )
+        if bad_name(context.org) or "/" in context.org:
+            raise InvalidRequest(
+                f"the org's name {name_problem(context.org) or 'cannot contain /'}", param="org"
+            )
 
     def check_feature(self, feature: str) -> None:
         """Raise `InvalidRequest` (``unknown_feature``) when ``feature`` is not configured."""
@@ -206,10 +219,13 @@ class Authenticator:
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[cache_key] = (record, now + self._ttl)
+        gone = (
+            "the virtual key this browser token was minted with is revoked or expired; ask the "
+            "application's backend for a new token"
+        )
         if record is None:
             raise AuthenticationFailed(
-                "the virtual key this browser token was minted with is revoked; ask the "
-                "application's backend for a new token"
+                gone
                 if by_id
                 else "the API key is unknown or revoked; create one with `sluicegate keys create`"
             )
@@ -217,6 +233,8 @@ class Authenticator:
         if record.expires_at is not None:
             now_utc = datetime.fromtimestamp(self._wall_clock(), UTC)
             if record.expired(now_utc):
+                if by_id:  # a browser is not told of the key's replacement
+                    raise AuthenticationFailed(gone)
                 raise AuthenticationFailed(expired_key_message(record), code="expired_api_key")
         return record
 

@@ -93,6 +93,14 @@ class SluicegateError(Exception):
         twin.headers = {**self.headers, **headers}
         return twin
 
+    def without_headers(self, names: tuple[str, ...]) -> Self:
+        """This error, or a copy of it without the headers ``names`` if it has any."""
+        if not any(name in self.headers for name in names):
+            return self
+        twin = copy.copy(self)
+        twin.headers = {k: v for k, v in self.headers.items() if k not in names}
+        return twin
+
     @property
     def error_type(self) -> str:
         """The OpenAI error ``type`` this error is served with."""

@@ -262,7 +262,7 @@ class Gateway:
         if context is None:
             context = self.authenticator.context(None, None, None, body)
         else:
-            self.authenticator.check_feature(context.feature)
+            self.authenticator.check_context(context)
         directives = NO_DIRECTIVES
         if cache_control is not None or if_none_match is not None or "cache" in body:
             directives = parse_cache_control(cache_control)

@@ -95,3 +95,8 @@ async def test_a_request_counts_once_whatever_the_grouping(engine: AsyncEngine) 
         ("gpt-4o-mini", 1),
     ]
     assert by_model["totals"]["requests"] == 1 and by_model["totals"]["upstream_calls"] == 2
+    # a retry of one model past midnight: still one request of that model
+    third = make_row("c", attempt=3)
+    await insert_rows(engine, [(*third[:2], at - 60, *third[3:7], "backup", *third[8:])])
+    one_model = await report(engine, UsageQuery(*span, ("org",), "all", model="backup"))
+    assert one_model["totals"]["requests"] == 1 and one_model["totals"]["upstream_calls"] == 2

@@ -95,6 +95,8 @@ def test_the_config_takes_one_narrowing_per_budget_and_one_budget_per_scope() ->
         ("acme", "2000000000", "month", None, "limit_usd", "at most $1,000,000,000"),
         ("acme", "1", "year", None, "period", "not 'year'"),
         ("acme", "1", "day", ("feature", "nope"), "feature", "not 'nope'"),
+        ("acme", "1", "day", ("user", "a\x00b"), "user", "control characters"),
+        ("o" * 128, "1", "day", ("user", "u" * 128), "user", "holds 160"),
     ],
 )
 def test_a_budget_set_at_run_time_is_checked_naming_the_field(

@@ -52,8 +52,9 @@ async def test_a_stop_needs_a_reason_and_a_real_org(tmp_path: Path) -> None:
     async with create_gateway(mock_settings(data_dir=tmp_path)) as gateway:
         with pytest.raises(InvalidRequest, match="reason"):
             await controls.set_stop(gateway.engine, None, "  ")
-        with pytest.raises(InvalidRequest, match="org"):
-            await controls.set_stop(gateway.engine, "", "why")
+        for not_an_org in ("", "a/b", "o" * 129, "a\x00b"):
+            with pytest.raises(InvalidRequest, match="org"):
+                await controls.set_stop(gateway.engine, not_an_org, "why")
         first = await controls.set_stop(gateway.engine, "acme", "one")
         second = await controls.set_stop(gateway.engine, "acme", "two")  # updates the reason
         assert [s.reason for s in await controls.list_stops(gateway.engine)] == ["two"]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from sluicegate import RequestContext, create_gateway
+from sluicegate import AllUpstreamsFailed, RequestContext, create_gateway
 from sluicegate.admission.redis_tokens import RedisTokens
 from sluicegate.admission.token_bucket import Taken, token_checks
 from sluicegate.admission.token_stage import LimitTokens
@@ -152,3 +152,18 @@ async def test_tokens_used_beyond_the_reservation_are_taken_too() -> None:
     await stage(Call("chat", body("hi", 5), None, ACME, "r1"))  # type: ignore[arg-type]
     checks = token_checks(rules, ACME)
     assert not stage._local.take(checks, 200, time.time()).admitted  # 905 used of 1,000
+
+
+async def test_a_503_after_every_upstream_failed_still_says_what_the_buckets_hold(tmp_path: Path) -> None:
+    """The token headers the stage adds to an error survive the degrade stage's 503."""
+    settings = mock_settings(
+        data_dir=tmp_path,
+        limits={"tokens": [{"per": "org", "tokens_per_minute": 100_000}]},
+        providers={"upstream": {"kind": "mock", "mock": {"error_rate": 1.0, "error_status": 503}}},
+        resilience={"retry": {"max_attempts": 1}},
+    )
+    async with create_gateway(settings) as gateway:
+        with pytest.raises(AllUpstreamsFailed) as failed:
+            await gateway.send(gateway.new_call("chat", body("down", 100), ACME))
+    assert failed.value.headers["x-ratelimit-limit-tokens"] == "100000"
+    assert "retry-after" in failed.value.headers

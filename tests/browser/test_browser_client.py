@@ -198,10 +198,11 @@ def test_the_bodys_cache_object_decides_whether_a_kept_answer_may_serve(
         t += 10_000;
         answers.push(await client.chat({ ...chat, cache: { max_age: 60 } }));       // local: 3
         answers.push(await client.chat({ ...chat, cache: { max_age: 5 } }));        // network: 4
+        answers.push(await client.chat({ ...chat, cache: null }));                   // local: 4
         return { answers: answers.map((a) => a.answer), sent: s.calls.map((c) => c.body.cache ?? null) };
         """,
     )
-    assert result["answers"] == [1, 2, 3, 3, 3, 4]
+    assert result["answers"] == [1, 2, 3, 3, 3, 4, 4]
     assert result["sent"] == [None, {"no_cache": True}, {"no_cache": True}, {"max_age": 5}]
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect
+from sqlalchemy.exc import DBAPIError
 
-from sluicegate.store.db import create_engine, migrate, ping
+from sluicegate.store.db import create_engine, each_alone, migrate, ping, refused_for_content
 
 
 async def test_sqlite_folder_is_created(tmp_path: Path) -> None:
@@ -47,3 +49,32 @@ async def test_ping(tmp_path: Path) -> None:
     with pytest.raises(ConnectionRefusedError):
         await ping(unreachable)
     await unreachable.dispose()
+
+
+class _Orig(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "content"),
+    [("22001", True), ("22021", True), ("23502", True), ("25006", False), ("40P01", False), ("53300", False)],
+)
+async def test_only_a_row_refused_for_what_it_holds_is_dropped(sqlstate: str, content: bool) -> None:
+    """A string too long or a NUL (classes 22, 23) drops that row; a read-only database, a
+    deadlock or too many connections drop nothing: the rows wait for the next try."""
+    error = DBAPIError("INSERT …", {}, _Orig(sqlstate))
+    assert refused_for_content(error) is content
+    written: list[int] = []
+
+    async def write(rows: Sequence[int]) -> None:
+        if rows[0] == 2:
+            raise error
+        written.extend(rows)
+
+    if content:
+        assert await each_alone([1, 2, 3], write, "test") == 1 and written == [1, 3]
+    else:
+        with pytest.raises(DBAPIError):
+            await each_alone([1, 2, 3], write, "test")

@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..background import stop_between
-from ..store.db import UNREACHABLE, each_alone
+from ..store.db import each_alone, refused_for_content
 from ..store.tables import usage_ledger
 from .ledger import COLUMNS, Row
 
@@ -99,9 +99,9 @@ async def write_rows(engine: AsyncEngine, rows: Sequence[Row]) -> None:
     unreachable), the rows go one by one and each it still refuses is dropped, logged."""
     try:
         await insert_rows(engine, rows)
-    except UNREACHABLE:
-        raise
-    except DBAPIError:
+    except DBAPIError as exc:
+        if not refused_for_content(exc):
+            raise  # read only, a deadlock, unreachable: the rows wait, spooled
         await each_alone(rows, lambda one: insert_rows(engine, one), "ledger")
 
 

@@ -138,14 +138,13 @@ async def _ledger_days(engine: AsyncEngine, query: UsageQuery, since: float) -> 
     where += [
         getattr(c, n) == getattr(query, n) for n in ("org", "user", "feature", "model") if getattr(query, n)
     ]
-    nth = func.row_number().over(partition_by=c.request_id, order_by=(c.attempt, c.id))
+    per_model = "model" in query.group_by or query.model is not None
+    request = (c.request_id, c.model) if per_model else (c.request_id,)
+    nth = func.row_number().over(partition_by=request, order_by=(c.attempt, c.id))
     rows = select(usage_ledger, _day_number(engine).label("day"), nth.label("nth")).where(*where).subquery()
     r = rows.c
     served = r.attempt == 0
-    per_model = "model" in query.group_by or query.model is not None
-    requests = (
-        func.count(func.distinct(r.request_id)) if per_model else func.sum(case((r.nth == 1, 1), else_=0))
-    )
+    requests = func.sum(case((r.nth == 1, 1), else_=0))
     columns = [getattr(r, name) for name in query.group_by]
     statement = select(
         *columns,

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..calls import RequestContext
+from ..config_base import name_problem
 from ..config_money import check_org_name, limit_micro
 from ..errors import InvalidRequest
 from .budget_math import Period
@@ -22,6 +23,7 @@ from .budget_math import Period
 __all__ = ["KINDS", "Budget", "BudgetIndex", "new_budget", "parse_scope", "scope_of"]
 
 KINDS = ("user", "feature", "key")  # what a budget can narrow an org's spend to
+MAX_SCOPE = 160  # the budget tables' scope columns
 
 
 def scope_of(org: str, kind: str | None = None, name: str | None = None) -> str:
@@ -58,8 +60,15 @@ def new_budget(
     if narrow is not None and narrow[0] == "feature" and narrow[1] not in features:
         known = ", ".join(sorted(features))
         raise refuse("feature", f"must be a configured feature ({known}), not {narrow[1]!r}")
+    if narrow is not None and (problem := name_problem(narrow[1])) is not None:
+        raise refuse(narrow[0], problem)
     kind, name = narrow or (None, None)
-    return Budget(scope_of(org, kind, name), micro, period)  # type: ignore[arg-type]
+    scope = scope_of(org, kind, name)
+    if len(scope) > MAX_SCOPE:
+        raise refuse(
+            kind or "org", f"makes the budget's scope {len(scope)} characters long; it holds {MAX_SCOPE}"
+        )
+    return Budget(scope, micro, period)  # type: ignore[arg-type]
 
 
 _NARROWED = re.compile(r"^org:(.*?)/(user|feature|key):(.*)$", re.DOTALL)

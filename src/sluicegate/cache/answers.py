@@ -38,6 +38,8 @@ __all__ = [
 # Refusals that depend on who asked (their budget, token limit or emergency stop), which the
 # stages past the cache make: they are the leader's own, never its followers'.
 _CALLERS_OWN = (RateLimited, EmergencyStopped, BudgetUnavailable)
+# Headers that describe the leader's own buckets: a follower's answer does not carry them.
+_CALLERS_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens")
 CACHE_HEADER = "x-sluicegate-cache"
 # On an answer that waited for an identical request's upstream call rather than its own.
 COALESCED_HEADER = "x-sluicegate-coalesced"
@@ -74,9 +76,9 @@ class Flight:
         if not reached_upstream(error):
             self.settle(None)
         elif not self._settled:
-            self._settled, self._error = True, error
+            self._settled, self._error = True, error.without_headers(_CALLERS_HEADERS)
             if self._future is not None:
-                self._future.set_exception(error)
+                self._future.set_exception(self._error)
                 self._future.exception()  # retrieved, even if every follower has given up
             self._wake()
 

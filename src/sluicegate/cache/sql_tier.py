@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..background import cancel_and_wait
-from ..store.db import UNREACHABLE, each_alone
+from ..store.db import each_alone, refused_for_content
 from ..store.tables import cache_entries, cache_namespaces, cache_stats
 from .batching import Batcher
 from .entry import Entry, decode, encode
@@ -152,13 +152,13 @@ class SqlTier:
             for row in rows:
                 self._queue.setdefault(row["key"], row)
             raise
-        except UNREACHABLE as exc:  # the database is down: keep the rows for the next try
-            return self._put_back(rows, exc)
-        except DBAPIError:  # a row it refuses (too long, say): the others go one by one
-            try:
-                await each_alone(rows, self._upsert, "cache")
-            except UNREACHABLE as exc:
+        except DBAPIError as exc:
+            if not refused_for_content(exc):  # down, read only, a deadlock: the rows wait
                 return self._put_back(rows, exc)
+            try:  # a row it refuses (too long, say): the others go one by one
+                await each_alone(rows, self._upsert, "cache")
+            except Exception as again:
+                return self._put_back(rows, again)
             self.pending_failures = 0
         except Exception as exc:  # anything else: keep the rows for the next try
             return self._put_back(rows, exc)

@@ -50,10 +50,13 @@ class Degrade:
             answer = self._answers.get(call.context.feature)
             if answer is not None and call.kind == "chat":
                 return static_answer(call, answer, exc)
-            retry_after = exc.headers.get("retry-after", self._retry_after)
+            # What the stages within added (the token limits' headers) stays; Retry-After is the
+            # failure's, or the configured one.
+            headers = {k: v for k, v in exc.headers.items() if k != "retry-after-ms"}
+            headers["retry-after"] = exc.headers.get("retry-after", self._retry_after)
             raise AllUpstreamsFailed(
                 f"no upstream could answer for the model {call.route.name!r} ({cause}): {exc.message}",
-                headers={"retry-after": retry_after},
+                headers=headers,
             ) from exc
 
 

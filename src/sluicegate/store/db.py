@@ -16,33 +16,49 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-__all__ = ["SQLITE_PRAGMAS", "UNREACHABLE", "create_engine", "each_alone", "migrate", "ping", "with_migrated"]
+__all__ = [
+    "SQLITE_PRAGMAS",
+    "create_engine",
+    "each_alone",
+    "migrate",
+    "ping",
+    "refused_for_content",
+    "with_migrated",
+]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 T = TypeVar("T")
 
 
-# The database cannot be reached (or is busy): what it was sent waits for the next try.
-# Any other error it raises is about what it was sent.
-UNREACHABLE: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, OSError, TimeoutError)
+def refused_for_content(error: BaseException) -> bool:
+    """Whether the database refused a statement for the values it holds (a string too long, a
+    NUL byte, a number out of range: SQLSTATE classes 22 and 23), not for its own state (read
+    only, a deadlock, a timeout, too many connections), which passes."""
+    if isinstance(error, DataError | IntegrityError):
+        return True
+    state = getattr(getattr(error, "orig", None), "sqlstate", None)
+    return isinstance(state, str) and state[:2] in ("22", "23")
+
+
 logger = logging.getLogger("sluicegate.store")
 R = TypeVar("R")
 
 
 async def each_alone(rows: Sequence[R], write: Callable[[Sequence[R]], Awaitable[None]], what: str) -> int:
-    """After the database refused a batch for what it holds, ``write`` its rows one by one,
-    dropping (with an error in the log) each one it refuses still: one bad row must not hold
-    back every other for ever. How many were dropped; raises when the database is unreachable."""
+    """After the database refused a batch for what it holds (`refused_for_content`), ``write`` its
+    rows one by one, dropping (with an error in the log) each one it refuses for that still: one
+    bad row must not hold back every other for ever. How many were dropped; any other error is
+    raised, and the rows wait for the next try."""
     dropped = 0
     for row in rows:
         try:
             await write([row])
-        except UNREACHABLE:
-            raise
         except DBAPIError as exc:
+            if not refused_for_content(exc):
+                raise
             dropped += 1
             reason = (
                 str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else "refused"

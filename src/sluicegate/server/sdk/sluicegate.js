@@ -175,7 +175,8 @@ export function createClient({
     const bearer = getToken ? await getToken() : token;
     // The body's `cache` object (as the gateway reads it) never changes the answer, only
     // whether a kept one may serve: `no_cache` asks for a fresh one, `max_age` for a young one.
-    const { cache: wanted = {}, ...asked } = body ?? {};
+    const { cache, ...asked } = body ?? {};
+    const wanted = cache && typeof cache === 'object' ? cache : {};
     const key = await cacheKey(base, kind, asked, feature, bearer);
     const found = key ? await lookup(key) : null;
     if (found && found.entry.freshUntil > now() && acceptable(found.entry, wanted)) {
