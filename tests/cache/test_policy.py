@@ -20,10 +20,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sluicegate.cache.entry import Entry
 from sluicegate.cache.policy import (
     answer_is_storable,
     parse_body_cache,
     parse_cache_control,
+    refresh_ahead,
     request_is_cacheable,
     ttl_for,
 )
@@ -298,3 +300,14 @@ def test_body_cache_limits_are_inclusive() -> None:
     parsed = parse_body_cache({"tags": tags, "ttl": 0, "max_age": 0}, CacheControl())
     assert parsed.tags == tuple(tags)
     assert (parsed.ttl, parsed.max_age) == (0, 0)
+
+
+def test_refresh_ahead_is_due_for_a_popular_entry_near_its_end() -> None:
+    """Popular enough, and within the window or a quarter of its lifetime of expiring (pure)."""
+    entry = Entry("chat", b"{}", 1000.0, 1000.0 + 3600, '"e"', "chat", "acme", None, "m", hits=5)
+    policy = FeatureCache(refresh_ahead_hits=5)
+    assert not refresh_ahead(entry, policy, 60, 1000.0 + 3000)  # 600 s left
+    assert refresh_ahead(entry, policy, 60, 1000.0 + 3560)  # 40 s left
+    assert not refresh_ahead(entry, FeatureCache(refresh_ahead_hits=6), 60, 1000.0 + 3560)
+    short = Entry("chat", b"{}", 1000.0, 1060.0, '"e"', "chat", "acme", None, "m", hits=5)
+    assert not refresh_ahead(short, policy, 60, 1010.0) and refresh_ahead(short, policy, 60, 1046.0)

@@ -26,6 +26,7 @@ __all__ = [
     "answering",
     "parse_body_cache",
     "parse_cache_control",
+    "refresh_ahead",
     "request_is_cacheable",
     "ttl_for",
 ]
@@ -63,6 +64,18 @@ def answering(
     if control.max_age is None and now < entry.expires_at + policy.stale_while_revalidate_s:
         return "stale"
     return None
+
+
+def refresh_ahead(entry: Entry, policy: FeatureCache, window_s: float, now: float) -> bool:
+    """Whether a hit on ``entry`` at ``now`` refreshes it before it expires: popular enough
+    (``refresh_ahead_hits``) and within ``window_s`` of its expiry, or a quarter of its lifetime
+    if that is shorter (an entry stored for 60 s is not refetched on every hit)."""
+    threshold = policy.refresh_ahead_hits
+    return (
+        threshold is not None
+        and entry.hits >= threshold
+        and entry.expires_at - now < min(window_s, entry.ttl_s / 4)
+    )
 
 
 def request_is_cacheable(policy: FeatureCache, kind: CallKind, body: dict[str, Any]) -> bool:

@@ -36,7 +36,7 @@ from .answers import (
 from .entry import Entry
 from .keys import CacheKey
 from .layered import LOCK_HELD, LOCK_NONE, LOCK_TAKEN, LayeredCache, Plan
-from .policy import answering, request_is_cacheable
+from .policy import answering, refresh_ahead, request_is_cacheable
 from .refresh import Refresher
 from .streams import StreamFlight
 
@@ -135,8 +135,6 @@ class ServeFromCache:
             return reply_from(call, entry, "stale", policy, now, control.no_store)
         return None
 
-    # Serving entries
-
     def _hit(
         self,
         call: Call,
@@ -161,12 +159,7 @@ class ServeFromCache:
         stats.served(key.key, feature, _HIT_METRICS[tier], tokens)
         if self._ledger is not None:
             self._ledger.served(call, usage, label)
-        threshold = policy.refresh_ahead_hits
-        if (
-            threshold is not None
-            and entry.hits >= threshold
-            and entry.expires_at - now < min(self._cache.config.refresh_ahead_s, entry.ttl_s / 4)
-        ):
+        if refresh_ahead(entry, policy, self._cache.config.refresh_ahead_s, now):
             self._refresher.start(call, key, policy, entry.hits)
         return reply_from(call, entry, label, policy, now, control.no_store)
 
@@ -186,8 +179,6 @@ class ServeFromCache:
             raise
         self._cache.stats.went_upstream(call.context.feature, miss)
         return reply
-
-    # Misses
 
     async def _lead(
         self,
@@ -365,6 +356,7 @@ class ServeFromCache:
         control: CacheControl,
         error: SluicegateError,
     ) -> Reply:
+        """The stale entry within the feature's ``stale_if_error_s``, or ``error`` raised."""
         now = self._cache.clock()
         if stale is not None and policy.stale_if_error_s and now < stale.expires_at + policy.stale_if_error_s:
             self._cache.stats.count(call.context.feature, "stale")
