@@ -500,3 +500,51 @@ async def test_a_leaders_own_budget_refusal_is_not_handed_to_its_followers(tmp_p
         assert isinstance(outcomes[0], BudgetExceeded) and "'ann'" in outcomes[0].message
         assert isinstance(outcomes[1], Reply) and outcomes[1].headers["x-sluicegate-cache"] == "miss"
         assert chat_calls(gateway) == 1
+
+
+def clamping_settings(tmp_path: Path, **mock: Any) -> Any:
+    """Ann's own budget clamps her max_tokens; Bob has none. `insights` is org-scoped."""
+    budgets = [{"org": "acme", "limit_usd": "1"}, {"org": "acme", "user": "ann", "limit_usd": "0.00002"}]
+    return mock_settings(
+        data_dir=tmp_path / "data",
+        features=features(),
+        budgets={"orgs": budgets, "throttle_at": 1.0},
+        providers={"upstream": {"kind": "mock", "mock": {"answer_words": 60, **mock}}},
+    )
+
+
+async def test_a_streamed_answer_clamped_for_its_leader_is_not_handed_to_another(tmp_path: Path) -> None:
+    ann, bob = RequestContext("acme", "ann", "insights"), RequestContext("acme", "bob", "insights")
+    async with create_gateway(clamping_settings(tmp_path, chunk_interval_ms=10)) as gateway:
+        replies = await asyncio.gather(send(gateway, ann, stream=True), send(gateway, bob, stream=True))
+        ann_text, bob_text = await asyncio.gather(*(read(r) for r in replies))
+        assert "x-sluicegate-coalesced" not in replies[1].headers
+        assert b'"finish_reason":"length"' in ann_text and b'"finish_reason":"stop"' in bob_text
+
+
+async def test_a_stream_that_goes_alone_gets_no_usage_it_did_not_ask_for(tmp_path: Path) -> None:
+    """Bob's stream waited for Ann's plain call, whose clamped answer was hers alone."""
+    ann, bob = RequestContext("acme", "ann", "insights"), RequestContext("acme", "bob", "insights")
+    async with create_gateway(clamping_settings(tmp_path, latency=100)) as gateway:
+        replies = await asyncio.gather(send(gateway, ann), send(gateway, bob, stream=True))
+        streamed = await read(replies[1])
+        assert streamed.endswith(b"data: [DONE]\n\n") and b'"usage":{' not in streamed
+
+
+async def test_a_stream_whose_leader_left_before_its_first_byte_goes_on_for_the_follower(
+    tmp_path: Path,
+) -> None:
+    settings = mock_settings(
+        data_dir=tmp_path / "data",
+        features=features(),
+        providers={"upstream": {"kind": "mock", "mock": {"ttft_ms": 200, "chunk_interval_ms": 5}}},
+    )
+    async with create_gateway(settings) as gateway:
+        leader = asyncio.ensure_future(send(gateway, stream=True))
+        await asyncio.sleep(0.05)
+        follower = asyncio.ensure_future(send(gateway, stream=True))
+        first = await leader
+        assert first.stream is not None
+        await first.stream.aclose()  # its client left before reading anything
+        streamed = await read(await follower)
+        assert streamed.endswith(b"data: [DONE]\n\n") and chat_calls(gateway) == 1

@@ -5,6 +5,7 @@ the in-process flights that identical calls share.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ from ..errors import BudgetUnavailable, EmergencyStopped, RateLimited, Sluicegat
 from .entry import Entry
 from .forms import assemble, content_events
 from .policy import answer_is_storable, ttl_for
-from .streams import ReplayStream, StreamFlight
+from .streams import FlightReader, ReplayStream, StreamFlight
 
 __all__ = [
     "CACHE_HEADER",
@@ -51,7 +52,7 @@ class Flight:
     Its future is made only when a follower waits: most flights have none.
     """
 
-    __slots__ = ("_error", "_future", "_settled", "_started", "_value", "stream", "tier")
+    __slots__ = ("_error", "_future", "_settled", "_started", "_value", "joining", "stream", "tier")
 
     def __init__(self) -> None:
         self._future: asyncio.Future[Entry | None] | None = None
@@ -61,6 +62,7 @@ class Flight:
         self._error: SluicegateError | None = None
         self.stream: StreamFlight | None = None
         self.tier = ""  # the tier the answer came from; empty when it came from the upstream
+        self.joining = 0  # streamed followers waiting for the leader's stream to begin
 
     def settle(self, entry: Entry | None, tier: str = "") -> None:
         """Hand the answer (None: followers go upstream themselves) to the followers."""
@@ -83,9 +85,33 @@ class Flight:
             self._wake()
 
     def start(self, live: StreamFlight) -> None:
-        """The leader's stream has begun: streamed followers may read it from its start."""
+        """The leader's stream has begun: streamed followers may read it from its start (while
+        some are still to join, its readers leaving does not cancel it)."""
         self.stream = live
+        live.coming = lambda: self.joining
         self._wake()
+
+    async def join(self, wants_usage: bool, wait_s: float) -> FlightReader | None:
+        """For a streamed follower: a reader of the leader's stream from its start, waiting up
+        to ``wait_s`` for it to begin; None when there is none to join (a plain leader, a stream
+        already over, or none begun in time)."""
+        if self.stream is None:
+            self.joining += 1  # a reader to come: the stream is not cancelled if the leader leaves
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await self.started()
+                return self.join_now(wants_usage)
+            finally:
+                self.joining -= 1
+        return self.join_now(wants_usage)
+
+    def join_now(self, wants_usage: bool) -> FlightReader | None:
+        """A reader of the leader's stream, if it is running."""
+        live = self.stream
+        if live is None or live.finished:
+            return None
+        return live.reader(leader=False, wants_usage=wants_usage)
 
     async def started(self) -> None:
         """Until the leader's stream begins, or the flight is settled (then `wait`)."""

@@ -11,7 +11,6 @@ and hand it to the followers. When the upstream fails, a stale entry within the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 from ..accounting.ledger import Ledger
@@ -232,7 +231,10 @@ class ServeFromCache:
                 if reply.stream is not None:
                     done = self._stream_done(call, key, plan, control, flight, lock_state, token, hits)
                     live = StreamFlight(reply.stream, done)
-                    flight.start(live)
+                    if call.own_answer:  # its budget's model or max_tokens: the others go alone
+                        flight.settle(None)
+                    else:
+                        flight.start(live)
                     handed_over = True
                     reply.stream = live.reader(leader=True, wants_usage=usage_wanted)
                     labelled(reply.headers, "miss", control.no_store)
@@ -304,14 +306,10 @@ class ServeFromCache:
     ) -> Reply:
         cache = self._cache
         feature = call.context.feature
-        if call.stream and flight.stream is None:  # its leader has not had a first byte yet
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(cache.config.wait_s):
-                    await flight.started()
-        if call.stream and flight.stream is not None and not flight.stream.finished:
-            live = flight.stream
+        reader = await flight.join(wants_usage(call), cache.config.wait_s) if call.stream else None
+        live = flight.stream
+        if reader is not None and live is not None:
             cache.stats.count(feature, "coalesced")
-            reader = live.reader(leader=False, wants_usage=wants_usage(call))
             ledger = self._ledger
             if ledger is not None:  # what it saved: the leader's usage, if it read the whole stream
                 reader.on_close(
@@ -339,7 +337,8 @@ class ServeFromCache:
                 self._ledger.served(call, entry.usage, "coalesced")
             return reply
         # The leader could not answer for us: go alone.
-        reply = await self._upstream(going_upstream(call), miss=True)
+        call.outcome = "miss"  # its usage chunk, if it did not ask for one, is stripped upstream
+        reply = await self._upstream(call, miss=True)
         if reply.stream is None:
             entry = self._entries.from_body(
                 call, policy, control, reply.body, reply.usage, payload=reply.payload

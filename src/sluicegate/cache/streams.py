@@ -82,6 +82,7 @@ class StreamFlight:
         self.error: SluicegateError | None = None
         self._changed = asyncio.Event()
         self._readers = 0
+        self.coming: Callable[[], int] = lambda: 0  # readers still to join (see `Flight.start`)
         self._task = asyncio.get_running_loop().create_task(self._pump())
 
     @property
@@ -117,7 +118,7 @@ class StreamFlight:
     def left(self, saw_done: bool) -> None:
         """A reader stopped; cancel the upstream when it was the last and left before ``[DONE]``."""
         self._readers -= 1
-        if self._readers <= 0 and not self.finished and not saw_done:
+        if self._readers <= 0 and not self.finished and not saw_done and not self.coming():
             self._task.cancel()
 
     async def wait(self) -> None:
