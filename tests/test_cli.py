@@ -341,3 +341,13 @@ def test_a_bad_org_name_for_a_key_is_one_line(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert result.output.startswith("error:") and "Traceback" not in result.output
+
+
+def test_an_error_with_brackets_is_printed_as_it_is_on_one_line(tmp_path: Path) -> None:
+    """Rich markup in a message (a YAML excerpt, a bad URL) is not read as markup, and a long
+    message is not wrapped when stderr is not a terminal."""
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text("providers:\n  o: {kind: openai, base_url: '[/x]'}\n")
+    result = runner.invoke(app, ["keys", "list", "--config", str(config)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "'[/x]'" in result.output

@@ -443,3 +443,28 @@ def test_two_limits_of_one_name_are_refused() -> None:
     text = "limits:\n  requests:\n" + limit % 5 + limit % 3
     message = config_error(text)
     assert "limits.requests: two limits for user-10" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("auth:\n  dev_org: ''\n", "auth.dev_org"),
+        ("auth:\n  dev_org: a/b\n", "auth.dev_org"),
+        ("features:\n  café: {}\n", "ASCII"),
+        ('budgets:\n  orgs:\n    - {org: acme, user: "a\\0b", limit_usd: 1}\n', "budgets.orgs.0.user"),
+        ("providers:\n  o: {kind: openai, base_url: 'http://'}\n", "must name a host"),
+        ("providers:\n  o: {kind: openai, base_url: 'http://h/v1?x=1'}\n", "no query"),
+        ("providers:\n  o: {kind: openai, base_url: 'http://h/v1', headers: {X-Bad: \"a\\nb\"}}\n", "X-Bad"),
+        ("providers:\n  o: {kind: openai, base_url: 'http://h/v1', headers: {bad name: x}}\n", "header name"),
+        ("data_dir: 5\n", "data_dir"),
+    ],
+)
+def test_values_the_gateway_could_not_use_are_refused_when_the_settings_load(text: str, said: str) -> None:
+    assert said in config_error(text)
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes('auth:\n  dev_org: "café"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(path)

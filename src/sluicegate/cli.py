@@ -18,7 +18,7 @@ from . import cli_cache, cli_keys, cli_usage
 from ._version import __version__
 from .accounting.pricing import PriceBook
 from .auth import KeyStore, load_pepper
-from .cli_console import console, out, run_or_exit
+from .cli_console import console, out, print_error, run_or_exit
 from .cli_serve import migrate_first, refuse_open_network, serve_granian, serve_uvicorn
 from .config import CONFIG_ENV, MockBehaviour, Settings, load_settings
 from .errors import SluicegateError
@@ -70,7 +70,7 @@ def _settings(config: Path | None, **server: Any) -> Settings:
     try:
         return load_settings()
     except SluicegateError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        print_error(f"{exc.message}")
         raise typer.Exit(2) from None
 
 
@@ -103,7 +103,7 @@ def serve(
         for name, provider in settings.providers.items():
             api_key(name, provider)
     except SluicegateError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        print_error(f"{exc.message}")
         raise typer.Exit(2) from None
     migrate_first(settings, console)
     if settings.auth.require_keys:
@@ -227,7 +227,7 @@ def keys_rotate(
     try:
         seconds = cli_keys.parse_grace(grace)
     except SluicegateError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        print_error(f"{exc.message}")
         raise typer.Exit(1) from None
     key, new, old = run_or_exit(_with_keys(settings, lambda store: store.rotate(key_id, seconds)))
     out.print(key, soft_wrap=True)
@@ -339,7 +339,7 @@ def budgets_set(
     within controls.poll_interval_s."""
     narrowed = [(kind, name) for kind, name in (("user", user), ("feature", feature), ("key", key)) if name]
     if len(narrowed) > 1:
-        console.print("[red]error:[/red] give at most one of --user, --feature and --key")
+        print_error("give at most one of --user, --feature and --key")
         raise typer.Exit(2)
     status = cli_usage.budgets_command(
         _settings(config), org, limit_usd, period, narrowed[0] if narrowed else None

@@ -18,7 +18,7 @@ from rich.table import Table
 from .cache import admin
 from .cache.layered import LayeredCache
 from .cache.warming import parse_lines, warm
-from .cli_console import console, out, run_or_exit
+from .cli_console import console, out, print_error, run_or_exit
 from .config import Settings
 from .errors import SluicegateError
 from .gateway import Gateway, create_gateway
@@ -31,7 +31,7 @@ cache_app = typer.Typer(help="Inspect and invalidate the response cache.", no_ar
 
 def _with_cache(settings: Settings, action: Callable[[Gateway, LayeredCache], Awaitable[T]]) -> T:
     if not settings.cache.enabled:
-        console.print("[red]error:[/red] the cache is disabled (cache.enabled: false)")
+        print_error("the cache is disabled (cache.enabled: false)")
         raise typer.Exit(2)
 
     async def run() -> T:
@@ -80,9 +80,7 @@ def invalidate_command(settings: Settings, match: dict[str, str | None]) -> None
     """Delete matching entries in every tier and every process."""
     chosen = {k: v for k, v in match.items() if v}
     if not chosen:
-        console.print(
-            "[red]error:[/red] name what to delete: --key, --tag, --feature, --org, --user or --model"
-        )
+        print_error("name what to delete: --key, --tag, --feature, --org, --user or --model")
         raise typer.Exit(2)
     result = _with_cache(settings, lambda _, cache: admin.invalidate(cache, **chosen))
     _print_json(result)
@@ -92,7 +90,7 @@ def bump_command(settings: Settings, feature: str) -> None:
     """Bump a feature's namespace version."""
     if feature not in settings.feature_names:
         known = ", ".join(sorted(settings.feature_names))
-        console.print(f"[red]error:[/red] unknown feature {feature!r}; known: {known}")
+        print_error(f"unknown feature {feature!r}; known: {known}")
         raise typer.Exit(2)
     _print_json(_with_cache(settings, lambda _, cache: admin.bump(cache, feature)))
 
@@ -104,10 +102,10 @@ def warm_command(
     try:
         items = parse_lines(file.read_bytes().splitlines(), settings.auth.dev_org)
     except OSError as exc:
-        console.print(f"[red]error:[/red] cannot read {file}: {exc.strerror or exc}")
+        print_error(f"cannot read {file}: {exc.strerror or exc}")
         raise typer.Exit(2) from None
     except SluicegateError as exc:
-        console.print(f"[red]error:[/red] {file}: {exc.message}")
+        print_error(f"{file}: {exc.message}")
         raise typer.Exit(2) from None
     columns = (TextColumn("warming"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:

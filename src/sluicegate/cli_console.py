@@ -10,16 +10,23 @@ from typing import TypeVar
 import typer
 import uvloop
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import SluicegateError
 
-__all__ = ["console", "database_error", "out", "run_or_exit"]
+__all__ = ["console", "database_error", "out", "print_error", "run_or_exit"]
 
 console = Console(stderr=True)
 # Piped or redirected, rich would wrap tables at 80 columns and cut the amounts short.
 out = Console(width=None if sys.stdout.isatty() else 200)
 T = TypeVar("T")
+
+
+def print_error(message: str) -> None:
+    """``error: message`` on stderr, on one line however wide the terminal (or none), and with
+    the message's brackets printed as they are, not read as markup."""
+    console.print("[red]error:[/red] " + escape(message), soft_wrap=True)
 
 
 def database_error(error: BaseException) -> str:
@@ -39,8 +46,8 @@ def run_or_exit(work: Awaitable[T]) -> T:
     try:
         return uvloop.run(run())
     except SluicegateError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        print_error(exc.message)
         raise typer.Exit(1) from None
     except (SQLAlchemyError, OSError) as exc:
-        console.print(f"[red]error:[/red] {database_error(exc)}")
+        print_error(database_error(exc))
         raise typer.Exit(1) from None

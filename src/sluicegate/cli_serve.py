@@ -12,7 +12,7 @@ from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .cli_console import database_error
+from .cli_console import database_error, print_error
 from .config import Settings
 from .server.protocol import CoalescingHttpToolsProtocol
 from .store.db import with_migrated
@@ -30,7 +30,7 @@ def migrate_first(settings: Settings, console: Console) -> None:
     try:
         uvloop.run(with_migrated(settings.database.url, _nothing))
     except (SQLAlchemyError, OSError) as exc:
-        console.print(f"[red]error:[/red] {database_error(exc)}")
+        print_error(f"{database_error(exc)}")
         raise typer.Exit(2) from None
 
 
@@ -44,8 +44,8 @@ def refuse_open_network(settings: Settings, console: Console) -> None:
     host = settings.server.host
     if settings.auth.require_keys or settings.auth.allow_unauthenticated_network or _is_loopback(host):
         return
-    console.print(
-        f"[red]error:[/red] refusing to serve on {host} without keys: anyone who can reach it "
+    print_error(
+        f"refusing to serve on {host} without keys: anyone who can reach it "
         "could spend your providers' money and use the admin routes. Set auth.require_keys: true "
         "(and SLUICEGATE_ADMIN_KEY), bind 127.0.0.1, or set auth.allow_unauthenticated_network: "
         "true if the network is yours alone"
@@ -89,7 +89,7 @@ def serve_granian(settings: Settings, console: Console) -> None:
         from granian.constants import Interfaces, Loops
         from granian.log import LogLevels
     except ImportError:
-        console.print("[red]error:[/red] granian is not installed: pip install 'sluicegate[granian]'")
+        print_error("granian is not installed: pip install 'sluicegate[granian]'")
         raise typer.Exit(2) from None
     cfg = settings.server
     Granian(

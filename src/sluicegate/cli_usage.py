@@ -24,7 +24,7 @@ from .admission import stop as controls
 from .admission.budget_math import PERIOD_ADJECTIVES
 from .admission.budget_scopes import new_budget
 from .admission.budgets import BudgetStore
-from .cli_console import console, database_error, out
+from .cli_console import console, database_error, out, print_error
 from .config import Settings
 from .config_money import usd
 from .errors import SluicegateError
@@ -40,10 +40,10 @@ def usage_command(settings: Settings, params: dict[str, str], as_json: bool) -> 
         query = UsageQuery.parse(params, time.time(), None)
         body = uvloop.run(with_migrated(settings.database.url, lambda engine: report(engine, query)))
     except SluicegateError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        print_error(f"{exc.message}")
         return 2
     except (SQLAlchemyError, OSError) as exc:
-        console.print(f"[red]error:[/red] {database_error(exc)}")
+        print_error(f"{database_error(exc)}")
         return 1
     if as_json:
         out.print_json(orjson.dumps(body).decode())
@@ -74,7 +74,7 @@ def compact_command(settings: Settings) -> int:
             with_migrated(settings.database.url, lambda engine: compact(engine, cfg, time.time()))
         )
     except (SQLAlchemyError, OSError) as exc:
-        console.print(f"[red]error:[/red] {database_error(exc)}")
+        print_error(f"{database_error(exc)}")
         return 1
     days = [time.strftime("%Y-%m-%d", time.gmtime(day * DAY_S)) for day in done.rolled_up]
     console.print(f"rolled up {len(days)} day(s){': ' + ', '.join(days) if days else ''}")
@@ -105,10 +105,10 @@ def stop_command(settings: Settings, action: str, org: str | None, reason: str |
     try:
         result = uvloop.run(with_migrated(settings.database.url, run))
     except SluicegateError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        print_error(f"{exc.message}")
         return 2
     except (SQLAlchemyError, OSError) as exc:
-        console.print(f"[red]error:[/red] {database_error(exc)}")
+        print_error(f"{database_error(exc)}")
         return 1
     interval = settings.controls.poll_interval_s
     if action == "stop":
@@ -155,29 +155,27 @@ def budgets_command(
                 await redis.aclose(close_connection_pool=True)
 
     if (org is None) != (limit_usd is None):
-        console.print(
-            "[red]error:[/red] give both --org and --limit-usd to set a budget (neither to list them)"
-        )
+        print_error("give both --org and --limit-usd to set a budget (neither to list them)")
         return 2
     budget = None
     if org is not None and limit_usd is not None:
         try:
             amount = Decimal(limit_usd)
         except InvalidOperation:
-            console.print(f"[red]error:[/red] --limit-usd must be a number of US dollars, not {limit_usd!r}")
+            print_error(f"--limit-usd must be a number of US dollars, not {limit_usd!r}")
             return 2
         try:
             budget = new_budget(org, amount, period, narrow, settings.feature_names, _option)
         except SluicegateError as exc:
-            console.print(f"[red]error:[/red] {exc.message}")
+            print_error(f"{exc.message}")
             return 2
     try:
         periods = uvloop.run(with_migrated(settings.database.url, run))
     except SluicegateError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        print_error(f"{exc.message}")
         return 2
     except (SQLAlchemyError, OSError) as exc:
-        console.print(f"[red]error:[/red] {database_error(exc)}")
+        print_error(f"{database_error(exc)}")
         return 1
     if org is not None:
         whom = org if narrow is None else f"the {narrow[0]} {narrow[1]} of {org}"

@@ -261,7 +261,10 @@ class Settings(BaseSettings):
             return data
         database = data.get("database")
         if database is None or (isinstance(database, dict) and database.get("url") is None):
-            folder = Path(data.get("data_dir") or ".sluicegate")
+            folder = data.get("data_dir") or ".sluicegate"
+            if not isinstance(folder, str | Path):
+                return data  # the field's own check names it
+            folder = Path(folder)
             url = f"sqlite+aiosqlite:///{folder / 'sluicegate.db'}"
             data = {**data, "database": {**(database or {}), "url": url}}
         return data
@@ -270,8 +273,10 @@ class Settings(BaseSettings):
     @classmethod
     def _check_feature_names(cls, value: dict[str, FeatureConfig]) -> dict[str, FeatureConfig]:
         for name in value:
-            if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
-                raise ValueError(f"feature name {name!r} must be 1-64 letters, digits, - or _")
+            # ASCII: a feature is named in an HTTP header (Latin-1) and in the RateLimit headers.
+            plain = name.replace("-", "").replace("_", "")
+            if not name or len(name) > 64 or not (plain.isascii() and plain.isalnum()):
+                raise ValueError(f"feature name {name!r} must be 1-64 ASCII letters, digits, - or _")
             if name == "all":
                 raise ValueError("feature name 'all' is reserved: cache statistics use it for the totals")
         return value
@@ -363,6 +368,10 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"config file {chosen} does not exist") from None
         except OSError as exc:
             raise ConfigError(f"config file {chosen} cannot be read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {chosen} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {chosen} is not valid YAML: {exc}") from None
         if raw is None:

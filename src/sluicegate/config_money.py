@@ -229,6 +229,14 @@ class OrgBudget(Frozen):
     def _an_org_name(cls, value: str) -> str:
         return check_org_name(value)
 
+    @field_validator("user", "key")
+    @classmethod
+    def _a_name(cls, value: str | None) -> str | None:
+        problem = name_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _one_narrowing(self) -> OrgBudget:
         if sum(value is not None for value in (self.user, self.feature, self.key)) > 1:

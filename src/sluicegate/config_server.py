@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .config_base import Frozen
+from .config_base import Frozen, name_problem
 
 __all__ = ["AuthConfig", "DatabaseConfig", "RedisConfig", "ServerConfig"]
 
@@ -86,7 +86,7 @@ class AuthConfig(Frozen):
     """Virtual keys and the admin key."""
 
     require_keys: bool = Field(False, description="off: every request is the local dev org")
-    dev_org: str = "local"
+    dev_org: str = Field("local", description="the org of every request when keys are not required")
     pepper_env: str = "SLUICEGATE_KEY_PEPPER"
     admin_key_env: str = "SLUICEGATE_ADMIN_KEY"
     key_cache_seconds: float = Field(30.0, ge=0)
@@ -94,3 +94,11 @@ class AuthConfig(Frozen):
         False,
         description="serve without keys (admin routes open) on a non-loopback address; off: serve refuses",
     )
+
+    @field_validator("dev_org")
+    @classmethod
+    def _an_org_name(cls, value: str) -> str:
+        problem = name_problem(value)
+        if problem is not None or "/" in value:
+            raise ValueError(f"the dev org's name {problem or 'cannot contain /'}")
+        return value

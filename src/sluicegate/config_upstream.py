@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .config_base import Frozen
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header's name (RFC 9110, 5.6.2)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # a header's value may hold tabs, no other
 
 __all__ = ["Latency", "MockBehaviour", "ProviderConfig", "Timeouts"]
 
@@ -87,4 +92,17 @@ class ProviderConfig(Frozen):
                 raise ValueError("an openai provider needs base_url, e.g. https://api.openai.com/v1")
             if not value.startswith(("http://", "https://")):
                 raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
+            parts = urlsplit(value)
+            if not parts.hostname or parts.query or parts.fragment:
+                raise ValueError(f"base_url must name a host, with no query or fragment, got {value!r}")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if _TOKEN.fullmatch(name) is None:
+                raise ValueError(f"{name!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~)")
+            if _CONTROL.search(text) is not None:
+                raise ValueError(f"the value of {name} has a control character (a line break, say)")
         return value

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
+from sluicegate import RequestContext, create_gateway
 from sluicegate.cache.entry import Entry, encode
 from sluicegate.cache.layered import LOCK_HELD, LOCK_NONE, LOCK_TAKEN
 from sluicegate.cache.redis_tier import TAG_PREFIX, RedisTier
 from sluicegate.store.redis import create_redis
+from sluicegate.testing import mock_settings
 
 pytestmark = [pytest.mark.redis, pytest.mark.filterwarnings("default:SKIPPING:pytest.PytestWarning")]
 
@@ -61,7 +64,7 @@ async def test_lookup_lock_outcomes(tier: RedisTier, org: str) -> None:
     stored = entry()
     await tier.set(k, stored, 60)
     found, state = await tier.lookup(k, k + ":lock", "token-c", LEASE_MS)
-    assert (found, state) == (stored, 0)
+    assert (found, state) == (stored, LOCK_NONE)  # found: no lock taken, none reported held
     assert await tier.get(k) == stored
 
 
@@ -250,3 +253,20 @@ async def test_concurrent_calls_get_their_own_answers(tier: RedisTier, org: str)
             assert found is not None and found.body == k.encode()
         else:
             assert (found, state) == (None, LOCK_TAKEN)
+
+
+async def test_an_expired_entry_in_redis_is_fetched_again_not_served(redis_url: str, tmp_path: Path) -> None:
+    """Kept in Redis past its TTL for stale-if-error, an entry must not answer as a fresh hit:
+    the next request goes upstream."""
+
+    features = {
+        "f": {"cache": {"ttl_s": 1, "cost_aware": False, "stale_if_error_s": 600, "tiers": ["redis"]}}
+    }
+    settings = mock_settings(data_dir=tmp_path, redis={"url": redis_url}, features=features)
+    context = RequestContext("acme", None, "f")
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "expire me"}]}
+    async with create_gateway(settings) as gateway:
+        first = await gateway.send(gateway.new_call("chat", dict(body), context))
+        await asyncio.sleep(1.2)
+        second = await gateway.send(gateway.new_call("chat", dict(body), context))
+    assert (first.headers["x-sluicegate-cache"], second.headers["x-sluicegate-cache"]) == ("miss", "miss")

@@ -74,14 +74,15 @@ class RedisTier:
         self._store = LuaScript(redis, STORE, timeout_s)
 
     async def lookup(self, key: str, lock: str | None, token: str, lease_ms: int) -> tuple[Entry | None, int]:
-        """The entry under ``key``, or the lock outcome: (entry, 0), (None, 1 taken / 0 held / 2 none)."""
+        """The entry under ``key`` (and no lock: 2), or the lock outcome: (None, 1 taken / 0 held
+        by another / 2 none asked)."""
         keys = (key, lock or key + ":lock", key + _HITS)
         value, extra = await self._lookup(keys, (token, lease_ms, "1" if lock else "0"))
         if value:
             entry = decode(value)
             if entry is not None:
                 entry.hits = max(entry.hits, int(extra))
-                return entry, 0
+                return entry, 2
             return None, 2
         return None, int(extra)
 

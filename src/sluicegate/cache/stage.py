@@ -210,7 +210,7 @@ class ServeFromCache:
                 # only once the leader's whole stream had been stored.
                 if lock_state == LOCK_HELD and not call.stream:
                     entry = await cache.wait_for(key, policy)
-                    if entry is not None:
+                    if entry is not None and answering(entry, policy, control, cache.clock()) is not None:
                         flight.settle(entry, "redis")
                         cache.stats.count(call.context.feature, "coalesced")
                         if self._ledger is not None:
