@@ -96,14 +96,7 @@ class UsageQuery:
         )
 
 
-_TOKENS_AND_MONEY = (
-    "prompt_tokens",
-    "cached_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "cost_micro",
-    "saved_micro",
-)
+_TOKENS_AND_MONEY = METRICS[3:]  # summed as they are (the first three are counted)
 
 
 def _day_number(engine: AsyncEngine) -> Any:
