@@ -315,9 +315,7 @@ def test_serve_allows_an_open_network_address_when_told(
     config = tmp_path / "sluicegate.yaml"
     config.write_text(f"data_dir: {tmp_path}\nauth: {{allow_unauthenticated_network: true}}\n")
     served: list[str] = []
-    monkeypatch.setattr(
-        cli_serve, "serve_uvicorn", lambda settings, console: served.append(settings.server.host)
-    )
+    monkeypatch.setattr(cli_serve, "serve_uvicorn", lambda settings: served.append(settings.server.host))
     monkeypatch.setattr("sluicegate.cli.serve_uvicorn", cli_serve.serve_uvicorn)
     result = runner.invoke(app, ["serve", "--config", str(config), "--host", "0.0.0.0", "--port", "9"])
     assert result.exit_code == 0, result.output

@@ -11,7 +11,6 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 import uvloop
-from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import cli_cache, cli_keys, cli_usage
@@ -70,7 +69,7 @@ def _settings(config: Path | None, **server: Any) -> Settings:
     try:
         return load_settings()
     except SluicegateError as exc:
-        print_error(f"{exc.message}")
+        print_error(exc.message)
         raise typer.Exit(2) from None
 
 
@@ -95,7 +94,7 @@ def serve(
 ) -> None:
     """Run the gateway."""
     settings = _settings(config, host=host, port=port, workers=workers, implementation=server)
-    refuse_open_network(settings, console)
+    refuse_open_network(settings)
     try:
         # A model with no price or a provider's unset API key stops here, not in each worker
         # (which the server would start again and again).
@@ -103,9 +102,9 @@ def serve(
         for name, provider in settings.providers.items():
             api_key(name, provider)
     except SluicegateError as exc:
-        print_error(f"{exc.message}")
+        print_error(exc.message)
         raise typer.Exit(2) from None
-    migrate_first(settings, console)
+    migrate_first(settings)
     if settings.auth.require_keys:
         load_pepper(settings)  # made once here rather than by racing workers
     # Migrated once here, so that the workers do not race each other to do it.
@@ -117,11 +116,11 @@ def serve(
         f"{cfg.implementation} worker(s); providers: {sources}; "
         f"keys {'required' if settings.auth.require_keys else 'not required (local dev org)'}"
     )
-    runners: dict[str, Callable[[Settings, Console], None]] = {
+    runners: dict[str, Callable[[Settings], None]] = {
         "uvicorn": serve_uvicorn,
         "granian": serve_granian,
     }
-    runners[cfg.implementation](settings, console)
+    runners[cfg.implementation](settings)
 
 
 @app.command("mock-upstream")
@@ -227,7 +226,7 @@ def keys_rotate(
     try:
         seconds = cli_keys.parse_grace(grace)
     except SluicegateError as exc:
-        print_error(f"{exc.message}")
+        print_error(exc.message)
         raise typer.Exit(1) from None
     key, new, old = run_or_exit(_with_keys(settings, lambda store: store.rotate(key_id, seconds)))
     out.print(key, soft_wrap=True)

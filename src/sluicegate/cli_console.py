@@ -36,9 +36,9 @@ def database_error(error: BaseException) -> str:
     return f"the database is unreachable: {first}"
 
 
-def run_or_exit(work: Awaitable[T]) -> T:
-    """Run ``work`` to its end. A `SluicegateError` is its message on stderr and exit 1, as is
-    a database that cannot be reached or opened."""
+def run_or_exit(work: Awaitable[T], refused: int = 1) -> T:
+    """Run ``work`` to its end. A `SluicegateError` is its message on stderr and the exit
+    status ``refused``; a database that cannot be reached or opened, the reason and exit 1."""
 
     async def run() -> T:
         return await work
@@ -47,7 +47,7 @@ def run_or_exit(work: Awaitable[T]) -> T:
         return uvloop.run(run())
     except SluicegateError as exc:
         print_error(exc.message)
-        raise typer.Exit(1) from None
+        raise typer.Exit(refused) from None
     except (SQLAlchemyError, OSError) as exc:
         print_error(database_error(exc))
         raise typer.Exit(1) from None

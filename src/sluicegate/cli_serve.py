@@ -8,7 +8,6 @@ import math
 import typer
 import uvicorn
 import uvloop
-from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,7 +21,7 @@ __all__ = ["APP_TARGET", "migrate_first", "refuse_open_network", "serve_granian"
 APP_TARGET = "sluicegate.server.app:app_from_environment"
 
 
-def migrate_first(settings: Settings, console: Console) -> None:
+def migrate_first(settings: Settings) -> None:
     """Bring the schema up to date once, before the workers start (they would race each other
     to), unless ``database.migrate_on_start`` is off; exit 2 when the database is unreachable."""
     if not settings.database.migrate_on_start:
@@ -30,7 +29,7 @@ def migrate_first(settings: Settings, console: Console) -> None:
     try:
         uvloop.run(with_migrated(settings.database.url, _nothing))
     except (SQLAlchemyError, OSError) as exc:
-        print_error(f"{database_error(exc)}")
+        print_error(database_error(exc))
         raise typer.Exit(2) from None
 
 
@@ -38,7 +37,7 @@ async def _nothing(engine: AsyncEngine) -> None:
     return None
 
 
-def refuse_open_network(settings: Settings, console: Console) -> None:
+def refuse_open_network(settings: Settings) -> None:
     """Without keys every caller is the dev org and admin routes are open: loopback only,
     unless the config says so explicitly."""
     host = settings.server.host
@@ -62,7 +61,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def serve_uvicorn(settings: Settings, console: Console) -> None:
+def serve_uvicorn(settings: Settings) -> None:
     cfg = settings.server
     uvicorn.run(
         APP_TARGET,
@@ -83,7 +82,7 @@ def serve_uvicorn(settings: Settings, console: Console) -> None:
     )
 
 
-def serve_granian(settings: Settings, console: Console) -> None:
+def serve_granian(settings: Settings) -> None:
     try:
         from granian import Granian  # an optional extra
         from granian.constants import Interfaces, Loops

@@ -13,9 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
-import uvloop
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .accounting.rollups import DAY_S, compact
@@ -24,7 +22,7 @@ from .admission import stop as controls
 from .admission.budget_math import PERIOD_ADJECTIVES
 from .admission.budget_scopes import new_budget
 from .admission.budgets import BudgetStore
-from .cli_console import console, database_error, out, print_error
+from .cli_console import console, out, print_error, run_or_exit
 from .config import Settings
 from .config_money import usd
 from .errors import SluicegateError
@@ -38,13 +36,10 @@ def usage_command(settings: Settings, params: dict[str, str], as_json: bool) -> 
     """Print the report; the exit status."""
     try:
         query = UsageQuery.parse(params, time.time(), None)
-        body = uvloop.run(with_migrated(settings.database.url, lambda engine: report(engine, query)))
     except SluicegateError as exc:
-        print_error(f"{exc.message}")
+        print_error(exc.message)
         return 2
-    except (SQLAlchemyError, OSError) as exc:
-        print_error(f"{database_error(exc)}")
-        return 1
+    body = run_or_exit(with_migrated(settings.database.url, lambda engine: report(engine, query)), refused=2)
     if as_json:
         out.print_json(orjson.dumps(body).decode())
         return 0
@@ -69,13 +64,7 @@ def usage_command(settings: Settings, params: dict[str, str], as_json: bool) -> 
 def compact_command(settings: Settings) -> int:
     """Roll up the ended days and apply the ledger's retention once; the exit status."""
     cfg = settings.ledger
-    try:
-        done = uvloop.run(
-            with_migrated(settings.database.url, lambda engine: compact(engine, cfg, time.time()))
-        )
-    except (SQLAlchemyError, OSError) as exc:
-        print_error(f"{database_error(exc)}")
-        return 1
+    done = run_or_exit(with_migrated(settings.database.url, lambda engine: compact(engine, cfg, time.time())))
     days = [time.strftime("%Y-%m-%d", time.gmtime(day * DAY_S)) for day in done.rolled_up]
     console.print(f"rolled up {len(days)} day(s){': ' + ', '.join(days) if days else ''}")
     if cfg.retention_days is None:
@@ -102,14 +91,7 @@ def stop_command(settings: Settings, action: str, org: str | None, reason: str |
             return await controls.clear_stop(engine, org)
         return await controls.list_stops(engine)
 
-    try:
-        result = uvloop.run(with_migrated(settings.database.url, run))
-    except SluicegateError as exc:
-        print_error(f"{exc.message}")
-        return 2
-    except (SQLAlchemyError, OSError) as exc:
-        print_error(f"{database_error(exc)}")
-        return 1
+    result = run_or_exit(with_migrated(settings.database.url, run), refused=2)
     interval = settings.controls.poll_interval_s
     if action == "stop":
         console.print(f"stopped upstream calls for {result.scope}; every gateway obeys within {interval:g} s")
@@ -167,16 +149,9 @@ def budgets_command(
         try:
             budget = new_budget(org, amount, period, narrow, settings.feature_names, _option)
         except SluicegateError as exc:
-            print_error(f"{exc.message}")
+            print_error(exc.message)
             return 2
-    try:
-        periods = uvloop.run(with_migrated(settings.database.url, run))
-    except SluicegateError as exc:
-        print_error(f"{exc.message}")
-        return 2
-    except (SQLAlchemyError, OSError) as exc:
-        print_error(f"{database_error(exc)}")
-        return 1
+    periods = run_or_exit(with_migrated(settings.database.url, run), refused=2)
     if org is not None:
         whom = org if narrow is None else f"the {narrow[0]} {narrow[1]} of {org}"
         console.print(
