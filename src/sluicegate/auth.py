@@ -25,7 +25,8 @@ from typing import Any, TypeAlias
 from .browser_tokens import TOKEN_PREFIX, BrowserPrincipal, derive_secret, sign_token, verify_token
 from .calls import RequestContext
 from .config import DEFAULT_FEATURE, Settings
-from .config_base import bad_name, name_problem
+from .config_base import name_problem
+from .config_money import org_of_request
 from .errors import AuthenticationFailed, InvalidRequest, PermissionDenied
 from .virtual_keys import KeyRecord, KeyStore, hash_key, new_key
 
@@ -158,8 +159,8 @@ class Authenticator:
                 feature = feature or _str_or_none(metadata.get("feature"))
                 user = user or _str_or_none(metadata.get("user"))
             user = user or _str_or_none(body.get("user"))
-        if user is not None and bad_name(user):
-            raise InvalidRequest(f"the user's id {name_problem(user)}", param="user", code="invalid_user")
+        if user is not None:
+            _check_user(user)
         feature = feature or DEFAULT_FEATURE
         self.check_feature(feature)
         if key is None:
@@ -180,14 +181,9 @@ class Authenticator:
         """Raise `InvalidRequest` for a context the stores cannot hold: an unknown feature, a
         user or an org that cannot be one's name (a library caller's own `RequestContext`)."""
         self.check_feature(context.feature)
-        if context.user is not None and bad_name(context.user):
-            raise InvalidRequest(
-                f"the user's id {name_problem(context.user)}", param="user", code="invalid_user"
-            )
-        if bad_name(context.org) or "/" in context.org:
-            raise InvalidRequest(
-                f"the org's name {name_problem(context.org) or 'cannot contain /'}", param="org"
-            )
+        if context.user is not None:
+            _check_user(context.user)
+        org_of_request(context.org)
 
     def check_feature(self, feature: str) -> None:
         """Raise `InvalidRequest` (``unknown_feature``) when ``feature`` is not configured."""
@@ -297,6 +293,13 @@ def _browser_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX):
         return None
     return token
+
+
+def _check_user(user: str) -> None:
+    """`InvalidRequest` (``invalid_user``) for a user id the stores cannot hold."""
+    problem = name_problem(user)
+    if problem is not None:
+        raise InvalidRequest(f"the user's id {problem}", param="user", code="invalid_user")
 
 
 def _str_or_none(value: object) -> str | None:

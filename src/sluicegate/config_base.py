@@ -6,17 +6,12 @@ import re
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["MAX_NAME", "Frozen", "bad_name", "name_problem"]
+__all__ = ["MAX_NAME", "Frozen", "name_problem"]
 
 MAX_NAME = 128  # the longest org, user, key name or cache tag: the database's columns hold that many
 # Control characters (C0, DEL, C1) and the line and paragraph separators: a NUL is refused by
 # PostgreSQL, a line break would split a log line or a header. Joiners (ZWJ, ZWNJ) are letters' business.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]").search
-
-
-def bad_name(value: str) -> bool:
-    """Whether ``value`` cannot name an org, a user or a tag (pure; the hot path's `name_problem`)."""
-    return not value or len(value) > MAX_NAME or _CONTROL(value) is not None
 
 
 def name_problem(value: str) -> str | None:

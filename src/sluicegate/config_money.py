@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from .config_base import Frozen, name_problem
+from .errors import InvalidRequest
 
 __all__ = [
     "AlertsConfig",
@@ -24,6 +25,7 @@ __all__ = [
     "TokenLimit",
     "check_org_name",
     "limit_micro",
+    "org_of_request",
     "usd",
 ]
 
@@ -185,6 +187,14 @@ def check_org_name(org: str) -> str:
     if "/" in org:
         raise ValueError(f"an org's name cannot contain '/' (got {org!r}): budget scopes use it")
     return org
+
+
+def org_of_request(org: str) -> str:
+    """`check_org_name` for an org a request names: `InvalidRequest` (``param`` org) instead."""
+    try:
+        return check_org_name(org)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="org") from None
 
 
 def limit_micro(limit_usd: Decimal) -> int:

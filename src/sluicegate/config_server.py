@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .config_base import Frozen, name_problem
+from .config_base import Frozen
+from .config_money import check_org_name
 
 __all__ = ["AuthConfig", "DatabaseConfig", "RedisConfig", "ServerConfig"]
 
@@ -98,7 +99,4 @@ class AuthConfig(Frozen):
     @field_validator("dev_org")
     @classmethod
     def _an_org_name(cls, value: str) -> str:
-        problem = name_problem(value)
-        if problem is not None or "/" in value:
-            raise ValueError(f"the dev org's name {problem or 'cannot contain /'}")
-        return value
+        return check_org_name(value)

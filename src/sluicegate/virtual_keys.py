@@ -19,7 +19,7 @@ from sqlalchemy import Select, and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config_base import name_problem
-from .config_money import check_org_name
+from .config_money import org_of_request
 from .errors import InvalidRequest, NotFound
 from .store.tables import virtual_keys
 
@@ -158,11 +158,7 @@ class KeyStore:
         self._pepper = pepper
 
     def _new(self, org: str, user: str | None, name: str | None, now: datetime) -> tuple[str, KeyRecord]:
-        _check_label("org", org)
-        try:
-            check_org_name(org)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param="org") from None
+        org_of_request(org)
         _check_label("user", user)
         _check_label("name", name)
         key = new_key()

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ..background import cancel_and_wait
 from ..calls import Call, Reply
 from ..config import SpendBreakerConfig
-from ..config_money import check_org_name
+from ..config_money import org_of_request
 from ..errors import EmergencyStopped, InvalidRequest
 from ..store.tables import emergency_stops, stop_lifts, virtual_keys
 
@@ -70,10 +70,7 @@ async def set_stop(engine: AsyncEngine, org: str | None, reason: str, now: float
     if not reason.strip():
         raise InvalidRequest("say why: the reason is shown to every refused caller", param="reason")
     if org is not None:
-        try:
-            check_org_name(org)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param="org") from None
+        org_of_request(org)
     stop = Stop(scope_of(org), reason.strip(), time.time() if now is None else now)
     insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
     statement = insert(emergency_stops).values(scope=stop.scope, reason=stop.reason, since=stop.since)
