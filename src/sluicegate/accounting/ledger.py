@@ -23,7 +23,9 @@ __all__ = [
     "COLUMNS",
     "Ledger",
     "RecordUsage",
+    "completion_limit",
     "estimate_prompt_tokens",
+    "prompt_bytes",
     "reply_usage",
     "row",
     "stream_usage",
@@ -73,11 +75,22 @@ class Sink(Protocol):
         ...
 
 
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """A rough token count of a request's prompt (its messages or input, and the tools and
-    response format the model reads too), for a call whose upstream reported no usage."""
+def prompt_bytes(body: dict[str, Any]) -> int:
+    """The length of what a model reads of a request, as JSON: its messages or input, and its
+    tools and response format (the budget's worst case and the estimates count from it)."""
     read = (body.get("messages", body.get("input", "")), body.get("tools"), body.get("response_format"))
-    return max(1, -(-len(request_json(read)) // _CHARS_PER_TOKEN))
+    return len(request_json(read))
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """A rough token count of a request's prompt, for a call whose upstream reported no usage."""
+    return max(1, -(-prompt_bytes(body) // _CHARS_PER_TOKEN))
+
+
+def completion_limit(body: dict[str, Any], default: int) -> int:
+    """The completion tokens a request may use in all: ``max_completion_tokens`` or
+    ``max_tokens`` (else ``default``) for each of its ``n`` choices."""
+    return (body.get("max_completion_tokens") or body.get("max_tokens") or default) * (body.get("n") or 1)
 
 
 def row(
@@ -186,9 +199,7 @@ class Ledger:
         prompt's estimate plus the completion's limit, stands for it until `attempt` records
         its outcome. Replayed from a dead process's spool, it becomes ``interrupted``."""
         body = call.body
-        limit = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-        choices = body.get("n") or 1
-        usage = Usage(estimate_prompt_tokens(body), limit * choices if isinstance(limit, int) else 0, 0)
+        usage = Usage(estimate_prompt_tokens(body), completion_limit(body, 0), 0)
         cost = self.prices.cost_micro(call.route, usage) or 0
         self._sink.begin(
             row(call, call.attempt, usage, cost, 0, call.outcome, 0, 0, "pending", self._clock())

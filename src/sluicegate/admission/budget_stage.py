@@ -14,10 +14,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from ..accounting.ledger import reply_usage, stream_usage, usage_or_estimate
+from ..accounting.ledger import prompt_bytes, reply_usage, stream_usage, usage_or_estimate
 from ..accounting.pricing import PriceBook
 from ..background import spawn
-from ..calls import Call, CallKind, ModelRoute, Reply, ReplyStream, request_json
+from ..calls import Call, CallKind, ModelRoute, Reply, ReplyStream
 from ..config import BudgetsConfig
 from ..config_money import usd
 from ..errors import BudgetExceeded
@@ -35,15 +35,19 @@ def worst_prompt_tokens(body: dict[str, Any]) -> int:
     """A generous count of a request's prompt tokens, for the worst case a budget reserves: two
     bytes a token (English runs near four) of everything the model reads, plus each message's
     framing. The settlement then counts what the provider reports."""
-    read = [body.get("messages", body.get("input", "")), body.get("tools"), body.get("response_format")]
     messages = body.get("messages")
     framing = 3 + 4 * (len(messages) if isinstance(messages, list) else 1)
-    return framing + -(-len(request_json(read)) // 2)
+    return framing + -(-prompt_bytes(body) // 2)
 
 
 def _not_settled(rid: str, error: BaseException) -> None:
     """A settlement failed: its lease releases the reservation, and the ledger has the cost."""
     logger.warning("budgets: could not settle %s (%s); its lease will release it", rid, error)
+
+
+def _without(usage: Usage, reserved_micro: int) -> Usage:
+    """``usage`` without a reservation of the call's own, given back as it is refused."""
+    return replace(usage, reserved_micro=usage.reserved_micro - reserved_micro)
 
 
 def _room(usage: Usage) -> int:
@@ -99,16 +103,14 @@ class ReserveBudget:
                     call.own_answer = True
                 elif self._config.throttle_concurrency is None and self._config.throttle_per_minute is None:
                     await self._store.settle(rid, 0)
-                    mine = held.usages[index]  # without this call's own reservation, given back
-                    mine = replace(mine, reserved_micro=mine.reserved_micro - decision.reserve_micro)
+                    mine = _without(held.usages[index], decision.reserve_micro)
                     raise self._refusal(mine, "budget_throttled", call.kind)
                 break
         if decision.max_tokens < asked:
             each = decision.max_tokens // choices
             if each < min(asked // choices, MIN_COMPLETION_TOKENS):  # the stores' floor is for all n
                 await self._store.settle(rid, 0)
-                mine = min(held.usages, key=_room)
-                mine = replace(mine, reserved_micro=mine.reserved_micro - decision.reserve_micro)
+                mine = _without(min(held.usages, key=_room), decision.reserve_micro)
                 raise self._refusal(mine, "budget_exceeded", call.kind)
             call.body = {**body, field: max(1, each)}
             call.own_answer = True

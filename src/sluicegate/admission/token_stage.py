@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ..accounting.ledger import estimate_prompt_tokens, reply_usage, stream_usage
+from ..accounting.ledger import completion_limit, estimate_prompt_tokens, reply_usage, stream_usage
 from ..background import spawn
 from ..calls import Call, Reply, ReplyStream, Usage
 from ..config import TokenLimit
@@ -65,11 +65,9 @@ class LimitTokens:
         if not checks:
             return await self._send(call)
         body = call.body
-        if call.kind == "embeddings":  # an embedding has no completion: its input is all it uses
-            asked = 0
-        else:
-            asked = body.get("max_completion_tokens") or body.get("max_tokens") or self._default_max_tokens
-        cost = estimate_prompt_tokens(body) + asked * (body.get("n") or 1)
+        # An embedding has no completion: its input is all it uses.
+        asked = 0 if call.kind == "embeddings" else completion_limit(body, self._default_max_tokens)
+        cost = estimate_prompt_tokens(body) + asked
         taken = await self._take(checks, cost)
         tightest = min(check.rule.tokens_per_minute for check in checks)
         if not taken.admitted:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -19,6 +19,7 @@ from ..errors import BudgetUnavailable, EmergencyStopped, RateLimited, Sluicegat
 from .entry import Entry
 from .forms import assemble, content_events
 from .policy import answer_is_storable, ttl_for
+from .stats import CacheStats
 from .streams import FlightReader, ReplayStream, StreamFlight
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "not_modified",
     "reached_upstream",
     "reply_from",
+    "send_counted",
     "wants_usage",
 ]
 
@@ -146,6 +148,20 @@ def reached_upstream(error: SluicegateError) -> bool:
     """Whether a call that failed with ``error`` went to the provider: not when the stages past
     the cache refused it for the caller's own budget, token limit or stop."""
     return not isinstance(error, _CALLERS_OWN)
+
+
+async def send_counted(
+    send: Callable[[Call], Awaitable[Reply]], call: Call, stats: CacheStats, miss: bool
+) -> Reply:
+    """``await send(call)``, counted in ``stats`` as an upstream call if it reached the provider
+    (and as a miss, when ``miss``)."""
+    try:
+        reply = await send(call)
+    except SluicegateError as exc:
+        stats.went_upstream(call.context.feature, miss, reached_upstream(exc))
+        raise
+    stats.went_upstream(call.context.feature, miss)
+    return reply
 
 
 def going_upstream(call: Call) -> Call:

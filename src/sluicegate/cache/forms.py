@@ -16,8 +16,10 @@ __all__ = ["DONE", "assemble", "content_events", "synthesise", "usage_event"]
 
 DONE = b"data: [DONE]\n\n"
 _WORDS_PER_CHUNK = 4
-# The answer's own fields, besides its choices and usage, that both forms carry.
-_HEAD = ("id", "created", "model", "system_fingerprint", "service_tier")
+# The answer's own fields, besides its choices and usage, that both forms carry; the last ones
+# only when the upstream sent them.
+_OPTIONAL_HEAD = ("system_fingerprint", "service_tier")
+_HEAD = ("id", "created", "model", *_OPTIONAL_HEAD)
 
 
 def _event(payload: dict[str, Any]) -> bytes:
@@ -143,7 +145,7 @@ def assemble(events: tuple[bytes, ...] | list[bytes], usage: Usage | None) -> by
     }
     if usage is not None:
         body["usage"] = usage_json(usage)
-    for name in ("system_fingerprint", "service_tier"):
+    for name in _OPTIONAL_HEAD:
         if name in head:
             body[name] = head[name]
     return orjson.dumps(body)
@@ -165,7 +167,7 @@ def _chunk_base(payload: dict[str, Any]) -> dict[str, Any]:
         "created": payload.get("created"),
         "model": payload.get("model"),
     }
-    for name in ("system_fingerprint", "service_tier"):
+    for name in _OPTIONAL_HEAD:
         if name in payload:
             base[name] = payload[name]
     return base

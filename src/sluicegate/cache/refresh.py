@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from ..calls import Call, Reply
 from ..config import FeatureCache
 from ..errors import SluicegateError
-from .answers import EntryMaker, Flight, reached_upstream
+from .answers import EntryMaker, Flight, send_counted
 from .keys import CacheKey
 from .layered import LayeredCache
 
@@ -52,11 +52,9 @@ class Refresher:
             plain = Call(call.kind, body, call.route, call.context, call.request_id, False, call.started)
             plain.outcome = "refresh"
             try:
-                reply = await self._send(plain)
-            except SluicegateError as exc:
-                cache.stats.went_upstream(call.context.feature, False, reached_upstream(exc))
+                reply = await send_counted(self._send, plain, cache.stats, miss=False)
+            except SluicegateError:
                 return
-            cache.stats.went_upstream(call.context.feature, False)
             with contextlib.suppress(SluicegateError):
                 entry = self._entries.from_body(
                     plain, policy, call.cache, reply.body, reply.usage, hits=hits, payload=reply.payload

@@ -30,6 +30,7 @@ from .answers import (
     not_modified,
     reached_upstream,
     reply_from,
+    send_counted,
     wants_usage,
 )
 from .entry import Entry
@@ -165,18 +166,8 @@ class ServeFromCache:
     async def _bypass(self, call: Call, control: CacheControl) -> Reply:
         self._cache.stats.count(call.context.feature, "bypass")
         call.outcome = "bypass"
-        reply = await self._upstream(call, miss=False)
+        reply = await send_counted(self._send, call, self._cache.stats, miss=False)
         labelled(reply.headers, "bypass", control.no_store)
-        return reply
-
-    async def _upstream(self, call: Call, miss: bool) -> Reply:
-        """``await self._send(call)``, counted as an upstream call if it reached the provider."""
-        try:
-            reply = await self._send(call)
-        except SluicegateError as exc:
-            self._cache.stats.went_upstream(call.context.feature, miss, reached_upstream(exc))
-            raise
-        self._cache.stats.went_upstream(call.context.feature, miss)
         return reply
 
     async def _lead(
@@ -338,7 +329,7 @@ class ServeFromCache:
             return reply
         # The leader could not answer for us: go alone.
         call.outcome = "miss"  # its usage chunk, if it did not ask for one, is stripped upstream
-        reply = await self._upstream(call, miss=True)
+        reply = await send_counted(self._send, call, self._cache.stats, miss=True)
         if reply.stream is None:
             entry = self._entries.from_body(
                 call, policy, control, reply.body, reply.usage, payload=reply.payload
