@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..background import stop_between
-from ..store.db import each_alone, refused_for_content
+from ..store.db import write_batch
 from ..store.tables import usage_ledger
 from .ledger import COLUMNS, Row
 
@@ -95,14 +94,9 @@ async def insert_rows(engine: AsyncEngine, rows: Sequence[Row]) -> None:
 
 
 async def write_rows(engine: AsyncEngine, rows: Sequence[Row]) -> None:
-    """`insert_rows`; when the database refuses the batch for a row it holds (not for being
-    unreachable), the rows go one by one and each it still refuses is dropped, logged."""
-    try:
-        await insert_rows(engine, rows)
-    except DBAPIError as exc:
-        if not refused_for_content(exc):
-            raise  # read only, a deadlock, unreachable: the rows wait, spooled
-        await each_alone(rows, lambda one: insert_rows(engine, one), "ledger")
+    """`insert_rows`, where a row the database refuses for its values is dropped, logged, and
+    the rest of the batch goes in; any other failure raises, and the rows wait, spooled."""
+    await write_batch(rows, lambda batch: insert_rows(engine, batch), "ledger")
 
 
 _PRICED_FROM = COLUMNS.index("priced_from")

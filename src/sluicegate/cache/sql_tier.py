@@ -16,11 +16,10 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..background import cancel_and_wait
-from ..store.db import each_alone, refused_for_content
+from ..store.db import write_batch
 from ..store.tables import cache_entries, cache_namespaces, cache_stats
 from .batching import Batcher
 from .entry import Entry, decode, encode
@@ -146,32 +145,22 @@ class SqlTier:
         if not rows:
             return False
         try:
-            await self._upsert(rows)
-            self.pending_failures = 0
+            await write_batch(rows, self._upsert, "cache")  # a row refused for its values is dropped
         except asyncio.CancelledError:
-            for row in rows:
-                self._queue.setdefault(row["key"], row)
+            self._requeue(rows)
             raise
-        except DBAPIError as exc:
-            if not refused_for_content(exc):  # down, read only, a deadlock: the rows wait
-                return self._put_back(rows, exc)
-            try:  # a row it refuses (too long, say): the others go one by one
-                await each_alone(rows, self._upsert, "cache")
-            except Exception as again:
-                return self._put_back(rows, again)
-            self.pending_failures = 0
-        except Exception as exc:  # anything else: keep the rows for the next try
-            return self._put_back(rows, exc)
+        except Exception as exc:  # the database is down (or read only, or deadlocked): they wait
+            self.pending_failures += 1
+            self._requeue(rows)
+            if self.pending_failures in (1, 10, 100):
+                logger.warning("cache: %d SQL writes are waiting (%s)", len(self._queue), exc)
+            return True
+        self.pending_failures = 0
         return False
 
-    def _put_back(self, rows: list[dict[str, Any]], exc: BaseException) -> bool:
-        """The database could not take the batch: its rows wait for the next try (True)."""
-        self.pending_failures += 1
+    def _requeue(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             self._queue.setdefault(row["key"], row)
-        if self.pending_failures in (1, 10, 100):
-            logger.warning("cache: %d SQL writes are waiting (%s)", len(self._queue), exc)
-        return True
 
     async def drop_queued(self, wait_s: float = 2.0) -> None:
         """Forget the rows not yet written, once the batch being written now (if any) has

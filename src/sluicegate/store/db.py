@@ -27,6 +27,7 @@ __all__ = [
     "ping",
     "refused_for_content",
     "with_migrated",
+    "write_batch",
 ]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -65,6 +66,17 @@ async def each_alone(rows: Sequence[R], write: Callable[[Sequence[R]], Awaitable
             )
             logger.error("%s: the database refused a row, which is dropped (%s)", what, reason)
     return dropped
+
+
+async def write_batch(rows: Sequence[R], write: Callable[[Sequence[R]], Awaitable[None]], what: str) -> None:
+    """``write(rows)``; when the database refuses the batch for a row's values, the rows go one
+    by one (`each_alone`) and those it refuses are dropped. Any other error is raised."""
+    try:
+        await write(rows)
+    except DBAPIError as exc:
+        if not refused_for_content(exc):
+            raise
+        await each_alone(rows, write, what)
 
 
 def create_engine(url: str) -> AsyncEngine:
