@@ -116,6 +116,11 @@ class TokenLimit(Frozen):
     tokens_per_minute: int = Field(ge=1)
     feature: str | None = Field(None, description="only this feature's calls (default: all)")
 
+    @cached_property
+    def name(self) -> str:
+        """The limit's name, e.g. ``org-chat``: one bucket per name and org or key."""
+        return f"{self.per}{'-' + self.feature if self.feature else ''}"
+
 
 class SpendBreakerConfig(Frozen):
     """Stops an org's upstream calls by itself when it spends too fast (a runaway loop)."""
@@ -160,11 +165,8 @@ class LimitsConfig(Frozen):
     @model_validator(mode="after")
     def _one_limit_per_name(self) -> LimitsConfig:
         # Two limits of one name (per, feature, window) would share their count, and headers.
-        named = (
-            ("requests", [rule.name for rule in self.requests]),
-            ("tokens", [f"{rule.per}{'-' + rule.feature if rule.feature else ''}" for rule in self.tokens]),
-        )
-        for kind, names in named:
+        for kind, rules in (("requests", self.requests), ("tokens", self.tokens)):
+            names = [rule.name for rule in rules]
             twice = sorted({name for name in names if names.count(name) > 1})
             if twice:
                 raise ValueError(
