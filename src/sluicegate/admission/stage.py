@@ -56,6 +56,7 @@ class LimitRequests:
             outage = self._redis_outage
             now = time.monotonic()
             if outage.usable(now):
+                # `shared_or_alone` inlined: one coroutine fewer on every limited request.
                 try:  # the shared count; this process's share while Redis fails
                     verdict = await redis.admit(checks, call.request_id)
                 except REDIS_ERRORS as exc:
