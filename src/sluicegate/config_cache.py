@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .config_base import Frozen
 
@@ -92,6 +92,16 @@ class CostTtlConfig(Frozen):
     popular_multiplier: float = Field(2.0, ge=1)
     min_ttl_s: int = Field(60, ge=1)
     max_ttl_s: int = Field(30 * 86400, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> CostTtlConfig:
+        if self.min_multiplier > self.max_multiplier:
+            raise ValueError(
+                f"min_multiplier ({self.min_multiplier:g}) is above max_multiplier ({self.max_multiplier:g})"
+            )
+        if self.min_ttl_s > self.max_ttl_s:
+            raise ValueError(f"min_ttl_s ({self.min_ttl_s}) is above max_ttl_s ({self.max_ttl_s})")
+        return self
 
 
 class CacheConfig(Frozen):

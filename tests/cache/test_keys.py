@@ -142,6 +142,17 @@ def test_each_generation_parameter_is_part_of_the_key(field: str, before: Any, a
     assert len(keys) == 3
 
 
+@pytest.mark.parametrize("field", ["temperature", "top_p", "presence_penalty", "frequency_penalty"])
+def test_a_whole_float_and_its_integer_share_the_key(field: str) -> None:
+    """`0` and `0.0` are one number to every provider: a client written in JavaScript (which
+    sends `0`) and one in Python (`0.0`) share the entry; `0.5` stays its own."""
+    base = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    assert key_of({**base, field: 0}).key == key_of({**base, field: 0.0}).key
+    assert key_of({**base, field: 1}).key == key_of({**base, field: 1.0}).key
+    assert key_of({**base, field: 0.5}).key != key_of({**base, field: 0}).key
+    assert key_of({**base, field: True}).key != key_of({**base, field: 1}).key
+
+
 @settings(max_examples=80, deadline=None)
 @given(
     body=bodies,

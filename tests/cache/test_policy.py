@@ -14,11 +14,13 @@ answer keeps at least its base TTL: $0.00002 -> 24 h. The tests give the rule ex
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from sluicegate.cache.entry import Entry
 from sluicegate.cache.policy import (
@@ -311,3 +313,16 @@ def test_refresh_ahead_is_due_for_a_popular_entry_near_its_end() -> None:
     assert not refresh_ahead(entry, FeatureCache(refresh_ahead_hits=6), 60, 1000.0 + 3560)
     short = Entry("chat", b"{}", 1000.0, 1060.0, '"e"', "chat", "acme", None, "m", hits=5)
     assert not refresh_ahead(short, policy, 60, 1010.0) and refresh_ahead(short, policy, 60, 1046.0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"min_multiplier": 6.0, "max_multiplier": 5.0}, "min_multiplier (6) is above max_multiplier (5)"),
+        ({"min_ttl_s": 7200, "max_ttl_s": 3600}, "min_ttl_s (7200) is above max_ttl_s (3600)"),
+    ],
+)
+def test_contradictory_ttl_bounds_are_refused(fields: dict[str, Any], named: str) -> None:
+    """A floor above its cap would make every TTL the cap, silently: the config is refused."""
+    with pytest.raises(ValidationError, match=re.escape(named)):
+        CostTtlConfig(**fields)

@@ -37,6 +37,9 @@ __all__ = [
 KEY_PREFIX = "sg:c:"
 # Fields that do not change the answer; `cache` is sluicegate's own and never goes upstream.
 IGNORED_FIELDS = frozenset({"user", "metadata", "stream", "stream_options", "cache", "model"})
+# Top-level numbers that JSON clients write as 0 or 0.0 alike (JavaScript has no 1.0): a whole
+# float counts as its integer, so that `"temperature": 0` and `0.0` share an entry.
+_NUMBER_FIELDS = frozenset({"temperature", "top_p", "presence_penalty", "frequency_penalty"})
 _UNSAFE_CHARS = "%:{}*?[]\\ \n\r\t"
 _UNSAFE = str.maketrans({c: f"%{ord(c):02X}" for c in _UNSAFE_CHARS})
 _HAS_UNSAFE = re.compile("[" + re.escape(_UNSAFE_CHARS) + "]").search
@@ -79,6 +82,10 @@ def request_digest(kind: CallKind, model: str, body: dict[str, Any]) -> str:
     canonical = body.copy()
     for name in IGNORED_FIELDS.intersection(body):
         del canonical[name]
+    for name in _NUMBER_FIELDS.intersection(body):
+        value = body[name]
+        if type(value) is float and value.is_integer():
+            canonical[name] = int(value)
     data = request_json((kind, model, canonical), orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(data, digest_size=20).hexdigest()
 
