@@ -468,3 +468,37 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     path.write_bytes('auth:\n  dev_org: "café"\n'.encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_settings(path)
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"alerts": {"webhook_url": "hooks.example.com/alerts"}},
+        {"budgets": {"webhook_url": "ftp://hooks.example.com/alerts"}},
+        {"budgets": {"webhook_url": "https:///no-host"}},
+    ],
+)
+def test_a_webhook_url_that_could_never_be_posted_to_is_refused(section: dict[str, object]) -> None:
+    """A typo in a webhook URL is found at start-up, not when the first alert is lost."""
+    with pytest.raises(ValidationError, match="webhook_url must be an http:// or https:// URL"):
+        Settings(**section)  # type: ignore[arg-type]
+
+
+def test_webhook_urls_that_can_be_posted_to_are_kept() -> None:
+    settings = Settings(
+        alerts={"webhook_url": "https://hooks.example.com/a?token=1"},  # type: ignore[arg-type]
+        budgets={"webhook_url": "http://127.0.0.1:9000/budget"},  # type: ignore[arg-type]
+    )
+    assert settings.alerts.webhook_url == "https://hooks.example.com/a?token=1"
+
+
+@pytest.mark.parametrize("origin", ["app.example.com", "https://app.example.com/login", "https://", "null"])
+def test_a_cors_origin_no_browser_would_send_is_refused(origin: str) -> None:
+    """A path or a bare host never equals a browser's Origin: CORS would fail with no clue why."""
+    with pytest.raises(ValidationError, match="is not an origin"):
+        Settings(browser={"cors_origins": [origin]})  # type: ignore[arg-type]
+
+
+def test_cors_origins_as_browsers_send_them_are_kept() -> None:
+    origins = ("https://app.example.com", "http://localhost:3000/", "*")
+    assert Settings(browser={"cors_origins": origins}).browser.cors_origins == origins  # type: ignore[arg-type]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
-__all__ = ["MAX_NAME", "Frozen", "name_problem"]
+__all__ = ["MAX_NAME", "Frozen", "WebhookUrl", "check_origin", "check_webhook_url", "name_problem"]
 
 MAX_NAME = 128  # the longest org, user, key name or cache tag: the database's columns hold that many
 # Control characters (C0, DEL, C1) and the line and paragraph separators: a NUL is refused by
@@ -24,6 +26,41 @@ def name_problem(value: str) -> str | None:
     if _CONTROL(value) is not None:
         return "cannot contain control characters (such as NUL or a line break)"
     return None
+
+
+def check_webhook_url(value: str | None) -> str | None:
+    """``value`` if it is an http(s) URL with a host (an alert's webhook); raises otherwise, so that
+    a typo is found at start-up rather than at the first alert."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or _CONTROL(value) is not None:
+        raise ValueError(f"webhook_url must be an http:// or https:// URL with a host, got {value!r}")
+    return value
+
+
+WebhookUrl = Annotated[str | None, AfterValidator(check_webhook_url)]
+
+
+def check_origin(value: str) -> str:
+    """``value`` if it is ``*`` or an origin a browser sends (``scheme://host[:port]``, a trailing
+    slash tolerated); raises otherwise: a path or a bare host would never match."""
+    if value.strip() == "*":
+        return value
+    parts = urlsplit(value.strip())
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise ValueError(
+            f"{value!r} is not an origin: write it as a browser sends it, scheme://host[:port] "
+            "(e.g. https://app.example.com), or * for any"
+        )
+    return value
 
 
 class Frozen(BaseModel):

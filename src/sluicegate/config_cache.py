@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .config_base import Frozen
+from .config_base import Frozen, check_origin
 
 __all__ = [
     "ALL_TIERS",
@@ -124,3 +124,8 @@ class BrowserConfig(Frozen):
     token_ttl_s: int = Field(900, ge=10, le=86400)
     token_secret_env: str = "SLUICEGATE_BROWSER_TOKEN_SECRET"
     cors_origins: tuple[str, ...] = Field((), description="origins allowed by CORS; none by default")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_origin(origin) for origin in value)

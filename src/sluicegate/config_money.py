@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .config_base import Frozen, name_problem
+from .config_base import Frozen, WebhookUrl, name_problem
 from .errors import InvalidRequest
 
 __all__ = [
@@ -134,7 +134,7 @@ class SpendBreakerConfig(Frozen):
 class AlertsConfig(Frozen):
     """Operator alerts (Redis unreachable for limits, token limits or budgets): always logged."""
 
-    webhook_url: str | None = Field(
+    webhook_url: WebhookUrl = Field(
         None, description="each alert raised or resolved is also POSTed here as JSON"
     )
 
@@ -290,7 +290,7 @@ class BudgetsConfig(Frozen):
         description="past throttle_at, at most this many calls under the budget admitted a minute, "
         "across every replica (with or without throttle_model)",
     )
-    webhook_url: str | None = Field(None, description="the alert is also POSTed here as JSON")
+    webhook_url: WebhookUrl = Field(None, description="the alert is also POSTed here as JSON")
     lease_s: float = Field(
         600.0, gt=0, description="a reservation whose call never settles is released after this"
     )
