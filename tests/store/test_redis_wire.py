@@ -247,6 +247,29 @@ async def test_a_silent_redis_times_out_and_the_connection_is_replaced() -> None
         await stop(server)
 
 
+async def test_a_nearer_deadline_made_later_still_expires_on_time() -> None:
+    """One timer serves every deadline: a command with a short timeout, made after one with a
+    long timeout, fails at its own deadline, and the first at its own, later."""
+    server, _ = await fake_server(lambda command: None)
+    wire = Wire({"host": "127.0.0.1", "port": port_of(server)}, timeout_s=5.0)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        slow = wire.call(("PING",), timeout_s=0.6)
+        fast = [wire.call(("PING",), timeout_s=0.05) for _ in range(3)]
+        for future in fast:
+            with pytest.raises(TimeoutError):
+                await future
+        assert loop.time() - started < 0.4
+        assert not slow.done()
+        with pytest.raises(TimeoutError):
+            await slow
+        assert loop.time() - started >= 0.6
+    finally:
+        await wire.aclose()
+        await stop(server)
+
+
 async def test_a_script_sent_to_a_silent_redis_reports_the_timeout() -> None:
     server, _ = await fake_server(lambda command: None)
     client = create_redis(f"redis://127.0.0.1:{port_of(server)}/0")

@@ -5,9 +5,9 @@ under a condition, a task for the write's timeout, a timeout per reply, and comm
 Python. The scripts of the rate limits, token limits, budgets and cache tier instead go through
 `Wire`: one connection per client and event loop; every command made in one loop turn leaves
 in one ``write``; each command gets a future of its own, resolved in order as the replies
-arrive (Redis answers in order). No task, lock or timeout context is made per command: one
-timer per loop turn expires the commands that asked for a deadline. Everything else
-(administration, pub/sub, SCAN) stays on redis-py.
+arrive (Redis answers in order). No task, lock, timer or timeout context is made per command
+or per write: the deadlines of every command and write wait in two queues, each served by at
+most one timer at a time. Everything else (administration, pub/sub, SCAN) stays on redis-py.
 
 An error reply is the future's *result*, as a redis-py exception instance (``NoScriptError`` for
 NOSCRIPT), not raised: the caller decides. A command past its ``timeout_s`` fails with
@@ -88,7 +88,13 @@ class Wire:
         self._connecting: asyncio.Task[None] | None = None
         self._out: list[bytes] = []  # this turn's commands, packed, not yet written
         self._queued: list[Future] = []  # their futures
-        self._deadlines: list[tuple[Future, float]] = []  # those of them with a timeout
+        # Commands with a timeout, not yet expired or seen answered; the timer armed for them.
+        self._deadlines: list[tuple[Future, float]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at = 0.0
+        # Each write's check (when, which connection, how many commands by then), in order.
+        self._checks: collections.deque[tuple[float, _Protocol, int]] = collections.deque()
+        self._check_timer: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
 
     def call(self, command: Sequence[Any], timeout_s: float | None = None) -> Future:
@@ -100,7 +106,10 @@ class Wire:
         self._out.append(hiredis.pack_command(command if type(command) is tuple else tuple(command)))
         self._queued.append(future)
         if timeout_s is not None:
-            self._deadlines.append((future, loop.time() + timeout_s))
+            deadline = loop.time() + timeout_s
+            self._deadlines.append((future, deadline))
+            if self._deadline_timer is None or deadline < self._deadline_at:
+                self._arm_deadlines(loop, deadline)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
@@ -110,9 +119,6 @@ class Wire:
         self._flush_scheduled = False
         loop = self._loop
         assert loop is not None
-        deadlines, self._deadlines = self._deadlines, []
-        if deadlines:
-            loop.call_at(min(d for _, d in deadlines), self._expire, deadlines)
         protocol = self._protocol
         if protocol is None:
             if self._connecting is None:
@@ -131,13 +137,23 @@ class Wire:
         assert self._loop is not None
         protocol.transport.write(b"".join(out))
         # Still unanswered after the wire's timeout: Redis is stopped or cut off.
-        self._loop.call_later(self._timeout, self._check, protocol, self._written)
+        loop = self._loop
+        self._checks.append((loop.time() + self._timeout, protocol, self._written))
+        if self._check_timer is None:
+            self._check_timer = loop.call_at(self._checks[0][0], self._check)
 
-    def _expire(self, deadlines: list[tuple[Future, float]]) -> None:
-        assert self._loop is not None
-        now = self._loop.time()
+    def _arm_deadlines(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_timer, self._deadline_at = loop.call_at(when, self._expire), when
+
+    def _expire(self) -> None:
+        self._deadline_timer = None
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
         later = []
-        for future, deadline in deadlines:
+        for future, deadline in self._deadlines:
             if future.done():
                 continue
             if deadline <= now:
@@ -145,12 +161,22 @@ class Wire:
                 future.exception()  # retrieved: `send_all` stops at the first of a batch
             else:
                 later.append((future, deadline))
+        self._deadlines = later
         if later:
-            self._loop.call_at(min(d for _, d in later), self._expire, later)
+            self._arm_deadlines(loop, min(d for _, d in later))
 
-    def _check(self, protocol: _Protocol, written: int) -> None:
-        if protocol is self._protocol and self.received < written:
-            self.fail(RedisConnectionError(f"Redis did not answer within {self._timeout:g} s"))
+    def _check(self) -> None:
+        self._check_timer = None
+        loop = self._loop
+        assert loop is not None
+        now, checks = loop.time(), self._checks
+        while checks and checks[0][0] <= now:
+            _, protocol, written = checks.popleft()
+            if protocol is self._protocol and self.received < written:
+                self.fail(RedisConnectionError(f"Redis did not answer within {self._timeout:g} s"))
+                return
+        if checks:
+            self._check_timer = loop.call_at(checks[0][0], self._check)
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> None:
         kwargs = self._kwargs
@@ -199,6 +225,10 @@ class Wire:
             protocol.transport.abort()
         waiting, self.waiting = self.waiting, collections.deque()
         queued, self._queued, self._out = self._queued, [], []
+        self._checks.clear()  # they were all of this connection
+        if self._check_timer is not None:
+            self._check_timer.cancel()
+            self._check_timer = None
         for future in (*waiting, *queued):
             if not future.done():
                 future.set_exception(error)
@@ -212,6 +242,8 @@ class Wire:
                 protocol.transport.abort()
         self.waiting = collections.deque()
         self._out, self._queued, self._deadlines = [], [], []
+        self._checks.clear()
+        self._check_timer = self._deadline_timer = None  # the old loop's
         self._connecting = None
         self._flush_scheduled = False
         self._loop = loop
