@@ -502,3 +502,16 @@ def test_a_cors_origin_no_browser_would_send_is_refused(origin: str) -> None:
 def test_cors_origins_as_browsers_send_them_are_kept() -> None:
     origins = ("https://app.example.com", "http://localhost:3000/", "*")
     assert Settings(browser={"cors_origins": origins}).browser.cors_origins == origins  # type: ignore[arg-type]
+
+
+def test_a_fallback_that_could_never_answer_for_its_model_is_refused() -> None:
+    """An embedding model falling back to a chat model (or the other way round) would hand
+    a client vectors from another model, or a chat answer to an embedding call."""
+    with pytest.raises(ValidationError, match="'chatm' serves chat only, and 'text-embed' serves embeddings"):
+        Settings(
+            providers={"p": {"kind": "mock"}},  # type: ignore[dict-item]
+            models={
+                "text-embed": {"provider": "p", "serves": ["embeddings"], "fallbacks": ["chatm"]},  # type: ignore[dict-item]
+                "chatm": {"provider": "p"},
+            },  # type: ignore[dict-item]
+        )

@@ -323,6 +323,13 @@ class Settings(BaseSettings):
             for fallback in model.fallbacks:
                 if fallback == name or fallback not in self.models:
                     raise ValueError(f"models.{name}.fallbacks: {fallback!r} is not another configured model")
+                theirs = self.models[fallback].kinds(fallback)
+                if not set(model.kinds(name)) & set(theirs):
+                    raise ValueError(
+                        f"models.{name}.fallbacks: {fallback!r} serves {' and '.join(theirs)} only, and "
+                        f"{name!r} serves {' and '.join(model.kinds(name))}: it could never answer for it "
+                        "(set models.NAME.serves if a model's name misleads)"
+                    )
             for public in (name, *model.aliases):
                 if public in seen:
                     raise ValueError(

@@ -237,6 +237,30 @@ async def test_fallback_causes_are_configurable() -> None:
         await RouteCall(script, cat, ResilienceConfig(fallback_on=("server_error",)), {})(call)
 
 
+async def test_a_fallback_that_does_not_serve_the_kind_of_call_is_skipped() -> None:
+    """A model serving chat and embeddings, with a chat-only fallback: a failed embedding call
+    is not sent to the chat model (its vectors would come from another model), a chat call is."""
+    cat = catalog(
+        both={"provider": "a", "serves": ["chat", "embeddings"], "fallbacks": ["chatty"]},
+        chatty={"provider": "b"},
+    )
+    assert cat.fallbacks_for("both", "chat") == ("chatty",)
+    assert cat.fallbacks_for("both", "embeddings") == ()
+    script = Script([status(503)])
+    call = Call(
+        "embeddings", {"model": "both", "input": "x"}, cat.resolve("both"), RequestContext("org"), "r"
+    )
+    call.started = time.perf_counter()
+    with pytest.raises(UpstreamError):
+        await RouteCall(script, cat, ResilienceConfig(), {})(call)
+    assert [route.name for route, _ in script.calls] == ["both"]
+    script = Script([status(503), "ok"])
+    call = make_call()
+    call.route = cat.resolve("both")
+    await RouteCall(script, cat, ResilienceConfig(), {})(call)
+    assert [route.name for route, _ in script.calls] == ["both", "chatty"]
+
+
 async def test_weights_share_the_traffic() -> None:
     cat = catalog(
         **{

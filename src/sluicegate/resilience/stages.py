@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from ..calls import Call, ModelRoute, Reply
+from ..calls import Call, CallKind, ModelRoute, Reply
 from ..config import FeatureConfig, ResilienceConfig
 from ..errors import CircuitOpen, SluicegateError, UpstreamError
 from ..upstream.router import ModelCatalog
@@ -235,7 +235,7 @@ class RouteCall:
             return reply
         asked = call.route  # given back when nothing answers: a stale answer is the asked model's
         first: tuple[ModelRoute, SluicegateError] | None = None
-        options = self._options(name)
+        options = self._options(name, call.kind)
         hedge = self._hedges.get(call.context.feature)
         hedged: list[bool] = []  # set when a hedge was sent: the second option has been tried
         for index, route in enumerate(options):
@@ -278,9 +278,9 @@ class RouteCall:
             reason = error.code or error.status_code
             headers[FALLBACK_HEADER] = f"{failed.name} via {failed.deployment} ({reason})"
 
-    def _options(self, name: str) -> list[ModelRoute]:
+    def _options(self, name: str, kind: CallKind) -> list[ModelRoute]:
         options = self._ordered(name)
-        for fallback in self._catalog.fallbacks[name]:
+        for fallback in self._catalog.fallbacks_for(name, kind):
             options.extend(self._ordered(fallback))
         return options
 

@@ -39,6 +39,13 @@ class ModelCatalog:
             for public in (name, *model.aliases):
                 self._routes[public] = route
         self.names = tuple(settings.models)
+        # Per model and kind of call: the fallbacks that answer that kind (a chat model's
+        # embedding fallback is no fallback for a chat call).
+        self._fallbacks_for = {
+            (name, kind): tuple(f for f in fallbacks if kind in self._kinds[f])
+            for name, fallbacks in self.fallbacks.items()
+            for kind in ("chat", "embeddings")
+        }
 
     def canonical(self, model: str) -> str:
         """The configured name of ``model`` (a name or an alias), as the ledger records it;
@@ -70,6 +77,10 @@ class ModelCatalog:
     def serves(self, name: str, kind: CallKind) -> bool:
         """Whether the configured model ``name`` answers ``kind`` of call."""
         return kind in self._kinds[name]
+
+    def fallbacks_for(self, name: str, kind: CallKind) -> tuple[str, ...]:
+        """The fallbacks of the configured model ``name`` that answer ``kind`` of call, in order."""
+        return self._fallbacks_for[(name, kind)]
 
     def has_alternatives(self, name: str) -> bool:
         """Whether ``name`` has more than one deployment or any fallback."""
