@@ -137,3 +137,16 @@ def test_subclass_tree() -> None:
     assert issubclass(MethodNotAllowed, NotFound)
     for cls in (UpstreamUnavailable, UpstreamTimeout, UpstreamStreamBroken):
         assert issubclass(cls, UpstreamError)
+
+
+def test_an_upstream_error_says_its_status_and_type_the_same_way_as_every_error() -> None:
+    """``status`` and ``type`` are the provider's on an `UpstreamError`, as ``status_code`` and
+    ``error_type`` are: a library caller reading either sees the 400 the provider sent."""
+    from sluicegate.errors import UpstreamError, UpstreamTimeout
+
+    error = UpstreamError("bad input", status=400, error_type="invalid_request_error")
+    assert (error.status, error.status_code) == (400, 400)
+    assert (error.type, error.error_type) == ("invalid_request_error", "invalid_request_error")
+    assert UpstreamError("x").status == 502 and UpstreamError("x").type == "upstream_error"
+    assert UpstreamTimeout("slow").status == 504
+    assert UpstreamError.status == 500  # the class's default, untouched by its instances

@@ -247,8 +247,44 @@ def validate_body(kind: CallKind, body: object) -> tuple[str, bool]:
             if value is not None:
                 _check_positive_integer(name, value)
         return model, bool(stream)
-    if body.get("input") is None:
+    embedding_input = body.get("input")
+    if embedding_input is None:
         raise InvalidRequest(
             "you must provide an input parameter", param="input", code="missing_required_parameter"
         )
+    if (problem := _input_problem(embedding_input)) is not None:
+        raise InvalidRequest(f"invalid 'input': {problem}", param="input", code="invalid_type")
     return model, False
+
+
+def _tokens_problem(tokens: list[Any]) -> str | None:
+    if not tokens:
+        return "an array of tokens cannot be empty"
+    if any(type(token) is not int or token < 0 for token in tokens):
+        return "an array of tokens holds integers of 0 or more only"
+    return None
+
+
+def _input_problem(value: Any) -> str | None:
+    """Why ``value`` is not an embeddings ``input`` OpenAI takes (a non-empty string, or a
+    non-empty array of them, of token integers, or of arrays of token integers); None when it is.
+    Checked here so that a malformed input costs no upstream attempt, reservation or ledger row."""
+    if isinstance(value, str):
+        return None if value else "it cannot be an empty string"
+    if not isinstance(value, list):
+        return f"expected a string or an array, got {type(value).__name__}"
+    if not value:
+        return "it cannot be an empty array"
+    first = value[0]
+    if isinstance(first, str):
+        if not all(isinstance(item, str) and item for item in value):
+            return "an array of strings holds non-empty strings only"
+        return None
+    if isinstance(first, list):
+        if not all(isinstance(item, list) for item in value):
+            return "an array of token arrays holds token arrays only"
+        for item in value:
+            if (problem := _tokens_problem(item)) is not None:
+                return problem
+        return None
+    return _tokens_problem(value)

@@ -63,8 +63,10 @@ __all__ = [
 class SluicegateError(Exception):
     """The root of every error sluicegate raises on purpose."""
 
-    status: ClassVar[int] = 500
-    type: ClassVar[str] = "api_error"
+    # The HTTP status and OpenAI ``type`` it is served with: each class's own, or (`UpstreamError`)
+    # the provider's, per error. `status_code` and `error_type` read the same values.
+    status: int = 500
+    type: str = "api_error"
     default_code: ClassVar[str | None] = None
 
     def __init__(
@@ -256,16 +258,8 @@ class UpstreamError(SluicegateError):
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message, param=param, code=code, headers=headers)
-        self._status = status
-        self._error_type = error_type or self.type
-
-    @property
-    def status_code(self) -> int:
-        return self._status
-
-    @property
-    def error_type(self) -> str:
-        return self._error_type
+        self.status = status
+        self.type = error_type or type(self).type
 
 
 class UpstreamUnavailable(UpstreamError):

@@ -203,6 +203,21 @@ def test_embeddings_need_input(server: GatewayServer) -> None:
     assert status == 400 and error_of(raw)["param"] == "input"
 
 
+@pytest.mark.parametrize(
+    "value", ["", [], ["a", ""], ["a", 1], [1.5], [-1], [True], [[]], [[1], "a"], 123, {}, [None]]
+)
+def test_a_malformed_embeddings_input_is_refused_before_it_goes_upstream(
+    server: GatewayServer, upstream: MockUpstream, value: Any
+) -> None:
+    """An input OpenAI would refuse is a 400 naming `input`, without an upstream attempt (nor its
+    ledger row or budget reservation)."""
+    before = len(upstream.calls)
+    status, _, raw = post(server.url, "/v1/embeddings", {"model": "text-embedding-3-small", "input": value})
+    assert status == 400 and error_of(raw)["param"] == "input", raw
+    assert error_of(raw)["message"].startswith("invalid 'input': ")
+    assert len(upstream.calls) == before
+
+
 def test_body_over_limit_is_413(upstream: MockUpstream, tmp_path: Path) -> None:
     """A body over server.max_body_bytes is refused with 413, before it is parsed."""
     settings = mock_settings(upstream.url, data_dir=tmp_path, server={"max_body_bytes": 2048})
