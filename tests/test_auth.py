@@ -16,6 +16,7 @@ from sluicegate import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    RequestContext,
     Settings,
     create_gateway,
 )
@@ -307,6 +308,28 @@ def test_a_user_id_the_stores_cannot_hold_is_refused(user: str) -> None:
     assert refused.value.param == "user"
     with pytest.raises(InvalidRequest):
         authenticator.context(None, None, None, {"metadata": {"user": user}})
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"user": 5}, "user"),
+        ({"metadata": {"user": ["a"]}}, "metadata.user"),
+        ({"metadata": {"feature": 1}}, "metadata.feature"),
+    ],
+)
+def test_a_user_or_feature_that_is_not_a_string_is_refused(body: dict[str, object], param: str) -> None:
+    """Ignored before, so the call ran as no user (and a user-scoped cache shared it)."""
+    with pytest.raises(InvalidRequest, match="must be a string") as refused:
+        Authenticator(Settings(), None).context(None, None, None, body)
+    assert refused.value.param == param
+
+
+@pytest.mark.parametrize("field", ["org", "feature", "user"])
+def test_a_library_context_with_a_value_that_is_not_a_string_is_refused(field: str) -> None:
+    context = replace(RequestContext("acme", "ann", "chat"), **{field: 123})
+    with pytest.raises(InvalidRequest, match=f"the context's {field} must be a string"):
+        Authenticator(Settings(), None).check_context(context)
 
 
 def test_the_admin_key_counts_only_as_a_bearer_token(monkeypatch: pytest.MonkeyPatch) -> None:

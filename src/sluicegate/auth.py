@@ -156,9 +156,9 @@ class Authenticator:
         if body is not None:
             metadata = body.get("metadata")
             if isinstance(metadata, dict):
-                feature = feature or _str_or_none(metadata.get("feature"))
-                user = user or _str_or_none(metadata.get("user"))
-            user = user or _str_or_none(body.get("user"))
+                feature = feature or _str_or_none(metadata.get("feature"), "metadata.feature")
+                user = user or _str_or_none(metadata.get("user"), "metadata.user")
+            user = user or _str_or_none(body.get("user"), "user")
         if user is not None:
             _check_user(user)
         feature = feature or DEFAULT_FEATURE
@@ -180,6 +180,13 @@ class Authenticator:
     def check_context(self, context: RequestContext) -> None:
         """Raise `InvalidRequest` for a context the stores cannot hold: an unknown feature, a
         user or an org that cannot be one's name (a library caller's own `RequestContext`)."""
+        for name, value in (("org", context.org), ("feature", context.feature), ("user", context.user)):
+            if not isinstance(value, str) and (value is not None or name != "user"):
+                raise InvalidRequest(
+                    f"the context's {name} must be a string, got {type(value).__name__}",
+                    param=name,
+                    code="invalid_type",
+                )
         self.check_feature(context.feature)
         if context.user is not None:
             _check_user(context.user)
@@ -302,8 +309,13 @@ def _check_user(user: str) -> None:
         raise InvalidRequest(f"the user's id {problem}", param="user", code="invalid_user")
 
 
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+def _str_or_none(value: object, param: str) -> str | None:
+    """The body's ``param`` if it names something; `InvalidRequest` if it is not a string."""
+    if value is None or isinstance(value, str):
+        return value or None
+    raise InvalidRequest(
+        f"{param} must be a string, got {type(value).__name__}", param=param, code="invalid_type"
+    )
 
 
 def pepper_path(settings: Settings) -> Path:

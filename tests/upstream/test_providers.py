@@ -136,6 +136,21 @@ async def test_send_embeddings_uses_the_embeddings_path() -> None:
     assert orjson.loads(reply.body)["object"] == "list"
 
 
+async def test_sluicegate_s_own_hints_do_not_go_upstream() -> None:
+    """``metadata.feature`` and ``metadata.user`` route the call here; the provider gets the
+    rest of ``metadata`` (chat), and an embeddings request none (OpenAI's take none)."""
+    prov, engine = provider()
+    call = make_call(metadata={"feature": "chat", "user": "bob", "project": "q3"}, user="bob")
+    await prov.send(call)
+    sent = engine.calls[-1].body
+    assert sent is not None and sent["metadata"] == {"project": "q3"} and sent["user"] == "bob"
+    assert call.body["metadata"] == {"feature": "chat", "user": "bob", "project": "q3"}  # kept for retries
+    await prov.send(make_call(metadata={"feature": "chat"}))
+    assert "metadata" not in (engine.calls[-1].body or {})
+    await prov.send(make_call(kind="embeddings", metadata={"feature": "chat", "project": "q3"}))
+    assert "metadata" not in (engine.calls[-1].body or {})
+
+
 async def test_stream_asks_for_usage_and_strips_it() -> None:
     """A stream without include_usage asks upstream for usage, notes it, and hides it from the client."""
     prov, engine = provider()

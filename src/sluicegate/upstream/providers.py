@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ..calls import Call, Reply, Usage, request_json
+from ..calls import Call, CallKind, Reply, Usage, request_json
 from ..config import ProviderConfig, Settings
 from ..errors import ConfigError, UpstreamError, UpstreamTimeout
 from .mock import MockEngine, MockTransport
@@ -93,6 +93,21 @@ def deadline_passed(call: Call) -> UpstreamTimeout:
     )
 
 
+def _without_hints(body: dict[str, Any], kind: CallKind) -> None:
+    """Take sluicegate's own hints (``metadata.feature``, ``metadata.user``) out of a body going
+    upstream: they are the gateway's routing, not the provider's business. An embeddings request
+    loses ``metadata`` whole (OpenAI's embeddings take none, and refuse unknown fields)."""
+    metadata = body["metadata"]
+    if kind == "embeddings":
+        del body["metadata"]
+    elif isinstance(metadata, dict) and ("feature" in metadata or "user" in metadata):
+        rest = {k: v for k, v in metadata.items() if k not in ("feature", "user")}
+        if rest:
+            body["metadata"] = rest
+        else:
+            del body["metadata"]
+
+
 class Provider:
     """Sends calls to one OpenAI-compatible upstream."""
 
@@ -104,6 +119,8 @@ class Provider:
         """Forward ``call`` upstream; raise `UpstreamError` when the upstream refuses it."""
         # A copy: the call's body stays as the client sent it, for retries and fallbacks.
         body = {**call.body, "model": call.route.upstream_model}
+        if "metadata" in body:
+            _without_hints(body, call.kind)
         strip_usage = False
         if call.stream:
             # Ask for usage on every stream so cost is always known; hide it if not asked for.
