@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from sluicegate import (
@@ -11,11 +14,13 @@ from sluicegate import (
     MockBehaviour,
     ModelNotFound,
     RequestContext,
+    ServiceUnavailable,
     Settings,
     UpstreamError,
     UpstreamStreamBroken,
     create_gateway,
 )
+from sluicegate.store.db import create_engine
 from sluicegate.testing import mock_settings
 
 MESSAGES = [{"role": "user", "content": "Draft an OKR for support"}]
@@ -176,3 +181,30 @@ async def test_a_name_with_a_joiner_is_a_name(gateway: Gateway) -> None:
         },
     )
     assert call.context.user is not None and "\u200d" in call.context.user
+
+
+async def test_closing_waits_for_the_calls_under_way_then_refuses_new_ones(tmp_path: Path) -> None:
+    """A library caller closing its gateway with calls in flight: they finish as they would
+    have (their ledger rows from their usage, not 'interrupted'), then calls are refused."""
+    settings = mock_settings(
+        data_dir=tmp_path, providers={"upstream": {"kind": "mock", "mock": {"latency": {"ms": 300}}}}
+    )
+    gateway = create_gateway(settings)
+    await gateway.start()
+    calls = [
+        asyncio.create_task(gateway.embed(model="text-embedding-3-small", input=f"hello {i}"))
+        for i in range(5)
+    ]
+    await asyncio.sleep(0.1)
+    await gateway.aclose()
+    assert all(task.done() and task.exception() is None for task in calls)
+    with pytest.raises(ServiceUnavailable) as refused:
+        await gateway.embed(model="text-embedding-3-small", input="late")
+    assert refused.value.code == "gateway_closed"
+    engine = create_engine(settings.database.url)
+    try:
+        async with engine.connect() as connection:
+            rows = (await connection.exec_driver_sql("SELECT priced_from, status FROM usage_ledger")).all()
+    finally:
+        await engine.dispose()
+    assert len(rows) == 5 and {tuple(row) for row in rows} == {("usage", 200)}

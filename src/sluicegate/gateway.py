@@ -52,7 +52,7 @@ from .cache.policy import parse_body_cache, parse_cache_control
 from .cache.stage import ServeFromCache
 from .calls import NO_DIRECTIVES, CacheControl, Call, CallKind, Reply, RequestContext, validate_body
 from .config import Settings
-from .errors import UpstreamError
+from .errors import ServiceUnavailable, UpstreamError
 from .observe.alerts import Alerts
 from .observe.events import Counters, EventSink, RecordEvents
 from .observe.health import HealthProbes
@@ -162,7 +162,9 @@ class Gateway:
                 self.alerts,
             )
         # `send` is the pipeline itself, so that a call costs no extra coroutine level.
-        self.send: Send = RecordEvents(inner, sink or self.counters)
+        self._events = RecordEvents(inner, sink or self.counters)
+        self.send: Send = self._events
+        self._closing = False
         probes: dict[str, Callable[[], Awaitable[Any]]] = {"database": lambda: ping(engine)}
         if redis is not None:
             probes["redis"] = redis.ping
@@ -205,7 +207,20 @@ class Gateway:
             await self.cache.start()
 
     async def aclose(self) -> None:
-        """Stop background work, flush the cache's pending writes, and release connections."""
+        """Refuse new calls, wait for those under way (up to ``server.drain_timeout_s``; a stream
+        until its reader closes it), then stop background work, flush the cache's and the
+        ledger's pending writes, and release connections."""
+        if self._closing:
+            return
+        self._closing = True
+        left = await self._events.drain(self.settings.server.drain_timeout_s)
+        if left:
+            logger.warning(
+                "gateway: closing with %d calls still under way after %g s (server.drain_timeout_s); "
+                "their ledger rows are recorded as interrupted, at their estimate",
+                left,
+                self.settings.server.drain_timeout_s,
+            )
         await self.probes.stop()
         await self.controls.stop()
         await self.compactor.stop()
@@ -258,6 +273,11 @@ class Gateway:
         body's ``cache`` object is taken out of the body (it never goes upstream). Run the call
         with ``await gateway.send(call)``.
         """
+        if self._closing:
+            raise ServiceUnavailable(
+                "the gateway is closed (or closing): make calls on a gateway that is open",
+                code="gateway_closed",
+            )
         model, stream = validate_body(kind, body)
         if context is None:
             context = self.authenticator.context(None, None, None, body)

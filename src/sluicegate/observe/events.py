@@ -6,6 +6,8 @@ to keep. Streams are recorded when they end, with their time to first chunk.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -105,20 +107,43 @@ class RecordEvents:
     def __init__(self, send: Send, sink: EventSink) -> None:
         self._send = send
         self._sink = sink
+        self.in_flight = 0  # calls under way, streams until they close: `drain` waits for them
+        self._idle: asyncio.Future[None] | None = None
 
     async def __call__(self, call: Call) -> Reply:
+        self.in_flight += 1
         try:
             reply = await self._send(call)
         except SluicegateError as exc:
+            self._ended()
             self._sink.record(_event(call, exc.status_code, exc.code, None, None))
             raise
+        except BaseException:
+            self._ended()
+            raise
         if reply.stream is None:
+            self._ended()
             self._sink.record(_event(call, 200, None, reply.usage, None))
         else:
             reply.stream.on_close(lambda relay: self._record_stream(call, relay))
         return reply
 
+    def _ended(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for the calls under way to end; how many are still going."""
+        if self.in_flight:
+            self._idle = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._idle
+        return self.in_flight
+
     def _record_stream(self, call: Call, relay: ReplyStream) -> None:
+        self._ended()
         error = relay.error
         if error is not None:
             status, code = error.status_code, error.code
