@@ -109,6 +109,22 @@ async def test_stale_if_error_serves_the_expired_in_process_entry(tmp_path: Path
         assert reply.body == first.body
 
 
+async def test_stale_if_error_keeps_to_the_request_s_max_age(tmp_path: Path) -> None:
+    """A request that accepts answers at most N seconds old gets the upstream's error rather
+    than an older entry; one whose max-age the entry meets gets the entry."""
+    async with create_gateway(memory_only(tmp_path, stale_if_error_s=600)) as gateway:
+        await send(gateway)
+        assert gateway.cache is not None and gateway.cache.memory is not None
+        for entry in gateway.cache.memory.entries():
+            entry.created_at, entry.expires_at = time.time() - 120, time.time() - 100
+        engine = engine_of(gateway)
+        engine.behaviour = engine.behaviour.model_copy(update={"error_rate": 1.0})
+        with pytest.raises(AllUpstreamsFailed):
+            await send(gateway, cache_control="max-age=60")
+        reply = await send(gateway, cache_control="max-age=600")
+        assert reply.headers["x-sluicegate-cache"] == "stale"
+
+
 async def test_a_browser_only_feature_keeps_nothing_on_the_server(tmp_path: Path) -> None:
     """A feature cached only in browsers gets the browser headers but no server entry."""
     settings = mock_settings(

@@ -346,9 +346,15 @@ class ServeFromCache:
         control: CacheControl,
         error: SluicegateError,
     ) -> Reply:
-        """The stale entry within the feature's ``stale_if_error_s``, or ``error`` raised."""
+        """The stale entry within the feature's ``stale_if_error_s`` (and the request's
+        ``max-age``, if it set one), or ``error`` raised."""
         now = self._cache.clock()
-        if stale is not None and policy.stale_if_error_s and now < stale.expires_at + policy.stale_if_error_s:
+        if (
+            stale is not None
+            and policy.stale_if_error_s
+            and now < stale.expires_at + policy.stale_if_error_s
+            and (control.max_age is None or stale.age(now) <= control.max_age)
+        ):
             self._cache.stats.count(call.context.feature, "stale")
             if self._ledger is not None:
                 self._ledger.served(call, stale.usage, "stale")
