@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -12,10 +13,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sluicegate.admission.budget_math import (
     MIN_COMPLETION_TOKENS,
     Book,
+    Period,
     decide,
     decide_all,
     forecast,
     period_bounds,
+    period_end,
     period_start,
 )
 
@@ -70,6 +73,15 @@ def test_a_call_is_admitted_whole_clamped_or_refused() -> None:
     assert not decide(1_000, 500, 395, 100, out, 1000).admitted  # 5 µUSD: not 16 tokens
     assert decide(1_000, 500, 390, 100, out, 10).admitted  # a small ask that fits whole
     assert not decide(1_000, 900, 0, 100, out, MIN_COMPLETION_TOKENS).admitted
+
+
+def test_a_call_that_fills_the_budget_exactly_fits() -> None:
+    """spent + reserved + worst case <= limit: an embedding (nothing to pay beyond its prompt)
+    that takes the last micro-dollar is admitted, one more is not."""
+    assert decide(10, 9, 0, 1, 600_000, 0) == (True, 0, 1)
+    assert not decide(10, 9, 1, 1, 600_000, 0).admitted
+    assert decide(10, 9, 0, 1, 0, 100) == (True, 100, 1)  # a free output
+    assert not decide(10, 10, 0, 0, 600_000, 100).admitted  # nothing left for any output
 
 
 class BudgetMachine(RuleBasedStateMachine):
@@ -129,3 +141,21 @@ def test_the_forecast_runs_the_recent_burn_rate_to_the_end_of_the_period() -> No
     assert forecast(20_000, 1_000, 86_400, now, ends) == 25_500
     assert forecast(20_000, 0, 86_400, now, ends) == 20_000
     assert forecast(7, 1_000, 0, now, ends) == 7  # the first instant of a period
+
+
+@pytest.mark.parametrize(
+    ("period", "name", "ends"),
+    [
+        ("day", "2024-02-28", "2024-02-29"),
+        ("day", "2025-12-31", "2026-01-01"),
+        ("week", "2026-W01", "2026-01-05"),
+        ("week", "2020-W53", "2021-01-04"),
+        ("month", "2025-12", "2026-01-01"),
+        ("month", "2024-02", "2024-03-01"),
+    ],
+)
+def test_a_period_s_end_from_its_name(period: Period, name: str, ends: str) -> None:
+    """The end of the period a name stands for, as `period_bounds` gives it from inside it."""
+    end = dt.datetime.fromisoformat(ends).replace(tzinfo=dt.UTC).timestamp()
+    assert period_end(period, name) == end
+    assert period_bounds(period, end - 1) == (name, end)

@@ -382,3 +382,51 @@ async def test_a_call_refused_by_the_concurrency_cap_may_retry_in_a_second(tmp_p
         assert len(refused) == 2 and all(r.code == "budget_throttled" for r in refused)
         assert {r.headers["retry-after"] for r in refused} == {"1"}
         assert "1 of its calls at once" in refused[0].message and "max_tokens" not in refused[0].message
+
+
+def _at(iso: str) -> float:
+    from datetime import UTC, datetime
+
+    return datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp()
+
+
+async def _ledger_row(engine: Any, rid: str, at: float, latency_ms: int, cost: int) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO usage_ledger (request_id, attempt, at, org, user, key_id, feature, model, "
+                "provider, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_micro, "
+                "saved_micro, cache, status, latency_ms, priced_from) VALUES (:r, 1, :at, 'acme', NULL, "
+                "NULL, 'chat', 'gpt-4o-mini', 'upstream', 10, 0, 10, 0, :c, 0, 'miss', 200, :l, 'usage')"
+            ),
+            {"r": rid, "at": at, "c": cost, "l": latency_ms},
+        )
+
+
+async def test_a_call_across_midnight_counts_in_the_period_it_began_in_only(tmp_path: Path) -> None:
+    """Reserved at 23:59:50 on 31 December, answered at 00:00:05: its $0.50 is December's
+    (where its settlement went), not also January's, whose spend starts from the ledger; the
+    settlement reports December's end, not January's. The forecast 10 s into January runs the
+    last day's burn ($0.50) to the month's end (about $15.50 of $100), rather than those 10 s
+    (which made it $133,920)."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/budgets.db")
+    await migrate(engine)
+    now = [_at("2025-12-31T23:59:50")]
+    store = BudgetStore(engine, BudgetsConfig(), clock=lambda: now[0])
+    try:
+        budget = await store.set_limit(new_budget("acme", Decimal(100), "month", None, ()))
+        assert (await store.reserve([budget], "req1:1", 100, 600_000, 1000)).decision.admitted
+        now[0] = _at("2026-01-01T00:00:05")
+        await _ledger_row(engine, "req1", now[0], 15_000, 500_000)
+        settled = await store.settle("req1:1", 500_000)
+        assert [(u.period, u.spent_micro, u.ends_at) for u in settled] == [
+            ("2025-12", 500_000, _at("2026-01-01T00:00:00"))
+        ]
+        now[0] = _at("2026-01-01T00:00:10")
+        held = await store.reserve([budget], "req2:1", 100, 600_000, 10)
+        assert [(u.period, u.spent_micro) for u in held.usages] == [("2026-01", 0)]
+        usage = await store.usage(budget)
+        assert usage.forecast_micro is not None and usage.forecast_micro < budget.limit_micro
+    finally:
+        store.close()
+        await engine.dispose()

@@ -55,6 +55,18 @@ async def test_exactly_what_fits_is_reserved_under_concurrency(budgets: RedisBud
     assert await budgets.read(ORG, PERIOD) == (0, 10_000)
 
 
+async def test_an_embedding_may_take_the_last_micro_dollar(budgets: RedisBudgets) -> None:
+    """Ten reservations of 1 µUSD (prompts, no output) under a 10 µUSD budget: all ten fit."""
+    tiny = Budget("org:tiny", 10, "month")
+    now = time.time()
+    timed = [(tiny, PERIOD, now + 3600)]
+    admitted = [
+        (await budgets.reserve(timed, f"e{n}", 1, 600_000, 0, 60, [0], now)).decision.admitted
+        for n in range(11)
+    ]
+    assert admitted == [True] * 10 + [False]
+
+
 async def test_a_call_under_several_budgets_is_reserved_in_all_or_none(budgets: RedisBudgets) -> None:
     """The user's budget refuses after 10 calls; the org's is left as it was."""
     outcomes = [await reserve(budgets, [ORG, ANN], f"r{n}") for n in range(11)]

@@ -28,6 +28,7 @@ __all__ = [
     "decide_all",
     "forecast",
     "period_bounds",
+    "period_end",
     "period_start",
 ]
 
@@ -54,6 +55,19 @@ def period_bounds(period: Period, now: float) -> tuple[str, float]:
         name = start.strftime("%Y-%m")
     del start
     return name, dt.datetime.combine(end, dt.time(), dt.UTC).timestamp()
+
+
+def period_end(period: Period, name: str) -> float:
+    """The Unix time the period named ``name`` (as `period_bounds` names it) ends (UTC)."""
+    if period == "day":
+        start = dt.date.fromisoformat(name)
+    elif period == "week":
+        year, week = name.split("-W")
+        start = dt.date.fromisocalendar(int(year), int(week), 1)
+    else:
+        start = dt.date.fromisoformat(name + "-01")
+    midnight = dt.datetime.combine(start, dt.time(), dt.UTC).timestamp()
+    return period_bounds(period, midnight)[1]
 
 
 def period_start(period: Period, now: float) -> float:
@@ -111,7 +125,7 @@ def decide(
     (``out_pico`` pico-USD a token). Admit it whole if it fits, or with fewer completion tokens
     (at least `MIN_COMPLETION_TOKENS`) if that fits; refuse otherwise (pure)."""
     room = limit - spent - reserved - prompt_micro
-    if room <= 0:
+    if room < 0:  # at 0 a call with nothing more to pay for (an embedding, a free output) fits
         return Decision(False, 0, 0)
     affordable = asked_tokens if out_pico <= 0 else min(asked_tokens, (room * 1_000_000) // out_pico)
     if affordable < min(asked_tokens, MIN_COMPLETION_TOKENS):

@@ -31,7 +31,16 @@ from ..errors import BudgetUnavailable, InvalidRequest
 from ..observe.alerts import Alerts
 from ..store.tables import budget_limits, virtual_keys
 from .budget_alerts import Usage, announce
-from .budget_math import Decision, Outcome, Period, Throttle, forecast, period_bounds, period_start
+from .budget_math import (
+    Decision,
+    Outcome,
+    Period,
+    Throttle,
+    forecast,
+    period_bounds,
+    period_end,
+    period_start,
+)
 from .budget_scopes import Budget, BudgetIndex, parse_scope, scope_of
 from .outage import REDIS_ERRORS, Outage
 from .redis_budgets import Book, NeedsFloor, RedisBudgets
@@ -40,8 +49,11 @@ from .sql_budgets import SqlBudgets
 __all__ = ["Budget", "BudgetStore", "Reservation", "Usage"]
 
 _FORECAST_WINDOW_S = 86_400.0
+# A ledger row's `at` is when its attempt ended; it counts in the period it began in, as its
+# reservation (and settlement) did: a call that runs past midnight is not counted in both days.
 _SPENT = (
-    "SELECT coalesce(sum(cost_micro), 0) FROM usage_ledger WHERE {where} AND at >= :since AND attempt >= 1"
+    "SELECT coalesce(sum(cost_micro), 0) FROM usage_ledger WHERE {where} AND at >= :since "
+    "AND at - latency_ms / 1000.0 >= :since AND attempt >= 1"
 )
 _PERIOD = "SELECT spent_micro, reserved_micro FROM budget_periods WHERE scope = :s AND period = :p"
 _SET_LIMIT = "INSERT INTO budget_limits (scope, limit_micro, period, updated_at) VALUES (:s, :l, :p, :t)"
@@ -303,7 +315,8 @@ class BudgetStore:
         usages = []
         for scope, period, spent, reserved in rows:
             budget = self.budgets.get(scope) or Budget(scope, 0, "month")
-            usages.append(Usage(budget, period, self._bounds(budget.period, now)[1], spent, reserved))
+            # The reservation's period, which may have ended since: its own end, not today's.
+            usages.append(Usage(budget, period, period_end(budget.period, period), spent, reserved))
         return usages
 
     def settle_soon(
@@ -348,10 +361,11 @@ class BudgetStore:
 
     async def usage(self, budget: Budget) -> Usage:
         """The budget's current period, with its forecast: the spend at the period's end if the
-        burn rate of the last day (from the ledger; less early in a period) goes on."""
+        burn rate of the last day (from the ledger, whatever period it fell in) goes on. A
+        shorter window early in a period would extrapolate a few seconds' spend to the month."""
         now = self.clock()
         period, ends = period_bounds(budget.period, now)
-        window = min(_FORECAST_WINDOW_S, now - period_start(budget.period, now))
+        window = _FORECAST_WINDOW_S
         counted = None
         if self._redis is not None and self._redis_outage.usable(now):
             with contextlib.suppress(*REDIS_ERRORS):

@@ -77,7 +77,7 @@ for i = 1, n do
     end
   end
   local room = limit - spent[i] - reserved[i] - prompt
-  if room <= 0 then return {0, i, spent[i], reserved[i], 0} end
+  if room < 0 then return {0, i, spent[i], reserved[i], 0} end
   local afford = tokens
   if out > 0 then
     afford = math.min(tokens, math.floor(room * 1000000 / out))
