@@ -208,3 +208,12 @@ async def test_closing_waits_for_the_calls_under_way_then_refuses_new_ones(tmp_p
     finally:
         await engine.dispose()
     assert len(rows) == 5 and {tuple(row) for row in rows} == {("usage", 200)}
+
+
+async def test_embed_and_chat_take_any_sequences(gateway: Gateway) -> None:
+    """Tuples of strings, token arrays, and message lists typed as the openai SDK types them."""
+    for given in (("a", "b"), [1, 2, 3], [(1, 2), (3,)]):
+        reply = await gateway.embed(model="text-embedding-3-small", input=given)
+        assert len(reply["data"]) == (1 if given == [1, 2, 3] else 2)
+    answer = await gateway.chat(model="gpt-4o-mini", messages=tuple(MESSAGES))
+    assert answer["object"] == "chat.completion"

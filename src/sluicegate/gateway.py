@@ -24,7 +24,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -310,12 +310,12 @@ class Gateway:
         self,
         *,
         model: str,
-        messages: list[dict[str, Any]],
+        messages: Sequence[Mapping[str, Any]],
         context: RequestContext | None = None,
         **params: Any,
     ) -> dict[str, Any]:
         """A chat completion, as OpenAI's JSON object."""
-        body = {**params, "model": model, "messages": messages, "stream": False}
+        body = {**params, "model": model, "messages": list(messages), "stream": False}
         reply = await self.send(self.new_call("chat", body, context))
         return _object(reply.body)
 
@@ -323,12 +323,12 @@ class Gateway:
         self,
         *,
         model: str,
-        messages: list[dict[str, Any]],
+        messages: Sequence[Mapping[str, Any]],
         context: RequestContext | None = None,
         **params: Any,
     ) -> AsyncIterator[dict[str, Any]]:
         """A streamed chat completion, chunk by chunk; raises `UpstreamError` if it breaks."""
-        body = {**params, "model": model, "messages": messages, "stream": True}
+        body = {**params, "model": model, "messages": list(messages), "stream": True}
         reply = await self.send(self.new_call("chat", body, context))
         stream = reply.stream
         assert stream is not None
@@ -349,12 +349,15 @@ class Gateway:
         self,
         *,
         model: str,
-        input: str | list[str],
+        input: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]],
         context: RequestContext | None = None,
         **params: Any,
     ) -> dict[str, Any]:
         """Embeddings, as OpenAI's JSON object."""
-        body = {**params, "model": model, "input": input}
+        given = (
+            input if isinstance(input, str) else [x if isinstance(x, str | int) else list(x) for x in input]
+        )
+        body = {**params, "model": model, "input": given}
         reply = await self.send(self.new_call("embeddings", body, context))
         return _object(reply.body)
 

@@ -91,6 +91,19 @@ async def test_embeddings_take_their_input_only(tmp_path: Path) -> None:
             assert int(reply.headers["x-ratelimit-remaining-tokens"]) > 2900
 
 
+EMBED = {"model": "text-embedding-3-small"}
+
+
+async def test_an_embedding_over_the_limit_is_told_to_send_a_shorter_input(tmp_path: Path) -> None:
+    """It has no max_tokens to lower: the refusal names its input."""
+    async with create_gateway(settings(tmp_path, 1000)) as gateway:
+        await gateway.send(gateway.new_call("embeddings", {**EMBED, "input": "one " * 700}, ACME))
+        with pytest.raises(TokensLimited) as refused:
+            await gateway.send(gateway.new_call("embeddings", {**EMBED, "input": "two " * 700}, ACME))
+    assert "(its input)" in refused.value.message and refused.value.message.endswith("a shorter input")
+    assert "max_tokens" not in refused.value.message
+
+
 async def test_a_stream_the_client_cuts_gives_back_all_but_what_it_used(tmp_path: Path) -> None:
     """Cut after its first chunks, a stream keeps only its prompt and those chunks' tokens."""
     slow = {"upstream": {"kind": "mock", "mock": {"answer_words": 400, "chunk_interval_ms": 5}}}

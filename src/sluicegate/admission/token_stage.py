@@ -74,11 +74,15 @@ class LimitTokens:
             assert taken.blocked is not None
             rule = checks[taken.blocked].rule
             wait = max(1, math.ceil(taken.retry_after_s))  # not a moment before the bucket holds it
+            uses, smaller = (
+                ("its input", "a shorter input")
+                if call.kind == "embeddings"
+                else ("its prompt and max_tokens", "a smaller max_tokens")
+            )
             raise TokensLimited(
                 f"token limit reached: at most {rule.tokens_per_minute:,} tokens a minute for each "
                 f"{rule.per}{' in feature ' + rule.feature if rule.feature else ''}, and this call "
-                f"may use {cost:,} (its prompt and max_tokens); try again in {wait} s, or send a "
-                "smaller max_tokens",
+                f"may use {cost:,} ({uses}); try again in {wait} s, or send {smaller}",
                 headers={
                     "retry-after": str(wait),
                     "x-ratelimit-limit-tokens": str(tightest),
