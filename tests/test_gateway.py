@@ -217,3 +217,18 @@ async def test_embed_and_chat_take_any_sequences(gateway: Gateway) -> None:
         assert len(reply["data"]) == (1 if given == [1, 2, 3] else 2)
     answer = await gateway.chat(model="gpt-4o-mini", messages=tuple(MESSAGES))
     assert answer["object"] == "chat.completion"
+
+
+async def test_a_database_that_is_not_there_fails_the_start_with_a_sluicegate_error(tmp_path: Path) -> None:
+    """Not SQLAlchemy's own exception: a `ServiceUnavailable` naming the database (no password)."""
+    settings = mock_settings(
+        data_dir=tmp_path,
+        database={"url": "postgresql+asyncpg://postgres:secret@127.0.0.1:5432/no_such_db_sg"},
+    )
+    gateway = create_gateway(settings)
+    try:
+        with pytest.raises(ServiceUnavailable, match="could not be reached or migrated") as refused:
+            await gateway.start()
+    finally:
+        await gateway.aclose()
+    assert "no_such_db_sg" in refused.value.message and "secret" not in refused.value.message

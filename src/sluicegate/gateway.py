@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .accounting.ledger import Ledger, RecordUsage
@@ -187,9 +188,18 @@ class Gateway:
         return self._keys
 
     async def start(self) -> None:
-        """Migrate the schema if configured to, and start the dependency probes."""
+        """Migrate the schema if configured to, and start the dependency probes; a database
+        that cannot be reached or migrated is a `ServiceUnavailable` naming why."""
         if self.settings.database.migrate_on_start:
-            await migrate(self.engine)
+            try:
+                await migrate(self.engine)
+            except (SQLAlchemyError, OSError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ServiceUnavailable(
+                    f"the database at {self.engine.url.render_as_string(hide_password=True)} could not be "
+                    f"reached or migrated: {first}",
+                    code="database_unavailable",
+                ) from exc
         await self.probes.check_once()
         self.probes.start()
         try:
