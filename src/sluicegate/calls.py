@@ -132,6 +132,9 @@ class Call:
     own_answer: bool = False
     # Once a hedge races copies of the call, the attempt numbers they share (see `next_attempt`).
     tries: Iterator[int] | None = None
+    # The copies a hedge race left behind once another answered, with the reply each had (None:
+    # cancelled while it waited, billed by its prompt's estimate, as the ledger bills it).
+    losers: list[tuple[Call, Reply | None]] | None = None
 
     def next_attempt(self) -> None:
         """Number the call's next upstream attempt: one more, or, once copies of it race (a

@@ -430,3 +430,44 @@ async def test_a_call_across_midnight_counts_in_the_period_it_began_in_only(tmp_
     finally:
         store.close()
         await engine.dispose()
+
+
+async def test_a_hedged_call_settles_what_its_cancelled_copy_cost_too(tmp_path: Path) -> None:
+    """The hedge wins; the late first attempt is cancelled, and the ledger bills it its prompt's
+    estimate. The budget counts that too, so it agrees with the ledger."""
+    price = {"input_per_mtok": 100, "output_per_mtok": 200}
+    settings = mock_settings(
+        data_dir=tmp_path,
+        providers={
+            "slow": {"kind": "mock", "mock": {"latency": {"ms": 3000}}},
+            "fast": {"kind": "mock"},
+        },
+        models={
+            "m": {
+                "provider": "slow",
+                "weight": 1e9,
+                "deployments": [{"provider": "fast", "weight": 1e-9}],
+                "price": price,
+            }
+        },
+        features={"default": {"hedge": True, "hedge_after_ms": 50}},
+        budgets={"orgs": [{"org": "acme", "limit_usd": 10}]},
+    )
+    async with create_gateway(settings) as gateway:
+        call = gateway.new_call("chat", body("hedge me " * 50) | {"model": "m"}, RequestContext("acme"))
+        reply = await gateway.send(call)
+        assert reply.headers["x-sluicegate-hedge"] == "won"
+        assert gateway.outbox is not None
+        await asyncio.sleep(0.1)
+        await gateway.outbox.flush()
+        async with gateway.engine.connect() as connection:
+            rows = (
+                await connection.exec_driver_sql(
+                    "SELECT attempt, status, cost_micro FROM usage_ledger ORDER BY attempt"
+                )
+            ).all()
+        budget = gateway.budgets.budget_for("acme")
+        assert budget is not None
+        usage = await settled_usage(gateway, budget)
+    assert [row[1] for row in rows] == [499, 200] and all(row[2] > 0 for row in rows)
+    assert usage.spent_micro == sum(row[2] for row in rows) and usage.reserved_micro == 0

@@ -126,6 +126,8 @@ class ReserveBudget:
         if reply.stream is None:
             cost = self._prices.cost_micro(call.route, reply_usage(call.body, reply))  # as the ledger
             amount = decision.reserve_micro if cost is None else cost
+            if call.losers:
+                amount += self._losers_cost(call.losers)
             # In Redis the settlement is sent, not awaited: it leaves in one write with the
             # cache's store of this answer (one round trip after the call, which nobody waits for).
             if not self._store.settle_soon(rid, amount, self._settled_soon(rid)):
@@ -137,11 +139,25 @@ class ReserveBudget:
                 # Cut by the client, it costs what the ledger records: its estimate, not its worst case.
                 cost = self._prices.cost_micro(call.route, stream_usage(call.body, relay))
                 amount = reserved if cost is None else cost
+                if call.losers:
+                    amount += self._losers_cost(call.losers)
                 if not self._store.settle_soon(rid, amount, self._settled_soon(rid)):
                     spawn(self._tasks, self._settle(rid, amount))
 
             reply.stream.on_close(settle_stream)
         return reply
+
+    def _losers_cost(self, losers: list[tuple[Call, Reply | None]]) -> int:
+        """What the copies a hedge race left behind cost, as the ledger records them: one that
+        was cancelled, its prompt's estimate; one that answered too, its answer's usage."""
+        total = 0
+        for loser, reply in losers:
+            if reply is not None and reply.stream is None:
+                usage = reply_usage(loser.body, reply)
+            else:
+                usage = usage_or_estimate(loser.body, None, 499)[0]
+            total += self._prices.cost_micro(loser.route, usage) or 0
+        return total
 
     def _dearest(self, model: str) -> tuple[int, int]:
         """The dearest input and output prices (pico-USD a token; reasoning counts as output)
