@@ -17,6 +17,7 @@ from sluicegate import (
     NotFound,
     PermissionDenied,
     RequestContext,
+    ServiceUnavailable,
     Settings,
     create_gateway,
 )
@@ -137,6 +138,29 @@ async def test_keys_required(tmp_path: Path, store: KeyStore) -> None:
     for header in (None, "", "Basic abc", "Bearer ", "Bearer sk-sg-unknown"):
         with pytest.raises(AuthenticationFailed):
             await auth.authenticate(header)
+
+
+async def test_with_the_database_down_a_known_key_still_works_and_others_get_a_503(
+    tmp_path: Path, store: KeyStore
+) -> None:
+    """Past its cache time a key is looked up again; when the database cannot answer, its last
+    known record stands (not a 500 with a traceback for every request), and a key never seen is
+    a 503 to retry, not a 401."""
+    now = [1000.0]
+    auth = Authenticator(keyed_settings(tmp_path, key_cache_seconds=30), store, clock=lambda: now[0])
+    key, record = await store.create("acme")
+    await auth.authenticate(f"Bearer {key}")
+    down = create_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    auth._store = KeyStore(down, b"pepper")
+    try:
+        now[0] += 31
+        principal = await auth.authenticate(f"Bearer {key}")
+        assert principal is not None and principal.id == record.id
+        with pytest.raises(ServiceUnavailable) as refused:
+            await auth.authenticate("Bearer sk-sg-neverseen")
+        assert refused.value.code == "database_unavailable" and refused.value.headers["retry-after"] == "5"
+    finally:
+        await down.dispose()
 
 
 async def test_revocation_reaches_a_cached_key_after_the_ttl(tmp_path: Path, store: KeyStore) -> None:

@@ -227,7 +227,9 @@ async def test_a_database_that_is_not_there_fails_the_start_with_a_sluicegate_er
     )
     gateway = create_gateway(settings)
     try:
-        with pytest.raises(ServiceUnavailable, match="could not be reached or migrated") as refused:
+        with pytest.raises(
+            ServiceUnavailable, match="the database is unreachable, or could not be migrated"
+        ) as refused:
             await gateway.start()
     finally:
         await gateway.aclose()

@@ -22,12 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from .browser_tokens import TOKEN_PREFIX, BrowserPrincipal, derive_secret, sign_token, verify_token
 from .calls import RequestContext
 from .config import DEFAULT_FEATURE, Settings
 from .config_base import name_problem
 from .config_money import org_of_request
-from .errors import AuthenticationFailed, InvalidRequest, PermissionDenied
+from .errors import AuthenticationFailed, InvalidRequest, PermissionDenied, ServiceUnavailable
 from .virtual_keys import KeyRecord, KeyStore, hash_key, new_key
 
 __all__ = [
@@ -218,10 +220,22 @@ class Authenticator:
             record = cached[0]
         else:
             assert self._store is not None
-            record = await (self._store.find_id(key) if by_id else self._store.find(key))
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[cache_key] = (record, now + self._ttl)
+            try:
+                record = await (self._store.find_id(key) if by_id else self._store.find(key))
+            except (SQLAlchemyError, ConnectionError, TimeoutError) as exc:
+                if cached is None or cached[0] is None:
+                    raise ServiceUnavailable(
+                        "the API key cannot be checked: the database is unreachable; try again shortly",
+                        code="database_unavailable",
+                        headers={"retry-after": "5"},
+                    ) from exc
+                # The database is unreachable: the key's last known record stands (a revocation
+                # made meanwhile reaches this process with the database, as it would anyway).
+                record = cached[0]
+            else:
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[cache_key] = (record, now + self._ttl)
         gone = (
             "the virtual key this browser token was minted with is revoked or expired; ask the "
             "application's backend for a new token"

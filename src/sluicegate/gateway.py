@@ -196,16 +196,16 @@ class Gateway:
             except (SQLAlchemyError, OSError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ServiceUnavailable(
-                    f"the database at {self.engine.url.render_as_string(hide_password=True)} could not be "
-                    f"reached or migrated: {first}",
+                    "the database is unreachable, or could not be migrated "
+                    f"({self.engine.url.render_as_string(hide_password=True)}): {first}",
                     code="database_unavailable",
                 ) from exc
         await self.probes.check_once()
         self.probes.start()
         try:
             await self.controls.refresh()
-        except Exception as exc:  # the database is down: no stop known yet; the poll retries
-            logger.warning("controls: could not read the emergency stops at start (%s)", exc)
+        except Exception as exc:  # the database is down: no upstream call until the poll reads them
+            self.controls.unread(exc)
         self.controls.start()
         if self.outbox is not None:
             try:

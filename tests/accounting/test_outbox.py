@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
@@ -136,6 +137,29 @@ async def test_rows_wait_while_the_database_is_down_and_go_in_when_it_returns(tm
         outbox.add(make_row("after"))
         await outbox.flush()
         assert await totals(engine) == (11, 1100)
+    finally:
+        await outbox.aclose()
+        await engine.dispose()
+
+
+async def test_a_process_started_while_the_database_is_down_writes_once_it_is_back(tmp_path: Path) -> None:
+    """Its start could not replay a dead process's rows: its writer runs all the same, and
+    writes its own rows when the database returns (the orphans at the next replay)."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'late.db'}")  # no table yet: "down"
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "1-dead.jsonl").write_bytes(orjson.dumps(make_row("orphan")) + b"\n")
+    outbox = Outbox(engine, spool, interval_s=0.05, replay_interval_s=0.2)
+    try:
+        with pytest.raises(OperationalError):
+            await outbox.start()
+        outbox.add(make_row("mine"))
+        await migrate(engine)  # the database is back
+        for _ in range(100):
+            if await totals(engine) == (2, 200):
+                break
+            await asyncio.sleep(0.05)
+        assert await totals(engine) == (2, 200)
     finally:
         await outbox.aclose()
         await engine.dispose()

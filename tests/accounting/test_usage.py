@@ -63,6 +63,14 @@ def test_the_query_is_checked_and_an_org_key_is_pinned_to_its_org() -> None:
         UsageQuery.parse({"group_by": "org,org"}, now=1e6, org=None)
 
 
+@pytest.mark.parametrize("params", [{"days": "inf"}, {"days": "nan"}, {"until": "inf"}, {"since": "-inf"}])
+def test_a_range_that_is_not_finite_is_refused(params: dict[str, str]) -> None:
+    """Was a 500 (a NaN met an integer conversion) or an "empty range" for until=inf."""
+    with pytest.raises(InvalidRequest, match="finite numbers") as refused:
+        UsageQuery.parse(params, now=1e6, org=None)
+    assert refused.value.code == "invalid_range"
+
+
 async def test_the_report_sums_per_day_on_the_database(engine: AsyncEngine) -> None:
     at = dt.datetime(2026, 11, 25, 23, 59, tzinfo=dt.UTC).timestamp()
     rows = [make_row("a"), make_row("b"), make_row("b", attempt=0, cost=0)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from sluicegate import RequestContext, create_gateway
 from sluicegate.admission import stop as controls
 from sluicegate.errors import EmergencyStopped, InvalidRequest
+from sluicegate.store.db import migrate
 from sluicegate.testing import mock_settings
 from tests.conftest import settled_usage
 
@@ -122,3 +124,26 @@ async def test_a_call_the_stop_refuses_holds_none_of_its_budget(tmp_path: Path) 
         assert budget is not None
         usage = await settled_usage(gateway, budget)
         assert (usage.spent_micro, usage.reserved_micro) == (0, 0)
+
+
+async def test_a_worker_that_could_not_read_the_stops_at_start_makes_no_upstream_call(
+    tmp_path: Path,
+) -> None:
+    """It would not know a stop, or a budget set at run time, in force: it refuses misses
+    (503 controls_unavailable, Retry-After 1) until a poll has read them all."""
+    settings = mock_settings(
+        data_dir=tmp_path, database={"migrate_on_start": False}, controls={"poll_interval_s": 0.05}
+    )
+    async with create_gateway(settings) as gateway:  # no tables yet: the reads fail
+        with pytest.raises(EmergencyStopped) as refused:
+            await gateway.send(gateway.new_call("chat", body("while unread"), ACME))
+        assert refused.value.code == "controls_unavailable" and refused.value.headers["retry-after"] == "1"
+        await migrate(gateway.engine)  # the database is back
+        await controls.set_stop(gateway.engine, "acme", "set while the worker was blind")
+        for _ in range(100):
+            if "org:acme" in gateway.controls.stops and "global" not in gateway.controls.stops:
+                break
+            await asyncio.sleep(0.02)
+        with pytest.raises(EmergencyStopped, match="set while the worker was blind"):
+            await gateway.send(gateway.new_call("chat", body("stopped"), ACME))
+        await gateway.send(gateway.new_call("chat", body("free"), GLOBEX))

@@ -120,7 +120,17 @@ async def test_hits_are_added_and_read_back(tier: RedisTier, redis: Redis, org: 
     await tier.touch(a, 4)
     assert (await tier.get(a)).hits == 7  # type: ignore[union-attr]
     assert (await tier.get(b)).hits == 9  # type: ignore[union-attr]
-    assert 0 < await redis.ttl(a + ":hits") <= 86400
+    assert 0 < await redis.ttl(a + ":hits") <= 60
+
+
+async def test_a_hit_counter_lives_as_long_as_its_entry(tier: RedisTier, redis: Redis, org: str) -> None:
+    """An entry kept for 30 days keeps its count through a quiet day (it decides the entry's
+    popularity multiplier at refresh); a counter whose entry is gone lives a day."""
+    long_lived, gone = key(org, digest="month"), key(org, digest="gone")
+    await tier.set(long_lived, entry(), 30 * 86400)
+    await tier.add_hits({long_lived: 1, gone: 1})
+    assert 29 * 86400 < await redis.ttl(long_lived + ":hits") <= 30 * 86400
+    assert 0 < await redis.ttl(gone + ":hits") <= 86400
 
 
 async def test_tags_index_and_delete(tier: RedisTier, redis: Redis, org: str) -> None:

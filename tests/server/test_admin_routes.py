@@ -111,6 +111,27 @@ def test_keys_lifecycle_over_http(
         assert call(gw.url + "/api/ai/keys/nope", "DELETE", key="admin-secret")[0] == 404
 
 
+def test_with_the_database_down_admin_routes_and_keys_say_503_not_500(
+    upstream: MockUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator mid-incident is told the database is unreachable, with Retry-After."""
+    monkeypatch.setenv("SLUICEGATE_ADMIN_KEY", "admin-secret")
+    settings = mock_settings(
+        upstream.url,
+        data_dir=tmp_path,
+        auth={"require_keys": True},
+        database={"url": "postgresql+asyncpg://nobody@127.0.0.1:1/none", "migrate_on_start": False},
+    )
+    with GatewayServer(settings) as gw:
+        for path, method, key in (
+            ("/api/ai/keys", "GET", "admin-secret"),
+            ("/api/ai/budgets", "GET", "admin-secret"),
+            ("/v1/models", "GET", "sk-sg-some-key"),
+        ):
+            status, body = call(gw.url + path, method, key=key)
+            assert status == 503 and body["error"]["code"] == "database_unavailable", (path, body)
+
+
 def test_admin_routes_closed_without_admin_key(upstream: MockUpstream, tmp_path: Path) -> None:
     """With keys required and no admin key configured, admin routes answer 403."""
     settings = mock_settings(upstream.url, data_dir=tmp_path, auth={"require_keys": True})

@@ -232,10 +232,13 @@ class Outbox:
         self._fd, self._path = fd, path
 
     async def start(self) -> None:
-        """Replay what dead processes left behind, then write in the background."""
+        """Write in the background, and replay what dead processes left behind; raises when the
+        database is unreachable (the writer is running all the same: it retries every
+        ``interval_s``, and replays the orphans every ``replay_interval_s``)."""
         self._loop = asyncio.get_running_loop()
-        await self.replay_orphans()
         self._task = self._loop.create_task(self._run())
+        async with self._lock:
+            await self.replay_orphans()
 
     async def _run(self) -> None:
         since_replay = 0.0

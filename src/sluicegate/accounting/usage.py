@@ -67,6 +67,11 @@ class UsageQuery:
             raise InvalidRequest(
                 "since and until are Unix seconds, days a number", code="invalid_range"
             ) from None
+        if not all(map(math.isfinite, (since, until))):
+            raise InvalidRequest(
+                "since, until and days are finite numbers (days=3650 reaches ten years back)",
+                code="invalid_range",
+            )
         if not since < until:
             raise InvalidRequest("the range is empty: since must be before until", code="invalid_range")
         group_by = tuple(g for g in params.get("group_by", "org").split(",") if g)

@@ -31,6 +31,7 @@ from ..errors import BudgetUnavailable, InvalidRequest
 from ..observe.alerts import Alerts
 from ..store.tables import budget_limits, virtual_keys
 from .budget_alerts import Usage, announce
+from .budget_ledger import ledger_spent
 from .budget_math import (
     Decision,
     Outcome,
@@ -49,12 +50,6 @@ from .sql_budgets import SqlBudgets
 __all__ = ["Budget", "BudgetStore", "Reservation", "Usage"]
 
 _FORECAST_WINDOW_S = 86_400.0
-# A ledger row's `at` is when its attempt ended; it counts in the period it began in, as its
-# reservation (and settlement) did: a call that runs past midnight is not counted in both days.
-_SPENT = (
-    "SELECT coalesce(sum(cost_micro), 0) FROM usage_ledger WHERE {where} AND at >= :since "
-    "AND at - latency_ms / 1000.0 >= :since AND attempt >= 1"
-)
 _PERIOD = "SELECT spent_micro, reserved_micro FROM budget_periods WHERE scope = :s AND period = :p"
 _SET_LIMIT = "INSERT INTO budget_limits (scope, limit_micro, period, updated_at) VALUES (:s, :l, :p, :t)"
 logger = logging.getLogger("sluicegate.budgets")
@@ -171,11 +166,7 @@ class BudgetStore:
 
     async def _ledger_spent(self, budget: Budget, now: float) -> int:
         """What the ledger has recorded under a budget since its period began."""
-        where, params = budget.ledger_filter()
-        since = period_start(budget.period, now)
-        async with self._engine.connect() as connection:
-            spent = await connection.scalar(text(_SPENT.format(where=where)), {**params, "since": since})
-        return int(spent or 0)
+        return await ledger_spent(self._engine, budget, period_start(budget.period, now))
 
     async def _floors(self, books: Sequence[Book], done: set[str] | None, now: float) -> list[int | None]:
         """The ledger's sum for each period not yet in ``done`` (all of them without it)."""
@@ -370,18 +361,15 @@ class BudgetStore:
         if self._redis is not None and self._redis_outage.usable(now):
             with contextlib.suppress(*REDIS_ERRORS):
                 counted = await self._redis.read(budget, period)
-        where, params = budget.ledger_filter()
-        async with self._engine.connect() as connection:
-            recent = await connection.scalar(
-                text(_SPENT.format(where=where)), {**params, "since": now - window}
-            )
-            if counted is None:
+        recent = await ledger_spent(self._engine, budget, now - window)
+        if counted is None:
+            async with self._engine.connect() as connection:
                 row = (await connection.execute(text(_PERIOD), {"s": budget.scope, "p": period})).first()
-                counted = (int(row[0]), int(row[1])) if row else (0, 0)
+            counted = (int(row[0]), int(row[1])) if row else (0, 0)
         if counted[0] == 0:  # nothing counted this period yet: the ledger may have spend already
             counted = (max(counted[0], await self._ledger_spent(budget, now)), counted[1])
         spent, reserved = counted
-        projected = forecast(spent, int(recent or 0), window, now, ends)
+        projected = forecast(spent, recent, window, now, ends)
         return Usage(budget, period, ends, spent, reserved, projected)
 
     async def notify(self, usage: Usage, level: str) -> None:

@@ -81,14 +81,16 @@ class SqlLimiter:
         return await self._batch(tuple(checks))
 
     async def _run(self, batch: list[tuple[Check, ...]]) -> list[Verdict]:
-        now = self._clock()
-        return await self._transactions.run(lambda q: self._decide(q, batch, now))
+        return await self._transactions.run(lambda q: self._decide(q, batch))
 
-    def _decide(self, q: Query, batch: list[tuple[Check, ...]], now: float) -> list[Verdict]:
+    def _decide(self, q: Query, batch: list[tuple[Check, ...]]) -> list[Verdict]:
         keys = sorted({check.key for checks in batch for check in checks})
         if self._transactions.postgres:
             for key in keys:
                 q(_LOCK, {"key": key})
+        # Read once the keys are locked (SQLite: the write lock, taken before this runs): a
+        # request logged after another is never dated before it.
+        now = self._clock()
         # Each key holds one limit's log, so each has its own window.
         window_of = {check.key: check.rule.window_s for checks in batch for check in checks}
         clauses = " OR ".join(f"(key = :k{i} AND at > :s{i})" for i in range(len(keys)))

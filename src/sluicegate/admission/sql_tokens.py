@@ -36,24 +36,26 @@ class SqlTokens:
         """Close the SQLite connection and its thread."""
         self._transactions.close()
 
-    def _levels(self, q: Query, checks: Sequence[TokenCheck], now: float) -> list[float]:
+    def _levels(self, q: Query, checks: Sequence[TokenCheck]) -> tuple[list[float], float]:
+        """Each bucket's level now, and now: read once every bucket is locked (SQLite's write
+        lock, PostgreSQL's row locks), so that no writer dates a bucket before the last one did
+        and an interval is never refilled twice."""
         lock = " FOR UPDATE" if self._transactions.postgres else ""
-        levels = []
+        found = []
         for check in checks:
             capacity = float(check.rule.tokens_per_minute)
-            q(_NEW, {"k": check.key, "l": capacity, "t": now})
+            q(_NEW, {"k": check.key, "l": capacity, "t": self._clock()})
             rows, _ = q(_READ + lock, {"k": check.key})
-            level, at = float(rows[0][0]), float(rows[0][1])
-            levels.append(refill(level, at, capacity, check.rate, now))
-        return levels
+            found.append((float(rows[0][0]), float(rows[0][1]), capacity, check.rate))
+        now = self._clock()
+        return [refill(level, at, capacity, rate, now) for level, at, capacity, rate in found], now
 
     async def take(self, checks: Sequence[TokenCheck], cost: int) -> Taken:
         """Take ``cost`` from every bucket, or from none."""
         ordered = sorted(checks, key=lambda check: check.key)
-        now = self._clock()
 
         def work(q: Query) -> Taken:
-            levels = self._levels(q, ordered, now)
+            levels, now = self._levels(q, ordered)
             for check, level in zip(ordered, levels, strict=True):
                 ok, wait = take(level, check.rule.tokens_per_minute, check.rate, cost)
                 if not ok:
@@ -68,10 +70,9 @@ class SqlTokens:
     async def give_back(self, checks: Sequence[TokenCheck], tokens: int) -> None:
         """Return unused tokens to every bucket (never above its capacity)."""
         ordered = sorted(checks, key=lambda check: check.key)
-        now = self._clock()
 
         def work(q: Query) -> None:
-            levels = self._levels(q, ordered, now)
+            levels, now = self._levels(q, ordered)
             for check, level in zip(ordered, levels, strict=True):
                 full = float(check.rule.tokens_per_minute)
                 q(_WRITE, {"k": check.key, "l": min(full, level + tokens), "t": now})

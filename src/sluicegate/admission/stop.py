@@ -58,6 +58,10 @@ class Stop:
         return {"scope": self.scope, "reason": self.reason, "since": self.since}
 
 
+# Stands for the stops of a worker that could not read them at start (`Controls.unread`).
+UNREAD = Stop(GLOBAL, "the emergency stops could not be read", 0.0)
+
+
 def scope_of(org: str | None) -> str:
     """The scope of a stop for ``org``, or the global one."""
     if org is not None and not org:
@@ -129,13 +133,26 @@ class Controls:
             return None
         return stops.get(GLOBAL) or stops.get("org:" + org)
 
+    def unread(self, error: BaseException) -> None:
+        """The stops (and the budgets set at run time) could not be read when this worker
+        started: until a poll reads them all, it makes no upstream call (it would not know a
+        stop or a hard cap in force). Cached answers are still served."""
+        logger.warning(
+            "controls: could not read the emergency stops and budgets at start (%s); no upstream "
+            "calls from this worker until they are read",
+            error,
+        )
+        self.stops = {GLOBAL: UNREAD}
+
     async def refresh(self) -> None:
         """Read the stops, and forget cached keys revoked, or whose expiry passed, since the
         last read."""
         stops = {stop.scope: stop for stop in await list_stops(self._engine)}
-        if stops.keys() != self.stops.keys():
+        unread = self.stops.get(GLOBAL) is UNREAD
+        if stops.keys() != self.stops.keys() and not unread:
             logger.warning("emergency stops in force: %s", ", ".join(stops) or "none")
-        self.stops = stops
+        # Until the whole round has been read (the budgets too), an unread worker stays stopped.
+        self.stops = {**stops, GLOBAL: UNREAD} if unread else stops
         since = self._revoked_since - _CLOCK_SKEW  # replicas' clocks differ a little
         now = datetime.now(UTC)
         keys = virtual_keys.c
@@ -155,6 +172,9 @@ class Controls:
         self._expired_since = now
         for refresh in self._also:
             await refresh()
+        if unread:
+            self.stops = stops
+            logger.warning("controls: read; emergency stops in force: %s", ", ".join(stops) or "none")
 
     def start(self) -> None:
         """Poll in the background."""
@@ -189,6 +209,14 @@ class StopUpstream:
     async def __call__(self, call: Call) -> Reply:
         stop = self._controls.stop_for(call.context.org)
         if stop is not None:
+            if stop is UNREAD:
+                raise EmergencyStopped(
+                    "this gateway worker could not read the emergency stops and budgets when it "
+                    "started (its database was unreachable), so it makes no upstream call until it "
+                    "can; cached answers are still served; try again shortly",
+                    code="controls_unavailable",
+                    headers={"retry-after": "1"},
+                )
             if stop.scope == GLOBAL:
                 who, lift = "every org", "sluicegate resume"
             else:

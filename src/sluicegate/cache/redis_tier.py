@@ -49,6 +49,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Add to an entry's hit counter, kept as long as the entry. KEYS: entry, counter. ARGV: hits.
+ADD_HITS = """
+redis.call('INCRBY', KEYS[2], ARGV[1])
+local left = redis.call('PTTL', KEYS[1])
+if left <= 0 then left = 86400000 end
+redis.call('PEXPIRE', KEYS[2], left)
+return 1
+"""
 # Store an entry and, when ARGV[3] is our lock token, release the lock, in one round trip.
 # KEYS: entry, lock. ARGV: value, keep in ms, token ('' for none).
 STORE = """
@@ -163,11 +171,11 @@ class RedisTier:
         await self.add_hits({key: hits})
 
     async def add_hits(self, hits: Mapping[str, int]) -> None:
-        """Add hit counts to many keys in one round trip; counters live as long as a day."""
+        """Add hit counts to many keys in one round trip; a counter lives as long as its entry
+        (a day when the entry is gone), so a popular entry kept for weeks keeps its count."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, count in hits.items():
-                pipe.incrby(key + _HITS, count)
-                pipe.expire(key + _HITS, 86400)
+                pipe.eval(ADD_HITS, 2, key, key + _HITS, count)
             await pipe.execute()
 
     async def delete_keys(self, keys: Iterable[str]) -> int:

@@ -7,8 +7,10 @@ import gc
 import logging
 import time
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ..config import Settings, load_settings
-from ..errors import AuthenticationFailed, MethodNotAllowed, NotFound, SluicegateError
+from ..errors import AuthenticationFailed, MethodNotAllowed, NotFound, ServiceUnavailable, SluicegateError
 from ..gateway import Gateway, create_gateway
 from . import admin_routes, browser_routes, cache_routes, openai_routes, sdk_routes, usage_routes
 from .auth_delay import FailedAuthDelay
@@ -84,6 +86,17 @@ class SluicegateApp:
             await send_error(request, exc)
         except SluicegateError as exc:
             await send_error(request, exc)
+        except (SQLAlchemyError, ConnectionError, TimeoutError) as exc:
+            # The database (an admin route's, a key's) cannot answer: a 503 to try again, and
+            # one line in the log rather than a traceback per request.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            logger.warning("%s %s: the database is unreachable (%s)", scope["method"], scope["path"], first)
+            unavailable = ServiceUnavailable(
+                "the gateway's database is unreachable; try again shortly",
+                code="database_unavailable",
+                headers={"retry-after": "5"},
+            )
+            await send_error(request, unavailable)
         except Exception:
             logger.exception("unexpected error on %s %s", scope["method"], scope["path"])
             await send_error(request, SluicegateError("internal error in the gateway; see its log"))

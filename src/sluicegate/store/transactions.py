@@ -22,7 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db import SQLITE_PRAGMAS
 
-__all__ = ["Query", "Rows", "WriteTransactions"]
+__all__ = ["TIMEOUT_S", "Query", "Rows", "WriteTransactions"]
+
+TIMEOUT_S = 5.0  # the longest a request waits for the database's rate limits or budgets
 
 T = TypeVar("T")
 Params = Mapping[str, Any] | Sequence[Mapping[str, Any]]
@@ -46,23 +48,46 @@ class WriteTransactions:
         self._lock = asyncio.Lock()
 
     async def run(self, work: Callable[[Query], T]) -> T:
-        """``work``'s outcome, committed; rolled back if it raises."""
-        async with self._lock:
-            if self._sqlite_path is not None:
+        """``work``'s outcome, committed; rolled back if it raises. On PostgreSQL, a
+        `TimeoutError` once `TIMEOUT_S` have passed, waiting for the transaction before it
+        included: a database that accepts connections and never answers (a hung server, a
+        black-holed network) costs a request that long, not asyncpg's 60 s statement timeout.
+        (SQLite's own wait for another process's lock is its busy timeout, 5 s too.)"""
+        if self._sqlite_path is not None:
+            async with self._lock:
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._thread, self._sqlite_transaction, work)
-            async with self._engine.connect() as connection:
+        # A task of its own: when the caller gives up, the cancelled transaction's clean-up (a
+        # rollback on a connection that does not answer) goes on without it, holding the lock.
+        task = asyncio.ensure_future(self._locked(work))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), TIMEOUT_S)
+        except TimeoutError:
+            task.cancel()
+            task.add_done_callback(_retrieved)
+            raise TimeoutError(f"the database did not answer within {TIMEOUT_S:g} s") from None
+        except asyncio.CancelledError:
+            task.cancel()
+            task.add_done_callback(_retrieved)
+            raise
 
-                def run(sync: Any) -> T:
-                    def query(sql: str, params: Params) -> Rows:
-                        result = sync.execute(text(sql), params)
-                        return (result.all() if result.returns_rows else [], result.rowcount)
+    async def _locked(self, work: Callable[[Query], T]) -> T:
+        async with self._lock:
+            return await self._postgres_transaction(work)
 
-                    return work(query)
+    async def _postgres_transaction(self, work: Callable[[Query], T]) -> T:
+        async with self._engine.connect() as connection:
 
-                outcome = await connection.run_sync(run)
-                await connection.commit()  # leaving the block without it rolls back
-                return outcome
+            def run(sync: Any) -> T:
+                def query(sql: str, params: Params) -> Rows:
+                    result = sync.execute(text(sql), params)
+                    return (result.all() if result.returns_rows else [], result.rowcount)
+
+                return work(query)
+
+            outcome = await connection.run_sync(run)
+            await connection.commit()  # leaving the block without it rolls back
+            return outcome
 
     def _sqlite_transaction(self, work: Callable[[Query], T]) -> T:
         if self._db is None:
@@ -93,3 +118,8 @@ class WriteTransactions:
             db, self._db = self._db, None
             self._thread.submit(db.close).result(5)
         self._thread.shutdown(wait=False)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a transaction given up on: its outcome is nobody's now
