@@ -284,3 +284,51 @@ async def test_past_the_throttle_share_only_so_many_calls_a_minute(
     store.close()
     if client is not None:
         await client.aclose()
+
+
+async def test_a_reservation_a_stalled_redis_applies_late_is_released(redis_url: str, tmp_path: Path) -> None:
+    """Redis stalls: the reservation times out here and goes to the database, but Redis runs it
+    when it resumes. It held the call's worst case for the lease (600 s), counted twice; it is
+    released, at no cost, at the first reservation after Redis answers again."""
+    host_port = redis_url.split("//")[1].split("/")[0]
+    host, port = host_port.split(":")
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'stall.db'}")
+    await migrate(engine)
+    direct: Redis = create_redis(redis_url)
+    now = [time.time()]
+    budget = Budget("org:stall", 1_000_000, "month")
+    with FaultProxy(host, int(port)) as proxy:
+        client: Redis = create_redis(redis_url.replace(host_port, f"127.0.0.1:{proxy.port}"))
+        store = BudgetStore(engine, BudgetsConfig(redis_timeout_ms=200), clock=lambda: now[0], redis=client)
+        try:
+            assert (await store.reserve([budget], "r0", 10, 600_000, 100)).decision.admitted
+            proxy.set(latency_ms=600)  # Redis stalls, then runs what it was sent
+            assert (
+                await store.reserve([budget], "r1", 10, 600_000, 100)
+            ).decision.admitted  # by the database
+            await store.settle("r1", 50)
+            (book,) = [k for k in await direct.keys("*stall*") if not k.endswith((b":leases", b":rate"))]
+            for _ in range(100):
+                if await direct.hexists(book, "r:r1"):
+                    break
+                await asyncio.sleep(0.02)
+            assert await direct.hexists(book, "r:r1")  # applied late: a phantom reservation
+            for _ in range(100):  # and its reply, held as long on the way back, has come
+                if not client.wire.waiting:  # type: ignore[attr-defined]
+                    break
+                await asyncio.sleep(0.02)
+            proxy.clear()
+            now[0] += 10  # past the outage's back-off: Redis is asked again
+            assert (await store.reserve([budget], "r2", 10, 600_000, 100)).decision.admitted
+            for _ in range(100):
+                if not await direct.hexists(book, "r:r1"):
+                    break
+                await asyncio.sleep(0.02)
+            held = {k: v for k, v in (await direct.hgetall(book)).items() if k.startswith(b"r:")}
+            assert sorted(held) == [b"r:r0", b"r:r2"]
+            assert int(await direct.hget(book, "reserved")) == sum(int(v) for v in held.values())
+        finally:
+            store.close()
+            await client.aclose()
+            await direct.aclose()
+            await engine.dispose()

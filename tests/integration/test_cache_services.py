@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import openai
@@ -16,6 +17,7 @@ from sqlalchemy import func, insert, select
 
 from sluicegate import RequestContext, create_gateway
 from sluicegate.cache.entry import Entry
+from sluicegate.faults import FaultProxy
 from sluicegate.store.redis import create_redis
 from sluicegate.store.tables import cache_entries
 from sluicegate.testing import MockUpstream, mock_settings
@@ -251,20 +253,25 @@ async def test_sql_tier_on_postgres_survives_a_restart_and_purges(database_url: 
             assert (await conn.execute(select(func.count()).select_from(cache_entries))).scalar_one() == 1
 
 
-async def test_unreachable_database_still_answers(tmp_path: Path) -> None:
-    """With the SQL tier's database unreachable, requests are answered by the upstream."""
-    settings = mock_settings(
-        data_dir=tmp_path / "data",
-        database={"url": "postgresql+asyncpg://nobody@127.0.0.1:1/none", "migrate_on_start": False},
-        features=FEATURES,
-    )
-    context = RequestContext("acme", None, "insights")
-    async with create_gateway(settings) as gateway:
-        for i in range(5):
-            reply = await gateway.send(gateway.new_call("chat", body(f"prompt {i}"), context))
-            assert reply.body
-        assert gateway.cache is not None
-        assert gateway.cache.status()["tiers"]["sql"]["state"] != "closed"  # type: ignore[index]
+async def test_unreachable_database_still_answers(tmp_path: Path, database_url: str) -> None:
+    """With the SQL tier's database unreachable (after the gateway started and read its
+    controls), requests are answered by the upstream."""
+    parts = urlsplit(database_url.replace("postgresql+asyncpg", "http"))
+    with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        settings = mock_settings(
+            data_dir=tmp_path / "data",
+            database={"url": database_url.replace(f":{parts.port}/", f":{proxy.port}/")},
+            features=FEATURES,
+        )
+        context = RequestContext("acme", None, "insights")
+        async with create_gateway(settings) as gateway:
+            proxy.cut()
+            proxy.reset()
+            for i in range(5):
+                reply = await gateway.send(gateway.new_call("chat", body(f"prompt {i}"), context))
+                assert reply.body
+            assert gateway.cache is not None
+            assert gateway.cache.status()["tiers"]["sql"]["state"] != "closed"  # type: ignore[index]
 
 
 def test_embedded_workers_share_bumps_without_redis(

@@ -5,15 +5,16 @@ are counted in Redis when it is configured (`redis_budgets`: one script per rese
 one per settlement) and in the database otherwise (`sql_budgets`), each period raised at its
 first reservation to what the ledger has recorded (so a budget set mid-period counts what was
 spent before it). While Redis is down or slow the database takes over, its periods first
-raised to what the ledger has recorded; when Redis
-answers again, each of its periods is raised the same way before its next reservation. With
-neither reachable, calls under a budget are refused (``budget_unavailable``): a hard cap fails
-closed. The 80 % alert is a unique row per budget, period and level, so it fires once across
-every replica.
+raised to what the ledger has recorded; when Redis answers again, each of its periods is
+raised the same way before its next reservation (and the reservations it may have applied
+late are released). With neither reachable, calls under a budget are refused
+(``budget_unavailable``): a hard cap fails closed. The 80 % alert is a unique row per budget,
+period and level, so it fires once across every replica.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import time
@@ -99,6 +100,8 @@ class BudgetStore:
         self._floored_in_redis: set[str] | None = None  # after an outage: periods raised since
         self._floored_in_sql: set[str] = set()  # periods raised to the ledger here since start or outage
         self._held: dict[str, tuple[bool, Sequence[Book]]] = {}  # id → (in Redis, its books)
+        # Reservations that failed here but a stalled Redis may apply on resuming: released later.
+        self._abandoned: collections.deque[tuple[Sequence[Book], str]] = collections.deque(maxlen=10_000)
         self._alerted: set[tuple[str, str, str]] = set()
         self._periods: dict[Period, tuple[str, float, float]] = {}  # name, start, end
         cap, rate = config.throttle_concurrency, config.throttle_per_minute
@@ -208,8 +211,11 @@ class BudgetStore:
                 outcome = await self._reserve_in_redis(books, rid, prompt_micro, out_pico, asked_tokens, now)
             except REDIS_ERRORS as exc:
                 self._redis_failed(exc, now)
+                self._abandoned.append((books, rid))
             else:
                 self._redis_outage.answered()
+                while self._abandoned:  # Redis answers again: release what it may have applied late
+                    self._redis.release_soon(*self._abandoned.popleft())
         in_redis = outcome is not None
         if outcome is None:
             outcome = await self._reserve_in_sql(books, rid, prompt_micro, out_pico, asked_tokens, now)

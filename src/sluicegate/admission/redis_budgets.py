@@ -209,6 +209,12 @@ class RedisBudgets:
         and its (spent, reserved) after it."""
         return _settled(await self._settle(self._settle_keys(books), (rid, cost_micro)))
 
+    def release_soon(self, books: Sequence[Book], rid: str) -> None:
+        """Release, at no cost and without waiting, a reservation Redis may have applied after
+        it had failed for its caller (a stalled server runs what it was sent once it resumes;
+        the call went on under the database's count): a no-op for one it never applied."""
+        self.settle_soon(books, rid, 0, _ignored)
+
     def settle_soon(self, books: Sequence[Book], rid: str, cost_micro: int, done: Settled) -> None:
         """`settle` without waiting: the script leaves with this loop turn's other commands and
         ``done`` gets the periods it counted in (their state after it), or the error."""
@@ -240,3 +246,7 @@ class RedisBudgets:
         if spent is None:
             return None
         return int(spent), int(reserved or 0)
+
+
+def _ignored(usages: list[Usage] | None, error: BaseException | None) -> None:
+    del usages, error  # a release that may have had nothing to release: nothing to report
