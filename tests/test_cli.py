@@ -349,3 +349,20 @@ def test_an_error_with_brackets_is_printed_as_it_is_on_one_line(tmp_path: Path) 
     result = runner.invoke(app, ["keys", "list", "--config", str(config)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "'[/x]'" in result.output
+
+
+def test_migrate_brings_the_schema_up_and_the_other_commands_leave_it_to_it(tmp_path: Path) -> None:
+    """With database.migrate_on_start off, a command on an empty database creates no table
+    (it says what is missing); `sluicegate migrate` creates them and names the revision."""
+    env = {"SLUICEGATE_DATA_DIR": str(tmp_path), "SLUICEGATE_DATABASE__MIGRATE_ON_START": "false"}
+    listed = runner.invoke(app, ["keys", "list"], env=env)
+    assert listed.exit_code == 1 and "no such table" in listed.output
+    migrated = runner.invoke(app, ["migrate"], env=env)
+    assert migrated.exit_code == 0 and "the database's schema is at revision " in migrated.output
+    assert runner.invoke(app, ["keys", "list"], env=env).exit_code == 0
+    unreachable = runner.invoke(
+        app,
+        ["migrate"],
+        env={"SLUICEGATE_DATABASE__URL": "postgresql+asyncpg://postgres@127.0.0.1:9/nothing"},
+    )
+    assert unreachable.exit_code == 2 and "the database is unreachable" in unreachable.output

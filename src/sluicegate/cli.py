@@ -74,8 +74,8 @@ def _settings(config: Path | None, **server: Any) -> Settings:
 
 
 async def _migrated(settings: Settings, action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    """Bring the schema up to date, then run ``action`` on the engine."""
-    return await with_migrated(settings.database.url, action)
+    """Bring the schema up to date (unless ``database.migrate_on_start`` is off), then run ``action``."""
+    return await with_migrated(settings.database.url, action, upgrade=settings.database.migrate_on_start)
 
 
 async def _with_keys(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:
@@ -121,6 +121,12 @@ def serve(
         "granian": serve_granian,
     }
     runners[cfg.implementation](settings)
+
+
+@app.command("migrate")
+def migrate_schema(config: ConfigOption = None) -> None:
+    """Bring the database's schema up to date, then exit (for database.migrate_on_start: false)."""
+    console.print(f"the database's schema is at revision {migrate_first(_settings(config), always=True)}")
 
 
 @app.command("mock-upstream")

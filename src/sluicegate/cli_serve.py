@@ -8,6 +8,7 @@ import math
 import typer
 import uvicorn
 import uvloop
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,20 +22,22 @@ __all__ = ["APP_TARGET", "migrate_first", "refuse_open_network", "serve_granian"
 APP_TARGET = "sluicegate.server.app:app_from_environment"
 
 
-def migrate_first(settings: Settings) -> None:
+def migrate_first(settings: Settings, *, always: bool = False) -> str:
     """Bring the schema up to date once, before the workers start (they would race each other
-    to), unless ``database.migrate_on_start`` is off; exit 2 when the database is unreachable."""
-    if not settings.database.migrate_on_start:
-        return
+    to), unless ``database.migrate_on_start`` is off (``always``: `sluicegate migrate`); the
+    revision it is at ("" when not migrated); exit 2 when the database is unreachable."""
+    if not (always or settings.database.migrate_on_start):
+        return ""
     try:
-        uvloop.run(with_migrated(settings.database.url, _nothing))
+        return uvloop.run(with_migrated(settings.database.url, _revision))
     except (SQLAlchemyError, OSError) as exc:
         print_error(database_error(exc))
         raise typer.Exit(2) from None
 
 
-async def _nothing(engine: AsyncEngine) -> None:
-    return None
+async def _revision(engine: AsyncEngine) -> str:
+    async with engine.connect() as connection:
+        return str(await connection.scalar(text("SELECT version_num FROM alembic_version")))
 
 
 def refuse_open_network(settings: Settings) -> None:

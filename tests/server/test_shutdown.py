@@ -3,6 +3,7 @@ streams finish up to the drain timeout, flushes the cache's pending SQL writes, 
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import signal
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from sluicegate.testing import free_port
+from sluicegate.server.app import create_app
+from sluicegate.testing import free_port, mock_settings
 
 
 def start(tmp_path: Path, drain_s: float, chunks: int) -> tuple[subprocess.Popen[bytes], int]:
@@ -115,3 +117,27 @@ def test_the_drain_timeout_bounds_the_wait(tmp_path: Path) -> None:
             process.kill()
     assert not b"".join(received).rstrip().endswith(b"data: [DONE]")
     assert cached_rows(tmp_path) == 0  # a cut stream is never stored
+
+
+async def test_closing_the_stores_is_bounded_by_the_drain_timeout(tmp_path: Path) -> None:
+    """A database that hangs at shutdown (the last ledger flush, the connections) does not hold
+    the worker for minutes: the lifespan's shutdown completes after server.drain_timeout_s."""
+    app = create_app(mock_settings(data_dir=tmp_path, server={"drain_timeout_s": 0.2}))
+
+    async def hangs() -> None:
+        await asyncio.sleep(3600)
+
+    app.gateway.aclose = hangs  # type: ignore[method-assign]
+    messages = iter([{"type": "lifespan.shutdown"}])
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return next(messages)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    started = time.monotonic()
+    await app({"type": "lifespan"}, receive, send)  # type: ignore[arg-type]
+    assert sent == [{"type": "lifespan.shutdown.complete"}]
+    assert time.monotonic() - started < 2.0

@@ -129,7 +129,19 @@ class SluicegateApp:
                 gc.set_threshold(*self.gateway.settings.server.gc_thresholds)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.gateway.aclose()
+                # Bounded: with a hung database, closing the stores (the last ledger flush, the
+                # cache's SQL writes, the connections) could take minutes. Cut, the ledger's rows
+                # stay spooled, and the next start writes them.
+                wait_s = self.gateway.settings.server.drain_timeout_s
+                try:
+                    async with asyncio.timeout(wait_s):
+                        await self.gateway.aclose()
+                except TimeoutError:
+                    logger.warning(
+                        "shutdown: the gateway's stores did not close within %g s "
+                        "(server.drain_timeout_s); spooled ledger rows are written at the next start",
+                        wait_s,
+                    )
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

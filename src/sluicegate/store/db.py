@@ -160,12 +160,15 @@ async def _migrate_once(engine: AsyncEngine) -> None:
         await connection.run_sync(_upgrade)
 
 
-async def with_migrated(url: str, action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    """Bring the schema at ``url`` up to date, run ``action`` on an engine for it, and dispose
-    of the engine (the CLI's commands that work on the database directly)."""
+async def with_migrated(
+    url: str, action: Callable[[AsyncEngine], Awaitable[T]], *, upgrade: bool = True
+) -> T:
+    """Bring the schema at ``url`` up to date (unless not ``upgrade``), run ``action`` on an
+    engine for it, and dispose of the engine (the CLI's commands that work on the database)."""
     engine = create_engine(url)
     try:
-        await migrate(engine)
+        if upgrade:
+            await migrate(engine)
         return await action(engine)
     finally:
         await engine.dispose()
