@@ -366,3 +366,11 @@ def test_migrate_brings_the_schema_up_and_the_other_commands_leave_it_to_it(tmp_
         env={"SLUICEGATE_DATABASE__URL": "postgresql+asyncpg://postgres@127.0.0.1:9/nothing"},
     )
     assert unreachable.exit_code == 2 and "the database is unreachable" in unreachable.output
+
+
+def test_a_bad_flag_is_named_as_the_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not as the environment variable the flag becomes for the workers."""
+    monkeypatch.setenv("SLUICEGATE_SERVER__WORKERS", "1")  # restored after: serve sets it from the flag
+    result = runner.invoke(app, ["serve", "--workers", "-1"], env={"SLUICEGATE_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 2
+    assert "server.workers (from --workers)" in result.output and "SLUICEGATE_SERVER__" not in result.output

@@ -17,9 +17,9 @@ from . import cli_cache, cli_keys, cli_usage
 from ._version import __version__
 from .accounting.pricing import PriceBook
 from .auth import KeyStore, load_pepper
-from .cli_console import console, out, print_error, run_or_exit
+from .cli_console import console, out, print_error, run_or_exit, settings_or_exit
 from .cli_serve import migrate_first, refuse_open_network, serve_granian, serve_uvicorn
-from .config import CONFIG_ENV, MockBehaviour, Settings, load_settings
+from .config import CONFIG_ENV, MockBehaviour, Settings
 from .errors import SluicegateError
 from .store.db import with_migrated
 from .upstream.mock import MockEngine
@@ -61,16 +61,7 @@ def _run(coroutine: Awaitable[T]) -> T:
 
 def _settings(config: Path | None, **server: Any) -> Settings:
     """Load settings; flags become ``SLUICEGATE_SERVER__*`` variables so server workers see them."""
-    if config is not None:
-        os.environ[CONFIG_ENV] = str(config.resolve())
-    for name, value in server.items():
-        if value is not None:
-            os.environ[f"SLUICEGATE_SERVER__{name.upper()}"] = str(value)
-    try:
-        return load_settings()
-    except SluicegateError as exc:
-        print_error(exc.message)
-        raise typer.Exit(2) from None
+    return settings_or_exit(config, **server)
 
 
 async def _migrated(settings: Settings, action: Callable[[AsyncEngine], Awaitable[T]]) -> T:

@@ -3,9 +3,11 @@ how a command runs its work: an error is one line, never a traceback."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Awaitable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
 import uvloop
@@ -13,9 +15,10 @@ from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
 
+from .config import CONFIG_ENV, Settings, load_settings
 from .errors import SluicegateError
 
-__all__ = ["console", "database_error", "out", "print_error", "run_or_exit"]
+__all__ = ["console", "database_error", "out", "print_error", "run_or_exit", "settings_or_exit"]
 
 console = Console(stderr=True)
 # Piped or redirected, rich would wrap tables at 80 columns and cut the amounts short.
@@ -51,3 +54,25 @@ def run_or_exit(work: Awaitable[T], refused: int = 1) -> T:
     except (SQLAlchemyError, OSError) as exc:
         print_error(database_error(exc))
         raise typer.Exit(1) from None
+
+
+def settings_or_exit(config: Path | None, **server: Any) -> Settings:
+    """Load settings (``config``: the --config option), or exit 2 saying why; ``server``'s flags
+    become ``SLUICEGATE_SERVER__*`` variables, so that server workers see them too."""
+    if config is not None:
+        os.environ[CONFIG_ENV] = str(config.resolve())
+    for name, value in server.items():
+        if value is not None:
+            os.environ[f"SLUICEGATE_SERVER__{name.upper()}"] = str(value)
+    try:
+        return load_settings()
+    except SluicegateError as exc:
+        message = exc.message
+        for name, value in server.items():  # a flag's value is named as the flag, not its variable
+            if value is not None:
+                flag = "--server" if name == "implementation" else f"--{name}"
+                named = message.replace(f"from ${'SLUICEGATE_SERVER__' + name.upper()}", f"from {flag}")
+                if named != message:
+                    message = named.replace("in the environment:", "in the options:")
+        print_error(message)
+        raise typer.Exit(2) from None
