@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from sluicegate import InvalidRequest, __version__
 from sluicegate.cli import app
 from sluicegate.cli_keys import parse_grace
+from sluicegate.testing import free_port
 
 runner = CliRunner()
 
@@ -138,7 +139,7 @@ def test_serve_with_its_database_unreachable_says_so_in_one_line(tmp_path: Path)
     """No traceback: exit 2 and the reason, before any worker starts."""
     config = tmp_path / "sluicegate.yaml"
     config.write_text("database:\n  url: postgresql+asyncpg://postgres@127.0.0.1:9/nothing\n")
-    result = runner.invoke(app, ["serve", "--config", str(config), "--port", "9"])
+    result = runner.invoke(app, ["serve", "--config", str(config), "--port", str(free_port())])
     assert result.exit_code == 2
     assert "the database is unreachable" in " ".join(result.output.split())
 
@@ -151,7 +152,7 @@ def test_serve_refuses_a_providers_unset_api_key_in_one_line(tmp_path: Path) -> 
         "    api_key_env: SG_TEST_UNSET_KEY\nmodels:\n  gpt-4o-mini:\n    provider: openai\n"
     )
     result = runner.invoke(
-        app, ["serve", "--config", str(config), "--port", "9"], env={"SG_TEST_UNSET_KEY": ""}
+        app, ["serve", "--config", str(config), "--port", str(free_port())], env={"SG_TEST_UNSET_KEY": ""}
     )
     assert result.exit_code == 2
     assert "providers.openai.api_key_env" in result.output and "SG_TEST_UNSET_KEY" in result.output
@@ -161,7 +162,7 @@ def test_serve_refuses_a_providers_unset_api_key_in_one_line(tmp_path: Path) -> 
     ("setting", "value"), [("REDIS__URL", "http://127.0.0.1:6379/8"), ("DATABASE__URL", "mysql://x/y")]
 )
 def test_a_store_url_of_the_wrong_kind_is_a_config_error(tmp_path: Path, setting: str, value: str) -> None:
-    result = runner.invoke(app, ["serve", "--port", "9"], env={f"SLUICEGATE_{setting}": value})
+    result = runner.invoke(app, ["serve", "--port", str(free_port())], env={f"SLUICEGATE_{setting}": value})
     assert result.exit_code == 2
     assert setting.lower().replace("__", ".") in result.output and value in result.output
 
@@ -174,7 +175,7 @@ def test_serve_refuses_a_model_with_no_price(tmp_path: Path) -> None:
         "providers:\n  local:\n    kind: openai\n    base_url: http://127.0.0.1:9/v1\n"
         "models:\n  house-llama:\n    provider: local\n    upstream_model: llama-house-70b\n"
     )
-    result = runner.invoke(app, ["serve", "--config", str(config), "--port", "9"])
+    result = runner.invoke(app, ["serve", "--config", str(config), "--port", str(free_port())])
     assert result.exit_code == 2
     output = " ".join(result.output.split())  # rich wraps long lines
     assert "house-llama (upstream llama-house-70b)" in output and "pricing.default" in output
@@ -302,7 +303,9 @@ def test_serve_refuses_an_open_network_address_without_keys(tmp_path: Path, host
     refuses a non-loopback address unless told explicitly."""
     config = tmp_path / "sluicegate.yaml"
     config.write_text(f"data_dir: {tmp_path}\n")
-    result = runner.invoke(app, ["serve", "--config", str(config), "--host", host, "--port", "9"])
+    result = runner.invoke(
+        app, ["serve", "--config", str(config), "--host", host, "--port", str(free_port())]
+    )
     assert result.exit_code == 2
     assert "auth.require_keys" in " ".join(result.output.split())
 
@@ -317,7 +320,9 @@ def test_serve_allows_an_open_network_address_when_told(
     served: list[str] = []
     monkeypatch.setattr(cli_serve, "serve_uvicorn", lambda settings: served.append(settings.server.host))
     monkeypatch.setattr("sluicegate.cli.serve_uvicorn", cli_serve.serve_uvicorn)
-    result = runner.invoke(app, ["serve", "--config", str(config), "--host", "0.0.0.0", "--port", "9"])
+    result = runner.invoke(
+        app, ["serve", "--config", str(config), "--host", "0.0.0.0", "--port", str(free_port())]
+    )
     assert result.exit_code == 0, result.output
     assert served == ["0.0.0.0"]
 
@@ -374,3 +379,19 @@ def test_a_bad_flag_is_named_as_the_flag(tmp_path: Path, monkeypatch: pytest.Mon
     result = runner.invoke(app, ["serve", "--workers", "-1"], env={"SLUICEGATE_DATA_DIR": str(tmp_path)})
     assert result.exit_code == 2
     assert "server.workers (from --workers)" in result.output and "SLUICEGATE_SERVER__" not in result.output
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """Not a banner, migrations, then uvicorn's failure and an undocumented exit status."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "sluicegate.yaml"
+        config.write_text(f"data_dir: {tmp_path}\n")
+        result = runner.invoke(app, ["serve", "--config", str(config), "--port", str(port)])
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "sluicegate 0" not in result.output
+    assert not (tmp_path / "sluicegate.db").exists() or (tmp_path / "sluicegate.db").stat().st_size == 0

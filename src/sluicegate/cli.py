@@ -18,7 +18,7 @@ from ._version import __version__
 from .accounting.pricing import PriceBook
 from .auth import KeyStore, load_pepper
 from .cli_console import console, out, print_error, run_or_exit, settings_or_exit
-from .cli_serve import migrate_first, refuse_open_network, serve_granian, serve_uvicorn
+from .cli_serve import migrate_first, refuse_open_network, refuse_taken_port, serve_granian, serve_uvicorn
 from .config import CONFIG_ENV, MockBehaviour, Settings
 from .errors import SluicegateError
 from .store.db import with_migrated
@@ -86,6 +86,7 @@ def serve(
     """Run the gateway."""
     settings = _settings(config, host=host, port=port, workers=workers, implementation=server)
     refuse_open_network(settings)
+    refuse_taken_port(settings)
     try:
         # A model with no price or a provider's unset API key stops here, not in each worker
         # (which the server would start again and again).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import socket
 
 import typer
 import uvicorn
@@ -53,6 +54,20 @@ def refuse_open_network(settings: Settings) -> None:
         "true if the network is yours alone"
     )
     raise typer.Exit(2)
+
+
+def refuse_taken_port(settings: Settings) -> None:
+    """Exit 2 at once when the address is taken (by an earlier gateway, say), before migrating
+    and announcing a server that would not start."""
+    cfg = settings.server
+    try:
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+            probe.bind((cfg.host, cfg.port))
+    except OSError as exc:
+        print_error(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}; pick another --port")
+        raise typer.Exit(2) from None
 
 
 def _is_loopback(host: str) -> bool:
