@@ -41,6 +41,7 @@ def test_status_reports_dependencies(server: GatewayServer) -> None:
     assert body["dependencies"]["database"]["status"] == "up"
     assert body["dependencies"]["redis"]["status"] == "disabled"
     assert body["providers"] == {"upstream": {"kind": "openai"}}
+    assert body["ledger"] == {"backlog": 0} and body["controls_read"] is True
 
 
 async def test_status_does_not_wait_for_a_hanging_probe(tmp_path: Path) -> None:
@@ -130,6 +131,8 @@ def test_with_the_database_down_admin_routes_and_keys_say_503_not_500(
         ):
             status, body = call(gw.url + path, method, key=key)
             assert status == 503 and body["error"]["code"] == "database_unavailable", (path, body)
+        _, status_body = call(gw.url + "/api/ai/status")
+        assert status_body["controls_read"] is False and status_body["status"] != "ok"
 
 
 def test_admin_routes_closed_without_admin_key(upstream: MockUpstream, tmp_path: Path) -> None:

@@ -126,6 +126,11 @@ class Controls:
         self._expired_since = self._revoked_since
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def unread_since_start(self) -> bool:
+        """Whether the stops could not be read yet (`unread`): no upstream calls meanwhile."""
+        return self.stops.get(GLOBAL) is UNREAD
+
     def stop_for(self, org: str) -> Stop | None:
         """The stop that covers ``org``, if any (hot path: two dictionary lookups)."""
         stops = self.stops

@@ -50,6 +50,8 @@ async def status(gateway: Gateway, request: Request) -> None:
         dependencies[name] = {**entry, "required": name in required}
     if gateway.redis is None:
         dependencies["redis"] = {"status": "disabled", "required": False}
+    unread = gateway.controls.unread_since_start
+    degraded |= unread  # it serves cached answers only
     body = {
         "status": "ok" if not degraded else ("degraded" if ready else "unavailable"),
         "live": True,
@@ -60,6 +62,10 @@ async def status(gateway: Gateway, request: Request) -> None:
         "dependencies": dependencies,
         "providers": {name: {"kind": p.kind} for name, p in gateway.settings.providers.items()},
         "cache": gateway.cache.status() if gateway.cache is not None else {"enabled": False},
+        # Rows this process recorded that the database does not have yet (spooled meanwhile).
+        "ledger": {"backlog": gateway.outbox.backlog} if gateway.outbox is not None else {"enabled": False},
+        # False while this worker could not read the emergency stops since it started.
+        "controls_read": not unread,
     }
     if gateway.authenticator.is_admin(request.authorization):
         body["traffic"] = gateway.counters.snapshot()
