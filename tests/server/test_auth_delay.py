@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sluicegate import create_gateway
 from sluicegate.server.auth_delay import FailedAuthDelay
 from sluicegate.testing import GatewayServer, mock_settings
 
@@ -50,3 +51,25 @@ def test_a_key_guesser_is_slowed_down(tmp_path: Path) -> None:
             assert refused.value.code == 401
             refused.value.close()
     assert max(took[:5]) < 0.1 <= took[5] and took[7] >= 0.4
+
+
+async def test_a_rotated_and_expired_key_is_answered_at_once(tmp_path: Path) -> None:
+    """Its holder had a real key (behind a proxy, every client shares one address): the 401 that
+    names the successor is not slowed down with the guessers'."""
+    settings = mock_settings(data_dir=tmp_path, auth={"require_keys": True})
+    async with create_gateway(settings) as gateway:
+        key, record = await gateway.keys.create("acme")
+        await gateway.keys.rotate(record.id, 0)
+    with GatewayServer(settings) as server:
+        took = []
+        for _ in range(8):
+            request = urllib.request.Request(
+                server.url + "/v1/models", headers={"authorization": f"Bearer {key}"}
+            )
+            started = time.monotonic()
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            took.append(time.monotonic() - started)
+            assert refused.value.code == 401 and b"expired_api_key" in refused.value.read()
+            refused.value.close()
+    assert max(took) < 0.1

@@ -78,11 +78,13 @@ class SluicegateApp:
                 raise MethodNotAllowed(f"{what} is not allowed; use {', '.join(methods)}")
             await handler(self.gateway, request)
         except AuthenticationFailed as exc:
-            # Repeated failures from one address are answered more and more slowly.
+            # Repeated failures from one address are answered more and more slowly: guessing
+            # keys. A key that was real (rotated and expired) is no guess: answered at once.
             client = scope.get("client")
-            delay = self._auth_delay.failed(client[0] if client else "", time.monotonic())
-            if delay:
-                await asyncio.sleep(delay)
+            if exc.code != "expired_api_key":
+                delay = self._auth_delay.failed(client[0] if client else "", time.monotonic())
+                if delay:
+                    await asyncio.sleep(delay)
             await send_error(request, exc)
         except SluicegateError as exc:
             await send_error(request, exc)
