@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.error
 import urllib.request
@@ -53,13 +54,18 @@ def test_a_key_guesser_is_slowed_down(tmp_path: Path) -> None:
     assert max(took[:5]) < 0.1 <= took[5] and took[7] >= 0.4
 
 
-async def test_a_rotated_and_expired_key_is_answered_at_once(tmp_path: Path) -> None:
+def test_a_rotated_and_expired_key_is_answered_at_once(tmp_path: Path) -> None:
     """Its holder had a real key (behind a proxy, every client shares one address): the 401 that
     names the successor is not slowed down with the guessers'."""
     settings = mock_settings(data_dir=tmp_path, auth={"require_keys": True})
-    async with create_gateway(settings) as gateway:
-        key, record = await gateway.keys.create("acme")
-        await gateway.keys.rotate(record.id, 0)
+
+    async def rotated() -> str:
+        async with create_gateway(settings) as gateway:
+            key, record = await gateway.keys.create("acme")
+            await gateway.keys.rotate(record.id, 0)
+            return key
+
+    key = asyncio.run(rotated())
     with GatewayServer(settings) as server:
         took = []
         for _ in range(8):
