@@ -215,7 +215,7 @@ async def test_a_failing_model_falls_back_and_says_so() -> None:
     assert [(route.name, attempt) for route, attempt in script.calls] == [("gpt-4o", 1), ("small", 2)]
     assert reply.headers["x-sluicegate-model"] == "small"
     assert reply.headers["x-sluicegate-deployment"] == "b/small"
-    assert reply.headers["x-sluicegate-fallback"] == "gpt-4o via a/gpt-4o (503)"
+    assert reply.headers["x-sluicegate-fallback"] == "gpt-4o via a/gpt-4o (server_error: 503)"
 
 
 async def test_a_client_error_does_not_fall_back() -> None:

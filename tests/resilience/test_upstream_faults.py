@@ -194,5 +194,7 @@ async def test_a_fallback_models_answer_is_served_but_not_cached_as_the_asked_mo
                 reply = await gateway.send(gateway.new_call("chat", body, RequestContext("local")))
                 assert reply.headers["x-sluicegate-model"] == "backup-model"
                 assert reply.headers["x-sluicegate-cache"] == "miss"
+                # Nor may a browser keep it as gpt-4o-mini's answer (or revalidate it as such).
+                assert "etag" not in reply.headers and "cache-control" not in reply.headers
             assert gateway.cache is not None and gateway.cache.memory is not None
             assert len(gateway.cache.memory) == 0

@@ -108,7 +108,7 @@ class ServeFromCache:
                 stored = True
             cache.stats.missed(feature, stored)
             flight.settle(entry)
-            return self._fresh_reply(reply, entry, policy, control, now)
+            return self._fresh_reply(reply, entry, key, policy, control, now)
         except SluicegateError as exc:
             cache.stats.missed(feature, False, reached_upstream(exc))
             flight.fail(exc)
@@ -259,7 +259,7 @@ class ServeFromCache:
             elif stored:  # a stream request answered without a stream: counted on the way up
                 cache.stats.count(call.context.feature, "stores")
             flight.settle(entry)
-            return self._fresh_reply(reply, entry, policy, control, now)
+            return self._fresh_reply(reply, entry, key, policy, control, now)
         finally:
             if not handed_over:
                 flight.end(cache.flights, key.key)
@@ -270,13 +270,16 @@ class ServeFromCache:
         self,
         reply: Reply,
         entry: Entry | None,
+        key: CacheKey,
         policy: FeatureCache,
         control: CacheControl,
         now: float | None = None,
     ) -> Reply:
-        """The upstream's own answer, labelled a miss (or a 304 when the browser already has it)."""
+        """The upstream's own answer, labelled a miss (or a 304 when the browser already has it).
+        An answer of another model (a fallback's) gets no ETag or browser lifetime: it is not
+        the asked model's answer, so a browser may not keep it as such."""
         headers = reply.headers
-        if entry is None or control.no_store:
+        if entry is None or control.no_store or entry.model != key.model:
             labelled(headers, "miss", control.no_store)
             return reply
         if now is None:
@@ -322,7 +325,8 @@ class ServeFromCache:
             cache.stats.count(feature, "coalesced")
             # The leader's lookup found it in a tier, or the leader's upstream call made it.
             label = ("hit-" + flight.tier if flight.tier else "miss") if state == "fresh" else "stale"
-            reply = reply_from(call, entry, label, policy, now, control.no_store)
+            substitute = entry.model != key.model  # the leader's fallback answered: not to be kept
+            reply = reply_from(call, entry, label, policy, now, control.no_store or substitute)
             reply.headers[COALESCED_HEADER] = "true"
             if self._ledger is not None:
                 self._ledger.served(call, entry.usage, "coalesced")
@@ -334,7 +338,7 @@ class ServeFromCache:
             entry = self._entries.from_body(
                 call, policy, control, reply.body, reply.usage, payload=reply.payload
             )
-            return self._fresh_reply(reply, entry, policy, control)
+            return self._fresh_reply(reply, entry, key, policy, control)
         labelled(reply.headers, "miss", control.no_store)
         return reply
 

@@ -275,7 +275,9 @@ class RouteCall:
         headers[MODEL_HEADER], headers[DEPLOYMENT_HEADER] = label or (route.name, route.deployment)
         if first is not None:
             failed, error = first
-            reason = error.code or error.status_code
+            # The cause that `fallback_on` names, and what the upstream said: (server_error: 503).
+            cause, detail = classify(error).cause, str(error.code or error.status_code)
+            reason = detail if cause is None or cause == detail else f"{cause}: {detail}"
             headers[FALLBACK_HEADER] = f"{failed.name} via {failed.deployment} ({reason})"
 
     def _options(self, name: str, kind: CallKind) -> list[ModelRoute]:
