@@ -55,6 +55,8 @@ async def test_a_call_over_the_limit_is_a_429_of_type_tokens(tmp_path: Path) -> 
         assert (error.status_code, error.error_type, error.code) == (429, "tokens", "rate_limit_exceeded")
         assert 1 <= int(error.headers["retry-after"]) <= 60
         assert "at most 3,000 tokens a minute for each org" in error.message
+        # What the bucket still holds (about 3,000 less two reservations), not a flat 0.
+        assert 0 < int(error.headers["x-ratelimit-remaining-tokens"]) < 1400
         answered = next(n for n, o in enumerate(outcomes) if isinstance(o, Reply))
         cached = await gateway.send(gateway.new_call("chat", body(f"q{answered}", 1400), ACME))
         assert cached.headers["x-sluicegate-cache"].startswith("hit")  # cached: no tokens needed

@@ -19,7 +19,7 @@ from .token_bucket import Taken, TokenCheck
 __all__ = ["RedisTokens"]
 
 # KEYS: one bucket per limit. ARGV: the cost, then (capacity, tokens per ms) per limit. Returns
-# {0, index, ms until it has room} or {1, the tightest level left}.
+# {0, index, ms until it has room, its level} or {1, the tightest level left}.
 TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -34,7 +34,7 @@ for i = 1, #KEYS do
     level = math.min(capacity, tonumber(state[1]) + math.max(0, now - tonumber(state[2])) * rate)
   end
   local need = math.min(cost, capacity)
-  if level < need then return {0, i, math.ceil((need - level) / rate)} end
+  if level < need then return {0, i, math.ceil((need - level) / rate), math.floor(level)} end
   levels[i] = level
   if not lowest or level < lowest then lowest = level end
 end
@@ -86,7 +86,7 @@ class RedisTokens:
         keys = [check.key for check in checks]
         result = await self._take(keys, self._args(checks, cost))
         if int(result[0]) == 0:
-            return Taken(False, int(result[1]) - 1, math.ceil(int(result[2]) / 1000))
+            return Taken(False, int(result[1]) - 1, math.ceil(int(result[2]) / 1000), max(0, int(result[3])))
         return Taken(True, remaining=max(0, int(result[1])))
 
     async def give_back(self, checks: Sequence[TokenCheck], tokens: int) -> None:

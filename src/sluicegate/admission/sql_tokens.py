@@ -59,7 +59,7 @@ class SqlTokens:
             for check, level in zip(ordered, levels, strict=True):
                 ok, wait = take(level, check.rule.tokens_per_minute, check.rate, cost)
                 if not ok:
-                    return Taken(False, list(checks).index(check), wait)
+                    return Taken(False, list(checks).index(check), wait, max(0, math.floor(level)))
             for check, level in zip(ordered, levels, strict=True):
                 q(_WRITE, {"k": check.key, "l": level - cost, "t": now})
             return Taken(True, remaining=max(0, math.floor(min(levels) - cost)))

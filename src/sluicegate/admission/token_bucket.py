@@ -43,7 +43,7 @@ class Taken:
     admitted: bool
     blocked: int | None = None
     retry_after_s: float = 0.0
-    remaining: int = 0
+    remaining: int = 0  # admitted: the tightest bucket's level after the take; refused: the refuser's
     local: bool = False
 
 
@@ -88,7 +88,7 @@ class LocalBuckets:
             level = refill(level, at, capacity, rate, now)
             ok, wait = take(level, capacity, rate, cost)
             if not ok:
-                return Taken(False, index, wait, local=True)
+                return Taken(False, index, wait, max(0, math.floor(level)), local=True)
             levels.append(level)
         for check, level in zip(checks, levels, strict=True):
             self._buckets[check.key] = (level - cost, now)

@@ -86,7 +86,7 @@ class LimitTokens:
                 headers={
                     "retry-after": str(wait),
                     "x-ratelimit-limit-tokens": str(tightest),
-                    "x-ratelimit-remaining-tokens": "0",
+                    "x-ratelimit-remaining-tokens": str(taken.remaining),
                 },
             )
         try:
