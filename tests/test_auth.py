@@ -347,6 +347,8 @@ def test_a_user_or_feature_that_is_not_a_string_is_refused(body: dict[str, objec
     with pytest.raises(InvalidRequest, match="must be a string") as refused:
         Authenticator(Settings(), None).context(None, None, None, body)
     assert refused.value.param == param
+    with pytest.raises(InvalidRequest, match="must be a string"):  # a header's value wins, but
+        Authenticator(Settings(), None).context(None, "chat", "from-header", body)  # not unchecked
 
 
 @pytest.mark.parametrize("field", ["org", "feature", "user"])

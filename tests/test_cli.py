@@ -360,8 +360,9 @@ def test_migrate_brings_the_schema_up_and_the_other_commands_leave_it_to_it(tmp_
     """With database.migrate_on_start off, a command on an empty database creates no table
     (it says what is missing); `sluicegate migrate` creates them and names the revision."""
     env = {"SLUICEGATE_DATA_DIR": str(tmp_path), "SLUICEGATE_DATABASE__MIGRATE_ON_START": "false"}
-    listed = runner.invoke(app, ["keys", "list"], env=env)
-    assert listed.exit_code == 1 and "no such table" in listed.output
+    for command in (["keys", "list"], ["budgets", "list"], ["usage"], ["stops"]):
+        refused = runner.invoke(app, command, env=env)
+        assert refused.exit_code != 0 and "run `sluicegate migrate`" in " ".join(refused.output.split())
     migrated = runner.invoke(app, ["migrate"], env=env)
     assert migrated.exit_code == 0 and "the database's schema is at revision " in migrated.output
     assert runner.invoke(app, ["keys", "list"], env=env).exit_code == 0

@@ -476,6 +476,9 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
         {"alerts": {"webhook_url": "hooks.example.com/alerts"}},
         {"budgets": {"webhook_url": "ftp://hooks.example.com/alerts"}},
         {"budgets": {"webhook_url": "https:///no-host"}},
+        {"alerts": {"webhook_url": "http://exa mple.com/hook"}},
+        {"alerts": {"webhook_url": "https://example.com:99999/hook"}},
+        {"alerts": {"webhook_url": "https://example.com:abc/hook"}},
     ],
 )
 def test_a_webhook_url_that_could_never_be_posted_to_is_refused(section: dict[str, object]) -> None:
@@ -492,7 +495,10 @@ def test_webhook_urls_that_can_be_posted_to_are_kept() -> None:
     assert settings.alerts.webhook_url == "https://hooks.example.com/a?token=1"
 
 
-@pytest.mark.parametrize("origin", ["app.example.com", "https://app.example.com/login", "https://", "null"])
+@pytest.mark.parametrize(
+    "origin",
+    ["app.example.com", "https://app.example.com/login", "https://", "null", "https://a.example.com:99999"],
+)
 def test_a_cors_origin_no_browser_would_send_is_refused(origin: str) -> None:
     """A path or a bare host never equals a browser's Origin: CORS would fail with no clue why."""
     with pytest.raises(ValidationError, match="is not an origin"):
@@ -515,3 +521,8 @@ def test_a_fallback_that_could_never_answer_for_its_model_is_refused() -> None:
                 "chatm": {"provider": "p"},
             },  # type: ignore[dict-item]
         )
+
+
+def test_a_wildcard_origin_is_refused_saying_so() -> None:
+    with pytest.raises(ValidationError, match="an origin has no wildcards"):
+        Settings(browser={"cors_origins": ["https://*.example.com"]})  # type: ignore[arg-type]

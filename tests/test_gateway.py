@@ -191,6 +191,7 @@ async def test_closing_waits_for_the_calls_under_way_then_refuses_new_ones(tmp_p
     )
     gateway = create_gateway(settings)
     await gateway.start()
+    made_before = gateway.new_call("embeddings", {"model": "text-embedding-3-small", "input": "made"})
     calls = [
         asyncio.create_task(gateway.embed(model="text-embedding-3-small", input=f"hello {i}"))
         for i in range(5)
@@ -201,6 +202,8 @@ async def test_closing_waits_for_the_calls_under_way_then_refuses_new_ones(tmp_p
     with pytest.raises(ServiceUnavailable) as refused:
         await gateway.embed(model="text-embedding-3-small", input="late")
     assert refused.value.code == "gateway_closed"
+    with pytest.raises(ServiceUnavailable, match="the gateway is closed"):
+        await gateway.send(made_before)  # made before the close, sent after it
     engine = create_engine(settings.database.url)
     try:
         async with engine.connect() as connection:
@@ -234,3 +237,15 @@ async def test_a_database_that_is_not_there_fails_the_start_with_a_sluicegate_er
     finally:
         await gateway.aclose()
     assert "no_such_db_sg" in refused.value.message and "secret" not in refused.value.message
+
+
+@pytest.mark.parametrize("given", [123, None, ["a", None], [1.5], {"a": 1}, b"ab"])
+async def test_a_library_embed_of_a_bad_input_is_an_invalid_request(gateway: Gateway, given: object) -> None:
+    """Not a TypeError, nor a dict's keys or bytes' values embedded silently."""
+    with pytest.raises(InvalidRequest):
+        await gateway.embed(model="text-embedding-3-small", input=given)  # type: ignore[arg-type]
+
+
+async def test_a_library_chat_without_messages_is_an_invalid_request(gateway: Gateway) -> None:
+    with pytest.raises(InvalidRequest):
+        await gateway.chat(model="gpt-4o-mini", messages=None)  # type: ignore[arg-type]

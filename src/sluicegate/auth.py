@@ -12,6 +12,7 @@ features it is bound to hold in every mode.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import os
@@ -30,6 +31,7 @@ from .config import DEFAULT_FEATURE, Settings
 from .config_base import name_problem
 from .config_money import org_of_request
 from .errors import AuthenticationFailed, InvalidRequest, PermissionDenied, ServiceUnavailable
+from .store.transactions import TIMEOUT_S
 from .virtual_keys import KeyRecord, KeyStore, hash_key, new_key
 
 __all__ = [
@@ -78,6 +80,9 @@ def browser_token_secret(settings: Settings) -> bytes:
 
 Principal: TypeAlias = KeyRecord | BrowserPrincipal
 """Who authenticated: a virtual key's record, or a browser token's principal."""
+
+
+_RETRY_LOOKUP_S = 5.0  # with the database unreachable, how long a key's last known record stands
 
 
 class Authenticator:
@@ -155,12 +160,15 @@ class Authenticator:
         A browser token fixes the org and user whatever the request says, and raises
         `PermissionDenied` for a feature outside its list.
         """
-        if body is not None:
+        if body is not None:  # checked whether or not a header wins: they go upstream too
             metadata = body.get("metadata")
             if isinstance(metadata, dict):
-                feature = feature or _str_or_none(metadata.get("feature"), "metadata.feature")
-                user = user or _str_or_none(metadata.get("user"), "metadata.user")
-            user = user or _str_or_none(body.get("user"), "user")
+                named = _str_or_none(metadata.get("feature"), "metadata.feature")
+                feature = feature or named
+                named = _str_or_none(metadata.get("user"), "metadata.user")
+                user = user or named
+            named = _str_or_none(body.get("user"), "user")
+            user = user or named
         if user is not None:
             _check_user(user)
         feature = feature or DEFAULT_FEATURE
@@ -221,8 +229,9 @@ class Authenticator:
         else:
             assert self._store is not None
             try:
-                record = await (self._store.find_id(key) if by_id else self._store.find(key))
-            except (SQLAlchemyError, ConnectionError, TimeoutError) as exc:
+                async with asyncio.timeout(TIMEOUT_S):  # a hung database: not its 60 s statement timeout
+                    record = await (self._store.find_id(key) if by_id else self._store.find(key))
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 if cached is None or cached[0] is None:
                     raise ServiceUnavailable(
                         "the API key cannot be checked: the database is unreachable; try again shortly",
@@ -230,8 +239,10 @@ class Authenticator:
                         headers={"retry-after": "5"},
                     ) from exc
                 # The database is unreachable: the key's last known record stands (a revocation
-                # made meanwhile reaches this process with the database, as it would anyway).
+                # made meanwhile reaches this process with the database, as it would anyway), and
+                # is asked again in a few seconds, not on every request.
                 record = cached[0]
+                self._cache[cache_key] = (record, now + _RETRY_LOOKUP_S)
             else:
                 if len(self._cache) > 10_000:
                     self._cache.clear()

@@ -17,11 +17,10 @@ from . import cli_cache, cli_keys, cli_usage
 from ._version import __version__
 from .accounting.pricing import PriceBook
 from .auth import KeyStore, load_pepper
-from .cli_console import console, out, print_error, run_or_exit, settings_or_exit
+from .cli_console import console, on_database, out, print_error, run_or_exit, settings_or_exit
 from .cli_serve import migrate_first, refuse_open_network, refuse_taken_port, serve_granian, serve_uvicorn
 from .config import CONFIG_ENV, MockBehaviour, Settings
 from .errors import SluicegateError
-from .store.db import with_migrated
 from .upstream.mock import MockEngine
 from .upstream.mock_server import start_mock_server
 from .upstream.providers import api_key
@@ -66,7 +65,7 @@ def _settings(config: Path | None, **server: Any) -> Settings:
 
 async def _migrated(settings: Settings, action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     """Bring the schema up to date (unless ``database.migrate_on_start`` is off), then run ``action``."""
-    return await with_migrated(settings.database.url, action, upgrade=settings.database.migrate_on_start)
+    return await on_database(settings, action)
 
 
 async def _with_keys(settings: Settings, action: Callable[[KeyStore], Awaitable[T]]) -> T:

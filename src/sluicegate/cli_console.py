@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,11 +14,21 @@ import uvloop
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import CONFIG_ENV, Settings, load_settings
 from .errors import SluicegateError
+from .store.db import with_migrated
 
-__all__ = ["console", "database_error", "out", "print_error", "run_or_exit", "settings_or_exit"]
+__all__ = [
+    "console",
+    "database_error",
+    "on_database",
+    "out",
+    "print_error",
+    "run_or_exit",
+    "settings_or_exit",
+]
 
 console = Console(stderr=True)
 # Piped or redirected, rich would wrap tables at 80 columns and cut the amounts short.
@@ -36,6 +46,8 @@ def database_error(error: BaseException) -> str:
     """One line on a database that cannot be reached or opened (SQLAlchemy adds a second line,
     a link to its docs, which is left out)."""
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "no such table" in first or ("relation" in first and "does not exist" in first):
+        return f"the database has no sluicegate schema yet ({first}): run `sluicegate migrate`"
     return f"the database is unreachable: {first}"
 
 
@@ -76,3 +88,9 @@ def settings_or_exit(config: Path | None, **server: Any) -> Settings:
                     message = named.replace("in the environment:", "in the options:")
         print_error(message)
         raise typer.Exit(2) from None
+
+
+def on_database(settings: Settings, action: Callable[[AsyncEngine], Awaitable[T]]) -> Awaitable[T]:
+    """``action`` on an engine for the configured database, migrated first unless
+    ``database.migrate_on_start`` is off (then `sluicegate migrate` does it)."""
+    return with_migrated(settings.database.url, action, upgrade=settings.database.migrate_on_start)

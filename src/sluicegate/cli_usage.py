@@ -22,11 +22,10 @@ from .admission import stop as controls
 from .admission.budget_math import PERIOD_ADJECTIVES
 from .admission.budget_scopes import new_budget
 from .admission.budgets import BudgetStore
-from .cli_console import console, out, print_error, run_or_exit
+from .cli_console import console, on_database, out, print_error, run_or_exit
 from .config import Settings
 from .config_money import usd
 from .errors import SluicegateError
-from .store.db import with_migrated
 from .store.redis import create_redis
 
 __all__ = ["budgets_command", "compact_command", "stop_command", "usage_command"]
@@ -39,7 +38,10 @@ def usage_command(settings: Settings, params: dict[str, str], as_json: bool) -> 
     except SluicegateError as exc:
         print_error(exc.message)
         return 2
-    body = run_or_exit(with_migrated(settings.database.url, lambda engine: report(engine, query)), refused=2)
+    body = run_or_exit(
+        on_database(settings, lambda engine: report(engine, query)),
+        refused=2,
+    )
     if as_json:
         out.print_json(orjson.dumps(body).decode())
         return 0
@@ -64,7 +66,7 @@ def usage_command(settings: Settings, params: dict[str, str], as_json: bool) -> 
 def compact_command(settings: Settings) -> int:
     """Roll up the ended days and apply the ledger's retention once; the exit status."""
     cfg = settings.ledger
-    done = run_or_exit(with_migrated(settings.database.url, lambda engine: compact(engine, cfg, time.time())))
+    done = run_or_exit(on_database(settings, lambda engine: compact(engine, cfg, time.time())))
     days = [time.strftime("%Y-%m-%d", time.gmtime(day * DAY_S)) for day in done.rolled_up]
     console.print(f"rolled up {len(days)} day(s){': ' + ', '.join(days) if days else ''}")
     if cfg.retention_days is None:
@@ -91,7 +93,7 @@ def stop_command(settings: Settings, action: str, org: str | None, reason: str |
             return await controls.clear_stop(engine, org)
         return await controls.list_stops(engine)
 
-    result = run_or_exit(with_migrated(settings.database.url, run), refused=2)
+    result = run_or_exit(on_database(settings, run), refused=2)
     interval = settings.controls.poll_interval_s
     if action == "stop":
         console.print(f"stopped upstream calls for {result.scope}; every gateway obeys within {interval:g} s")
@@ -151,7 +153,7 @@ def budgets_command(
         except SluicegateError as exc:
             print_error(exc.message)
             return 2
-    periods = run_or_exit(with_migrated(settings.database.url, run), refused=2)
+    periods = run_or_exit(on_database(settings, run), refused=2)
     if org is not None:
         whom = org if narrow is None else f"the {narrow[0]} {narrow[1]} of {org}"
         console.print(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
@@ -34,9 +34,23 @@ def check_webhook_url(value: str | None) -> str | None:
     if value is None:
         return None
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or _CONTROL(value) is not None:
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or _CONTROL(value) is not None
+        or any(c.isspace() for c in value)
+        or _bad_port(parts)
+    ):
         raise ValueError(f"webhook_url must be an http:// or https:// URL with a host, got {value!r}")
     return value
+
+
+def _bad_port(parts: SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018 (raises for a port that is not a number from 0 to 65535)
+    except ValueError:
+        return True
+    return False
 
 
 WebhookUrl = Annotated[str | None, AfterValidator(check_webhook_url)]
@@ -48,6 +62,8 @@ def check_origin(value: str) -> str:
     if value.strip() == "*":
         return value
     parts = urlsplit(value.strip())
+    if "*" in value:
+        raise ValueError(f"{value!r}: an origin has no wildcards; list each origin, or * alone for any")
     if (
         parts.scheme not in ("http", "https")
         or not parts.hostname
@@ -55,6 +71,8 @@ def check_origin(value: str) -> str:
         or parts.query
         or parts.fragment
         or parts.username is not None
+        or _bad_port(parts)
+        or any(c.isspace() for c in value.strip())
     ):
         raise ValueError(
             f"{value!r} is not an origin: write it as a browser sends it, scheme://host[:port] "

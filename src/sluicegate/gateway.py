@@ -211,7 +211,7 @@ class Gateway:
             try:
                 await self.outbox.start()
             except Exception as exc:  # the database is down: rows spool until it is back
-                logger.warning("ledger: could not replay spooled rows at start (%s)", exc)
+                logger.warning("ledger: could not replay spooled rows at start (%r)", exc)
         self.compactor.start()
         if self.cache is not None:
             await self.cache.start()
@@ -222,7 +222,7 @@ class Gateway:
         ledger's pending writes, and release connections."""
         if self._closing:
             return
-        self._closing = True
+        self._closing = self._events.closed = True
         left = await self._events.drain(self.settings.server.drain_timeout_s)
         if left:
             logger.warning(
@@ -325,7 +325,7 @@ class Gateway:
         **params: Any,
     ) -> dict[str, Any]:
         """A chat completion, as OpenAI's JSON object."""
-        body = {**params, "model": model, "messages": list(messages), "stream": False}
+        body = {**params, "model": model, "messages": _json_arrays(messages), "stream": False}
         reply = await self.send(self.new_call("chat", body, context))
         return _object(reply.body)
 
@@ -338,7 +338,7 @@ class Gateway:
         **params: Any,
     ) -> AsyncIterator[dict[str, Any]]:
         """A streamed chat completion, chunk by chunk; raises `UpstreamError` if it breaks."""
-        body = {**params, "model": model, "messages": list(messages), "stream": True}
+        body = {**params, "model": model, "messages": _json_arrays(messages), "stream": True}
         reply = await self.send(self.new_call("chat", body, context))
         stream = reply.stream
         assert stream is not None
@@ -364,12 +364,17 @@ class Gateway:
         **params: Any,
     ) -> dict[str, Any]:
         """Embeddings, as OpenAI's JSON object."""
-        given = (
-            input if isinstance(input, str) else [x if isinstance(x, str | int) else list(x) for x in input]
-        )
-        body = {**params, "model": model, "input": given}
+        body = {**params, "model": model, "input": _json_arrays(input)}
         reply = await self.send(self.new_call("embeddings", body, context))
         return _object(reply.body)
+
+
+def _json_arrays(value: Any) -> Any:
+    """``value`` with its tuples (and its items' tuples) as lists, as a JSON body has them;
+    anything else as it is, for the request's checks to judge (not a `TypeError` here)."""
+    if isinstance(value, tuple | list):
+        return [list(item) if isinstance(item, tuple) else item for item in value]
+    return value
 
 
 def _object(data: bytes) -> dict[str, Any]:

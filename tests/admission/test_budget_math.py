@@ -157,5 +157,5 @@ def test_the_forecast_runs_the_recent_burn_rate_to_the_end_of_the_period() -> No
 def test_a_period_s_end_from_its_name(period: Period, name: str, ends: str) -> None:
     """The end of the period a name stands for, as `period_bounds` gives it from inside it."""
     end = dt.datetime.fromisoformat(ends).replace(tzinfo=dt.UTC).timestamp()
-    assert period_end(period, name) == end
+    assert period_end(name) == end
     assert period_bounds(period, end - 1) == (name, end)

@@ -471,3 +471,23 @@ async def test_a_hedged_call_settles_what_its_cancelled_copy_cost_too(tmp_path: 
         usage = await settled_usage(gateway, budget)
     assert [row[1] for row in rows] == [499, 200] and all(row[2] > 0 for row in rows)
     assert usage.spent_micro == sum(row[2] for row in rows) and usage.reserved_micro == 0
+
+
+async def test_a_settlement_after_the_budget_s_period_changed_still_counts(tmp_path: Path) -> None:
+    """Reserved under a daily budget, settled once an admin made it monthly: the settlement
+    counts in the day it was reserved in, with that day's end (it used to fail, and be lost)."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/budgets.db")
+    await migrate(engine)
+    now = [_at("2026-11-25T12:00:00")]
+    store = BudgetStore(engine, BudgetsConfig(), clock=lambda: now[0])
+    try:
+        daily = await store.set_limit(new_budget("acme", Decimal(10), "day", None, ()))
+        assert (await store.reserve([daily], "req1:1", 100, 600_000, 1000)).decision.admitted
+        await store.set_limit(new_budget("acme", Decimal(10), "month", None, ()))
+        settled = await store.settle("req1:1", 500)
+        assert [(u.period, u.spent_micro, u.ends_at) for u in settled] == [
+            ("2026-11-25", 500, _at("2026-11-26T00:00:00"))
+        ]
+    finally:
+        store.close()
+        await engine.dispose()

@@ -158,3 +158,21 @@ async def test_every_attempt_of_a_hedged_call_has_a_number_of_its_own() -> None:
     seen.append(("next", call.attempt))
     numbers = [attempt for _, attempt in seen]
     assert len(numbers) == 7 and len(set(numbers)) == 7, seen
+
+
+async def test_a_winner_and_a_failed_copy_ending_in_the_same_turn_is_the_winner() -> None:
+    """The failed copy is not a loser to bill (the ledger bills it nothing), and its error is
+    not raised in place of the winner's reply."""
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + 0.2
+
+    async def both_end_together(call: Call) -> Reply:
+        await asyncio.sleep(max(0.0, ends - loop.time()))
+        if call.route == B:
+            raise UpstreamError("the backup failed", status=500)
+        return Reply(body=b"a")
+
+    call = make_call()
+    reply, answered, hedged = await race(both_end_together, call, A, B, 0.05, lambda: True)
+    assert (reply.body, answered.route, hedged) == (b"a", A, True)
+    assert call.losers == []

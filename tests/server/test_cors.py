@@ -163,3 +163,11 @@ async def test_vary_is_merged_into_the_routes_own() -> None:
         assert [v for n, v in headers if n.lower() == b"vary"] == expected
         assert (b"access-control-allow-origin", APP.encode()) in headers
         assert sent[1] == {"type": "http.response.body", "body": b"{}"}
+
+
+def test_an_origin_configured_with_its_scheme_s_own_port_matches_what_browsers_send() -> None:
+    """Browsers leave the default port out of Origin: `https://app.example.com:443` in the
+    config is `https://app.example.com`; another port is another origin."""
+    cors = Cors(["https://App.example.com:443/", "http://localhost:80", "https://b.example.com:8443"])
+    assert cors.allows("https://app.example.com") and cors.allows("http://localhost")
+    assert cors.allows("https://b.example.com:8443") and not cors.allows("https://b.example.com")

@@ -350,7 +350,7 @@ class Outbox:
             async with asyncio.timeout(timeout_s):
                 await self.flush()
         except Exception as exc:
-            logger.warning("ledger: %d rows stay spooled for the next start (%s)", self.backlog, exc)
+            logger.warning("ledger: %d rows stay spooled for the next start (%r)", self.backlog, exc)
         if self._fd >= 0:
             done = not self._pending and not self._overflowed and os.fstat(self._fd).st_size == 0
             os.close(self._fd)

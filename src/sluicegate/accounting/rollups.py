@@ -206,7 +206,7 @@ class Compactor:
                 async with self._compacting:
                     done = await compact(self._engine, self._config, self._clock())
             except Exception as exc:  # the database is down: the next interval tries again
-                logger.warning("ledger: compaction failed, tried again in %g s (%s)", interval, exc)
+                logger.warning("ledger: compaction failed, tried again in %g s (%r)", interval, exc)
                 continue
             if done.rolled_up or done.ledger_rows_deleted or done.rollups_deleted:
                 logger.info(

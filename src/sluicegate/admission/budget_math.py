@@ -57,15 +57,17 @@ def period_bounds(period: Period, now: float) -> tuple[str, float]:
     return name, dt.datetime.combine(end, dt.time(), dt.UTC).timestamp()
 
 
-def period_end(period: Period, name: str) -> float:
-    """The Unix time the period named ``name`` (as `period_bounds` names it) ends (UTC)."""
-    if period == "day":
-        start = dt.date.fromisoformat(name)
-    elif period == "week":
-        year, week = name.split("-W")
+def period_end(name: str) -> float:
+    """The Unix time the period named ``name`` (as `period_bounds` names it: ``2026-11``,
+    ``2026-W48`` or ``2026-11-25``, whose form says its length) ends (UTC)."""
+    period: Period
+    if "-W" in name:
+        period, (year, week) = "week", name.split("-W")
         start = dt.date.fromisocalendar(int(year), int(week), 1)
+    elif len(name) == len("2026-11"):
+        period, start = "month", dt.date.fromisoformat(name + "-01")
     else:
-        start = dt.date.fromisoformat(name + "-01")
+        period, start = "day", dt.date.fromisoformat(name)
     midnight = dt.datetime.combine(start, dt.time(), dt.UTC).timestamp()
     return period_bounds(period, midnight)[1]
 

@@ -242,4 +242,4 @@ class ReserveBudget:
                 if await self._store.alert_once(usage, level):
                     await self._store.notify(usage, level)
             except Exception as exc:  # the next settlement past the line tries again
-                logger.warning("budgets: could not record the alert of %s (%s)", usage.budget.scope, exc)
+                logger.warning("budgets: could not record the alert of %s (%r)", usage.budget.scope, exc)

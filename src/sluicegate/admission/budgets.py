@@ -14,6 +14,7 @@ period and level, so it fires once across every replica.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
@@ -31,6 +32,7 @@ from ..config_money import BudgetsConfig, limit_micro
 from ..errors import BudgetUnavailable, InvalidRequest
 from ..observe.alerts import Alerts
 from ..store.tables import budget_limits, virtual_keys
+from ..store.transactions import TIMEOUT_S
 from .budget_alerts import Usage, announce
 from .budget_ledger import ledger_spent
 from .budget_math import (
@@ -312,8 +314,9 @@ class BudgetStore:
         usages = []
         for scope, period, spent, reserved in rows:
             budget = self.budgets.get(scope) or Budget(scope, 0, "month")
-            # The reservation's period, which may have ended since: its own end, not today's.
-            usages.append(Usage(budget, period, period_end(budget.period, period), spent, reserved))
+            # The reservation's period, which may have ended since (or the budget's period may
+            # have been changed meanwhile): the end its name says, not today's period's.
+            usages.append(Usage(budget, period, period_end(period), spent, reserved))
         return usages
 
     def settle_soon(
@@ -369,7 +372,7 @@ class BudgetStore:
                 counted = await self._redis.read(budget, period)
         recent = await ledger_spent(self._engine, budget, now - window)
         if counted is None:
-            async with self._engine.connect() as connection:
+            async with asyncio.timeout(TIMEOUT_S), self._engine.connect() as connection:
                 row = (await connection.execute(text(_PERIOD), {"s": budget.scope, "p": period})).first()
             counted = (int(row[0]), int(row[1])) if row else (0, 0)
         if counted[0] == 0:  # nothing counted this period yet: the ledger may have spend already

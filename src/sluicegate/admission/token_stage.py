@@ -153,4 +153,4 @@ class LimitTokens:
             elif self._sql is not None:
                 await self._sql.give_back(checks, tokens)
         except Exception as exc:  # the bucket refills by itself within a minute
-            logger.warning("token limits: could not give back %d tokens (%s)", tokens, exc)
+            logger.warning("token limits: could not give back %d tokens (%r)", tokens, exc)

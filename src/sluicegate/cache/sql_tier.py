@@ -153,7 +153,7 @@ class SqlTier:
             self.pending_failures += 1
             self._requeue(rows)
             if self.pending_failures in (1, 10, 100):
-                logger.warning("cache: %d SQL writes are waiting (%s)", len(self._queue), exc)
+                logger.warning("cache: %d SQL writes are waiting (%r)", len(self._queue), exc)
             return True
         self.pending_failures = 0
         return False

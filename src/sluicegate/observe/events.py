@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..calls import Call, CallKind, Reply, ReplyStream, Usage
-from ..errors import SluicegateError
+from ..errors import ServiceUnavailable, SluicegateError
 
 __all__ = ["Counters", "EventSink", "RecordEvents", "RequestEvent"]
 
@@ -109,8 +109,14 @@ class RecordEvents:
         self._sink = sink
         self.in_flight = 0  # calls under way, streams until they close: `drain` waits for them
         self._idle: asyncio.Future[None] | None = None
+        self.closed = False  # set by the gateway's close: calls made before it are refused
 
     async def __call__(self, call: Call) -> Reply:
+        if self.closed:
+            raise ServiceUnavailable(
+                "the gateway is closed (or closing): make calls on a gateway that is open",
+                code="gateway_closed",
+            )
         self.in_flight += 1
         try:
             reply = await self._send(call)

@@ -78,10 +78,13 @@ async def race(
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task.exception() is None:
-                    # The budget settles what the losers cost too (`Call.losers`).
+                    # The budget settles what the losers cost too (`Call.losers`): one cancelled
+                    # now its prompt's estimate, one that answered too its answer (one that
+                    # failed nothing, as the ledger bills them).
                     losers = call.losers = [(tasks[other], None) for other in pending]
-                    for other in done - {task}:  # both answered in the same turn: close the loser
-                        losers.append((tasks[other], other.result()))
+                    for other in done - {task}:  # both ended in the same turn: close the loser
+                        if other.exception() is None:
+                            losers.append((tasks[other], other.result()))
                         _close_loser(other)
                     return task.result(), tasks[task], True
                 error = task.exception()

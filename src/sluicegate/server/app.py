@@ -88,7 +88,7 @@ class SluicegateApp:
             await send_error(request, exc)
         except SluicegateError as exc:
             await send_error(request, exc)
-        except (SQLAlchemyError, ConnectionError, TimeoutError) as exc:
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:  # OSError: refused, unresolved
             # The database (an admin route's, a key's) cannot answer: a 503 to try again, and
             # one line in the log rather than a traceback per request.
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

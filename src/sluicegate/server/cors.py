@@ -99,5 +99,11 @@ def _vary_on_origin(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes,
 
 
 def _normalise(origin: str) -> str:
-    # Browsers send the scheme and host in lower case, and never a trailing slash.
-    return origin.strip().rstrip("/").lower()
+    # Browsers send the scheme and host in lower case, never a trailing slash, and no port
+    # when it is the scheme's own.
+    origin = origin.strip().rstrip("/").lower()
+    for default in ("https://:443", "http://:80"):
+        scheme, port = default.split("//")
+        if origin.startswith(scheme + "//") and origin.endswith(port):
+            return origin[: -len(port)]
+    return origin
