@@ -491,3 +491,29 @@ async def test_a_settlement_after_the_budget_s_period_changed_still_counts(tmp_p
     finally:
         store.close()
         await engine.dispose()
+
+
+async def test_a_reservation_whose_settlement_was_lost_is_charged_what_the_ledger_billed(
+    tmp_path: Path,
+) -> None:
+    """The settlement failed (the database was down): at the lease's end the reaper charges the
+    ledger's cost of the call, not nothing; a late settlement then counts nothing more. A
+    reservation the ledger has no row for is released, as before."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/budgets.db")
+    await migrate(engine)
+    now = [_at("2026-11-25T12:00:00")]
+    store = BudgetStore(engine, BudgetsConfig(lease_s=60), clock=lambda: now[0])
+    try:
+        budget = await store.set_limit(new_budget("acme", Decimal(10), "month", None, ()))
+        assert (await store.reserve([budget], "req1:1", 100, 600_000, 1000)).decision.admitted
+        assert (await store.reserve([budget], "req2:1", 100, 600_000, 1000)).decision.admitted
+        await _ledger_row(engine, "req1", now[0] + 1, 900, 321)  # req2's call left no row
+        now[0] += 120
+        assert await store.reap() == 2
+        usage = await store.usage(budget)
+        assert (usage.spent_micro, usage.reserved_micro) == (321, 0)
+        assert await store.settle("req1:1", 321) == []  # late: counted already
+        assert (await store.usage(budget)).spent_micro == 321
+    finally:
+        store.close()
+        await engine.dispose()

@@ -35,6 +35,14 @@ _EXPIRED = (
 )
 _RELEASE = "UPDATE budget_periods SET reserved_micro = reserved_micro - :a WHERE scope = :s AND period = :p"
 _EXPIRE = "UPDATE budget_reservations SET state = 'expired' WHERE id = :id"
+# What the ledger billed the call from the reserved attempt on (its retries, fallbacks, hedges).
+_BILLED = (
+    "SELECT coalesce(sum(cost_micro), 0), count(*) FROM usage_ledger WHERE request_id = :r AND attempt >= :a"
+)
+_CHARGE = (
+    "UPDATE budget_periods SET spent_micro = spent_micro + :c, reserved_micro = reserved_micro - :a "
+    "WHERE scope = :s AND period = :p"
+)
 _RESERVE = (
     "INSERT INTO budget_reservations (id, scope, period, amount_micro, expires_at, state) "
     "VALUES (:id, :s, :p, :a, :e, 'open')"
@@ -162,13 +170,22 @@ class SqlBudgets:
         return result
 
     async def reap(self, now: float) -> int:
-        """Release the reservations whose lease ended (their process died); how many."""
+        """End the reservations whose lease ended (their settlement was lost: the process died,
+        or the database was down when it settled); how many. One whose attempt the ledger has
+        is settled at the ledger's cost (a late settlement then counts nothing more); any
+        other is released, and a late settlement of it still counts."""
 
         def work(q: Query) -> int:
             rows, _ = q(_EXPIRED, {"now": now})
             for rid, scope, period, amount in rows:
-                q(_RELEASE, {"a": int(amount), "s": scope, "p": period})
-                q(_EXPIRE, {"id": rid})
+                request_id, _, attempt = str(rid).split("#")[0].rpartition(":")
+                billed, _ = q(_BILLED, {"r": request_id, "a": int(attempt) if attempt.isdigit() else 1 << 30})
+                if int(billed[0][1]):
+                    q(_CHARGE, {"c": int(billed[0][0]), "a": int(amount), "s": scope, "p": period})
+                    q(_SETTLED, {"id": rid})
+                else:
+                    q(_RELEASE, {"a": int(amount), "s": scope, "p": period})
+                    q(_EXPIRE, {"id": rid})
             return len(rows)
 
         reaped: int = await self._transactions.run(work)
