@@ -517,3 +517,22 @@ async def test_a_reservation_whose_settlement_was_lost_is_charged_what_the_ledge
     finally:
         store.close()
         await engine.dispose()
+
+
+async def test_past_the_throttle_the_cheaper_model_answers_what_the_asked_one_could_not_afford(
+    tmp_path: Path,
+) -> None:
+    """90 % of $0.001 spent: gpt-4o's least answer (16 tokens at $10 a million, and its prompt)
+    no longer fits, gpt-4o-mini's does. Past throttle_at the call goes to gpt-4o-mini, reserved
+    and clamped at its prices, instead of being refused."""
+    cheaper = settings(tmp_path, "0.001", throttle_at=0.5, throttle_model="fast", models=MODELS)
+    async with create_gateway(cheaper) as gateway:
+        await _ledger_row(gateway.engine, "earlier", time.time(), 10, 900)  # acme spent $0.0009
+        call = gateway.new_call("chat", {**body("summarise", max_tokens=100), "model": "gpt-4o"}, ACME)
+        reply = await gateway.send(call)
+        assert reply.headers["x-sluicegate-model"] == "gpt-4o-mini" and call.route.name == "gpt-4o-mini"
+        assert call.body["max_tokens"] == 100  # gpt-4o-mini can afford all of it: not clamped
+        budget = gateway.budgets.budget_for("acme")
+        assert budget is not None
+        usage = await settled_usage(gateway, budget)
+        assert usage.reserved_micro == 0 and 900 < usage.spent_micro <= 1000

@@ -24,7 +24,7 @@ from ..errors import BudgetExceeded
 from ..upstream.router import ModelCatalog
 from .budget_math import MIN_COMPLETION_TOKENS, PERIOD_ADJECTIVES
 from .budget_scopes import parse_scope
-from .budgets import BudgetStore, Usage
+from .budgets import BudgetStore, Reservation, Usage
 
 __all__ = ["ReserveBudget", "worst_prompt_tokens"]
 
@@ -92,6 +92,29 @@ class ReserveBudget:
         prompt_pico = worst_prompt_tokens(body) * in_pico
         prompt_micro = math.ceil(prompt_pico / 1_000_000)
         held = await self._store.reserve(budgets, rid, prompt_micro, out_pico, asked)
+        cheaper = self._cheaper
+        if (
+            cheaper is not None
+            and not held.throttled
+            and call.route.name != cheaper.name
+            and (not held.decision.admitted or self._past_throttle(held))
+            and self._catalog.serves(cheaper.name, call.kind)
+        ):
+            # Past throttle_at the cheaper model answers: reserved at its prices, since the asked
+            # model's worst case may not fit in the budget's last share (nor should it clamp the
+            # cheaper model's answer). Below the share, the asked model's refusal stands.
+            if held.decision.admitted:
+                await self._store.settle(rid, 0)
+            in_cheap, out_cheap = self._dearest(cheaper.name)
+            cheap_micro = math.ceil(worst_prompt_tokens(body) * in_cheap / 1_000_000)
+            cheap = await self._store.reserve(budgets, rid + "~", cheap_micro, out_cheap, asked)
+            if cheap.decision.admitted and (held.decision.admitted or self._past_throttle(cheap)):
+                rid, held, prompt_micro, out_pico = rid + "~", cheap, cheap_micro, out_cheap
+                call.route, call.own_answer = cheaper, True
+            elif cheap.decision.admitted:  # below the share: the asked model's refusal stands
+                await self._store.settle(rid + "~", 0)
+            elif held.decision.admitted:  # released for the cheaper one, which was refused
+                held = cheap
         decision = held.decision
         if not decision.admitted:
             code = "budget_throttled" if held.throttled else "budget_exceeded"
@@ -146,6 +169,14 @@ class ReserveBudget:
 
             reply.stream.on_close(settle_stream)
         return reply
+
+    def _past_throttle(self, held: Reservation) -> bool:
+        """Whether any of the call's budgets was past ``throttle_at`` before its reservation."""
+        share = self._config.throttle_at
+        return any(
+            spent + reserved - held.decision.reserve_micro >= share * budget.limit_micro
+            for (budget, _, _), (spent, reserved) in zip(held.books, held.after, strict=True)
+        )
 
     def _losers_cost(self, losers: list[tuple[Call, Reply | None]]) -> int:
         """What the copies a hedge race left behind cost, as the ledger records them: one that

@@ -178,7 +178,7 @@ class SqlBudgets:
         def work(q: Query) -> int:
             rows, _ = q(_EXPIRED, {"now": now})
             for rid, scope, period, amount in rows:
-                request_id, _, attempt = str(rid).split("#")[0].rpartition(":")
+                request_id, _, attempt = str(rid).split("#")[0].rstrip("~").rpartition(":")
                 billed, _ = q(_BILLED, {"r": request_id, "a": int(attempt) if attempt.isdigit() else 1 << 30})
                 if int(billed[0][1]):
                     q(_CHARGE, {"c": int(billed[0][0]), "a": int(amount), "s": scope, "p": period})
