@@ -176,3 +176,24 @@ async def test_a_winner_and_a_failed_copy_ending_in_the_same_turn_is_the_winner(
     reply, answered, hedged = await race(both_end_together, call, A, B, 0.05, lambda: True)
     assert (reply.body, answered.route, hedged) == (b"a", A, True)
     assert call.losers == []
+
+
+async def test_routing_by_latency_learns_from_a_hedge_that_won() -> None:
+    """The slow first deployment is cancelled when the hedge wins: its time so far counts, so
+    the next call goes to the fast one first instead of hedging again and again."""
+    upstream = Upstream(a=(1.0, "ok"), b=(0.01, "ok"))
+    settings = Settings(
+        providers={"a": {"kind": "mock"}, "b": {"kind": "mock"}},
+        models={"m": {"provider": "a", "deployments": [{"provider": "b"}]}},
+    )
+    catalog = ModelCatalog(settings)
+    features = {"default": FeatureConfig(hedge=True, hedge_after_ms=50)}
+    stage = RouteCall(upstream, catalog, ResilienceConfig(routing="latency"), features)
+    first = make_call()
+    first.route = catalog.resolve("m")
+    assert (await stage(first)).headers["x-sluicegate-hedge"] == "won"
+    upstream.started.clear()
+    second = make_call()
+    second.route = catalog.resolve("m")
+    reply = await stage(second)
+    assert upstream.started == ["b"] and "x-sluicegate-hedge" not in reply.headers

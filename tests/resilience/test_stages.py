@@ -323,6 +323,18 @@ async def test_a_static_answer_streams_when_a_stream_was_asked_for() -> None:
     assert data.endswith(b"data: [DONE]\n\n") and reply.headers["x-sluicegate-degraded"] == "static"
 
 
+async def test_a_static_stream_ends_with_its_zero_usage_when_the_client_asked() -> None:
+    features = {"chat": FeatureConfig(fallback_answer="Back in a moment.")}
+    stage = Degrade(Script([CircuitOpen("open")]), ResilienceConfig(), features)
+    call = make_call(feature="chat", stream=True)
+    call.body = {**call.body, "stream_options": {"include_usage": True}}
+    reply = await stage(call)
+    assert reply.stream is not None
+    data = b"".join([chunk async for chunk in reply.stream])
+    events = [orjson.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["total_tokens"] == 0
+
+
 async def test_without_a_static_answer_a_503_with_retry_after() -> None:
     stage = Degrade(Script([CircuitOpen("open", headers={"retry-after": "9"})]), ResilienceConfig(), {})
     with pytest.raises(AllUpstreamsFailed) as caught:

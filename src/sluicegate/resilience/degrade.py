@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from ..cache.forms import DONE, synthesise
+from ..cache.forms import DONE, synthesise, usage_event
 from ..calls import Call, Reply, Usage
 from ..config import FeatureConfig, ResilienceConfig
 from ..errors import AllUpstreamsFailed, SluicegateError
@@ -82,7 +82,11 @@ def static_answer(call: Call, text: str, error: SluicegateError) -> Reply:
     )
     headers = {DEGRADED_HEADER: "static", "cache-control": "no-store"}
     if call.stream:
-        return Reply(stream=StaticStream(b"".join((*synthesise(body), DONE))), headers=headers)
+        events = synthesise(body)
+        options = call.body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:  # its zero usage, as asked
+            events = (*events, usage_event(body, Usage()))
+        return Reply(stream=StaticStream(b"".join((*events, DONE))), headers=headers)
     return Reply(body=body, usage=Usage(), headers=headers)
 
 

@@ -323,8 +323,12 @@ class RouteCall:
 
         started = time.perf_counter()
         reply, answered, hedged = await race(self._inner, call, first, second, delay, may_hedge)
-        if answered.route == first:
-            self._observe(first, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        # The first deployment took this long, or more when the hedge won (it was cancelled
+        # then): recorded either way, so that routing by latency learns it is slow.
+        self._observe(first, elapsed)
+        if answered.route == second:
+            self._observe(second, max(0.0, elapsed - delay))
         call.route, call.attempt = answered.route, max(call.attempt, answered.attempt)
         if hedged:
             reply.headers[HEDGE_HEADER] = "won" if answered.route == second else "sent"
