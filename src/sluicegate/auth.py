@@ -252,17 +252,17 @@ class Authenticator:
             "application's backend for a new token"
         )
         if record is None:
+            if by_id:
+                raise AuthenticationFailed(gone, code="browser_token_revoked")
             raise AuthenticationFailed(
-                gone
-                if by_id
-                else "the API key is unknown or revoked; create one with `sluicegate keys create`"
+                "the API key is unknown or revoked; create one with `sluicegate keys create`"
             )
         # Compared here, not when cached: an expiry holds on time whatever the cache's age.
         if record.expires_at is not None:
             now_utc = datetime.fromtimestamp(self._wall_clock(), UTC)
             if record.expired(now_utc):
                 if by_id:  # a browser is not told of the key's replacement
-                    raise AuthenticationFailed(gone)
+                    raise AuthenticationFailed(gone, code="browser_token_revoked")
                 raise AuthenticationFailed(expired_key_message(record), code="expired_api_key")
         return record
 

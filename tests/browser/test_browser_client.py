@@ -232,6 +232,31 @@ def test_an_answer_on_its_way_when_the_cache_is_cleared_is_not_kept(
     assert result["memory"] == 0 and not result["kept"]
 
 
+def test_clearing_one_client_clears_the_others_of_the_origin(page: Page, server: GatewayServer) -> None:
+    """A log-out in one tab (here: one of two clients of the page) leaves no answer in the
+    other's memory, and the other keeps storing into a live bucket, not the deleted one."""
+    result = run(
+        page,
+        server.url,
+        """
+        const s = stub((n) => json({ answer: n }, cacheable(`"e${n}"`, 600)));
+        const make = () => createClient({ baseUrl: location.origin, token: token('ann'), fetch: s.fetch });
+        const first = make(), second = make();
+        await first.chat(chat, { feature: 'chat' });
+        await second.chat(chat, { feature: 'chat' });
+        const before = second.stats().last.source;
+        await first.clearCache();
+        await new Promise((resolve) => setTimeout(resolve, 100));  // the message reaches the other
+        const memoryAfter = second.stats().memoryEntries;
+        const again = await second.chat(chat, { feature: 'chat' });
+        const kept = (await (await caches.open('sluicegate-v1')).keys()).length;
+        return { before, memoryAfter, again: again.answer, source: second.stats().last.source, kept };
+        """,
+    )
+    assert result["before"] == "browser-cache-storage" and result["memoryAfter"] == 0  # kept in memory since
+    assert result["again"] == 2 and result["source"] == "network" and result["kept"] == 1
+
+
 def test_an_error_carries_retry_after(page: Page, server: GatewayServer) -> None:
     result = run(
         page,

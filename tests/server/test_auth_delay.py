@@ -79,3 +79,26 @@ def test_a_rotated_and_expired_key_is_answered_at_once(tmp_path: Path) -> None:
             assert refused.value.code == 401 and b"expired_api_key" in refused.value.read()
             refused.value.close()
     assert max(took) < 0.1
+
+
+def test_an_expired_browser_token_is_answered_at_once(tmp_path: Path) -> None:
+    """A correctly signed token that has expired is no guess: its 401, which tells the page to
+    fetch a new token, is not slowed down."""
+    from sluicegate.browser_tokens import BrowserPrincipal, sign_token
+
+    settings = mock_settings(data_dir=tmp_path)
+    with GatewayServer(settings) as server:
+        secret = server.app.gateway.authenticator._token_secret()
+        token = sign_token(secret, BrowserPrincipal("local", "ann", ("chat",), int(time.time()) - 10, None))
+        took = []
+        for _ in range(8):
+            request = urllib.request.Request(
+                server.url + "/v1/models", headers={"authorization": f"Bearer {token}"}
+            )
+            started = time.monotonic()
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            took.append(time.monotonic() - started)
+            assert b"browser_token_expired" in refused.value.read()
+            refused.value.close()
+    assert max(took) < 0.1

@@ -244,3 +244,4 @@ def test_a_token_shares_its_keys_budget_and_revocation(
         assert call(gw.url + f"/api/ai/keys/{created['id']}", "DELETE", key="admin-secret")[0] == 200
         status, refused = call(gw.url + "/v1/chat/completions", "POST", chat_body(), minted["token"], ask)
         assert status == 401 and "revoked" in refused["error"]["message"]
+        assert refused["error"]["code"] == "browser_token_revoked"

@@ -20,6 +20,8 @@ from .openai_routes import Handler
 
 __all__ = ["SluicegateApp", "app_from_environment", "create_app"]
 
+# Refusals of credentials that were genuine once: not slowed down like guesses.
+_GENUINE = frozenset({"expired_api_key", "browser_token_expired", "browser_token_revoked"})
 logger = logging.getLogger("sluicegate.server")
 
 
@@ -79,9 +81,10 @@ class SluicegateApp:
             await handler(self.gateway, request)
         except AuthenticationFailed as exc:
             # Repeated failures from one address are answered more and more slowly: guessing
-            # keys. A key that was real (rotated and expired) is no guess: answered at once.
+            # keys. A key or token that was real (expired, or its minting key revoked) is no
+            # guess: answered at once (behind a proxy every client shares one address).
             client = scope.get("client")
-            if exc.code != "expired_api_key":
+            if exc.code not in _GENUINE:
                 delay = self._auth_delay.failed(client[0] if client else "", time.monotonic())
                 if delay:
                     await asyncio.sleep(delay)

@@ -38,7 +38,8 @@
  *
  * Log-out and user switch: call `await client.clearCache()`. It empties the memory and the
  * Cache Storage bucket, so nothing the previous user was answered stays on the device, not
- * even an answer that was still on its way when it was called. (Entries
+ * even an answer that was still on its way when it was called; the page's other clients and
+ * the origin's other tabs empty their memory too (a BroadcastChannel). (Entries
  * are keyed by the token's user, so one user never reads another's, but they would stay on
  * disk until then.)
  */
@@ -90,6 +91,18 @@ export function createClient({
   let opened = null;
   // Counts the clearCache() calls: an answer still on its way when one ran is not kept.
   let generation = 0;
+  // clearCache() in one tab, or in another client of this page, clears this one too: the
+  // other tabs' memory and open handle on the deleted bucket would outlive a log-out.
+  const channel = typeof BroadcastChannel === 'undefined' ? null : new BroadcastChannel(CACHE_NAME);
+  channel?.addEventListener('message', (event) => {
+    if (event.data === 'clear') dropLocal();
+  });
+
+  function dropLocal() {
+    generation += 1;
+    memory.clear();
+    opened = null;
+  }
 
   // The stores
 
@@ -300,10 +313,9 @@ export function createClient({
 
     /** Empty the memory and the Cache Storage bucket: call it on log-out and when the user changes. */
     async clearCache() {
-      generation += 1;
-      memory.clear();
-      opened = null;
+      dropLocal();
       if (typeof caches !== 'undefined') await caches.delete(CACHE_NAME).catch(() => false);
+      channel?.postMessage('clear'); // after the delete: the others reopen a new, empty bucket
     },
 
     /** Counters since the client was made, the entries in memory, and how the last answer was served. */
