@@ -532,3 +532,18 @@ def test_browser_cache_round_trip(page: Page, cached_gateway: GatewayServer, ups
     assert revalidation.get("if-none-match") == headers["etag"]
     assert revalidation.get("cache-control") == "max-stale=0"
     assert len(upstream.calls) == 1
+
+
+def test_demo_page_shows_an_error_without_the_last_answers_details(
+    page: Page, cached_gateway: GatewayServer
+) -> None:
+    """After an answer, an error's ask shows its own status, not the last answer's source."""
+    page.goto(cached_gateway.url + "/sdk/demo")
+    get_token(page, "ann")
+    assert ask(page, 1)["served"] == "network"
+    page.fill("#feature", "no-such-feature")
+    shown = ask(page, 2)
+    assert "HTTP 403" in shown["error"] or "HTTP 400" in shown["error"]
+    blank = "\N{EN DASH}"  # what the page shows for "nothing"
+    assert shown["served"] == blank and shown["gateway-cache"] == blank
+    assert page.text_content("#status") in ("400", "403")
