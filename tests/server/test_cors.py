@@ -17,7 +17,10 @@ from tests.conftest import chat_body
 
 APP = "https://app.example.com"
 EXPOSED = (
-    "etag, age, cache-control, x-sluicegate-cache, x-request-id, ratelimit, ratelimit-policy, retry-after"
+    "etag, age, cache-control, x-sluicegate-cache, x-request-id, ratelimit, ratelimit-policy, "
+    "retry-after, x-sluicegate-model, x-sluicegate-deployment, x-sluicegate-fallback, "
+    "x-sluicegate-hedge, x-sluicegate-coalesced, x-sluicegate-degraded, "
+    "x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens"
 )
 
 
@@ -83,7 +86,7 @@ def test_preflight_from_an_allowed_origin(cors_server: GatewayServer) -> None:
             "access-control-allow-methods": "GET, POST, DELETE, OPTIONS",
             "access-control-allow-headers": (
                 "authorization, content-type, cache-control, if-none-match, "
-                "x-sluicegate-feature, x-sluicegate-user"
+                "x-sluicegate-feature, x-sluicegate-user, x-request-id, traceparent, tracestate"
             ),
             "access-control-max-age": "600",
         }

@@ -17,11 +17,16 @@ __all__ = ["Cors"]
 
 ALLOW_METHODS = b"GET, POST, DELETE, OPTIONS"
 ALLOW_HEADERS = (
-    b"authorization, content-type, cache-control, if-none-match, x-sluicegate-feature, x-sluicegate-user"
+    b"authorization, content-type, cache-control, if-none-match, x-sluicegate-feature, x-sluicegate-user, "
+    b"x-request-id, traceparent, tracestate"  # a page's tracing (W3C Trace Context) must not break its calls
 )
-# What a page's script may read: the browser cache needs the validators and freshness.
+# What a page's script may read: the browser cache needs the validators and freshness; a page
+# also sees who answered and how (a fallback, a hedge, the static answer) and the token limits.
 EXPOSE_HEADERS = (
-    b"etag, age, cache-control, x-sluicegate-cache, x-request-id, ratelimit, ratelimit-policy, retry-after"
+    b"etag, age, cache-control, x-sluicegate-cache, x-request-id, ratelimit, ratelimit-policy, "
+    b"retry-after, x-sluicegate-model, x-sluicegate-deployment, x-sluicegate-fallback, "
+    b"x-sluicegate-hedge, x-sluicegate-coalesced, x-sluicegate-degraded, "
+    b"x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens"
 )
 MAX_AGE = b"600"
 
