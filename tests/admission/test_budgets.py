@@ -4,10 +4,12 @@ throttle and refuse, with cached answers still served."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sluicegate import RequestContext, create_gateway
 from sluicegate.admission.budget_math import period_start
@@ -135,28 +138,27 @@ async def test_a_users_budget_refuses_that_user_and_no_one_else(tmp_path: Path) 
 
 
 async def test_settlements_count_once_and_leases_release_the_dead(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'b.db'}")
-    await migrate(engine)
     now = [1_800_000_000.0]
     config = BudgetsConfig(orgs=({"org": "acme", "limit_usd": Decimal("1")},), lease_s=60)  # type: ignore[arg-type]
-    store = BudgetStore(engine, config, clock=lambda: now[0])
-    budget = store.budget_for("acme")
-    assert budget is not None
-    held = await store.reserve(budget, "r1:1", 100, 600_000, 1000)
-    assert held.decision.admitted and held.usages[0].reserved_micro == 700
-    assert len(await store.settle("r1:1", 400)) == 1
-    assert await store.settle("r1:1", 400) == []  # delivered twice, counted once
-    await store.reserve(budget, "r2:1", 100, 600_000, 1000)  # its process dies
-    now[0] += 61
-    assert await store.reap() == 1
-    after = await store.usage(budget)
-    assert (after.spent_micro, after.reserved_micro) == (400, 0)
-    [late] = await store.settle("r2:1", 300)  # the answer came after all
-    assert (late.spent_micro, late.reserved_micro) == (700, 0)
-    async with engine.connect() as connection:
-        states = (await connection.execute(text("SELECT state FROM budget_reservations ORDER BY id"))).all()
-    assert [s for (s,) in states] == ["settled", "settled"]
-    await engine.dispose()
+    async with clocked_store(tmp_path, now, config) as (store, engine):
+        budget = store.budget_for("acme")
+        assert budget is not None
+        held = await store.reserve(budget, "r1:1", 100, 600_000, 1000)
+        assert held.decision.admitted and held.usages[0].reserved_micro == 700
+        assert len(await store.settle("r1:1", 400)) == 1
+        assert await store.settle("r1:1", 400) == []  # delivered twice, counted once
+        await store.reserve(budget, "r2:1", 100, 600_000, 1000)  # its process dies
+        now[0] += 61
+        assert await store.reap() == 1
+        after = await store.usage(budget)
+        assert (after.spent_micro, after.reserved_micro) == (400, 0)
+        [late] = await store.settle("r2:1", 300)  # the answer came after all
+        assert (late.spent_micro, late.reserved_micro) == (700, 0)
+        async with engine.connect() as connection:
+            states = (
+                await connection.execute(text("SELECT state FROM budget_reservations ORDER BY id"))
+            ).all()
+        assert [s for (s,) in states] == ["settled", "settled"]
 
 
 async def test_the_alert_is_posted_to_the_webhook_once(tmp_path: Path) -> None:
@@ -390,6 +392,21 @@ def _at(iso: str) -> float:
     return datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp()
 
 
+@contextlib.asynccontextmanager
+async def clocked_store(
+    tmp_path: Path, now: list[float], config: BudgetsConfig | None = None
+) -> AsyncIterator[tuple[BudgetStore, AsyncEngine]]:
+    """A budget store on a new SQLite file, whose clock reads ``now[0]``, and its engine."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/budgets.db")
+    await migrate(engine)
+    store = BudgetStore(engine, config or BudgetsConfig(), clock=lambda: now[0])
+    try:
+        yield store, engine
+    finally:
+        store.close()
+        await engine.dispose()
+
+
 async def _ledger_row(engine: Any, rid: str, at: float, latency_ms: int, cost: int) -> None:
     async with engine.begin() as connection:
         await connection.execute(
@@ -409,11 +426,8 @@ async def test_a_call_across_midnight_counts_in_the_period_it_began_in_only(tmp_
     settlement reports December's end, not January's. The forecast 10 s into January runs the
     last day's burn ($0.50) to the month's end (about $15.50 of $100), rather than those 10 s
     (which made it $133,920)."""
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/budgets.db")
-    await migrate(engine)
     now = [_at("2025-12-31T23:59:50")]
-    store = BudgetStore(engine, BudgetsConfig(), clock=lambda: now[0])
-    try:
+    async with clocked_store(tmp_path, now) as (store, engine):
         budget = await store.set_limit(new_budget("acme", Decimal(100), "month", None, ()))
         assert (await store.reserve([budget], "req1:1", 100, 600_000, 1000)).decision.admitted
         now[0] = _at("2026-01-01T00:00:05")
@@ -427,9 +441,6 @@ async def test_a_call_across_midnight_counts_in_the_period_it_began_in_only(tmp_
         assert [(u.period, u.spent_micro) for u in held.usages] == [("2026-01", 0)]
         usage = await store.usage(budget)
         assert usage.forecast_micro is not None and usage.forecast_micro < budget.limit_micro
-    finally:
-        store.close()
-        await engine.dispose()
 
 
 async def test_a_hedged_call_settles_what_its_cancelled_copy_cost_too(tmp_path: Path) -> None:
@@ -476,11 +487,8 @@ async def test_a_hedged_call_settles_what_its_cancelled_copy_cost_too(tmp_path: 
 async def test_a_settlement_after_the_budget_s_period_changed_still_counts(tmp_path: Path) -> None:
     """Reserved under a daily budget, settled once an admin made it monthly: the settlement
     counts in the day it was reserved in, with that day's end (it used to fail, and be lost)."""
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/budgets.db")
-    await migrate(engine)
     now = [_at("2026-11-25T12:00:00")]
-    store = BudgetStore(engine, BudgetsConfig(), clock=lambda: now[0])
-    try:
+    async with clocked_store(tmp_path, now) as (store, _):
         daily = await store.set_limit(new_budget("acme", Decimal(10), "day", None, ()))
         assert (await store.reserve([daily], "req1:1", 100, 600_000, 1000)).decision.admitted
         await store.set_limit(new_budget("acme", Decimal(10), "month", None, ()))
@@ -488,9 +496,6 @@ async def test_a_settlement_after_the_budget_s_period_changed_still_counts(tmp_p
         assert [(u.period, u.spent_micro, u.ends_at) for u in settled] == [
             ("2026-11-25", 500, _at("2026-11-26T00:00:00"))
         ]
-    finally:
-        store.close()
-        await engine.dispose()
 
 
 async def test_a_reservation_whose_settlement_was_lost_is_charged_what_the_ledger_billed(
@@ -499,11 +504,8 @@ async def test_a_reservation_whose_settlement_was_lost_is_charged_what_the_ledge
     """The settlement failed (the database was down): at the lease's end the reaper charges the
     ledger's cost of the call, not nothing; a late settlement then counts nothing more. A
     reservation the ledger has no row for is released, as before."""
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/budgets.db")
-    await migrate(engine)
     now = [_at("2026-11-25T12:00:00")]
-    store = BudgetStore(engine, BudgetsConfig(lease_s=60), clock=lambda: now[0])
-    try:
+    async with clocked_store(tmp_path, now, BudgetsConfig(lease_s=60)) as (store, engine):
         budget = await store.set_limit(new_budget("acme", Decimal(10), "month", None, ()))
         assert (await store.reserve([budget], "req1:1", 100, 600_000, 1000)).decision.admitted
         assert (await store.reserve([budget], "req2:1", 100, 600_000, 1000)).decision.admitted
@@ -514,9 +516,6 @@ async def test_a_reservation_whose_settlement_was_lost_is_charged_what_the_ledge
         assert (usage.spent_micro, usage.reserved_micro) == (321, 0)
         assert await store.settle("req1:1", 321) == []  # late: counted already
         assert (await store.usage(budget)).spent_micro == 321
-    finally:
-        store.close()
-        await engine.dispose()
 
 
 async def test_past_the_throttle_the_cheaper_model_answers_what_the_asked_one_could_not_afford(
