@@ -12,7 +12,6 @@ features it is bound to hold in every mode.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import os
@@ -31,7 +30,7 @@ from .config import DEFAULT_FEATURE, Settings
 from .config_base import name_problem
 from .config_money import org_of_request
 from .errors import AuthenticationFailed, InvalidRequest, PermissionDenied, ServiceUnavailable
-from .store.transactions import TIMEOUT_S
+from .store.transactions import in_time
 from .virtual_keys import KeyRecord, KeyStore, hash_key, new_key
 
 __all__ = [
@@ -229,7 +228,7 @@ class Authenticator:
         else:
             assert self._store is not None
             try:
-                async with asyncio.timeout(TIMEOUT_S):  # a hung database: not its 60 s statement timeout
+                async with in_time():
                     record = await (self._store.find_id(key) if by_id else self._store.find(key))
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 if cached is None or cached[0] is None:

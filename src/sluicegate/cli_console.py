@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import CONFIG_ENV, Settings, load_settings
 from .errors import SluicegateError
-from .store.db import with_migrated
+from .store.db import first_line, with_migrated
 
 __all__ = [
     "console",
@@ -45,7 +45,7 @@ def print_error(message: str) -> None:
 def database_error(error: BaseException) -> str:
     """One line on a database that cannot be reached or opened (SQLAlchemy adds a second line,
     a link to its docs, which is left out)."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    first = first_line(error)
     if "no such table" in first or ("relation" in first and "does not exist" in first):
         return f"the database has no sluicegate schema yet ({first}): run `sluicegate migrate`"
     return f"the database is unreachable: {first}"

@@ -59,7 +59,7 @@ from .observe.events import Counters, EventSink, RecordEvents
 from .observe.health import HealthProbes
 from .resilience.degrade import Degrade
 from .resilience.stages import Breakers, GuardDeployment, RetryBudgets, RetryCall, RouteCall
-from .store.db import create_engine, migrate, ping
+from .store.db import create_engine, first_line, migrate, ping
 from .store.redis import create_redis
 from .upstream.providers import Provider, build_providers
 from .upstream.router import ModelCatalog, SendToProvider
@@ -194,10 +194,9 @@ class Gateway:
             try:
                 await migrate(self.engine)
             except (SQLAlchemyError, OSError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ServiceUnavailable(
                     "the database is unreachable, or could not be migrated "
-                    f"({self.engine.url.render_as_string(hide_password=True)}): {first}",
+                    f"({self.engine.url.render_as_string(hide_password=True)}): {first_line(exc)}",
                     code="database_unavailable",
                 ) from exc
         await self.probes.check_once()

@@ -3,12 +3,10 @@ burn rate its forecast runs to the period's end."""
 
 from __future__ import annotations
 
-import asyncio
-
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..store.transactions import TIMEOUT_S
+from ..store.transactions import in_time
 from .budget_scopes import Budget
 
 __all__ = ["ledger_spent"]
@@ -25,9 +23,6 @@ async def ledger_spent(engine: AsyncEngine, budget: Budget, since: float) -> int
     """What the ledger has recorded under ``budget`` for the calls begun since ``since``; a
     `TimeoutError` after `TIMEOUT_S` (a hung database costs a request that long at most)."""
     where, params = budget.ledger_filter()
-    try:
-        async with asyncio.timeout(TIMEOUT_S), engine.connect() as connection:
-            spent = await connection.scalar(text(_SPENT.format(where=where)), {**params, "since": since})
-    except TimeoutError:
-        raise TimeoutError(f"the database did not answer within {TIMEOUT_S:g} s") from None
+    async with in_time(), engine.connect() as connection:
+        spent = await connection.scalar(text(_SPENT.format(where=where)), {**params, "since": since})
     return int(spent or 0)

@@ -14,7 +14,6 @@ period and level, so it fires once across every replica.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import logging
@@ -32,7 +31,7 @@ from ..config_money import BudgetsConfig, limit_micro
 from ..errors import BudgetUnavailable, InvalidRequest
 from ..observe.alerts import Alerts
 from ..store.tables import budget_limits, virtual_keys
-from ..store.transactions import TIMEOUT_S
+from ..store.transactions import in_time
 from .budget_alerts import Usage, announce
 from .budget_ledger import ledger_spent
 from .budget_math import (
@@ -372,7 +371,7 @@ class BudgetStore:
                 counted = await self._redis.read(budget, period)
         recent = await ledger_spent(self._engine, budget, now - window)
         if counted is None:
-            async with asyncio.timeout(TIMEOUT_S), self._engine.connect() as connection:
+            async with in_time(), self._engine.connect() as connection:
                 row = (await connection.execute(text(_PERIOD), {"s": budget.scope, "p": period})).first()
             counted = (int(row[0]), int(row[1])) if row else (0, 0)
         if counted[0] == 0:  # nothing counted this period yet: the ledger may have spend already

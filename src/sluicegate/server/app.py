@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..config import Settings, load_settings
 from ..errors import AuthenticationFailed, MethodNotAllowed, NotFound, ServiceUnavailable, SluicegateError
 from ..gateway import Gateway, create_gateway
+from ..store.db import first_line
 from . import admin_routes, browser_routes, cache_routes, openai_routes, sdk_routes, usage_routes
 from .auth_delay import FailedAuthDelay
 from .cors import Cors
@@ -94,8 +95,8 @@ class SluicegateApp:
         except (SQLAlchemyError, OSError, TimeoutError) as exc:  # OSError: refused, unresolved
             # The database (an admin route's, a key's) cannot answer: a 503 to try again, and
             # one line in the log rather than a traceback per request.
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            logger.warning("%s %s: the database is unreachable (%s)", scope["method"], scope["path"], first)
+            path, why = scope["path"], first_line(exc)
+            logger.warning("%s %s: the database is unreachable (%s)", scope["method"], path, why)
             unavailable = ServiceUnavailable(
                 "the gateway's database is unreachable; try again shortly",
                 code="database_unavailable",

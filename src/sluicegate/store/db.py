@@ -23,6 +23,7 @@ __all__ = [
     "SQLITE_PRAGMAS",
     "create_engine",
     "each_alone",
+    "first_line",
     "migrate",
     "ping",
     "refused_for_content",
@@ -32,6 +33,13 @@ __all__ = [
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 T = TypeVar("T")
+
+
+def first_line(error: BaseException, empty: str | None = None) -> str:
+    """The first line of ``error``'s message (SQLAlchemy adds a second, a link to its docs);
+    ``empty`` (by default the error's type) when it has none, as a bare TimeoutError."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else empty or type(error).__name__
 
 
 def refused_for_content(error: BaseException) -> bool:
@@ -61,9 +69,7 @@ async def each_alone(rows: Sequence[R], write: Callable[[Sequence[R]], Awaitable
             if not refused_for_content(exc):
                 raise
             dropped += 1
-            reason = (
-                str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else "refused"
-            )
+            reason = first_line(exc.orig or exc, "refused")
             logger.error("%s: the database refused a row, which is dropped (%s)", what, reason)
     return dropped
 

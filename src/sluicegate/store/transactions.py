@@ -12,8 +12,9 @@ advisory locks).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -22,9 +23,26 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db import SQLITE_PRAGMAS
 
-__all__ = ["TIMEOUT_S", "Query", "Rows", "WriteTransactions"]
+__all__ = ["TIMEOUT_S", "Query", "Rows", "WriteTransactions", "in_time", "timed_out"]
 
-TIMEOUT_S = 5.0  # the longest a request waits for the database's rate limits or budgets
+TIMEOUT_S = 5.0  # the longest a request waits for the database's rate limits, budgets or keys
+
+
+def timed_out() -> TimeoutError:
+    """The error of a wait on the database that `TIMEOUT_S` cut short."""
+    return TimeoutError(f"the database did not answer within {TIMEOUT_S:g} s")
+
+
+@contextlib.asynccontextmanager
+async def in_time() -> AsyncIterator[None]:
+    """Bound what the block waits on the database by `TIMEOUT_S` (a database that accepts
+    connections and never answers: not asyncpg's 60 s statement timeout), `timed_out` past it."""
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            yield
+    except TimeoutError:
+        raise timed_out() from None
+
 
 T = TypeVar("T")
 Params = Mapping[str, Any] | Sequence[Mapping[str, Any]]
@@ -62,13 +80,11 @@ class WriteTransactions:
         task = asyncio.ensure_future(self._locked(work))
         try:
             return await asyncio.wait_for(asyncio.shield(task), TIMEOUT_S)
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError) as exc:
             task.cancel()
             task.add_done_callback(_retrieved)
-            raise TimeoutError(f"the database did not answer within {TIMEOUT_S:g} s") from None
-        except asyncio.CancelledError:
-            task.cancel()
-            task.add_done_callback(_retrieved)
+            if isinstance(exc, TimeoutError):
+                raise timed_out() from None
             raise
 
     async def _locked(self, work: Callable[[Query], T]) -> T:
