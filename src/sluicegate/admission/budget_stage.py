@@ -92,12 +92,13 @@ class ReserveBudget:
         prompt_pico = worst_prompt_tokens(body) * in_pico
         prompt_micro = math.ceil(prompt_pico / 1_000_000)
         held = await self._store.reserve(budgets, rid, prompt_micro, out_pico, asked)
+        past = self._past_throttle(held)  # the first budget past throttle_at, or -1
         cheaper = self._cheaper
         if (
             cheaper is not None
             and not held.throttled
             and call.route.name != cheaper.name
-            and (not held.decision.admitted or self._past_throttle(held))
+            and (not held.decision.admitted or past >= 0)
             and self._catalog.serves(cheaper.name, call.kind)
         ):
             # Past throttle_at the cheaper model answers: reserved at its prices, since the asked
@@ -108,8 +109,9 @@ class ReserveBudget:
             in_cheap, out_cheap = self._dearest(cheaper.name)
             cheap_micro = math.ceil(worst_prompt_tokens(body) * in_cheap / 1_000_000)
             cheap = await self._store.reserve(budgets, rid + "~", cheap_micro, out_cheap, asked)
-            if cheap.decision.admitted and (held.decision.admitted or self._past_throttle(cheap)):
-                rid, held, prompt_micro, out_pico = rid + "~", cheap, cheap_micro, out_cheap
+            cheap_past = self._past_throttle(cheap)
+            if cheap.decision.admitted and (held.decision.admitted or cheap_past >= 0):
+                rid, held, past, prompt_micro, out_pico = rid + "~", cheap, cheap_past, cheap_micro, out_cheap
                 call.route, call.own_answer = cheaper, True
             elif cheap.decision.admitted:  # below the share: the asked model's refusal stands
                 await self._store.settle(rid + "~", 0)
@@ -119,16 +121,14 @@ class ReserveBudget:
         if not decision.admitted:
             code = "budget_throttled" if held.throttled else "budget_exceeded"
             raise self._refusal(held.usages[held.refused_by], code, call.kind, held.throttled)
-        for index, ((budget, _, _), (spent, reserved)) in enumerate(zip(held.books, held.after, strict=True)):
-            if spent + reserved - decision.reserve_micro >= self._config.throttle_at * budget.limit_micro:
-                if self._cheaper is not None and self._catalog.serves(self._cheaper.name, call.kind):
-                    call.route = self._cheaper
-                    call.own_answer = True
-                elif self._config.throttle_concurrency is None and self._config.throttle_per_minute is None:
-                    await self._store.settle(rid, 0)
-                    mine = _without(held.usages[index], decision.reserve_micro)
-                    raise self._refusal(mine, "budget_throttled", call.kind)
-                break
+        if past >= 0:
+            if self._cheaper is not None and self._catalog.serves(self._cheaper.name, call.kind):
+                call.route = self._cheaper
+                call.own_answer = True
+            elif self._config.throttle_concurrency is None and self._config.throttle_per_minute is None:
+                await self._store.settle(rid, 0)
+                mine = _without(held.usages[past], decision.reserve_micro)
+                raise self._refusal(mine, "budget_throttled", call.kind)
         if decision.max_tokens < asked:
             each = decision.max_tokens // choices
             if each < min(asked // choices, MIN_COMPLETION_TOKENS):  # the stores' floor is for all n
@@ -170,13 +170,14 @@ class ReserveBudget:
             reply.stream.on_close(settle_stream)
         return reply
 
-    def _past_throttle(self, held: Reservation) -> bool:
-        """Whether any of the call's budgets was past ``throttle_at`` before its reservation."""
+    def _past_throttle(self, held: Reservation) -> int:
+        """The index of the first of the call's budgets that was past ``throttle_at`` before its
+        reservation, or -1 (none was)."""
         share = self._config.throttle_at
-        return any(
-            spent + reserved - held.decision.reserve_micro >= share * budget.limit_micro
-            for (budget, _, _), (spent, reserved) in zip(held.books, held.after, strict=True)
-        )
+        for index, ((budget, _, _), (spent, reserved)) in enumerate(zip(held.books, held.after, strict=True)):
+            if spent + reserved - held.decision.reserve_micro >= share * budget.limit_micro:
+                return index
+        return -1
 
     def _losers_cost(self, losers: list[tuple[Call, Reply | None]]) -> int:
         """What the copies a hedge race left behind cost, as the ledger records them: one that
