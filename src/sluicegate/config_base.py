@@ -33,24 +33,22 @@ def check_webhook_url(value: str | None) -> str | None:
     a typo is found at start-up rather than at the first alert."""
     if value is None:
         return None
-    parts = urlsplit(value)
-    if (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or _CONTROL(value) is not None
-        or any(c.isspace() for c in value)
-        or _bad_port(parts)
-    ):
+    if _http_url(value) is None or _CONTROL(value) is not None:
         raise ValueError(f"webhook_url must be an http:// or https:// URL with a host, got {value!r}")
     return value
 
 
-def _bad_port(parts: SplitResult) -> bool:
+def _http_url(value: str) -> SplitResult | None:
+    """``value``'s parts if it is an http(s) URL with a host, no blank, and a port (if any) from
+    0 to 65535; None otherwise."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
+        return None
     try:
         parts.port  # noqa: B018 (raises for a port that is not a number from 0 to 65535)
     except ValueError:
-        return True
-    return False
+        return None
+    return parts
 
 
 WebhookUrl = Annotated[str | None, AfterValidator(check_webhook_url)]
@@ -61,18 +59,15 @@ def check_origin(value: str) -> str:
     slash tolerated); raises otherwise: a path or a bare host would never match."""
     if value.strip() == "*":
         return value
-    parts = urlsplit(value.strip())
     if "*" in value:
         raise ValueError(f"{value!r}: an origin has no wildcards; list each origin, or * alone for any")
+    parts = _http_url(value.strip())
     if (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
+        parts is None
         or parts.path not in ("", "/")
         or parts.query
         or parts.fragment
         or parts.username is not None
-        or _bad_port(parts)
-        or any(c.isspace() for c in value.strip())
     ):
         raise ValueError(
             f"{value!r} is not an origin: write it as a browser sends it, scheme://host[:port] "
