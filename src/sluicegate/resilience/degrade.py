@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from ..cache.answers import wants_usage
 from ..cache.forms import DONE, synthesise, usage_event
 from ..calls import Call, Reply, Usage
 from ..config import FeatureConfig, ResilienceConfig
@@ -83,8 +84,7 @@ def static_answer(call: Call, text: str, error: SluicegateError) -> Reply:
     headers = {DEGRADED_HEADER: "static", "cache-control": "no-store"}
     if call.stream:
         events = synthesise(body)
-        options = call.body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage") is True:  # its zero usage, as asked
+        if wants_usage(call):  # its zero usage, as asked
             events = (*events, usage_event(body, Usage()))
         return Reply(stream=StaticStream(b"".join((*events, DONE))), headers=headers)
     return Reply(body=body, usage=Usage(), headers=headers)
