@@ -55,7 +55,7 @@ from .calls import NO_DIRECTIVES, CacheControl, Call, CallKind, Reply, RequestCo
 from .config import Settings
 from .errors import ServiceUnavailable, UpstreamError
 from .observe.alerts import Alerts
-from .observe.events import Counters, EventSink, RecordEvents
+from .observe.events import Counters, EventSink, RecordEvents, closed
 from .observe.health import HealthProbes
 from .resilience.degrade import Degrade
 from .resilience.stages import Breakers, GuardDeployment, RetryBudgets, RetryCall, RouteCall
@@ -165,7 +165,6 @@ class Gateway:
         # `send` is the pipeline itself, so that a call costs no extra coroutine level.
         self._events = RecordEvents(inner, sink or self.counters)
         self.send: Send = self._events
-        self._closing = False
         probes: dict[str, Callable[[], Awaitable[Any]]] = {"database": lambda: ping(engine)}
         if redis is not None:
             probes["redis"] = redis.ping
@@ -219,9 +218,9 @@ class Gateway:
         """Refuse new calls, wait for those under way (up to ``server.drain_timeout_s``; a stream
         until its reader closes it), then stop background work, flush the cache's and the
         ledger's pending writes, and release connections."""
-        if self._closing:
+        if self._events.closed:
             return
-        self._closing = self._events.closed = True
+        self._events.closed = True
         left = await self._events.drain(self.settings.server.drain_timeout_s)
         if left:
             logger.warning(
@@ -282,11 +281,8 @@ class Gateway:
         body's ``cache`` object is taken out of the body (it never goes upstream). Run the call
         with ``await gateway.send(call)``.
         """
-        if self._closing:
-            raise ServiceUnavailable(
-                "the gateway is closed (or closing): make calls on a gateway that is open",
-                code="gateway_closed",
-            )
+        if self._events.closed:
+            raise closed()
         model, stream = validate_body(kind, body)
         if context is None:
             context = self.authenticator.context(None, None, None, body)

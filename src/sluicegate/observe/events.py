@@ -17,7 +17,7 @@ from typing import Protocol
 from ..calls import Call, CallKind, Reply, ReplyStream, Usage
 from ..errors import ServiceUnavailable, SluicegateError
 
-__all__ = ["Counters", "EventSink", "RecordEvents", "RequestEvent"]
+__all__ = ["Counters", "EventSink", "RecordEvents", "RequestEvent", "closed"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -101,6 +101,13 @@ def _event(
     )
 
 
+def closed() -> ServiceUnavailable:
+    """The refusal of a call on a gateway that is closed, or closing."""
+    return ServiceUnavailable(
+        "the gateway is closed (or closing): make calls on a gateway that is open", code="gateway_closed"
+    )
+
+
 class RecordEvents:
     """The outermost stage: one `RequestEvent` per call, however it ends."""
 
@@ -113,10 +120,7 @@ class RecordEvents:
 
     async def __call__(self, call: Call) -> Reply:
         if self.closed:
-            raise ServiceUnavailable(
-                "the gateway is closed (or closing): make calls on a gateway that is open",
-                code="gateway_closed",
-            )
+            raise closed()
         self.in_flight += 1
         try:
             reply = await self._send(call)
