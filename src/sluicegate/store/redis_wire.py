@@ -91,7 +91,6 @@ class Wire:
         # Commands with a timeout, not yet expired or seen answered; the timer armed for them.
         self._deadlines: list[tuple[Future, float]] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
-        self._deadline_at = 0.0
         # Each write's check (when, which connection, how many commands by then), in order.
         self._checks: collections.deque[tuple[float, _Protocol, int]] = collections.deque()
         self._check_timer: asyncio.TimerHandle | None = None
@@ -108,7 +107,7 @@ class Wire:
         if timeout_s is not None:
             deadline = loop.time() + timeout_s
             self._deadlines.append((future, deadline))
-            if self._deadline_timer is None or deadline < self._deadline_at:
+            if self._deadline_timer is None or deadline < self._deadline_timer.when():
                 self._arm_deadlines(loop, deadline)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -145,7 +144,7 @@ class Wire:
     def _arm_deadlines(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
-        self._deadline_timer, self._deadline_at = loop.call_at(when, self._expire), when
+        self._deadline_timer = loop.call_at(when, self._expire)
 
     def _expire(self) -> None:
         self._deadline_timer = None
