@@ -270,6 +270,33 @@ def test_budgets_set_and_list(tmp_path: Path) -> None:
     assert "set the daily budget" in made.output
 
 
+def test_budgets_delete(tmp_path: Path) -> None:
+    """`sluicegate budgets delete` removes a budget set at run time; the config's comes back."""
+    config = tmp_path / "sluicegate.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path}\ndatabase:\n  url: sqlite+aiosqlite:///{tmp_path}/db.sqlite\n"
+        "budgets:\n  orgs:\n    - {org: acme, limit_usd: 5}\n"
+    )
+    args = ["--config", str(config)]
+    in_config = runner.invoke(app, ["budgets", "delete", "--org", "acme", *args])
+    assert in_config.exit_code == 1 and "set in the config file" in in_config.output, in_config.output
+    assert runner.invoke(app, ["budgets", "set", "--org", "acme", "--limit-usd", "9", *args]).exit_code == 0
+    deleted = runner.invoke(app, ["budgets", "delete", "--org", "acme", *args])
+    assert deleted.exit_code == 0, deleted.output
+    assert "deleted the budget of acme" in deleted.output and "budget of $5.00 applies again" in deleted.output
+    ann = ["budgets", "set", "--org", "acme", "--user", "ann", "--limit-usd", "1", *args]
+    assert runner.invoke(app, ann).exit_code == 0
+    gone = runner.invoke(app, ["budgets", "delete", "--org", "acme", "--user", "ann", *args])
+    assert gone.exit_code == 0 and "the user ann of acme" in gone.output, gone.output
+    assert "org:acme/user:ann" not in runner.invoke(app, ["budgets", "list", *args]).output
+    missing = runner.invoke(app, ["budgets", "delete", "--org", "acme", "--user", "ann", *args])
+    assert missing.exit_code == 1 and "no budget is set" in missing.output
+    both = runner.invoke(app, ["budgets", "delete", "--org", "acme", "--user", "a", "--key", "k", *args])
+    assert both.exit_code == 2 and "at most one of" in both.output
+    bad = runner.invoke(app, ["budgets", "delete", "--org", "acme", "--feature", "nope", *args])
+    assert bad.exit_code == 2 and "--feature must be a configured feature" in bad.output
+
+
 @pytest.mark.parametrize(
     ("extra", "said"),
     [

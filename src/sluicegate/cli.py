@@ -317,8 +317,8 @@ def ledger_compact(config: ConfigOption = None) -> None:
         raise typer.Exit(status)
 
 
-budgets_app = typer.Typer(help="Set and list budgets per org, user, feature or key.", no_args_is_help=True)
-app.add_typer(budgets_app, name="budgets")
+budgets_app = typer.Typer(help="Set, delete and list budgets per org, user, feature or key.")
+app.add_typer(budgets_app, name="budgets", no_args_is_help=True)
 
 
 @budgets_app.command("set")
@@ -333,13 +333,24 @@ def budgets_set(
 ) -> None:
     """Set a budget for an org, or for one user, feature or key of it; every gateway applies it
     within controls.poll_interval_s."""
-    narrowed = [(kind, name) for kind, name in (("user", user), ("feature", feature), ("key", key)) if name]
-    if len(narrowed) > 1:
-        print_error("give at most one of --user, --feature and --key")
-        raise typer.Exit(2)
-    status = cli_usage.budgets_command(
-        _settings(config), org, limit_usd, period, narrowed[0] if narrowed else None
-    )
+    narrow = cli_usage.narrowed(user, feature, key)
+    status = cli_usage.budgets_command(_settings(config), org, limit_usd, period, narrow)
+    if status:
+        raise typer.Exit(status)
+
+
+@budgets_app.command("delete")
+def budgets_delete(
+    org: Annotated[str, typer.Option(help="The org.")],
+    user: Annotated[str | None, typer.Option(help="The budget of this user of the org.")] = None,
+    feature: Annotated[str | None, typer.Option(help="The budget of this feature of the org.")] = None,
+    key: Annotated[str | None, typer.Option(help="The budget of this key id.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Delete a budget set at run time (the config's budget of the same scope, if any, applies
+    again); every gateway stops applying it within controls.poll_interval_s."""
+    narrow = cli_usage.narrowed(user, feature, key)
+    status = cli_usage.budget_delete_command(_settings(config), org, narrow)
     if status:
         raise typer.Exit(status)
 

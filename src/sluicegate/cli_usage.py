@@ -13,6 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
+import typer
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,7 +21,7 @@ from .accounting.rollups import DAY_S, compact
 from .accounting.usage import UsageQuery, report
 from .admission import stop as controls
 from .admission.budget_math import PERIOD_ADJECTIVES
-from .admission.budget_scopes import new_budget
+from .admission.budget_scopes import budget_scope, new_budget
 from .admission.budgets import BudgetStore
 from .cli_console import console, on_database, out, print_error, run_or_exit
 from .config import Settings
@@ -28,7 +29,14 @@ from .config_money import usd
 from .errors import SluicegateError
 from .store.redis import create_redis
 
-__all__ = ["budgets_command", "compact_command", "stop_command", "usage_command"]
+__all__ = [
+    "budget_delete_command",
+    "budgets_command",
+    "compact_command",
+    "narrowed",
+    "stop_command",
+    "usage_command",
+]
 
 
 def usage_command(settings: Settings, params: dict[str, str], as_json: bool) -> int:
@@ -113,6 +121,42 @@ def stop_command(settings: Settings, action: str, org: str | None, reason: str |
 def _option(field: str) -> str:
     """How the CLI spells a budget's field: ``limit_usd`` is ``--limit-usd``."""
     return "--" + field.replace("_", "-")
+
+
+def narrowed(user: str | None, feature: str | None, key: str | None) -> tuple[str, str] | None:
+    """The one of ``--user``, ``--feature`` and ``--key`` given (None for none), or exit 2."""
+    given = [(kind, name) for kind, name in (("user", user), ("feature", feature), ("key", key)) if name]
+    if len(given) > 1:
+        print_error("give at most one of --user, --feature and --key")
+        raise typer.Exit(2)
+    return given[0] if given else None
+
+
+def budget_delete_command(settings: Settings, org: str, narrow: tuple[str, str] | None) -> int:
+    """Delete a budget set at run time (``narrow``: of a user, feature or key of the org)."""
+    try:
+        scope = budget_scope(org, narrow, settings.feature_names, _option)
+    except SluicegateError as exc:
+        print_error(exc.message)
+        return 2
+
+    async def run(engine: AsyncEngine) -> Any:
+        store = BudgetStore(engine, settings.budgets)
+        try:
+            return await store.remove_limit(scope)
+        finally:
+            store.close()
+
+    in_force = run_or_exit(on_database(settings, run))
+    whom = org if narrow is None else f"the {narrow[0]} {narrow[1]} of {org}"
+    said = f"deleted the budget of {whom}; every gateway stops applying it within "
+    said += f"{settings.controls.poll_interval_s:g} s"
+    if in_force is not None:
+        adjective = PERIOD_ADJECTIVES[in_force.period]
+        limit = usd(in_force.limit_micro, cents=True)
+        said += f", and the config's {adjective} budget of {limit} applies again"
+    console.print(said)
+    return 0
 
 
 def budgets_command(

@@ -45,6 +45,7 @@ ROUTES = {
     ("POST", "/api/ai/resume"): "admin only",
     ("GET", "/api/ai/budgets"): "admin only",
     ("POST", "/api/ai/budgets"): "admin only",
+    ("DELETE", "/api/ai/budgets"): "admin only",
     ("POST", "/api/ai/browser-tokens"): "the token's org is the key's",
     ("GET", "/sdk/sluicegate.js"): "static",
     ("GET", "/sdk/demo"): "static",
@@ -123,6 +124,7 @@ ADMIN_ATTEMPTS = {
         ("POST", "/api/ai/resume", {"org": "globex"}),
         ("GET", "/api/ai/budgets", None),
         ("POST", "/api/ai/budgets", {"org": "globex", "limit_usd": 0}),
+        ("DELETE", "/api/ai/budgets?org=globex", None),
     ],
 }
 

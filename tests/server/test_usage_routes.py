@@ -158,3 +158,62 @@ def test_a_key_budget_needs_one_of_the_orgs_keys(keyed: Any) -> None:
         status, answer = call(url, "POST", {"org": org, "key": key, "limit_usd": 1}, ADMIN)
         assert (status, answer["error"]["param"]) == (400, "key"), answer
     assert call(url, "POST", {"org": "acme", "key": made["id"], "limit_usd": 1}, ADMIN)[0] == 201
+
+
+def test_a_budget_deleted_at_run_time_stops_applying_at_once(keyed: Any) -> None:
+    """`DELETE /api/ai/budgets?org=…` removes a budget set at run time: this worker stops
+    refusing at once; a second delete, or one for a scope with no budget, is a 404."""
+    server, keys = keyed
+    url = server.url + "/api/ai/budgets"
+    assert call(url, "POST", {"org": "acme", "limit_usd": 0}, ADMIN)[0] == 201
+    body = {**chat_body(), "messages": [{"role": "user", "content": "over budget"}]}
+    headers = {"authorization": f"Bearer {keys['acme']}"}
+    status, _, raw = http(server.url + "/v1/chat/completions", "POST", body, headers)
+    assert status == 429 and b"budget_exceeded" in raw
+    status, deleted = call(url + "?org=acme", "DELETE", key=ADMIN)
+    assert (status, deleted) == (200, {"scope": "org:acme", "deleted": True, "in_force": None})
+    assert call(url, key=ADMIN)[1]["budgets"] == []
+    status, _, raw = http(server.url + "/v1/chat/completions", "POST", body, headers)
+    assert status == 200, raw
+    status, again = call(url + "?org=acme", "DELETE", key=ADMIN)
+    assert (status, again["error"]["code"]) == (404, "budget_not_found"), again
+    assert "the org 'acme'" in again["error"]["message"]
+    assert call(url + "?org=acme", "DELETE", key=keys["acme"])[0] == 401
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ("", "org"),
+        ("?org=", "org"),
+        ("?org=acme&usr=ann", "usr"),
+        ("?org=acme&user=ann&feature=chat", "feature"),
+        ("?org=acme&user=", "user"),
+        ("?org=acme&feature=nope", "feature"),
+        ("?org=acme/user:ann", "org"),
+    ],
+)
+def test_deleting_a_budget_names_the_parameter_that_is_wrong(keyed: Any, query: str, param: str) -> None:
+    server, _ = keyed
+    assert call(server.url + "/api/ai/budgets", "POST", {"org": "acme", "limit_usd": 3}, ADMIN)[0] == 201
+    status, answer = call(server.url + "/api/ai/budgets" + query, "DELETE", key=ADMIN)
+    assert (status, answer["error"]["param"]) == (400, param), answer
+    assert [b["scope"] for b in call(server.url + "/api/ai/budgets", key=ADMIN)[1]["budgets"]] == ["org:acme"]
+
+
+def test_deleting_a_run_time_budget_brings_back_the_configs(
+    upstream: MockUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A budget of the config file can only be removed there; one set at run time over it can
+    be deleted, and the config's applies again."""
+    monkeypatch.setenv("SLUICEGATE_ADMIN_KEY", ADMIN)
+    budgets = {"orgs": [{"org": "acme", "limit_usd": 5}]}
+    with GatewayServer(mock_settings(upstream.url, data_dir=tmp_path, budgets=budgets)) as server:
+        url = server.url + "/api/ai/budgets"
+        status, refused = call(url + "?org=acme", "DELETE", key=ADMIN)
+        assert (status, refused["error"]["code"]) == (400, "budget_in_config"), refused
+        assert "config file" in refused["error"]["message"]
+        assert call(url, "POST", {"org": "acme", "limit_usd": 10}, ADMIN)[0] == 201
+        status, deleted = call(url + "?org=acme", "DELETE", key=ADMIN)
+        assert status == 200 and deleted["in_force"]["limit_usd"] == 5, deleted
+        assert [b["limit_usd"] for b in call(url, key=ADMIN)[1]["budgets"]] == [5]

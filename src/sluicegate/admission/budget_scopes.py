@@ -20,7 +20,7 @@ from ..config_money import check_org_name, limit_micro
 from ..errors import InvalidRequest
 from .budget_math import Period
 
-__all__ = ["KINDS", "Budget", "BudgetIndex", "new_budget", "parse_scope", "scope_of"]
+__all__ = ["KINDS", "Budget", "BudgetIndex", "budget_scope", "new_budget", "parse_scope", "scope_of"]
 
 KINDS = ("user", "feature", "key")  # what a budget can narrow an org's spend to
 MAX_SCOPE = 160  # the budget tables' scope columns
@@ -31,18 +31,15 @@ def scope_of(org: str, kind: str | None = None, name: str | None = None) -> str:
     return f"org:{org}" if kind is None else f"org:{org}/{kind}:{name}"
 
 
-def new_budget(
+def budget_scope(
     org: str,
-    limit_usd: Decimal,
-    period: str,
     narrow: tuple[str, str] | None,
     features: Collection[str],
     spell: Callable[[str], str] = str,
-) -> Budget:
-    """A budget set at run time, for an org or for one user, feature or key (``narrow``) of it,
+) -> str:
+    """The scope of an org's budget, or of one of its users, features or keys (``narrow``),
     checked (pure): `InvalidRequest` whose ``param`` is the field that cannot be one, and whose
-    message calls it as the caller does (``spell``: ``limit_usd``, or the CLI's ``--limit-usd``).
-    Whether a key is the org's is `BudgetStore.set_limit`'s to check."""
+    message calls it as the caller does (``spell``: ``org``, or the CLI's ``--org``)."""
 
     def refuse(field: str, why: str) -> InvalidRequest:
         return InvalidRequest(f"{spell(field)} {why}", param=field)
@@ -51,12 +48,6 @@ def new_budget(
         check_org_name(org)
     except ValueError as exc:
         raise refuse("org", f"is not an org's name: {exc}") from None
-    try:
-        micro = limit_micro(limit_usd)
-    except ValueError as exc:
-        raise refuse("limit_usd", str(exc)) from None
-    if period not in ("day", "week", "month"):
-        raise refuse("period", f"must be day, week or month, not {period!r}")
     if narrow is not None and narrow[0] == "feature" and narrow[1] not in features:
         known = ", ".join(sorted(features))
         raise refuse("feature", f"must be a configured feature ({known}), not {narrow[1]!r}")
@@ -68,6 +59,27 @@ def new_budget(
         raise refuse(
             kind or "org", f"makes the budget's scope {len(scope)} characters long; it holds {MAX_SCOPE}"
         )
+    return scope
+
+
+def new_budget(
+    org: str,
+    limit_usd: Decimal,
+    period: str,
+    narrow: tuple[str, str] | None,
+    features: Collection[str],
+    spell: Callable[[str], str] = str,
+) -> Budget:
+    """A budget set at run time, for an org or for one user, feature or key (``narrow``) of it,
+    checked (pure) as `budget_scope` checks its scope, and its limit and period likewise.
+    Whether a key is the org's is `BudgetStore.set_limit`'s to check."""
+    scope = budget_scope(org, narrow, features, spell)
+    try:
+        micro = limit_micro(limit_usd)
+    except ValueError as exc:
+        raise InvalidRequest(f"{spell('limit_usd')} {exc}", param="limit_usd") from None
+    if period not in ("day", "week", "month"):
+        raise InvalidRequest(f"{spell('period')} must be day, week or month, not {period!r}", param="period")
     return Budget(scope, micro, period)  # type: ignore[arg-type]
 
 

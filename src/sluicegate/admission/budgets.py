@@ -28,10 +28,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..calls import RequestContext
 from ..config_money import BudgetsConfig, limit_micro
-from ..errors import BudgetUnavailable, InvalidRequest
+from ..errors import BudgetUnavailable
 from ..observe.alerts import Alerts
-from ..store.tables import budget_limits, virtual_keys
+from ..store.tables import budget_limits
 from ..store.transactions import in_time
+from .budget_admin import delete_limit, store_limit
 from .budget_alerts import Usage, announce
 from .budget_ledger import ledger_spent
 from .budget_math import (
@@ -44,7 +45,7 @@ from .budget_math import (
     period_end,
     period_start,
 )
-from .budget_scopes import Budget, BudgetIndex, parse_scope, scope_of
+from .budget_scopes import Budget, BudgetIndex, scope_of
 from .outage import REDIS_ERRORS, Outage
 from .redis_budgets import Book, NeedsFloor, RedisBudgets
 from .sql_budgets import SqlBudgets
@@ -53,7 +54,6 @@ __all__ = ["Budget", "BudgetStore", "Reservation", "Usage"]
 
 _FORECAST_WINDOW_S = 86_400.0
 _PERIOD = "SELECT spent_micro, reserved_micro FROM budget_periods WHERE scope = :s AND period = :p"
-_SET_LIMIT = "INSERT INTO budget_limits (scope, limit_micro, period, updated_at) VALUES (:s, :l, :p, :t)"
 logger = logging.getLogger("sluicegate.budgets")
 
 
@@ -146,23 +146,21 @@ class BudgetStore:
         """Set (or replace) a budget at run time (made by `new_budget`); every worker applies it
         at its next poll. `InvalidRequest` for a key that is not one of the org's (its budget
         would never apply)."""
-        org, kind, name = parse_scope(budget.scope)
-        async with self._engine.begin() as connection:
-            if kind == "key":
-                owner = await connection.scalar(select(virtual_keys.c.org).where(virtual_keys.c.id == name))
-                if owner != org:
-                    raise InvalidRequest(
-                        f"the org {org!r} has no key with the id {name!r} (`sluicegate keys list` "
-                        "shows them): its budget would never apply",
-                        param="key",
-                    )
-            await connection.execute(text("DELETE FROM budget_limits WHERE scope = :s"), {"s": budget.scope})
-            await connection.execute(
-                text(_SET_LIMIT),
-                {"s": budget.scope, "l": budget.limit_micro, "p": budget.period, "t": self.clock()},
-            )
+        await store_limit(self._engine, budget, self.clock())
         self.index = BudgetIndex({**self.budgets, budget.scope: budget})
         return budget
+
+    async def remove_limit(self, scope: str) -> Budget | None:
+        """Remove the budget set at run time for ``scope`` (made by `budget_scope`); every worker
+        stops applying it at its next poll. The budget in force for the scope afterwards: the
+        config's, or None. `NotFound` when none was set at run time (`delete_limit`)."""
+        configured = self._configured.get(scope)
+        await delete_limit(self._engine, scope, configured)
+        budgets = {name: budget for name, budget in self.budgets.items() if name != scope}
+        if configured is not None:
+            budgets[scope] = configured
+        self.index = BudgetIndex(budgets)
+        return configured
 
     def close(self) -> None:
         """Close the store's SQLite connection and its thread."""

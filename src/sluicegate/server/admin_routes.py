@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.parse
 from decimal import Decimal
 from typing import Any, TypeGuard
 
@@ -11,7 +12,7 @@ import orjson
 
 from .._version import __version__
 from ..admission import stop as stop_controls
-from ..admission.budget_scopes import new_budget
+from ..admission.budget_scopes import KINDS, budget_scope, new_budget
 from ..errors import InvalidRequest, NotFound
 from ..gateway import Gateway
 from ..virtual_keys import DEFAULT_GRACE_S
@@ -19,6 +20,7 @@ from .http import Request, json_object, read_body, read_json, send_json
 
 __all__ = [
     "create_key",
+    "delete_budget",
     "list_budgets",
     "list_keys",
     "list_stops",
@@ -213,3 +215,30 @@ async def set_budget(gateway: Gateway, request: Request) -> None:
     budget = await gateway.budgets.set_limit(made)
     usage = await gateway.budgets.usage(budget)
     await send_json(request, 201, orjson.dumps(usage.to_dict()))
+
+
+async def delete_budget(gateway: Gateway, request: Request) -> None:
+    """``DELETE /api/ai/budgets?org=ORG`` and at most one of ``user``, ``feature`` and ``key``:
+    remove a budget set at run time (the config's budget of the same scope, if any, applies
+    again); every worker stops applying it within ``controls.poll_interval_s`` (admin)."""
+    gateway.authenticator.check_admin(request.authorization)
+    raw = request.scope.get("query_string", b"").decode("latin-1")
+    params = dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
+    unknown = sorted(set(params) - {"org", *KINDS})
+    if unknown:
+        raise InvalidRequest(
+            f"unknown query parameter {unknown[0]!r}: give org, and at most one of user, feature and key",
+            param=unknown[0],
+        )
+    if not params.get("org"):
+        raise InvalidRequest("give the budget's org: ?org=ORG", param="org")
+    narrowed = [kind for kind in KINDS if kind in params]
+    if len(narrowed) > 1 or any(not params[kind] for kind in narrowed):
+        raise InvalidRequest("give at most one of user, feature and key, as a name", param=narrowed[-1])
+    narrow = (narrowed[0], params[narrowed[0]]) if narrowed else None
+    scope = budget_scope(params["org"], narrow, gateway.settings.feature_names)
+    in_force = await gateway.budgets.remove_limit(scope)
+    body: dict[str, Any] = {"scope": scope, "deleted": True, "in_force": None}
+    if in_force is not None:
+        body["in_force"] = (await gateway.budgets.usage(in_force)).to_dict()
+    await send_json(request, 200, orjson.dumps(body))

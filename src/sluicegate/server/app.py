@@ -42,7 +42,11 @@ class SluicegateApp:
             "/api/ai/usage": {"GET": usage_routes.usage},
             "/api/ai/stop": {"GET": admin_routes.list_stops, "POST": admin_routes.set_stop},
             "/api/ai/resume": {"POST": admin_routes.resume},
-            "/api/ai/budgets": {"GET": admin_routes.list_budgets, "POST": admin_routes.set_budget},
+            "/api/ai/budgets": {
+                "GET": admin_routes.list_budgets,
+                "POST": admin_routes.set_budget,
+                "DELETE": admin_routes.delete_budget,
+            },
             "/api/ai/cache/invalidate": {"POST": cache_routes.invalidate},
             "/api/ai/cache/bump": {"POST": cache_routes.bump_namespace},
             "/api/ai/cache/warm": {"POST": cache_routes.warm_cache},
