@@ -3,8 +3,11 @@
 Every sluicegate answer names the tier that served it in ``X-Sluicegate-Cache``; LiteLLM sends
 ``x-litellm-cache-key`` only on a hit. Before a system is measured its key is warmed and five
 answers in a row must carry the expected value, or the system is not measured (and the report
-says why). During the measured runs wrk counts the header on every response, so the report also
-shows which share of the answers really came from the expected tier.
+says why). A peer (LiteLLM) whose cache answers only some of them is measured all the same when
+at least half of its check answers carried its header (`PEER_SHARE`): its local cache is per
+worker process and answers intermittently, and the report shows and flags the share. During the
+measured runs wrk counts the header on every response, so the report also shows which share of
+the answers really came from the expected tier.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 MIN_SHARE = 0.99  # a cell where fewer answers carry the expected header is flagged
 CHECK_STREAK = 5  # answers in a row with the expected header before a system is measured
 CHECK_TRIES = 30
+PEER_SHARE = 0.5  # a peer is measured when this share of its check answers carried the header
 
 HIT, MISS = "cache-hit", "cache-miss"
 # temperature 0: an answer to a request with temperature > 0 is not cached by default
@@ -259,7 +263,7 @@ def check_tier(
     pool: int | None = None,
 ) -> bool:
     """Warm the key (every prompt of a ``pool``), then require `CHECK_STREAK` answers in a row
-    that carry ``expect``."""
+    that carry ``expect`` (for a peer, at least `PEER_SHARE` of the answers)."""
     answers: list[str] = []
     streak = 0
     if pool:
@@ -291,7 +295,8 @@ def check_tier(
         streak = streak + 1 if st == 200 and value == expect else 0
         if streak >= CHECK_STREAK:
             break
-    ok = streak >= CHECK_STREAK
+    hits = sum(1 for answer in answers if answer == f"200 {expect}")
+    ok = streak >= CHECK_STREAK or (s.kind != "sluicegate" and hits >= PEER_SHARE * len(answers) > 0)
     seen = dict(Counter(answers))
     rec.tier_checks.append(
         {
