@@ -127,9 +127,14 @@ class Call:
     outcome: str = "none"  # what the cache made of it: miss, bypass, refresh; none without a cache
     deadline: float = math.inf  # perf_counter() time by which the request must be answered
     timeouts: tuple[float | None, float | None] | None = None  # the feature's connect and first-byte
-    # A stage past the cache changed what is asked for this caller (its budget's cheaper model,
-    # or max_tokens clamped to what it can afford): the answer is its own, never shared or stored.
+    # A stage past the cache changed what is asked for this caller (its budget's cheaper model):
+    # the answer is its own, never shared or stored.
     own_answer: bool = False
+    # Its budget clamped max_tokens to what it can afford: an answer the clamp cut short (a
+    # choice ending with ``length``) is its own; one that ended by itself is the full answer.
+    clamped: bool = False
+    # Sent by `sluicegate warm` (an operator's action): not counted against request rate limits.
+    warming: bool = False
     # Once a hedge races copies of the call, the attempt numbers they share (see `next_attempt`).
     tries: Iterator[int] | None = None
     # The copies a hedge race left behind once another answered, with the reply each had (None:

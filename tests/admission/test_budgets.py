@@ -76,14 +76,27 @@ async def test_spend_stops_at_the_limit_and_cached_answers_still_come(
 
 
 async def test_max_tokens_is_clamped_to_what_is_left(tmp_path: Path) -> None:
-    async with create_gateway(settings(tmp_path, "0.0005", throttle_at=1.0)) as gateway:
+    async with create_gateway(settings(tmp_path, "0.0001", throttle_at=1.0)) as gateway:
         call = gateway.new_call("chat", body("long one"), ACME)  # no max_tokens: 4096 worst case
         reply = await gateway.send(call)
         assert call.body["max_tokens"] < 4096
         assert reply.usage is not None and reply.usage.completion_tokens <= call.body["max_tokens"]
+        assert reply.payload is not None and reply.payload["choices"][0]["finish_reason"] == "length"
         # cut short for this org's budget: not stored as the answer to the request as asked
         assert gateway.cache is not None and gateway.cache.memory is not None
         assert len(gateway.cache.memory) == 0
+
+
+async def test_an_answer_the_clamp_did_not_cut_is_cached(tmp_path: Path) -> None:
+    """With less left than the worst case (4,096 tokens), max_tokens is clamped; an answer that
+    ended by itself under the clamp is the full answer, stored and served again from the cache."""
+    async with create_gateway(settings(tmp_path, "0.0005", throttle_at=1.0)) as gateway:
+        call = gateway.new_call("chat", body("long one"), ACME)
+        first = await gateway.send(call)
+        assert call.clamped and call.body["max_tokens"] < 4096
+        assert first.payload is not None and first.payload["choices"][0]["finish_reason"] == "stop"
+        again = await gateway.send(gateway.new_call("chat", body("long one"), ACME))
+        assert again.headers["x-sluicegate-cache"] == "hit-memory" and again.body == first.body
 
 
 async def test_past_the_throttle_misses_go_to_the_cheaper_model_or_nowhere(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from fnmatch import fnmatchcase
@@ -331,3 +332,66 @@ async def test_unreachable_redis_is_a_503_naming_what_was_done(tmp_path: Path) -
         assert report["namespaces"] == {"insights": 1}
         assert report["tiers"]["redis"]["entries"] is None
         assert report["tiers"]["redis"]["last_error"]
+
+
+@pytest.mark.redis
+async def test_an_answer_under_way_during_an_invalidation_is_not_stored(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A call that started before an invalidation stores its answer in no tier (it may be what
+    the invalidation meant to delete), in the process that deleted and in another one."""
+    tag, org = unique("race"), unique("acme")
+    slow = {"providers": {"upstream": {"kind": "mock", "mock": {"latency": 300}}}}
+    async with (
+        create_gateway(settings_for(tmp_path / "a", redis_url, **slow)) as deleter,
+        create_gateway(settings_for(tmp_path / "b", redis_url, **slow)) as other,
+    ):
+        context = RequestContext(org, None, "insights")
+        under_way = [
+            asyncio.ensure_future(
+                ask(
+                    gateway,
+                    context,
+                    cache={"tags": [tag]},
+                    messages=[{"role": "user", "content": f"race {n}"}],
+                )
+            )
+            for n, gateway in ((0, deleter), (1, other))
+        ]
+        await asyncio.sleep(0.1)  # both calls are upstream now
+        await admin.invalidate(cache_of(deleter), tag=tag)
+        assert await asyncio.gather(*under_way) == ["miss", "miss"]
+        await written(deleter)
+        await written(other)
+        for gateway in (deleter, other):
+            assert await admin.invalidate(cache_of(gateway), tag=tag) == {
+                "deleted": {"memory": 0, "redis": 0, "sql": 0},
+                "match": {"tag": tag},
+                "processes_acknowledged": 2,
+            }
+        for n in (0, 1):
+            asked = {"cache": {"tags": [tag]}, "messages": [{"role": "user", "content": f"race {n}"}]}
+            assert await ask(deleter, context, **asked) == "miss"
+
+
+async def test_an_answer_under_way_during_an_invalidation_is_not_stored_without_redis(tmp_path: Path) -> None:
+    """The same through the epoch file: the other process sees the invalidation as it stores."""
+    slow = {"providers": {"upstream": {"kind": "mock", "mock": {"latency": 300}}}}
+    async with (
+        create_gateway(settings_for(tmp_path / "data", **slow)) as deleter,
+        create_gateway(settings_for(tmp_path / "data", **slow)) as other,
+    ):
+        context = RequestContext("acme", None, "insights")
+        asked = [
+            {"cache": {"tags": ["race"]}, "messages": [{"role": "user", "content": f"race {n}"}]}
+            for n in (0, 1)
+        ]
+        under_way = [
+            asyncio.ensure_future(ask(g, context, **a)) for g, a in zip((deleter, other), asked, strict=True)
+        ]
+        await asyncio.sleep(0.1)
+        await admin.invalidate(cache_of(deleter), tag="race")
+        assert await asyncio.gather(*under_way) == ["miss", "miss"]
+        await written(other)
+        for gateway, a in zip((other, deleter), asked, strict=True):
+            assert await ask(gateway, context, **a) == "miss"

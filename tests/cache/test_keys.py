@@ -355,3 +355,10 @@ def test_escape_is_injective_and_safe(a: str, b: str) -> None:
     if a != b:
         assert escape(a) != escape(b)
     assert not any(c in escape(a) for c in ":{}*?[]\\ \n\r\t")
+
+
+def test_a_huge_whole_float_in_a_sampling_field_still_has_a_key() -> None:
+    """temperature 1e300 is a whole float: it keeps its own key, and is not a 400."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    assert key_of({**body, "temperature": 1e300}).key != key_of({**body, "temperature": 1e299}).key
+    assert key_of({**body, "temperature": 2.0}).key == key_of({**body, "temperature": 2}).key

@@ -252,3 +252,19 @@ async def test_warm_waits_for_nothing_when_empty(gateway: Gateway) -> None:
         "estimated_tokens": 0,
         "errors": [],
     }
+
+
+async def test_warming_is_not_counted_against_request_rate_limits(tmp_path: Path) -> None:
+    """Warming is an operator's action: with 2 requests a minute per user, 4 lines for the org's
+    anonymous user are all fetched, and that user's own quota is left whole."""
+    settings = mock_settings(
+        data_dir=tmp_path / "data", limits={"requests": [{"per": "user", "limit": 2, "window_s": 60}]}
+    )
+    async with create_gateway(settings) as gw:
+        report = await warm(gw, requests(4))
+        assert (report.fetched, report.failed) == (4, 0), report.errors
+        context = RequestContext("acme", None, "okr-template")
+        for n in range(2):
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"live {n}"}]}
+            reply = await gw.send(gw.new_call("chat", body, context))
+            assert reply.headers["ratelimit"].endswith(f"r={1 - n};t=60"), reply.headers

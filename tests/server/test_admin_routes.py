@@ -106,6 +106,11 @@ def test_keys_lifecycle_over_http(
         assert status == 401 and body["error"]["type"] == "authentication_error"
         assert call(gw.url + "/v1/chat/completions", "POST", chat_body(), key=created["key"])[0] == 200
 
+        # A malformed URL revokes nothing, not the id at its end.
+        for path in (f"/api/ai/keys/not-a-key/{created['id']}", f"/api/ai/keys/{created['id']}/rotate"):
+            status, body = call(gw.url + path, "DELETE", key="admin-secret")
+            assert (status, body["error"]["code"]) == (404, "unknown_url"), (path, body)
+        assert call(gw.url + "/v1/chat/completions", "POST", chat_body(), key=created["key"])[0] == 200
         status, _ = call(gw.url + f"/api/ai/keys/{created['id']}", "DELETE", key="admin-secret")
         assert status == 200
         assert call(gw.url + "/v1/chat/completions", "POST", chat_body(), key=created["key"])[0] == 401

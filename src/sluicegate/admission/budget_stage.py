@@ -136,7 +136,7 @@ class ReserveBudget:
                 mine = _without(min(held.usages, key=_room), decision.reserve_micro)
                 raise self._refusal(mine, "budget_exceeded", call.kind)
             call.body = {**body, field: max(1, each)}
-            call.own_answer = True
+            call.clamped = True
         try:
             reply = await self._send(call)
         except asyncio.CancelledError:  # the client left: the provider had the prompt

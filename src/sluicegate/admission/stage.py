@@ -49,7 +49,7 @@ class LimitRequests:
 
     async def __call__(self, call: Call) -> Reply:
         checks = checks_for(self._rules, call.context)
-        if not checks:
+        if not checks or call.warming:
             return await self._send(call)
         redis = self._redis
         if redis is not None:

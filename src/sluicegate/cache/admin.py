@@ -114,9 +114,13 @@ async def invalidate(cache: LayeredCache, **match: str) -> dict[str, Any]:
         deleted["sql"] = await cache.sql.delete_where(**match)
     acknowledged = await _redis(cache.bus.announce(), failures, "other processes were not told")
     await cache.reload()
+    # Each process that acknowledged stores no answer of a call that was under way (and has
+    # dropped its unwritten SQL rows); one it stored before may have landed between the deletes
+    # above and then: delete again.
+    if cache.redis is not None and "redis" in deleted:
+        again = await _redis(_delete_in_redis(cache, match), failures, "entries in Redis were not deleted")
+        deleted["redis"] += again or 0
     if cache.sql is not None:
-        # Each process that acknowledged has dropped its unwritten SQL rows; one may have
-        # landed between the delete above and then: delete again.
         deleted["sql"] += await cache.sql.delete_where(**match)
     _raise_if(failures, deleted)
     return {"deleted": deleted, "match": match, "processes_acknowledged": acknowledged}

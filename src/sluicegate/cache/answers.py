@@ -18,7 +18,7 @@ from ..config import CostTtlConfig, FeatureCache
 from ..errors import BudgetUnavailable, EmergencyStopped, RateLimited, SluicegateError
 from .entry import Entry
 from .forms import assemble, content_events
-from .policy import answer_is_storable, ttl_for
+from .policy import answer_is_storable, cut_short, ttl_for
 from .stats import CacheStats
 from .streams import FlightReader, ReplayStream, StreamFlight
 
@@ -281,6 +281,8 @@ class EntryMaker:
             except orjson.JSONDecodeError:
                 return None
         if not answer_is_storable(policy, call.kind, payload):
+            return None
+        if call.clamped and cut_short(payload):  # by its budget's max_tokens, not the caller's
             return None
         if now is None:
             now = self._clock()

@@ -77,6 +77,9 @@ class CacheKey(NamedTuple):
         return self.key + ":lock"
 
 
+_EXACT = float(2**53)
+
+
 def request_digest(kind: CallKind, model: str, body: dict[str, Any]) -> str:
     """The hex digest of the canonical request: kind, model and every field that changes the answer."""
     canonical = body.copy()
@@ -84,7 +87,9 @@ def request_digest(kind: CallKind, model: str, body: dict[str, Any]) -> str:
         del canonical[name]
     for name in _NUMBER_FIELDS.intersection(body):
         value = body[name]
-        if type(value) is float and value.is_integer():
+        # A whole float in the range where floats hold every integer (|x| ≤ 2**53): beyond it
+        # the integer would not fit JSON's 64 bits, and no sampling value is that large anyway.
+        if type(value) is float and value.is_integer() and -_EXACT <= value <= _EXACT:
             canonical[name] = int(value)
     data = request_json((kind, model, canonical), orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(data, digest_size=20).hexdigest()

@@ -91,6 +91,7 @@ class LayeredCache:
         self._purger: asyncio.Task[None] | None = None
         self._purging = asyncio.Lock()  # held while a purge statement runs: see aclose
         self._reloading: asyncio.Task[None] | None = None
+        self.invalidated_at = 0.0  # perf_counter() when this process last applied an invalidation
         self.plans = {name: self._plan(policy) for name, policy in self.policies.items()}
         self.default_plan = self._plan(self.default_policy)
 
@@ -140,6 +141,7 @@ class LayeredCache:
 
     def _begin_reload(self) -> asyncio.Task[None]:
         # Always a new read: one already under way may have read the versions before this change.
+        self.invalidated_at = time.perf_counter()
         if self.memory is not None:
             self.memory.clear()
         self._reloading = asyncio.get_running_loop().create_task(self._read_namespaces())
@@ -249,15 +251,26 @@ class LayeredCache:
             redis, guard = self.redis, self.redis_guard
             self.spawn(guard.run(lambda: redis.set(key, entry, keep), None))
 
+    def may_store(self, started: float) -> bool:
+        """Whether the answer of a call that started at ``started`` (its ``perf_counter()``) may be
+        stored: not when this process applied an invalidation since, which may have deleted (or
+        meant to delete) what the answer would store again (hot path: two reads)."""
+        if self.bus.check():
+            self._begin_reload()
+        return started >= self.invalidated_at
+
     async def store(
-        self, key: CacheKey, entry: Entry, policy: FeatureCache, token: str | None = None
+        self, key: CacheKey, entry: Entry, policy: FeatureCache, token: str | None = None, *, started: float
     ) -> bool:
-        """Write ``entry`` to every tier of the feature: memory and Redis now, SQL after the response.
+        """Write ``entry`` to every tier of the feature: memory and Redis now, SQL after the response;
+        nothing when an invalidation was applied since the call ``started`` (see `may_store`).
 
         With the ``token`` of the single-flight lock, the Redis write also releases the lock, in
         the same round trip; returns whether it was sent to (a failed write leaves the lock to
         its lease).
         """
+        if not self.may_store(started):
+            return False
         keep = self.keep_s(entry, policy, self.clock())
         tiers = policy.tiers
         if self.memory is not None and "memory" in tiers:

@@ -24,6 +24,7 @@ from .entry import Entry
 __all__ = [
     "answer_is_storable",
     "answering",
+    "cut_short",
     "parse_body_cache",
     "parse_cache_control",
     "refresh_ahead",
@@ -90,6 +91,12 @@ def request_is_cacheable(policy: FeatureCache, kind: CallKind, body: dict[str, A
         return True
     temperature = body.get("temperature")
     return not (isinstance(temperature, int | float) and temperature > 0 and not policy.cache_temperature)
+
+
+def cut_short(payload: dict[str, Any]) -> bool:
+    """Whether a choice of a chat answer ended at its token limit (``finish_reason: length``)."""
+    choices = payload.get("choices")
+    return any(isinstance(c, dict) and c.get("finish_reason") == "length" for c in choices or ())
 
 
 def answer_is_storable(policy: FeatureCache, kind: CallKind, payload: Any) -> bool:

@@ -60,7 +60,8 @@ class Refresher:
                     plain, policy, call.cache, reply.body, reply.usage, hits=hits, payload=reply.payload
                 )
                 if entry is not None and entry.model == key.model:  # not a fallback model's answer
-                    if await cache.store(key, entry, policy, token if cache.redis is not None else None):
+                    lock = token if cache.redis is not None else None
+                    if await cache.store(key, entry, policy, lock, started=plain.started):
                         locked = False  # released by the store
                     cache.stats.count(call.context.feature, "stores")
                 flight.settle(entry)

@@ -103,7 +103,13 @@ class ServeFromCache:
             )
             memory = plan.memory
             stored = False
-            if entry is not None and memory is not None and not control.no_store and entry.model == key.model:
+            if (
+                entry is not None
+                and memory is not None
+                and not control.no_store
+                and entry.model == key.model
+                and cache.may_store(call.started)  # no invalidation since the call started
+            ):
                 memory.keep(key.key, entry, entry.expires_at + plan.grace_s)
                 stored = True
             cache.stats.missed(feature, stored)
@@ -222,7 +228,7 @@ class ServeFromCache:
                 if reply.stream is not None:
                     done = self._stream_done(call, key, plan, control, flight, lock_state, token, hits)
                     live = StreamFlight(reply.stream, done)
-                    if call.own_answer:  # its budget's model or max_tokens: the others go alone
+                    if call.own_answer or call.clamped:  # its budget's model or max_tokens: alone
                         flight.settle(None)
                     else:
                         flight.start(live)
@@ -250,9 +256,11 @@ class ServeFromCache:
             if entry is not None and plan.server and not control.no_store and entry.model == key.model:
                 stored = True
                 if not plan.shared:
-                    if plan.memory is not None:
+                    if plan.memory is not None and cache.may_store(call.started):
                         plan.memory.keep(key.key, entry, entry.expires_at + plan.grace_s)
-                elif await cache.store(key, entry, policy, token if lock_state == LOCK_TAKEN else None):
+                elif await cache.store(
+                    key, entry, policy, token if lock_state == LOCK_TAKEN else None, started=call.started
+                ):
                     lock_state = LOCK_NONE  # released by the store
             if not call.stream:
                 cache.stats.missed(call.context.feature, stored)
@@ -386,7 +394,7 @@ class ServeFromCache:
                     self._entries.from_stream(call, policy, control, live, hits) if live.completed else None
                 )
                 if entry is not None and not control.no_store and plan.server and entry.model == key.model:
-                    if await cache.store(key, entry, policy, token if held else None):
+                    if await cache.store(key, entry, policy, token if held else None, started=call.started):
                         held = False
                     cache.stats.count(call.context.feature, "stores")
                 flight.settle(entry)

@@ -146,6 +146,7 @@ async def warm(
                         f"unknown feature {feature!r}; configured: {', '.join(sorted(known))}"
                     )
                 call = runner.new_call(item.kind, dict(item.body), item.context, cache_control="no-cache")
+                call.warming = True
                 if await _is_fresh(runner, call):
                     report.fresh += 1
                 elif budget[0] <= 0:

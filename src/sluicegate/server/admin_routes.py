@@ -98,7 +98,10 @@ async def create_key(gateway: Gateway, request: Request) -> None:
 async def revoke_key(gateway: Gateway, request: Request) -> None:
     """``DELETE /api/ai/keys/{id}``: revoke a key (admin)."""
     gateway.authenticator.check_admin(request.authorization)
-    key_id = request.scope["path"].rsplit("/", 1)[-1]
+    path = request.scope["path"]
+    key_id = path.removeprefix("/api/ai/keys/")
+    if not key_id or "/" in key_id:  # /api/ai/keys/x/ID must not revoke ID
+        raise NotFound(f"unknown request URL: DELETE {path}", code="unknown_url")
     record = await gateway.keys.revoke(key_id)
     gateway.authenticator.forget({record.id})  # this worker at once, the others at their next poll
     await send_json(request, 200, orjson.dumps(record.to_dict()))
