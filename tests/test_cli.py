@@ -283,7 +283,9 @@ def test_budgets_delete(tmp_path: Path) -> None:
     assert runner.invoke(app, ["budgets", "set", "--org", "acme", "--limit-usd", "9", *args]).exit_code == 0
     deleted = runner.invoke(app, ["budgets", "delete", "--org", "acme", *args])
     assert deleted.exit_code == 0, deleted.output
-    assert "deleted the budget of acme" in deleted.output and "budget of $5.00 applies again" in deleted.output
+    assert (
+        "deleted the budget of acme" in deleted.output and "budget of $5.00 applies again" in deleted.output
+    )
     ann = ["budgets", "set", "--org", "acme", "--user", "ann", "--limit-usd", "1", *args]
     assert runner.invoke(app, ann).exit_code == 0
     gone = runner.invoke(app, ["budgets", "delete", "--org", "acme", "--user", "ann", *args])

@@ -152,7 +152,7 @@ class LimitsConfig(Frozen):
     requests: tuple[RequestLimit, ...] = ()
     tokens: tuple[TokenLimit, ...] = ()
     redis_timeout_ms: float = Field(
-        1000.0, gt=0, description="a check Redis has not answered by then counts as Redis being down"
+        300.0, gt=0, description="a check Redis has not answered by then counts as Redis being down"
     )
     local_share: float = Field(
         0.5,
@@ -298,7 +298,7 @@ class BudgetsConfig(Frozen):
         4096, ge=1, description="the worst case of a request that sets no max_tokens"
     )
     redis_timeout_ms: float = Field(
-        1000.0, gt=0, description="a reservation Redis has not answered by then: the database takes over"
+        300.0, gt=0, description="a reservation Redis has not answered by then: the database takes over"
     )
 
     @model_validator(mode="after")

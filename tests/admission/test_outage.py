@@ -21,6 +21,18 @@ async def test_a_failure_alerts_once_and_pauses_the_store_for_retry_s() -> None:
     assert alerts.active == set() and not outage.failing
 
 
+async def test_after_the_pause_one_caller_probes_and_the_others_wait_for_its_answer() -> None:
+    """A stalled store costs one request its timeout each `retry_s`, not every request in flight."""
+    outage = Outage(Alerts(), "redis-down:x", "x", "alone", retry_s=5)
+    outage.failed(TimeoutError("stalled"), 100.0)
+    assert outage.usable(106.0)  # the probe
+    assert not outage.usable(106.1) and not outage.usable(110.9)  # the others count alone
+    outage.failed(TimeoutError("still stalled"), 106.3)
+    assert not outage.usable(111.0) and outage.usable(111.3)  # the next probe, 5 s later
+    outage.answered()  # it answered: everyone asks again at once
+    assert outage.usable(111.4) and outage.usable(111.4)
+
+
 async def test_shared_or_alone_answers_alone_when_the_store_fails() -> None:
     outage = Outage(Alerts(), "database-down:x", "x", "alone", "the database", retry_s=0)
 

@@ -280,3 +280,44 @@ async def test_an_expired_entry_in_redis_is_fetched_again_not_served(redis_url: 
         await asyncio.sleep(1.2)
         second = await gateway.send(gateway.new_call("chat", dict(body), context))
     assert (first.headers["x-sluicegate-cache"], second.headers["x-sluicegate-cache"]) == ("miss", "miss")
+
+
+async def test_a_lock_a_stalled_lookup_took_late_is_released_when_redis_answers_again(
+    redis_url: str, redis: Redis, tmp_path: Path
+) -> None:
+    """A lookup that timed out may still run when a paused Redis resumes, taking the lock for
+    its whole lease: the next lookup that Redis answers releases it, so another process's
+    identical request does not wait out the lease."""
+    features = {"f": {"cache": {"tiers": ["memory", "redis"], "scope": "org", "ttl_s": 60}}}
+    settings = mock_settings(data_dir=tmp_path, redis={"url": redis_url}, features=features)
+    org = f"acme-{secrets.token_hex(4)}"
+    context = RequestContext(org, None, "f")
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "late lock"}]}
+    async with create_gateway(settings) as gateway:
+        cache = gateway.cache
+        assert cache is not None and cache.redis is not None
+        tier = cache.redis
+        real = tier.lookup
+        calls = 0
+
+        async def stalled_once(key: str, lock: str | None, token: str, lease_ms: int) -> object:
+            nonlocal calls
+            calls += 1
+            result = await real(key, lock, token, lease_ms)  # Redis ran it (late) ...
+            if calls == 1:
+                raise TimeoutError("Redis did not answer in time")  # ... after the caller gave up
+            return result
+
+        tier.lookup = stalled_once  # type: ignore[method-assign]
+        call = gateway.new_call("chat", dict(body), context)
+        key = cache.key(call, cache.policy("f"))
+        reply = await gateway.send(call)
+        assert reply.headers["x-sluicegate-cache"] == "miss"
+        assert await redis.exists(key.lock) == 1  # taken late, and nobody's
+        other = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "another"}]}
+        await gateway.send(gateway.new_call("chat", other, context))  # Redis answers again
+        for _ in range(50):
+            if not await redis.exists(key.lock):
+                break
+            await asyncio.sleep(0.02)
+        assert await redis.exists(key.lock) == 0

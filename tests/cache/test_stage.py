@@ -548,3 +548,19 @@ async def test_a_stream_whose_leader_left_before_its_first_byte_goes_on_for_the_
         await first.stream.aclose()  # its client left before reading anything
         streamed = await read(await follower)
         assert streamed.endswith(b"data: [DONE]\n\n") and chat_calls(gateway) == 1
+
+
+async def test_a_finished_stream_the_feature_may_not_store_is_not_handed_to_a_later_request(
+    tmp_path: Path,
+) -> None:
+    """A tool call (not stored by default) streamed to one caller: the same request right after
+    it ended goes upstream, instead of joining the finished stream."""
+    settings = mock_settings(data_dir=tmp_path / "data", features=features())
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    async with create_gateway(settings) as gateway:
+        await read(await send(gateway, stream=True, tools=tools, tool_choice="required"))
+        again = await send(gateway, stream=True, tools=tools, tool_choice="required")
+        assert "x-sluicegate-coalesced" not in again.headers
+        assert again.headers["x-sluicegate-cache"] == "miss"
+        await read(again)
+        assert chat_calls(gateway) == 2

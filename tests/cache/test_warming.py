@@ -59,6 +59,9 @@ def test_parse_skips_blank_lines_and_keeps_numbering() -> None:
         ([b"", line(model="m"), b'"text"'], "line 3 must be a JSON object"),
         ([line(kind="images", model="m")], "line 1: kind must be chat or embeddings"),
         ([line(model="m"), line(request=["not", "an", "object"])], "line 2: kind must be chat or embeddings"),
+        ([line(org="", model="m")], "line 1: org must be a non-empty string"),
+        ([line(user=7, model="m")], "line 1: user must be a non-empty string"),
+        ([line(feature=["chat"], model="m")], "line 1: feature must be a non-empty string"),
     ],
 )
 def test_parse_bad_lines_name_the_line(lines: list[bytes], message: str) -> None:

@@ -1,18 +1,20 @@
-"""What a budget's period looks like in reports, and how its alerts are announced: a log line,
-and a POST of the period as JSON to the configured webhook."""
+"""What a budget's period looks like in reports (and after a reservation), and how its alerts
+are announced: a log line, and a POST of the period as JSON to the configured webhook."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..config_money import usd
 from ..observe.alerts import post_json
-from .budget_scopes import Budget
+from .budget_math import Decision
+from .budget_scopes import Book, Budget
 
-__all__ = ["Usage", "announce"]
+__all__ = ["Reservation", "Usage", "announce"]
 
 logger = logging.getLogger("sluicegate.budgets")
 
@@ -40,6 +42,26 @@ class Usage:
             "resets_at": self.ends_at,
             "forecast_usd": None if self.forecast_micro is None else self.forecast_micro / 1_000_000,
         }
+
+
+class Reservation(NamedTuple):
+    """A reservation's outcome: the decision, the budgets' periods and each one's (spent,
+    reserved) after it, the index of the budget that refused (-1 when admitted), and whether
+    that was the throttle's cap."""
+
+    decision: Decision
+    books: Sequence[Book]
+    after: Sequence[tuple[int, int]]
+    refused_by: int
+    throttled: str = ""  # the throttle's cap that refused: concurrency or per_minute
+
+    @property
+    def usages(self) -> list[Usage]:
+        """Each budget's period after the reservation."""
+        each = zip(self.books, self.after, strict=True)
+        return [
+            Usage(budget, name, ends, spent, reserved) for (budget, name, ends), (spent, reserved) in each
+        ]
 
 
 async def announce(usage: Usage, level: str, url: str | None) -> None:

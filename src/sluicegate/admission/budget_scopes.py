@@ -20,7 +20,7 @@ from ..config_money import check_org_name, limit_micro
 from ..errors import InvalidRequest
 from .budget_math import Period
 
-__all__ = ["KINDS", "Budget", "BudgetIndex", "budget_scope", "new_budget", "parse_scope", "scope_of"]
+__all__ = ["KINDS", "Book", "Budget", "BudgetIndex", "budget_scope", "new_budget", "parse_scope", "scope_of"]
 
 KINDS = ("user", "feature", "key")  # what a budget can narrow an org's spend to
 MAX_SCOPE = 160  # the budget tables' scope columns
@@ -120,6 +120,9 @@ class Budget:
             return "org = :o", {"o": org}
         column = {"user": '"user"', "feature": "feature", "key": "key_id"}[kind]
         return f"org = :o AND {column} = :n", {"o": org, "n": name}
+
+
+Book = tuple[Budget, str, float]  # a budget, the name of its current period, and the period's end
 
 
 class BudgetIndex:

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 from redis.asyncio import Redis
 from sqlalchemy import select, text
@@ -33,10 +32,9 @@ from ..observe.alerts import Alerts
 from ..store.tables import budget_limits
 from ..store.transactions import in_time
 from .budget_admin import delete_limit, store_limit
-from .budget_alerts import Usage, announce
+from .budget_alerts import Reservation, Usage, announce
 from .budget_ledger import ledger_spent
 from .budget_math import (
-    Decision,
     Outcome,
     Period,
     Throttle,
@@ -55,26 +53,6 @@ __all__ = ["Budget", "BudgetStore", "Reservation", "Usage"]
 _FORECAST_WINDOW_S = 86_400.0
 _PERIOD = "SELECT spent_micro, reserved_micro FROM budget_periods WHERE scope = :s AND period = :p"
 logger = logging.getLogger("sluicegate.budgets")
-
-
-class Reservation(NamedTuple):
-    """A reservation's outcome: the decision, the budgets' periods and each one's (spent,
-    reserved) after it, the index of the budget that refused (-1 when admitted), and whether
-    that was the throttle's cap."""
-
-    decision: Decision
-    books: Sequence[Book]
-    after: Sequence[tuple[int, int]]
-    refused_by: int
-    throttled: str = ""  # the throttle's cap that refused: concurrency or per_minute
-
-    @property
-    def usages(self) -> list[Usage]:
-        """Each budget's period after the reservation."""
-        each = zip(self.books, self.after, strict=True)
-        return [
-            Usage(budget, name, ends, spent, reserved) for (budget, name, ends), (spent, reserved) in each
-        ]
 
 
 class BudgetStore:
@@ -222,25 +200,33 @@ class BudgetStore:
             self._held[rid] = (in_redis, books)
         return Reservation(outcome.decision, books, outcome.after, outcome.refused, outcome.throttled)
 
-    def _unavailable(self, budget: Budget, exc: BaseException, rebuilding: bool = False) -> BudgetUnavailable:
-        if rebuilding:
+    def _unavailable(self, budget: Budget, exc: BaseException, floor: str = "") -> BudgetUnavailable:
+        """The 503 when neither store can count ``budget`` (``floor``: why Redis needed the
+        database first: ``rebuild`` a period it does not hold, ``catch_up`` after an outage)."""
+        if floor == "rebuild":
             why = "Redis holds no count of its period, and the database to rebuild it from is unreachable"
+        elif floor == "catch_up":
+            why = (
+                "Redis failed a moment ago, and before it counts again its count must catch up with "
+                "what the database counted meanwhile, but the database is unreachable"
+            )
         elif self._redis is not None:
             why = "Redis and the database are both unreachable"
         else:
             why = "the database is unreachable"
         return BudgetUnavailable(
             f"the budget of {budget.describe()} cannot be checked: {why} ({type(exc).__name__}). "
-            "Calls under a budget are refused until it can be; cached answers are still served"
+            "Calls under a budget are refused until it can be; cached answers are still served",
+            headers={"retry-after": "1"},
         )
 
     async def _floors_or_refuse(
-        self, books: Sequence[Book], done: set[str] | None, now: float, rebuilding: bool
+        self, books: Sequence[Book], done: set[str] | None, now: float, floor: str
     ) -> list[int | None]:
         try:
             return await self._floors(books, done, now)
         except (SQLAlchemyError, OSError) as exc:
-            raise self._unavailable(books[0][0], exc, rebuilding) from exc
+            raise self._unavailable(books[0][0], exc, floor) from exc
 
     async def _reserve_in_redis(
         self, books: Sequence[Book], rid: str, prompt_micro: int, out_pico: int, asked: int, now: float
@@ -250,13 +236,13 @@ class BudgetStore:
         lease = self._config.lease_s
         floors: list[int | None] | None = None
         if done is not None:  # back from an outage: catch up with what the database counted
-            floors = await self._floors_or_refuse(books, done, now, rebuilding=True)
+            floors = await self._floors_or_refuse(books, done, now, "catch_up")
         try:
             result = await self._redis.reserve(
                 books, rid, prompt_micro, out_pico, asked, lease, floors, now, self._throttle
             )
         except NeedsFloor:  # a new period, or Redis lost it: rebuild it from the ledger
-            floors = await self._floors_or_refuse(books, None, now, rebuilding=True)
+            floors = await self._floors_or_refuse(books, None, now, "rebuild")
             result = await self._redis.reserve(
                 books, rid, prompt_micro, out_pico, asked, lease, floors, now, self._throttle
             )
@@ -364,7 +350,7 @@ class BudgetStore:
         period, ends = period_bounds(budget.period, now)
         window = _FORECAST_WINDOW_S
         counted = None
-        if self._redis is not None and self._redis_outage.usable(now):
+        if self._redis is not None and not self._redis_outage.failing:  # a report is no probe
             with contextlib.suppress(*REDIS_ERRORS):
                 counted = await self._redis.read(budget, period)
         recent = await ledger_spent(self._engine, budget, now - window)

@@ -3,7 +3,8 @@
 One `Outage` per stage and store: it raises the operator alert when the store fails, resolves
 it when the store answers again, and says whether to ask the store at all. After a Redis
 failure (a timeout: Redis is stopped or unreachable) a replica counts alone for `REDIS_RETRY_S`
-before it asks again, so that a stalled Redis costs one request its timeout, not every one.
+before it asks again, and then one request asks (the others go on counting alone until it is
+answered), so that a stalled Redis costs one request its timeout, not every one.
 """
 
 from __future__ import annotations
@@ -53,8 +54,14 @@ class Outage:
         self.until = 0.0  # the store is not asked before this time (the caller's clock)
 
     def usable(self, now: float) -> bool:
-        """Whether to ask the store at ``now``: not within `retry_s` of its last failure."""
-        return now >= self.until
+        """Whether to ask the store at ``now``: not within `retry_s` of its last failure, and
+        after one only the first caller (the probe: the others wait `retry_s` more, unless it
+        is answered first)."""
+        if now < self.until:
+            return False
+        if self.failing:
+            self.until = now + self.retry_s
+        return True
 
     def failed(self, error: BaseException, now: float) -> None:
         """The store failed at ``now``: raise the alert (once), and count alone for a while."""
@@ -70,6 +77,7 @@ class Outage:
         """The store answered: resolve the alert if it was raised."""
         if self.failing:
             self.failing = False
+            self.until = 0.0
             self._alerts.resolve(self.alert, f"{self._what}: {self.store} is back")
 
 

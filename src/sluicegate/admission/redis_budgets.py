@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from ..store.redis import LuaScript
 from .budget_alerts import Usage
 from .budget_math import Decision, Outcome, Throttle
-from .budget_scopes import Budget, parse_scope
+from .budget_scopes import Book, Budget, parse_scope
 
 __all__ = ["Book", "NeedsFloor", "RedisBudgets", "book_key"]
 
@@ -128,7 +128,6 @@ return result
 """
 
 _KEEP_S = 7 * 86_400  # a period's counters outlive it by a week, for late settlements and reports
-Book = tuple[Budget, str, float]  # a budget, the name of its current period, and the period's end
 
 
 class NeedsFloor(Exception):

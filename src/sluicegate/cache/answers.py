@@ -111,7 +111,7 @@ class Flight:
     def join_now(self, wants_usage: bool) -> FlightReader | None:
         """A reader of the leader's stream, if it is running."""
         live = self.stream
-        if live is None or live.finished:
+        if live is None or live.over:
             return None
         return live.reader(leader=False, wants_usage=wants_usage)
 

@@ -8,6 +8,7 @@ timeout a few times, and then nothing until it is back.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import secrets
@@ -92,6 +93,10 @@ class LayeredCache:
         self._purging = asyncio.Lock()  # held while a purge statement runs: see aclose
         self._reloading: asyncio.Task[None] | None = None
         self.invalidated_at = 0.0  # perf_counter() when this process last applied an invalidation
+        # Locks whose lookup failed or timed out: a stalled Redis may still take them when it
+        # resumes, for their whole lease, with no one to release them. Released (if they were
+        # taken with this token) once Redis answers again.
+        self._abandoned: collections.deque[tuple[CacheKey, str]] = collections.deque(maxlen=10_000)
         self.plans = {name: self._plan(policy) for name, policy in self.policies.items()}
         self.default_plan = self._plan(self.default_policy)
 
@@ -217,9 +222,16 @@ class LayeredCache:
         if self.redis is not None and self.redis_guard is not None and "redis" in tiers:
             redis, lease = self.redis, int(self.config.lock_lease_s * 1000)
             lock = key.lock if lock_token else None
-            entry, lock_state = await self.redis_guard.run(
+            found = await self.redis_guard.run(
                 lambda: redis.lookup(key.key, lock, lock_token or "", lease), _NO_LOOKUP, timed=False
             )
+            if found is _NO_LOOKUP:  # failed, timed out or skipped: nothing known of the lock
+                if lock_token is not None:
+                    self._abandoned.append((key, lock_token))
+            elif self._abandoned:  # Redis answers again: after any late lookup of a stalled one
+                while self._abandoned:
+                    self.spawn(self.unlock(*self._abandoned.popleft()))
+            entry, lock_state = found
             if entry is not None:
                 self._promote(key.key, entry, ("memory",), policy)
                 return entry, "redis", lock_state

@@ -393,11 +393,15 @@ class ServeFromCache:
                 entry = (
                     self._entries.from_stream(call, policy, control, live, hits) if live.completed else None
                 )
+                # Over: a request that comes now is not handed this stream (an answer the feature
+                # may not store would be reused); it finds the entry, which the store (memory at
+                # once) keeps before anything else runs, or goes upstream.
+                flight.settle(entry)
+                flight.end(cache.flights, key.key)
                 if entry is not None and not control.no_store and plan.server and entry.model == key.model:
                     if await cache.store(key, entry, policy, token if held else None, started=call.started):
                         held = False
                     cache.stats.count(call.context.feature, "stores")
-                flight.settle(entry)
             finally:
                 flight.end(cache.flights, key.key)
                 if held:

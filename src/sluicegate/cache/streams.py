@@ -90,6 +90,12 @@ class StreamFlight:
         """The usage the upstream reported."""
         return self._upstream.usage
 
+    @property
+    def over(self) -> bool:
+        """Whether the stream has ended, or has sent its ``[DONE]`` (its upstream may still be
+        closing): too late to join (a request now finds the entry, or makes its own call)."""
+        return self.finished or (bool(self.blobs) and _DONE in self.blobs[-1])
+
     async def _pump(self) -> None:
         try:
             async for blob in self._upstream:

@@ -101,10 +101,12 @@ def parse_lines(lines: Iterable[str | bytes], default_org: str) -> list[WarmItem
         kind = value.get("kind", "chat")
         if kind not in ("chat", "embeddings") or not isinstance(body, dict):
             raise InvalidRequest(f"line {number}: kind must be chat or embeddings, and request an object")
+        for name in ("org", "user", "feature"):
+            given = value.get(name)
+            if given is not None and (not isinstance(given, str) or not given):
+                raise InvalidRequest(f"line {number}: {name} must be a non-empty string, or left out")
         context = RequestContext(
-            str(value.get("org") or default_org),
-            value.get("user") if isinstance(value.get("user"), str) else None,
-            str(value.get("feature") or "default"),
+            value.get("org") or default_org, value.get("user"), value.get("feature") or "default"
         )
         items.append(WarmItem(number, kind, body, context))
     return items
