@@ -39,7 +39,7 @@ def test_parse_both_line_shapes() -> None:
 
 def test_parse_defaults_and_kinds() -> None:
     """Org defaults to the given one, feature to "default", user to none; embeddings are allowed."""
-    (item,) = parse_lines([line(kind="embeddings", user=42, model="e", input="text")], "local")
+    (item,) = parse_lines([line(kind="embeddings", model="e", input="text")], "local")
     assert item.kind == "embeddings"
     assert item.context == RequestContext("local", None, "default")
     assert item.body == {"model": "e", "input": "text"}
