@@ -222,11 +222,13 @@ class LayeredCache:
         if self.redis is not None and self.redis_guard is not None and "redis" in tiers:
             redis, lease = self.redis, int(self.config.lock_lease_s * 1000)
             lock = key.lock if lock_token else None
-            found = await self.redis_guard.run(
+            guard = self.redis_guard
+            sent = lock is not None and (not guard.breaker.failures or guard.available)  # not skipped
+            found = await guard.run(
                 lambda: redis.lookup(key.key, lock, lock_token or "", lease), _NO_LOOKUP, timed=False
             )
-            if found is _NO_LOOKUP:  # failed, timed out or skipped: nothing known of the lock
-                if lock_token is not None:
+            if found is _NO_LOOKUP:  # failed or timed out (or skipped): nothing known of the lock
+                if sent and lock_token is not None:
                     self._abandoned.append((key, lock_token))
             elif self._abandoned:  # Redis answers again: after any late lookup of a stalled one
                 while self._abandoned:
