@@ -295,8 +295,13 @@ def test_budgets_delete(tmp_path: Path) -> None:
     assert missing.exit_code == 1 and "no budget is set" in missing.output
     both = runner.invoke(app, ["budgets", "delete", "--org", "acme", "--user", "a", "--key", "k", *args])
     assert both.exit_code == 2 and "at most one of" in both.output
-    bad = runner.invoke(app, ["budgets", "delete", "--org", "acme", "--feature", "nope", *args])
-    assert bad.exit_code == 2 and "--feature must be a configured feature" in bad.output
+    # A feature no longer configured: its run-time budget can still be deleted (here: none).
+    gone_feature = runner.invoke(app, ["budgets", "delete", "--org", "acme", "--feature", "nope", *args])
+    assert gone_feature.exit_code == 1 and "no budget is set" in gone_feature.output
+    # An empty name (an unset variable in a script) never stands for the org's own budget.
+    for action in (["delete"], ["set", "--limit-usd", "5"]):
+        empty = runner.invoke(app, ["budgets", *action, "--org", "acme", "--user", "", *args])
+        assert empty.exit_code == 2 and "--user must not be empty" in empty.output, empty.output
 
 
 @pytest.mark.parametrize(

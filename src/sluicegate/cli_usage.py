@@ -125,9 +125,13 @@ def _option(field: str) -> str:
 
 def narrowed(user: str | None, feature: str | None, key: str | None) -> tuple[str, str] | None:
     """The one of ``--user``, ``--feature`` and ``--key`` given (None for none), or exit 2."""
-    given = [(kind, name) for kind, name in (("user", user), ("feature", feature), ("key", key)) if name]
+    named = (("user", user), ("feature", feature), ("key", key))
+    given = [(kind, name) for kind, name in named if name is not None]
     if len(given) > 1:
         print_error("give at most one of --user, --feature and --key")
+        raise typer.Exit(2)
+    if given and not given[0][1]:  # an unset variable in a script: not the org's own budget
+        print_error(f"--{given[0][0]} must not be empty")
         raise typer.Exit(2)
     return given[0] if given else None
 
@@ -135,7 +139,7 @@ def narrowed(user: str | None, feature: str | None, key: str | None) -> tuple[st
 def budget_delete_command(settings: Settings, org: str, narrow: tuple[str, str] | None) -> int:
     """Delete a budget set at run time (``narrow``: of a user, feature or key of the org)."""
     try:
-        scope = budget_scope(org, narrow, settings.feature_names, _option)
+        scope = budget_scope(org, narrow, None, _option)  # a feature since removed from the config too
     except SluicegateError as exc:
         print_error(exc.message)
         return 2

@@ -229,7 +229,8 @@ async def test_with_redis_and_the_database_down_budgets_fail_closed(tmp_path: Pa
     with pytest.raises(BudgetUnavailable) as caught:
         await store.reserve([store.budgets["org:acme"]], "r1:1", 0, 1_000_000, 100)
     assert caught.value.status == 503 and caught.value.code == "budget_unavailable"
-    assert "Redis and the database are both unreachable" in caught.value.message
+    assert "Redis failed a moment ago, and the database is unreachable" in caught.value.message
+    assert caught.value.headers == {"retry-after": "1"}
     store.close()
     await client.aclose()
     await engine.dispose()
@@ -332,3 +333,41 @@ async def test_a_reservation_a_stalled_redis_applies_late_is_released(redis_url:
             await client.aclose()
             await direct.aclose()
             await engine.dispose()
+
+
+@pytest.mark.parametrize("counted_in", ["redis", "database"])
+async def test_a_budget_that_comes_back_counts_what_was_spent_meanwhile(
+    engine: AsyncEngine, redis_url: str, counted_in: str
+) -> None:
+    """A run-time day budget over the config's month budget, then deleted: the month's comes
+    back counting the day's spend. A user's budget deleted, then set again: the spend made
+    while it was not in force counts too."""
+    client: Redis | None = create_redis(redis_url) if counted_in == "redis" else None
+    store = BudgetStore(
+        engine,
+        BudgetsConfig(orgs=({"org": "acme", "limit_usd": "0.01"},)),
+        redis=client,  # type: ignore[arg-type]
+    )
+    month = store.budgets["org:acme"]
+
+    async def charged(budget: Budget, rid: str, cost: int, user: str = "ann") -> list[int]:
+        held = await store.reserve([budget], f"{rid}:1", 0, 1_000_000, 10)
+        assert held.decision.admitted
+        await store.settle(f"{rid}:1", cost)
+        await spend(engine, rid, cost, user)
+        return [usage.spent_micro for usage in held.usages]
+
+    await charged(month, "r1", 100)
+    day = await store.set_limit(Budget("org:acme", 5_000, "day"))
+    await charged(day, "r2", 250)
+    assert await store.remove_limit("org:acme") == month  # the config's applies again
+    assert await charged(month, "r3", 1) == [350]
+    bob = await store.set_limit(Budget("org:acme/user:bob", 10_000, "month"))
+    await charged(bob, "r4", 100, "bob")
+    assert await store.remove_limit(bob.scope) is None
+    await spend(engine, "r5", 250, "bob")  # no budget of bob's in force
+    await store.set_limit(bob)
+    assert await charged(bob, "r6", 1, "bob") == [350]
+    store.close()
+    if client is not None:
+        await client.aclose()

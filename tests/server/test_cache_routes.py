@@ -160,6 +160,12 @@ def test_invalidate_deletes_and_reports(server: GatewayServer, upstream: MockUps
     assert result["processes_acknowledged"] == 1
     assert chat(server)[1]["x-sluicegate-cache"] == "miss"
     assert chat_calls(upstream) == 2
+    # A feature that is not configured (a typo) would delete nothing: a 400 naming it.
+    status, answer = call(server.url + "/api/ai/cache/invalidate", "POST", {"feature": "insigths"})
+    assert status == 400 and answer["error"]["code"] == "invalid_match", answer
+    assert_openai_error(answer, param="feature")
+    assert "insights" in answer["error"]["message"]
+    assert chat(server)[1]["x-sluicegate-cache"] == "hit-memory"
 
 
 def test_bump(server: GatewayServer) -> None:

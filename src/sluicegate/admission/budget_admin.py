@@ -48,7 +48,7 @@ async def delete_limit(engine: AsyncEngine, scope: str, configured: Budget | Non
         raise InvalidRequest(
             f"the budget of {what} is set in the config file (budgets.orgs), not at run time: "
             "remove it there, and restart the gateway",
-            param="org",
+            param=parse_scope(scope)[1] or "org",
             code="budget_in_config",
         )
     raise NotFound(

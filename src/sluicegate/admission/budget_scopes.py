@@ -34,12 +34,13 @@ def scope_of(org: str, kind: str | None = None, name: str | None = None) -> str:
 def budget_scope(
     org: str,
     narrow: tuple[str, str] | None,
-    features: Collection[str],
+    features: Collection[str] | None,
     spell: Callable[[str], str] = str,
 ) -> str:
     """The scope of an org's budget, or of one of its users, features or keys (``narrow``),
     checked (pure): `InvalidRequest` whose ``param`` is the field that cannot be one, and whose
-    message calls it as the caller does (``spell``: ``org``, or the CLI's ``--org``)."""
+    message calls it as the caller does (``spell``: ``org``, or the CLI's ``--org``). A feature
+    must be one of ``features`` (None: any name, to delete the budget of one no longer configured)."""
 
     def refuse(field: str, why: str) -> InvalidRequest:
         return InvalidRequest(f"{spell(field)} {why}", param=field)
@@ -48,7 +49,7 @@ def budget_scope(
         check_org_name(org)
     except ValueError as exc:
         raise refuse("org", f"is not an org's name: {exc}") from None
-    if narrow is not None and narrow[0] == "feature" and narrow[1] not in features:
+    if narrow is not None and narrow[0] == "feature" and features is not None and narrow[1] not in features:
         known = ", ".join(sorted(features))
         raise refuse("feature", f"must be a configured feature ({known}), not {narrow[1]!r}")
     if narrow is not None and (problem := name_problem(narrow[1])) is not None:

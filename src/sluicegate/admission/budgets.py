@@ -27,13 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..calls import RequestContext
 from ..config_money import BudgetsConfig, limit_micro
-from ..errors import BudgetUnavailable
 from ..observe.alerts import Alerts
 from ..store.tables import budget_limits
 from ..store.transactions import in_time
 from .budget_admin import delete_limit, store_limit
 from .budget_alerts import Reservation, Usage, announce
-from .budget_ledger import ledger_spent
+from .budget_ledger import ledger_spent, unavailable
 from .budget_math import (
     Outcome,
     Period,
@@ -78,6 +77,9 @@ class BudgetStore:
         )
         self._floored_in_redis: set[str] | None = None  # after an outage: periods raised since
         self._floored_in_sql: set[str] = set()  # periods raised to the ledger here since start or outage
+        # Scopes whose budget came into force or changed since start: Redis raises their period to
+        # the ledger's sum at their next reservation (spend while it was not in force counts).
+        self._refloor: set[str] = set()
         self._held: dict[str, tuple[bool, Sequence[Book]]] = {}  # id → (in Redis, its books)
         # Reservations that failed here but a stalled Redis may apply on resuming: released later.
         self._abandoned: collections.deque[tuple[Sequence[Book], str]] = collections.deque(maxlen=10_000)
@@ -108,7 +110,18 @@ class BudgetStore:
             runtime = {row.scope: Budget(row.scope, int(row.limit_micro), row.period) for row in rows}
         budgets = {**self._configured, **runtime}
         if budgets != self.budgets:
-            self.index = BudgetIndex(budgets)
+            self._install(budgets)
+
+    def _install(self, budgets: dict[str, Budget]) -> None:
+        """Put ``budgets`` in force. One that comes into force or changes (set, deleted with the
+        config's coming back, set again) counts its period from the ledger at its next
+        reservation: its count missed what was spent while it was not in force."""
+        old = self.budgets
+        changed = {scope for scope, budget in budgets.items() if old.get(scope) != budget}
+        if changed:
+            self._refloor |= changed
+            self._floored_in_sql = {p for p in self._floored_in_sql if p.rpartition("@")[0] not in changed}
+        self.index = BudgetIndex(budgets)
 
     async def poll(self) -> None:
         """Each controls poll: the budgets set at run time, and (every 5 s, when there are
@@ -125,7 +138,7 @@ class BudgetStore:
         at its next poll. `InvalidRequest` for a key that is not one of the org's (its budget
         would never apply)."""
         await store_limit(self._engine, budget, self.clock())
-        self.index = BudgetIndex({**self.budgets, budget.scope: budget})
+        self._install({**self.budgets, budget.scope: budget})
         return budget
 
     async def remove_limit(self, scope: str) -> Budget | None:
@@ -137,7 +150,7 @@ class BudgetStore:
         budgets = {name: budget for name, budget in self.budgets.items() if name != scope}
         if configured is not None:
             budgets[scope] = configured
-        self.index = BudgetIndex(budgets)
+        self._install(budgets)
         return configured
 
     def close(self) -> None:
@@ -200,33 +213,13 @@ class BudgetStore:
             self._held[rid] = (in_redis, books)
         return Reservation(outcome.decision, books, outcome.after, outcome.refused, outcome.throttled)
 
-    def _unavailable(self, budget: Budget, exc: BaseException, floor: str = "") -> BudgetUnavailable:
-        """The 503 when neither store can count ``budget`` (``floor``: why Redis needed the
-        database first: ``rebuild`` a period it does not hold, ``catch_up`` after an outage)."""
-        if floor == "rebuild":
-            why = "Redis holds no count of its period, and the database to rebuild it from is unreachable"
-        elif floor == "catch_up":
-            why = (
-                "Redis failed a moment ago, and before it counts again its count must catch up with "
-                "what the database counted meanwhile, but the database is unreachable"
-            )
-        elif self._redis is not None:
-            why = "Redis and the database are both unreachable"
-        else:
-            why = "the database is unreachable"
-        return BudgetUnavailable(
-            f"the budget of {budget.describe()} cannot be checked: {why} ({type(exc).__name__}). "
-            "Calls under a budget are refused until it can be; cached answers are still served",
-            headers={"retry-after": "1"},
-        )
-
     async def _floors_or_refuse(
         self, books: Sequence[Book], done: set[str] | None, now: float, floor: str
     ) -> list[int | None]:
         try:
             return await self._floors(books, done, now)
         except (SQLAlchemyError, OSError) as exc:
-            raise self._unavailable(books[0][0], exc, floor) from exc
+            raise unavailable(books[0][0], exc, floor, self._redis is not None) from exc
 
     async def _reserve_in_redis(
         self, books: Sequence[Book], rid: str, prompt_micro: int, out_pico: int, asked: int, now: float
@@ -235,8 +228,12 @@ class BudgetStore:
         done = self._floored_in_redis
         lease = self._config.lease_s
         floors: list[int | None] | None = None
+        refloor = self._refloor
         if done is not None:  # back from an outage: catch up with what the database counted
             floors = await self._floors_or_refuse(books, done, now, "catch_up")
+        elif refloor and any(budget.scope in refloor for budget, _, _ in books):
+            kept = {f"{budget.scope}@{name}" for budget, name, _ in books if budget.scope not in refloor}
+            floors = await self._floors_or_refuse(books, kept, now, "changed")
         try:
             result = await self._redis.reserve(
                 books, rid, prompt_micro, out_pico, asked, lease, floors, now, self._throttle
@@ -248,6 +245,8 @@ class BudgetStore:
             )
         if done is not None:
             done.update(f"{budget.scope}@{name}" for budget, name, _ in books)
+        if floors is not None and refloor:
+            refloor.difference_update(budget.scope for budget, _, _ in books)
         return result
 
     async def _reserve_in_sql(
@@ -276,7 +275,7 @@ class BudgetStore:
                 self._config.lease_s,
             )
         except (SQLAlchemyError, OSError) as exc:
-            raise self._unavailable(books[0][0], exc) from exc
+            raise unavailable(books[0][0], exc, "", self._redis is not None) from exc
         self._floored_in_sql.update(f"{budget.scope}@{name}" for budget, name, _ in books)
         return result
 

@@ -102,6 +102,14 @@ async def invalidate(cache: LayeredCache, **match: str) -> dict[str, Any]:
             param="key",
             code="invalid_match",
         )
+    known = {*cache.policies, "default"}
+    if "feature" in match and match["feature"] not in known:  # a typo would delete nothing, "successfully"
+        raise InvalidRequest(
+            f"feature must be a configured feature name ({', '.join(sorted(known))}); the entries of a "
+            "feature no longer configured expire on their own, or go with their org or model",
+            param="feature",
+            code="invalid_match",
+        )
     deleted: dict[str, int] = {}
     if cache.memory is not None:
         deleted["memory"] = cache.memory.delete_where(lambda key, entry: _matches(key, entry, match))

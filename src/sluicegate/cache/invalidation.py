@@ -84,6 +84,7 @@ class FileBus(Bus):
             fcntl.flock(handle, fcntl.LOCK_EX)
             (epoch,) = _EPOCH.unpack(self._map[:8])
             self._map[:8] = _EPOCH.pack(epoch + 1)
+            self._seen = self._map[:8]  # this process applies it itself, as it announces it
             fcntl.flock(handle, fcntl.LOCK_UN)
         return 1
 

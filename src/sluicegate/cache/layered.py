@@ -95,8 +95,11 @@ class LayeredCache:
         self.invalidated_at = 0.0  # perf_counter() when this process last applied an invalidation
         # Locks whose lookup failed or timed out: a stalled Redis may still take them when it
         # resumes, for their whole lease, with no one to release them. Released (if they were
-        # taken with this token) once Redis answers again.
+        # taken with this token) once Redis answers again: tried every second, and at once
+        # when a lookup is answered.
         self._abandoned: collections.deque[tuple[CacheKey, str]] = collections.deque(maxlen=10_000)
+        self._releasing: asyncio.Task[None] | None = None
+        self._release_timer: asyncio.TimerHandle | None = None
         self.plans = {name: self._plan(policy) for name, policy in self.policies.items()}
         self.default_plan = self._plan(self.default_policy)
 
@@ -144,9 +147,11 @@ class LayeredCache:
         """
         await asyncio.shield(self._begin_reload())
 
-    def _begin_reload(self) -> asyncio.Task[None]:
+    def _begin_reload(self, since: float | None = None) -> asyncio.Task[None]:
         # Always a new read: one already under way may have read the versions before this change.
-        self.invalidated_at = time.perf_counter()
+        # ``since``: the start of the request that found the change (its key comes after the
+        # reload, so its answer may be stored; the calls that started before it may not).
+        self.invalidated_at = time.perf_counter() if since is None else since
         if self.memory is not None:
             self.memory.clear()
         self._reloading = asyncio.get_running_loop().create_task(self._read_namespaces())
@@ -160,10 +165,11 @@ class LayeredCache:
         if self.memory is not None:
             self.memory.clear()  # what was stored meanwhile may be under an old version
 
-    def pending(self) -> asyncio.Task[None] | None:
-        """The reload every request must wait for, if an invalidation is being applied (hot path)."""
+    def pending(self, started: float) -> asyncio.Task[None] | None:
+        """The reload every request must wait for, if an invalidation is being applied (hot path;
+        ``started``: the request's start, see `_begin_reload`)."""
         if self.bus.check():
-            return self._begin_reload()
+            return self._begin_reload(started)
         reloading = self._reloading
         return reloading if reloading is not None and not reloading.done() else None
 
@@ -174,6 +180,8 @@ class LayeredCache:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 async with asyncio.timeout(5):
                     await task
+        if self._release_timer is not None:  # locks still abandoned: their leases free them
+            self._release_timer.cancel()
         if self.sql is not None:
             await self.sql.flush()
         await self.stats.stop()
@@ -230,9 +238,9 @@ class LayeredCache:
             if found is _NO_LOOKUP:  # failed or timed out (or skipped): nothing known of the lock
                 if sent and lock_token is not None:
                     self._abandoned.append((key, lock_token))
+                    self._release_soon(1.0)
             elif self._abandoned:  # Redis answers again: after any late lookup of a stalled one
-                while self._abandoned:
-                    self.spawn(self.unlock(*self._abandoned.popleft()))
+                self._release_soon(0.0)
             entry, lock_state = found
             if entry is not None:
                 self._promote(key.key, entry, ("memory",), policy)
@@ -247,6 +255,33 @@ class LayeredCache:
                     lock_state = LOCK_NONE
                 return entry, "sql", lock_state
         return None, "", lock_state
+
+    def _release_soon(self, delay_s: float) -> None:
+        """Release the abandoned locks in ``delay_s`` (one task at a time; see ``_abandoned``)."""
+        if self._release_timer is not None:
+            if delay_s > 0:
+                return
+            self._release_timer.cancel()
+        self._release_timer = asyncio.get_running_loop().call_later(delay_s, self._start_release)
+
+    def _start_release(self) -> None:
+        self._release_timer = None
+        if self._releasing is None or self._releasing.done():
+            self._releasing = spawn(self._tasks, self._release_abandoned())
+
+    async def _release_abandoned(self) -> None:
+        redis, guard = self.redis, self.redis_guard
+        assert redis is not None
+        assert guard is not None
+        while self._abandoned:
+            key, token = self._abandoned[0]
+            try:
+                async with asyncio.timeout(guard.timeout_s):
+                    await redis.unlock(key.lock, token)
+            except Exception:  # Redis still fails: again in a second
+                self._release_soon(1.0)
+                return
+            self._abandoned.popleft()
 
     def keep_s(self, entry: Entry, policy: FeatureCache, now: float) -> float:
         """How long a tier keeps ``entry``: its freshness plus the stale grace, at least 60 s past expiry."""

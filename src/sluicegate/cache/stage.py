@@ -67,7 +67,7 @@ class ServeFromCache:
         control = call.cache
         if not request_is_cacheable(policy, call.kind, call.body):
             return await self._bypass(call, control)
-        reloading = cache.pending()
+        reloading = cache.pending(call.started)
         if reloading is not None:
             await asyncio.shield(reloading)
         key = cache.key(call, policy)

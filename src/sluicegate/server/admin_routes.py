@@ -239,7 +239,7 @@ async def delete_budget(gateway: Gateway, request: Request) -> None:
     if len(narrowed) > 1 or any(not params[kind] for kind in narrowed):
         raise InvalidRequest("give at most one of user, feature and key, as a name", param=narrowed[-1])
     narrow = (narrowed[0], params[narrowed[0]]) if narrowed else None
-    scope = budget_scope(params["org"], narrow, gateway.settings.feature_names)
+    scope = budget_scope(params["org"], narrow, None)  # a feature since removed from the config too
     in_force = await gateway.budgets.remove_limit(scope)
     body: dict[str, Any] = {"scope": scope, "deleted": True, "in_force": None}
     if in_force is not None:
