@@ -371,3 +371,38 @@ async def test_a_budget_that_comes_back_counts_what_was_spent_meanwhile(
     store.close()
     if client is not None:
         await client.aclose()
+
+
+@pytest.mark.parametrize("counted_in", ["redis", "database"])
+async def test_a_budget_that_comes_back_counts_spend_the_ledger_records_late(
+    engine: AsyncEngine, redis_url: str, counted_in: str
+) -> None:
+    """The ledger lags (its flush interval, calls under way at the change, another replica not
+    yet polled): for a while after the change, reservations raise the period again, at most
+    once a second, so a row written late still counts."""
+    client: Redis | None = create_redis(redis_url) if counted_in == "redis" else None
+    now = [time.time()]
+    config = BudgetsConfig(orgs=({"org": "acme", "limit_usd": "0.01"},))  # type: ignore[arg-type]
+    store = BudgetStore(engine, config, clock=lambda: now[0], redis=client)
+    month = store.budgets["org:acme"]
+
+    async def reserved(rid: str) -> int:
+        held = await store.reserve([month], f"{rid}:1", 0, 1_000_000, 10)
+        assert held.decision.admitted
+        await store.settle(f"{rid}:1", 1)
+        await spend(engine, rid, 1)
+        return held.usages[0].spent_micro
+
+    day = await store.set_limit(Budget("org:acme", 5_000, "day"))
+    held = await store.reserve([day], "r1:1", 0, 1_000_000, 10)
+    await store.settle("r1:1", 250)  # its ledger row is not written yet
+    await store.remove_limit("org:acme")
+    assert await reserved("r2") == 0
+    await spend(engine, "r1", 250)  # the ledger's late row
+    assert await reserved("r3") == 1  # raised less than a second ago: not again yet
+    now[0] += 1.5
+    assert await reserved("r4") == 252  # raised again: r1's 250, r2 and r3
+    assert held.decision.admitted
+    store.close()
+    if client is not None:
+        await client.aclose()

@@ -1,16 +1,21 @@
 """Budgets set and removed at run time: rows of ``budget_limits``, which override the config's
-budgets of the same scope. Every worker reads them at its next controls poll."""
+budgets of the same scope. Every worker reads them at its next controls poll. A budget that
+comes into force or changes has its period raised to the ledger's sum for a while (`Changes`)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..errors import InvalidRequest, NotFound
 from ..store.tables import virtual_keys
-from .budget_scopes import Budget, parse_scope
+from .budget_scopes import Book, Budget, parse_scope
 
-__all__ = ["delete_limit", "store_limit"]
+__all__ = ["Changes", "delete_limit", "store_limit"]
+
+REFLOOR_S = 30.0  # how long a budget that changed keeps being raised to the ledger's sum
 
 _SET_LIMIT = "INSERT INTO budget_limits (scope, limit_micro, period, updated_at) VALUES (:s, :l, :p, :t)"
 _DELETE_LIMIT = "DELETE FROM budget_limits WHERE scope = :s"
@@ -54,3 +59,38 @@ async def delete_limit(engine: AsyncEngine, scope: str, configured: Budget | Non
     raise NotFound(
         f"no budget is set for {what} (`sluicegate budgets list` shows them)", code="budget_not_found"
     )
+
+
+class Changes:
+    """The budgets that came into force or changed (set, deleted with the config's coming back,
+    set again): for `REFLOOR_S`, at most once a second, a reservation raises their period to
+    the ledger's sum. Not once only: the ledger lags by its flush interval, calls under way at
+    the change settle later, and another replica counts under the old budget until its poll;
+    their rows reach the ledger within the window. Raising is a maximum: nothing counts twice."""
+
+    def __init__(self) -> None:
+        self._windows: dict[str, tuple[float, float]] = {}  # scope → (until, last raised)
+
+    def __bool__(self) -> bool:
+        return bool(self._windows)
+
+    def mark(self, old: Mapping[str, Budget], new: Mapping[str, Budget], now: float) -> None:
+        """Note the budgets of ``new`` that ``old`` did not have as they are."""
+        for scope, budget in new.items():
+            if old.get(scope) != budget:
+                self._windows[scope] = (now + REFLOOR_S, 0.0)
+
+    def due(self, books: Sequence[Book], now: float) -> set[str]:
+        """The scopes of ``books`` to raise to the ledger's sum now (and marked raised)."""
+        due = set()
+        for budget, _, _ in books:
+            window = self._windows.get(budget.scope)
+            if window is None:
+                continue
+            until, last = window
+            if now >= until:
+                del self._windows[budget.scope]
+            elif now - last >= 1.0:
+                self._windows[budget.scope] = (until, now)
+                due.add(budget.scope)
+        return due

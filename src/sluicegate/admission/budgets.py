@@ -30,7 +30,7 @@ from ..config_money import BudgetsConfig, limit_micro
 from ..observe.alerts import Alerts
 from ..store.tables import budget_limits
 from ..store.transactions import in_time
-from .budget_admin import delete_limit, store_limit
+from .budget_admin import Changes, delete_limit, store_limit
 from .budget_alerts import Reservation, Usage, announce
 from .budget_ledger import ledger_spent, unavailable
 from .budget_math import (
@@ -77,9 +77,7 @@ class BudgetStore:
         )
         self._floored_in_redis: set[str] | None = None  # after an outage: periods raised since
         self._floored_in_sql: set[str] = set()  # periods raised to the ledger here since start or outage
-        # Scopes whose budget came into force or changed since start: Redis raises their period to
-        # the ledger's sum at their next reservation (spend while it was not in force counts).
-        self._refloor: set[str] = set()
+        self._changes = Changes()  # budgets that came into force or changed: raised to the ledger
         self._held: dict[str, tuple[bool, Sequence[Book]]] = {}  # id → (in Redis, its books)
         # Reservations that failed here but a stalled Redis may apply on resuming: released later.
         self._abandoned: collections.deque[tuple[Sequence[Book], str]] = collections.deque(maxlen=10_000)
@@ -116,11 +114,7 @@ class BudgetStore:
         """Put ``budgets`` in force. One that comes into force or changes (set, deleted with the
         config's coming back, set again) counts its period from the ledger at its next
         reservation: its count missed what was spent while it was not in force."""
-        old = self.budgets
-        changed = {scope for scope, budget in budgets.items() if old.get(scope) != budget}
-        if changed:
-            self._refloor |= changed
-            self._floored_in_sql = {p for p in self._floored_in_sql if p.rpartition("@")[0] not in changed}
+        self._changes.mark(self.budgets, budgets, self.clock())
         self.index = BudgetIndex(budgets)
 
     async def poll(self) -> None:
@@ -228,11 +222,11 @@ class BudgetStore:
         done = self._floored_in_redis
         lease = self._config.lease_s
         floors: list[int | None] | None = None
-        refloor = self._refloor
+        due = self._changes.due(books, now) if self._changes else ()
         if done is not None:  # back from an outage: catch up with what the database counted
             floors = await self._floors_or_refuse(books, done, now, "catch_up")
-        elif refloor and any(budget.scope in refloor for budget, _, _ in books):
-            kept = {f"{budget.scope}@{name}" for budget, name, _ in books if budget.scope not in refloor}
+        elif due:
+            kept = {f"{budget.scope}@{name}" for budget, name, _ in books if budget.scope not in due}
             floors = await self._floors_or_refuse(books, kept, now, "changed")
         try:
             result = await self._redis.reserve(
@@ -245,8 +239,6 @@ class BudgetStore:
             )
         if done is not None:
             done.update(f"{budget.scope}@{name}" for budget, name, _ in books)
-        if floors is not None and refloor:
-            refloor.difference_update(budget.scope for budget, _, _ in books)
         return result
 
     async def _reserve_in_sql(
@@ -260,8 +252,12 @@ class BudgetStore:
     ) -> Outcome:
         try:
             # A period's first reservation here (in this process) starts from what the ledger
-            # has: a budget set mid-period, or the database taking over from Redis.
-            floors = await self._floors(books, self._floored_in_sql, now)
+            # has: a budget set mid-period, or the database taking over from Redis; and a budget
+            # that changed, for a while (`Changes.due`).
+            done = self._floored_in_sql
+            if self._changes and (due := self._changes.due(books, now)):
+                done = {period for period in done if period.rpartition("@")[0] not in due}
+            floors = await self._floors(books, done, now)
             lease_end = now + self._config.lease_s
             result = await self._sql.reserve(
                 [(budget, name) for budget, name, _ in books],
