@@ -229,7 +229,9 @@ async def test_with_redis_and_the_database_down_budgets_fail_closed(tmp_path: Pa
     with pytest.raises(BudgetUnavailable) as caught:
         await store.reserve([store.budgets["org:acme"]], "r1:1", 0, 1_000_000, 100)
     assert caught.value.status == 503 and caught.value.code == "budget_unavailable"
-    assert "Redis failed a moment ago, and the database is unreachable" in caught.value.message
+    assert "Redis failed lately (it is tried again every 5 s), and the database is unreachable" in (
+        caught.value.message
+    )
     assert caught.value.headers == {"retry-after": "1"}
     store.close()
     await client.aclose()

@@ -45,7 +45,9 @@ def unavailable(budget: Budget, exc: BaseException, floor: str, with_redis: bool
     first: ``rebuild`` a period it does not hold, ``catch_up`` after an outage, ``changed``
     after the budget changed; empty when the database counts alone)."""
     why = _WHY.get(floor) or (
-        "Redis failed a moment ago, and the database is unreachable"
+        # The database counts while Redis failed in the last few seconds (one request tries it
+        # again every 5 s, and its count must then catch up with the database's first).
+        "Redis failed lately (it is tried again every 5 s), and the database is unreachable"
         if with_redis
         else "the database is unreachable"
     )
