@@ -54,6 +54,10 @@ async def test_concurrent_identical_misses_make_one_upstream_call(tmp_path: Path
         assert chat_calls(gateway) == 1
         assert len({r.body for r in replies}) == 1
         assert sum(r.headers.get("x-sluicegate-coalesced") == "true" for r in replies) == 99
+        # Each of the 99 saved the leader's tokens, as a hit would have.
+        assert gateway.cache is not None and replies[0].usage is not None
+        row = (await stats(gateway.cache))["features"]["chat"]
+        assert (row["coalesced"], row["tokens_saved"]) == (99, 99 * replies[0].usage.total_tokens)
 
 
 async def test_a_failed_miss_fails_its_followers_and_stores_nothing(tmp_path: Path) -> None:

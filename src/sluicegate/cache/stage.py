@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from ..accounting.ledger import Ledger
 from ..accounting.pricing import PriceBook
-from ..calls import CacheControl, Call, Reply
+from ..calls import CacheControl, Call, Reply, Usage
 from ..config import FeatureCache
 from ..errors import SluicegateError
 from .answers import (
@@ -125,6 +125,17 @@ class ServeFromCache:
         finally:
             flight.end(cache.flights, key.key)  # frees the followers of a cancelled call
 
+    def _saved(self, call: Call, usage: Usage | None, label: str) -> None:
+        """Count an answer served without an upstream call of its own (``label``: stale,
+        coalesced; empty: a coalesced stream, counted as it joined), its tokens and ledger row."""
+        stats, feature = self._cache.stats, call.context.feature
+        if label:
+            stats.count(feature, label)
+        if usage is not None:
+            stats.count(feature, "tokens_saved", usage.total_tokens)
+        if self._ledger is not None:
+            self._ledger.served(call, usage, label or "coalesced")
+
     def _from_entry(
         self, call: Call, key: CacheKey, entry: Entry, tier: str, policy: FeatureCache, control: CacheControl
     ) -> Reply | None:
@@ -135,9 +146,7 @@ class ServeFromCache:
             return self._hit(call, key, entry, tier, policy, control, now)
         if state == "stale":
             self._refresher.start(call, key, policy, entry.hits)
-            self._cache.stats.count(call.context.feature, "stale")
-            if self._ledger is not None:
-                self._ledger.served(call, entry.usage, "stale")
+            self._saved(call, entry.usage, "stale")
             return reply_from(call, entry, "stale", policy, now, control.no_store)
         return None
 
@@ -209,9 +218,7 @@ class ServeFromCache:
                     entry = await cache.wait_for(key, policy)
                     if entry is not None and answering(entry, policy, control, cache.clock()) is not None:
                         flight.settle(entry, "redis")
-                        cache.stats.count(call.context.feature, "coalesced")
-                        if self._ledger is not None:
-                            self._ledger.served(call, entry.usage, "coalesced")
+                        self._saved(call, entry.usage, "coalesced")
                         reply = reply_from(call, entry, "hit-redis", policy, cache.clock(), control.no_store)
                         reply.headers[COALESCED_HEADER] = "true"
                         return reply
@@ -311,12 +318,8 @@ class ServeFromCache:
         reader = await flight.join(wants_usage(call), cache.config.wait_s) if call.stream else None
         live = flight.stream
         if reader is not None and live is not None:
-            cache.stats.count(feature, "coalesced")
-            ledger = self._ledger
-            if ledger is not None:  # what it saved: the leader's usage, if it read the whole stream
-                reader.on_close(
-                    lambda ended: ledger.served(call, live.usage if ended.done else None, "coalesced")
-                )
+            cache.stats.count(feature, "coalesced")  # what it saved: the leader's usage, read whole
+            reader.on_close(lambda ended: self._saved(call, live.usage if ended.done else None, ""))
             headers = labelled({COALESCED_HEADER: "true"}, "miss", control.no_store)
             return Reply(stream=reader, headers=headers)
         try:
@@ -330,14 +333,12 @@ class ServeFromCache:
         now = cache.clock()
         state = answering(entry, policy, control, now) if entry is not None else None
         if entry is not None and state is not None:
-            cache.stats.count(feature, "coalesced")
+            self._saved(call, entry.usage, "coalesced")
             # The leader's lookup found it in a tier, or the leader's upstream call made it.
             label = ("hit-" + flight.tier if flight.tier else "miss") if state == "fresh" else "stale"
             substitute = entry.model != key.model  # the leader's fallback answered: not to be kept
             reply = reply_from(call, entry, label, policy, now, control.no_store or substitute)
             reply.headers[COALESCED_HEADER] = "true"
-            if self._ledger is not None:
-                self._ledger.served(call, entry.usage, "coalesced")
             return reply
         # The leader could not answer for us: go alone.
         call.outcome = "miss"  # its usage chunk, if it did not ask for one, is stripped upstream
@@ -367,9 +368,7 @@ class ServeFromCache:
             and now < stale.expires_at + policy.stale_if_error_s
             and (control.max_age is None or stale.age(now) <= control.max_age)
         ):
-            self._cache.stats.count(call.context.feature, "stale")
-            if self._ledger is not None:
-                self._ledger.served(call, stale.usage, "stale")
+            self._saved(call, stale.usage, "stale")
             return reply_from(call, stale, "stale", policy, now, control.no_store)
         raise error
 
@@ -393,9 +392,8 @@ class ServeFromCache:
                 entry = (
                     self._entries.from_stream(call, policy, control, live, hits) if live.completed else None
                 )
-                # Over: a request that comes now is not handed this stream (an answer the feature
-                # may not store would be reused); it finds the entry, which the store (memory at
-                # once) keeps before anything else runs, or goes upstream.
+                # Over: a request now finds the entry (in memory before anything else runs), or
+                # calls upstream; never this stream (an answer the feature may not store).
                 flight.settle(entry)
                 flight.end(cache.flights, key.key)
                 if entry is not None and not control.no_store and plan.server and entry.model == key.model:
