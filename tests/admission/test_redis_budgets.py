@@ -114,6 +114,15 @@ async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+@pytest.fixture(params=["redis", "database"])
+async def counter(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Redis | None]:
+    """Where a `BudgetStore` counts: a client of the real Redis, or None (the database)."""
+    client: Redis | None = create_redis(redis_url) if request.param == "redis" else None
+    yield client
+    if client is not None:
+        await client.aclose()
+
+
 async def spend(engine: AsyncEngine, rid: str, cost: int, user: str = "ann") -> None:
     """A ledger row of ``cost`` for acme's ``user``, now."""
     row = (
@@ -238,18 +247,16 @@ async def test_with_redis_and_the_database_down_budgets_fail_closed(tmp_path: Pa
     await engine.dispose()
 
 
-@pytest.mark.parametrize("counted_in", ["redis", "database"])
 async def test_past_the_throttle_share_only_the_cap_of_calls_run_at_once(
-    engine: AsyncEngine, redis_url: str, counted_in: str
+    engine: AsyncEngine, counter: Redis | None
 ) -> None:
     """Past 95 %, with a concurrency cap of 3: of 20 concurrent calls exactly 3 are admitted,
     and one more once a call settles."""
-    client: Redis | None = create_redis(redis_url) if counted_in == "redis" else None
     config = BudgetsConfig(
         orgs=({"org": "acme", "limit_usd": Decimal("0.01")},),  # type: ignore[arg-type]
         throttle_concurrency=3,
     )
-    store = BudgetStore(engine, config, redis=client)
+    store = BudgetStore(engine, config, redis=counter)
     org = [store.budgets["org:acme"]]
     assert (await store.reserve(org, "big:1", 0, 1_000_000, 9_600)).decision.admitted
     await store.settle("big:1", 9_600)  # 96 % spent
@@ -260,22 +267,18 @@ async def test_past_the_throttle_share_only_the_cap_of_calls_run_at_once(
     await store.settle(f"r{admitted[0]}:1", 20)
     assert (await store.reserve(org, "after:1", 0, 1_000_000, 20)).decision.admitted
     store.close()
-    if client is not None:
-        await client.aclose()
 
 
-@pytest.mark.parametrize("counted_in", ["redis", "database"])
 async def test_past_the_throttle_share_only_so_many_calls_a_minute(
-    engine: AsyncEngine, redis_url: str, counted_in: str
+    engine: AsyncEngine, counter: Redis | None
 ) -> None:
     """Past 95 %, with 4 calls a minute: the calls admitted in the last minute count, settled
     or not, and the fifth is refused as throttled."""
-    client: Redis | None = create_redis(redis_url) if counted_in == "redis" else None
     config = BudgetsConfig(
         orgs=({"org": "acme", "limit_usd": Decimal("0.01")},),  # type: ignore[arg-type]
         throttle_per_minute=4,
     )
-    store = BudgetStore(engine, config, redis=client)
+    store = BudgetStore(engine, config, redis=counter)
     org = [store.budgets["org:acme"]]
     assert (await store.reserve(org, "big:1", 0, 1_000_000, 9_600)).decision.admitted  # call 1
     await store.settle("big:1", 9_600)  # 96 % spent
@@ -285,8 +288,6 @@ async def test_past_the_throttle_share_only_so_many_calls_a_minute(
     refused = await store.reserve(org, "r9:1", 0, 1_000_000, 20)
     assert not refused.decision.admitted and refused.throttled == "per_minute"
     store.close()
-    if client is not None:
-        await client.aclose()
 
 
 async def test_a_reservation_a_stalled_redis_applies_late_is_released(redis_url: str, tmp_path: Path) -> None:
@@ -337,18 +338,16 @@ async def test_a_reservation_a_stalled_redis_applies_late_is_released(redis_url:
             await engine.dispose()
 
 
-@pytest.mark.parametrize("counted_in", ["redis", "database"])
 async def test_a_budget_that_comes_back_counts_what_was_spent_meanwhile(
-    engine: AsyncEngine, redis_url: str, counted_in: str
+    engine: AsyncEngine, counter: Redis | None
 ) -> None:
     """A run-time day budget over the config's month budget, then deleted: the month's comes
     back counting the day's spend. A user's budget deleted, then set again: the spend made
     while it was not in force counts too."""
-    client: Redis | None = create_redis(redis_url) if counted_in == "redis" else None
     store = BudgetStore(
         engine,
-        BudgetsConfig(orgs=({"org": "acme", "limit_usd": "0.01"},)),
-        redis=client,  # type: ignore[arg-type]
+        BudgetsConfig(orgs=({"org": "acme", "limit_usd": "0.01"},)),  # type: ignore[arg-type]
+        redis=counter,
     )
     month = store.budgets["org:acme"]
 
@@ -371,21 +370,17 @@ async def test_a_budget_that_comes_back_counts_what_was_spent_meanwhile(
     await store.set_limit(bob)
     assert await charged(bob, "r6", 1, "bob") == [350]
     store.close()
-    if client is not None:
-        await client.aclose()
 
 
-@pytest.mark.parametrize("counted_in", ["redis", "database"])
 async def test_a_budget_that_comes_back_counts_spend_the_ledger_records_late(
-    engine: AsyncEngine, redis_url: str, counted_in: str
+    engine: AsyncEngine, counter: Redis | None
 ) -> None:
     """The ledger lags (its flush interval, calls under way at the change, another replica not
     yet polled): for a while after the change, reservations raise the period again, at most
     once a second, so a row written late still counts."""
-    client: Redis | None = create_redis(redis_url) if counted_in == "redis" else None
     now = [time.time()]
     config = BudgetsConfig(orgs=({"org": "acme", "limit_usd": "0.01"},))  # type: ignore[arg-type]
-    store = BudgetStore(engine, config, clock=lambda: now[0], redis=client)
+    store = BudgetStore(engine, config, clock=lambda: now[0], redis=counter)
     month = store.budgets["org:acme"]
 
     async def reserved(rid: str) -> int:
@@ -406,5 +401,3 @@ async def test_a_budget_that_comes_back_counts_spend_the_ledger_records_late(
     assert await reserved("r4") == 252  # raised again: r1's 250, r2 and r3
     assert held.decision.admitted
     store.close()
-    if client is not None:
-        await client.aclose()
