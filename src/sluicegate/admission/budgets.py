@@ -112,8 +112,8 @@ class BudgetStore:
 
     def _install(self, budgets: dict[str, Budget]) -> None:
         """Put ``budgets`` in force. One that comes into force or changes (set, deleted with the
-        config's coming back, set again) counts its period from the ledger at its next
-        reservation: its count missed what was spent while it was not in force."""
+        config's coming back, set again) has its period raised to the ledger's sum for a while
+        (`Changes`): its count missed what was spent while it was not in force."""
         self._changes.mark(self.budgets, budgets, self.clock())
         self.index = BudgetIndex(budgets)
 
