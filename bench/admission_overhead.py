@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """What rate limits and the usage ledger add to a request: one gateway worker per variant in
 front of the 0 ms mock, wrk at c=50 with a distinct user per request (so that no limit is
-reached), rounds alternating between the variants, CPU of each gateway from /proc.
+reached), rounds alternating between the variants, CPU of each gateway from /proc. The other
+processes' CPU per request is shown too (the mock, Redis and wrk: they share the machine's
+cores with the gateway), and their sum with the gateway's, "all": on a machine of N cores no
+variant can pass N / all requests a second, whatever the gateway saves.
 
     .venv/bin/python bench/admission_overhead.py            # about 2 minutes
     .venv/bin/python bench/admission_overhead.py --rounds 5 --duration 8
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -91,6 +95,19 @@ def tree_ticks(pid: int) -> int:
         children = (task / "children").read_text().split()
         total += sum(tree_ticks(int(child)) for child in children)
     return total
+
+
+def redis_pid() -> int | None:
+    """The PID of the Redis server at 127.0.0.1:6379 (to count its CPU), or None."""
+    out = subprocess.run(["redis-cli", "info", "server"], capture_output=True, text=True, check=False).stdout
+    found = re.search(r"^process_id:(\d+)", out, re.M)
+    return int(found.group(1)) if found and Path(f"/proc/{found.group(1)}").exists() else None
+
+
+def children_ticks() -> float:
+    """CPU seconds of this script's finished children (wrk)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def wait_up(url: str) -> None:
@@ -174,10 +191,17 @@ def main() -> None:
                 sys.exit(f"{name} did not come up:\n{(folder / 'serve.log').read_text()[-2000:]}")
         script = work / "users.lua"
         script.write_text(LUA)
-        print(f"{'round':>5} {'variant':<12} {'req/s':>8} {'CPU µs/req':>11} {'p50 ms':>7} {'p99 ms':>7}")
+        redis = redis_pid()
+        mock = started[0].pid
+        print(
+            f"{'round':>5} {'variant':<12} {'req/s':>8} {'CPU µs/req':>11} {'p50 ms':>7} {'p99 ms':>7}"
+            f" {'mock':>6} {'redis':>6} {'wrk':>5} {'all':>6}"
+        )
+        tick = os.sysconf("SC_CLK_TCK")
         for round_ in range(args.rounds):
             for name, (port, process) in servers.items():
                 before = tree_ticks(process.pid)
+                others = (tree_ticks(mock), cpu_ticks(redis) if redis else 0, children_ticks())
                 out = subprocess.run(
                     [
                         "wrk",
@@ -194,12 +218,20 @@ def main() -> None:
                     check=True,
                 ).stdout
                 ticks = tree_ticks(process.pid) - before
+                mock_s = (tree_ticks(mock) - others[0]) / tick
+                redis_s = ((cpu_ticks(redis) - others[1]) / tick) if redis else 0.0
+                wrk_s = children_ticks() - others[2]
                 requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
                 rps = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))  # type: ignore[union-attr]
                 p50 = re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1)  # type: ignore[union-attr]
                 p99 = re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1)  # type: ignore[union-attr]
-                cpu_us = ticks / os.sysconf("SC_CLK_TCK") / requests * 1e6
-                print(f"{round_:>5} {name:<12} {rps:>8,.0f} {cpu_us:>11.1f} {p50:>7} {p99:>7}", flush=True)
+                cpu_us = ticks / tick / requests * 1e6
+                each = [seconds / requests * 1e6 for seconds in (mock_s, redis_s, wrk_s)]
+                print(
+                    f"{round_:>5} {name:<12} {rps:>8,.0f} {cpu_us:>11.1f} {p50:>7} {p99:>7}"
+                    f" {each[0]:>6.0f} {each[1]:>6.0f} {each[2]:>5.0f} {cpu_us + sum(each):>6.0f}",
+                    flush=True,
+                )
     finally:
         for process in started:
             if process.poll() is None:

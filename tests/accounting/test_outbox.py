@@ -61,7 +61,7 @@ async def totals(engine: AsyncEngine) -> tuple[int, int]:
 
 async def test_rows_go_in_exactly_as_they_were_recorded(engine: AsyncEngine) -> None:
     """Every value comes back with its type: None, a float time to the last digit, an
-    amount past 32 bits, quotes and non-ASCII text (SQLite takes a batch as one JSON array)."""
+    amount past 32 bits, quotes and non-ASCII text."""
     odd = dict(zip(COLUMNS, make_row("r-odd"), strict=True))
     odd.update(
         at=1_795_670_544.464593, user='ann "the boss" Ünal', key_id="k_1", cost_micro=9_000_000_000_123
@@ -71,6 +71,18 @@ async def test_rows_go_in_exactly_as_they_were_recorded(engine: AsyncEngine) -> 
     async with engine.connect() as connection:
         found = (await connection.execute(select(*(usage_ledger.c[n] for n in COLUMNS)).order_by("id"))).all()
     assert [tuple(row) for row in found] == rows[:2]
+
+
+async def test_a_batch_of_any_size_goes_in_whole_and_once(engine: AsyncEngine) -> None:
+    """101 rows (SQLite: statements of 64, 32, 4 and 1 rows), with a row repeated across two
+    of those statements and rows already there: each row once, in order."""
+    rows = [make_row(f"r{n}", cost=n) for n in range(100)]
+    await insert_rows(engine, rows[:3])
+    await insert_rows(engine, [*rows, rows[70]])
+    assert await totals(engine) == (100, sum(range(100)))
+    async with engine.connect() as connection:
+        found = (await connection.execute(select(usage_ledger.c.request_id).order_by("id"))).scalars().all()
+    assert found == [f"r{n}" for n in range(100)]
 
 
 async def test_rows_are_spooled_at_the_end_of_the_turn_then_written_and_the_spool_emptied(
