@@ -272,12 +272,15 @@ class UpstreamUnavailable(UpstreamError):
 
 
 class UpstreamTimeout(UpstreamError):
-    """The upstream did not answer within the provider's timeouts."""
+    """The upstream did not answer within the provider's timeouts. ``sent`` is False only when
+    the request is known not to have reached it (no connection was made, or the deadline
+    passed first): otherwise the provider had the prompt, and may bill it."""
 
     default_code = "upstream_timeout"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, sent: bool = True) -> None:
         super().__init__(message, status=504)
+        self.sent = sent
 
 
 class UpstreamStreamBroken(UpstreamError):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from sqlalchemy import select
 
@@ -16,10 +17,11 @@ from sluicegate.accounting.ledger import COLUMNS, Ledger, Row
 from sluicegate.accounting.pricing import PriceBook
 from sluicegate.calls import Usage
 from sluicegate.config import MockBehaviour, Settings
-from sluicegate.errors import AllUpstreamsFailed
+from sluicegate.errors import AllUpstreamsFailed, UpstreamTimeout
 from sluicegate.gateway import Gateway
 from sluicegate.store.tables import usage_ledger
 from sluicegate.testing import mock_settings
+from sluicegate.upstream.transport import translate
 from tests.conftest import settled_usage
 
 CONTEXT = RequestContext("acme", "ann", "insights", "key1")
@@ -130,6 +132,39 @@ async def test_an_upstream_failure_is_recorded_unbilled(tmp_path: Path) -> None:
         (1, 503, 0, "none", "miss"),
         (2, 503, 0, "none", "miss"),
     ]
+
+
+async def test_a_call_that_timed_out_upstream_is_billed_by_estimate(tmp_path: Path) -> None:
+    """The upstream had the prompt when the gateway stopped waiting: each attempt that timed out
+    is billed at its prompt's estimate, and the budget settles at the same cost."""
+    settings = mock_settings(
+        data_dir=tmp_path,
+        cache={"enabled": False},
+        budgets={"orgs": [{"org": "acme", "limit_usd": "5"}]},
+        providers={"upstream": {"kind": "mock", "mock": {"latency": 2000}, "timeouts": {"first_byte": 0.05}}},
+        resilience={"retry": {"max_attempts": 2, "base_ms": 1}},
+    )
+    async with create_gateway(settings) as gateway:
+        with pytest.raises(AllUpstreamsFailed):
+            await gateway.send(gateway.new_call("chat", body(max_tokens=100), CONTEXT))
+        budget = gateway.budgets.budget_for("acme")
+        assert budget is not None
+        usage = await settled_usage(gateway, budget)
+        rows = await ledger_rows(gateway)
+    assert [(r["attempt"], r["status"], r["priced_from"]) for r in rows] == [
+        (1, 504, "estimate"),
+        (2, 504, "estimate"),
+    ]
+    assert all(r["prompt_tokens"] > 0 and r["cost_micro"] > 0 for r in rows)
+    assert (usage.spent_micro, usage.reserved_micro) == (rows[-1]["cost_micro"], 0)
+
+
+def test_a_timeout_before_the_request_left_is_not_billed() -> None:
+    """No connection was made (or the deadline passed first): the provider never had the prompt."""
+    refused = translate(aiohttp.ConnectionTimeoutError("connect"), "provider p")
+    read = translate(aiohttp.SocketTimeoutError("read"), "provider p")
+    assert isinstance(refused, UpstreamTimeout) and not refused.sent
+    assert isinstance(read, UpstreamTimeout) and read.sent
 
 
 async def test_the_ledger_can_be_switched_off(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sluicegate.cache.forms import DONE, assemble, content_events, synthesise, usage_event
+from sluicegate.cache.forms import DONE, assemble, content_events, synthesise, usage_event, usage_json
 from sluicegate.calls import Usage
 from sluicegate.config import MockBehaviour
 from sluicegate.upstream.mock import MockEngine
@@ -65,8 +65,8 @@ def test_content_events_drop_done_and_the_usage_only_event() -> None:
     _, events = mock_chat(stream=True, usage=True)
     assert events[-1] == DONE
     assert parsed(events[-2])["choices"] == []
-    kept, done = content_events(b"".join(events))
-    assert done
+    kept, done, usage = content_events(b"".join(events))
+    assert done and usage == parsed(events[-2])["usage"]
     assert kept == list(events[:-2])
     assert all(b'"usage":null' in event for event in kept)
 
@@ -74,7 +74,7 @@ def test_content_events_drop_done_and_the_usage_only_event() -> None:
 def test_content_events_without_done_report_it() -> None:
     """A stream cut before [DONE] says so, and keeps what it has."""
     _, events = mock_chat(stream=True)
-    kept, done = content_events(b"".join(events[:3]))
+    kept, done, _ = content_events(b"".join(events[:3]))
     assert not done
     assert kept == list(events[:3])
 
@@ -82,7 +82,7 @@ def test_content_events_without_done_report_it() -> None:
 @pytest.mark.parametrize("done", [b"data: [DONE]", b"data:[DONE]", b"  data: [DONE]  "])
 def test_content_events_recognise_done_spellings(done: bytes) -> None:
     """[DONE] is recognised with or without the space, and surrounding blanks."""
-    kept, seen = content_events(b'data: {"choices":[]}\n\n' + done + b"\n\n")
+    kept, seen, _ = content_events(b'data: {"choices":[]}\n\n' + done + b"\n\n")
     assert seen
     assert kept == [b'data: {"choices":[]}\n\n']
 
@@ -90,7 +90,7 @@ def test_content_events_recognise_done_spellings(done: bytes) -> None:
 def test_content_events_split_across_blobs_and_blank_lines() -> None:
     """Blank fragments are ignored and every event comes back framed with one blank line."""
     data = b'\n\ndata: {"a":1}\n\n\n\n: comment\n\ndata: {"usage":{"total_tokens":1},"choices":[{"x":1}]}\n\n'
-    kept, done = content_events(data)
+    kept, done, _ = content_events(data)
     assert not done
     assert kept == [
         b'data: {"a":1}\n\n',
@@ -107,9 +107,8 @@ def test_assemble_rebuilds_the_mock_answer_from_its_stream(shape: str) -> None:
     """The body assembled from the mock's stream holds the message the mock sends unstreamed."""
     plain_body, _ = mock_chat(stream=False, **SHAPES[shape])
     _, events = mock_chat(stream=True, usage=True, **SHAPES[shape])
-    kept, _ = content_events(b"".join(events))
+    kept, _, usage = content_events(b"".join(events))
     plain = orjson.loads(plain_body)
-    usage = Usage(**plain["usage"])
     body = orjson.loads(assemble(kept, usage))
     assert body["object"] == "chat.completion"
     assert (body["id"], body["model"]) == (plain["id"], plain["model"])
@@ -191,7 +190,7 @@ def test_synthesise_then_assemble_gives_back_the_message(shape: str) -> None:
     assert all(parsed(e)["object"] == "chat.completion.chunk" for e in events)
     assert parsed(events[0])["choices"][0]["delta"]["role"] == "assistant"
     assert parsed(events[-1])["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
-    again = orjson.loads(assemble(events, Usage(**plain["usage"])))
+    again = orjson.loads(assemble(events, plain["usage"]))
     assert again == plain
 
 
@@ -235,19 +234,22 @@ def test_synthesise_splits_long_content_into_several_chunks() -> None:
 
 
 def test_usage_event_is_the_usage_only_chunk() -> None:
-    """The usage chunk has no choices, the body's id and model, and is what content_events drops."""
+    """The usage chunk has no choices, the body's id, model and usage, and is what content_events
+    drops (a body without usage: the one counted)."""
     plain_body, _ = mock_chat(stream=False)
     plain = orjson.loads(plain_body)
     event = usage_event(plain_body, Usage(7, 3, 10))
     payload = parsed(event)
     assert payload["choices"] == []
-    assert payload["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    assert payload["usage"] == plain["usage"]
+    bare = parsed(usage_event(orjson.dumps({**plain, "usage": None}), Usage(7, 3, 10)))
+    assert bare["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
     assert (payload["id"], payload["model"], payload["object"]) == (
         plain["id"],
         plain["model"],
         "chat.completion.chunk",
     )
-    assert content_events(event) == ([], False)
+    assert content_events(event) == ([], False, payload["usage"])
 
 
 LOGPROBS = {
@@ -285,15 +287,105 @@ def test_logprobs_and_the_answers_fields_survive_both_conversions() -> None:
     tokens = [c["choices"][0]["logprobs"]["content"] for c in chunks if c["choices"][0]["logprobs"]]
     assert tokens == [[LOGPROBS["content"][0]], [LOGPROBS["content"][1]]]
     assert {(c["system_fingerprint"], c["service_tier"]) for c in chunks} == {("fp_1", "default")}
-    body = orjson.loads(assemble(events, Usage(5, 2, 7)))
+    body = orjson.loads(assemble(events, PLAIN["usage"]))
     assert body["choices"] == PLAIN["choices"]
     assert (body["system_fingerprint"], body["service_tier"]) == ("fp_1", "default")
 
 
 def test_usage_keeps_its_cached_and_reasoning_tokens_in_both_forms() -> None:
-    body = orjson.loads(assemble(synthesise(orjson.dumps(PLAIN)), DETAILED))
-    last = orjson.loads(usage_event(orjson.dumps(PLAIN), DETAILED)[6:])
+    body = orjson.loads(assemble(synthesise(orjson.dumps(PLAIN)), usage_json(DETAILED)))
+    last = orjson.loads(usage_event(orjson.dumps(PLAIN | {"usage": None}), DETAILED)[6:])
     for usage in (body["usage"], last["usage"]):
         assert usage["prompt_tokens_details"] == {"cached_tokens": 3}
         assert usage["completion_tokens_details"] == {"reasoning_tokens": 1}
     assert last["service_tier"] == "default" and last["choices"] == []
+
+
+# Usage as OpenAI sends it today: every detail, zeros included.
+FULL_USAGE = {
+    "prompt_tokens": 5,
+    "completion_tokens": 2,
+    "total_tokens": 7,
+    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+    "completion_tokens_details": {
+        "reasoning_tokens": 0,
+        "audio_tokens": 0,
+        "accepted_prediction_tokens": 0,
+        "rejected_prediction_tokens": 0,
+    },
+}
+
+
+def test_the_upstreams_usage_object_is_kept_whole_in_both_forms() -> None:
+    """The usage object the upstream sent, every detail of it, is what a replay's usage chunk
+    and an assembled body carry (not one rebuilt from the counted tokens)."""
+    plain = PLAIN | {"usage": FULL_USAGE}
+    last = parsed(usage_event(orjson.dumps(plain), Usage(5, 2, 7)))
+    assert last["usage"] == FULL_USAGE
+    stream = [*synthesise(orjson.dumps(plain)), usage_event(orjson.dumps(plain), Usage(5, 2, 7)), DONE]
+    kept, done, usage = content_events(b"".join(stream))
+    assert done and usage == FULL_USAGE
+    assert orjson.loads(assemble(kept, usage)) == plain
+
+
+FUNCTION_CALL = {"name": "get_weather", "arguments": '{"city": "Lyon"}'}
+
+
+@pytest.mark.parametrize(
+    ("message", "finish"),
+    [
+        (
+            {"role": "assistant", "content": None, "refusal": None, "function_call": FUNCTION_CALL},
+            "function_call",
+        ),
+        (
+            {
+                "role": "assistant",
+                "content": "Lyon is sunny.",
+                "refusal": None,
+                "annotations": [
+                    {
+                        "type": "url_citation",
+                        "url_citation": {
+                            "url": "https://example.org",
+                            "title": "Weather",
+                            "start_index": 0,
+                            "end_index": 4,
+                        },
+                    }
+                ],
+            },
+            "stop",
+        ),
+    ],
+    ids=["function_call", "annotations"],
+)
+def test_a_legacy_function_call_and_annotations_survive_both_conversions(
+    message: dict[str, Any], finish: str
+) -> None:
+    plain = PLAIN | {"choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
+    events = synthesise(orjson.dumps(plain))
+    first = parsed(events[0])["choices"][0]["delta"]
+    assert first == {"role": "assistant", "content": "" if message["content"] else None, "refusal": None}
+    assert orjson.loads(assemble(events, PLAIN["usage"])) == plain
+    # The stream's own deltas: the call's name first, its arguments in pieces.
+    split = [
+        {
+            **parsed(events[0]),
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
+        }
+        for delta in (
+            {"role": "assistant", "content": None},
+            {"function_call": {"name": "get_weather", "arguments": ""}},
+            {"function_call": {"arguments": '{"city": '}},
+            {"function_call": {"arguments": '"Lyon"}'}},
+        )
+    ]
+    if finish == "function_call":
+        streamed = [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in split] + [events[-1]]
+        assert orjson.loads(assemble(streamed, PLAIN["usage"]))["choices"][0]["message"] == {
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "function_call": FUNCTION_CALL,
+        }

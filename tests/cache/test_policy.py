@@ -181,6 +181,8 @@ TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "argu
         (answer("length"), False),
         (answer("tool_calls", tool_calls=[TOOL_CALL]), False),
         (answer("stop", tool_calls=[TOOL_CALL]), False),
+        (answer("function_call", function_call=TOOL_CALL["function"]), False),
+        (answer("stop", function_call=TOOL_CALL["function"]), False),
         ({"choices": [*answer()["choices"], *answer("content_filter")["choices"]]}, False),
     ],
 )
@@ -196,6 +198,7 @@ def test_truncated_and_tool_call_answers_when_allowed() -> None:
     assert answer_is_storable(truncated, "chat", answer("length"))
     assert not answer_is_storable(truncated, "chat", answer("tool_calls", tool_calls=[TOOL_CALL]))
     assert answer_is_storable(tools, "chat", answer("tool_calls", tool_calls=[TOOL_CALL]))
+    assert answer_is_storable(tools, "chat", answer("function_call", function_call=TOOL_CALL["function"]))
     assert not answer_is_storable(tools, "chat", answer("length"))
     both = FeatureCache(cache_truncated=True, cache_tool_calls=True)
     assert not answer_is_storable(both, "chat", answer("content_filter"))

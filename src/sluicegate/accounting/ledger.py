@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import orjson
 
 from ..calls import Call, Reply, ReplyStream, Usage, request_json
-from ..errors import SluicegateError, UpstreamError
+from ..errors import SluicegateError, UpstreamError, UpstreamTimeout
 from .pricing import PriceBook
 
 __all__ = [
@@ -210,12 +210,22 @@ class Ledger:
         self._sink.drop(call.request_id, call.attempt)
 
     def attempt(
-        self, call: Call, usage: Usage | None, status: int, started: float, completion_estimate: int = 0
+        self,
+        call: Call,
+        usage: Usage | None,
+        status: int,
+        started: float,
+        completion_estimate: int = 0,
+        *,
+        billed: bool = False,
     ) -> None:
         """Record one upstream attempt of ``call``; ``usage`` None means the upstream reported
         none (its tokens are then estimated) and ``status`` ≥ 400 one that failed unbilled
-        (499, a client that left, is billed by estimate: the upstream had the prompt)."""
-        usage, priced_from = usage_or_estimate(call.body, usage, status, completion_estimate)
+        (499, a client that left, is billed by estimate: the upstream had the prompt; so is
+        any failure with ``billed``)."""
+        usage, priced_from = usage_or_estimate(
+            call.body, usage, 499 if billed else status, completion_estimate
+        )
         cost = self.prices.cost_micro(call.route, usage) or 0
         latency = int((time.perf_counter() - started) * 1000)
         self._sink.add(
@@ -242,6 +252,11 @@ class Ledger:
 Send = Callable[[Call], Any]
 
 
+def _billed(error: UpstreamError) -> bool:
+    """Whether a failed attempt may still be billed: it timed out after the request was sent."""
+    return isinstance(error, UpstreamTimeout) and error.sent
+
+
 class RecordUsage:
     """The stage around the provider: one ledger row per upstream attempt."""
 
@@ -255,7 +270,9 @@ class RecordUsage:
         try:
             reply = await self._send(call)
         except UpstreamError as exc:
-            self._ledger.attempt(call, None, exc.status_code, started)
+            # A timeout after the request went upstream is billed as a client that left (499):
+            # the provider had the prompt. Refused or unreachable, it used nothing.
+            self._ledger.attempt(call, None, exc.status_code, started, billed=_billed(exc))
             raise
         except SluicegateError:
             self._ledger.never_sent(call)  # refused before any upstream call

@@ -20,7 +20,7 @@ from ..background import spawn
 from ..calls import Call, CallKind, ModelRoute, Reply, ReplyStream
 from ..config import BudgetsConfig
 from ..config_money import usd
-from ..errors import BudgetExceeded
+from ..errors import BudgetExceeded, UpstreamTimeout
 from ..upstream.router import ModelCatalog
 from .budget_math import MIN_COMPLETION_TOKENS, PERIOD_ADJECTIVES
 from .budget_scopes import parse_scope
@@ -139,7 +139,11 @@ class ReserveBudget:
             call.clamped = True
         try:
             reply = await self._send(call)
-        except asyncio.CancelledError:  # the client left: the provider had the prompt
+        except (asyncio.CancelledError, UpstreamTimeout) as exc:
+            if isinstance(exc, UpstreamTimeout) and not exc.sent:  # it never left: unbilled
+                spawn(self._tasks, self._settle(rid, 0))
+                raise
+            # The client left, or the upstream timed out: the provider had the prompt.
             left = self._prices.cost_micro(call.route, usage_or_estimate(call.body, None, 499)[0])
             spawn(self._tasks, self._settle(rid, prompt_micro if left is None else left))  # as the ledger
             raise

@@ -17,7 +17,7 @@ from ..calls import CacheControl, Call, Reply, Usage
 from ..config import CostTtlConfig, FeatureCache
 from ..errors import BudgetUnavailable, EmergencyStopped, RateLimited, SluicegateError
 from .entry import Entry
-from .forms import assemble, content_events
+from .forms import assemble, content_events, usage_json
 from .policy import answer_is_storable, cut_short, ttl_for
 from .stats import CacheStats
 from .streams import FlightReader, ReplayStream, StreamFlight
@@ -318,15 +318,19 @@ class EntryMaker:
         events: list[bytes] = []
         offsets: list[float] = []
         done = False
+        usage: dict[str, Any] | None = None  # the upstream's usage object, details and all
         start = live.times[0] if live.times else 0.0
         for blob, at in zip(live.blobs, live.times, strict=True):
-            kept, ended = content_events(blob)
+            kept, ended, reported = content_events(blob)
             events.extend(kept)
             offsets.extend([at - start] * len(kept))
             done = done or ended
+            usage = reported or usage
         if not done or not events:
             return None
-        body = assemble(events, live.usage)
+        if usage is None and live.usage is not None:
+            usage = usage_json(live.usage)
+        body = assemble(events, usage)
         return self.from_body(
             call,
             policy,

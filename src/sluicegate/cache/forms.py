@@ -12,7 +12,7 @@ import orjson
 
 from ..calls import Usage
 
-__all__ = ["DONE", "assemble", "content_events", "synthesise", "usage_event"]
+__all__ = ["DONE", "assemble", "content_events", "synthesise", "usage_event", "usage_object"]
 
 DONE = b"data: [DONE]\n\n"
 _WORDS_PER_CHUNK = 4
@@ -40,13 +40,15 @@ def _parse(event: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def content_events(data: bytes) -> tuple[list[bytes], bool]:
+def content_events(data: bytes) -> tuple[list[bytes], bool, dict[str, Any] | None]:
     """Split relayed SSE bytes into events, dropping ``[DONE]`` and usage-only events.
 
-    Returns the kept events and whether ``[DONE]`` was seen.
+    Returns the kept events, whether ``[DONE]`` was seen, and the ``usage`` object of the last
+    usage-only event (as the upstream sent it, token details and all), if there was one.
     """
     kept: list[bytes] = []
     done = False
+    usage = None
     for raw in data.split(b"\n\n"):
         event = raw.strip()
         if not event:
@@ -57,9 +59,11 @@ def content_events(data: bytes) -> tuple[list[bytes], bool]:
         if b'"usage"' in event:
             payload = _parse(event)
             if payload is not None and payload.get("usage") and not payload.get("choices"):
+                if isinstance(payload["usage"], dict):
+                    usage = payload["usage"]
                 continue
         kept.append(event + b"\n\n")
-    return kept, done
+    return kept, done, usage
 
 
 def usage_json(usage: Usage) -> dict[str, Any]:
@@ -73,6 +77,14 @@ def usage_json(usage: Usage) -> dict[str, Any]:
         out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
         out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
     return out
+
+
+def usage_object(body: bytes | dict[str, Any], usage: Usage) -> dict[str, Any]:
+    """The ``usage`` object of a stored answer: the one its body carries (the upstream's own,
+    with every token detail it sent), else one made from ``usage``."""
+    payload = orjson.loads(body) if isinstance(body, bytes) else body
+    found = payload.get("usage") if isinstance(payload, dict) else None
+    return found if isinstance(found, dict) else usage_json(usage)
 
 
 def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
@@ -89,8 +101,9 @@ def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) ->
         call["function"]["arguments"] += function["arguments"]
 
 
-def assemble(events: tuple[bytes, ...] | list[bytes], usage: Usage | None) -> bytes:
-    """The ``chat.completion`` body that the streamed ``events`` add up to."""
+def assemble(events: tuple[bytes, ...] | list[bytes], usage: dict[str, Any] | None) -> bytes:
+    """The ``chat.completion`` body that the streamed ``events`` add up to, with ``usage`` (the
+    stream's usage object) as its own."""
     head: dict[str, Any] = {}
     choices: dict[int, dict[str, Any]] = {}
     tools: dict[int, dict[int, dict[str, Any]]] = {}
@@ -110,6 +123,14 @@ def assemble(events: tuple[bytes, ...] | list[bytes], usage: Usage | None) -> by
                     state[field] = (state[field] or "") + delta[field]
             for call in delta.get("tool_calls") or ():
                 _merge_tool_call(tools.setdefault(index, {}), call)
+            function = delta.get("function_call")
+            if isinstance(function, dict):  # the older form of a tool call
+                held_call = state.setdefault("function_call", {"name": "", "arguments": ""})
+                for part in ("name", "arguments"):
+                    if isinstance(function.get(part), str):
+                        held_call[part] += function[part]
+            if isinstance(delta.get("annotations"), list):  # citations, say
+                state.setdefault("annotations", []).extend(delta["annotations"])
             logprobs = choice.get("logprobs")
             if isinstance(logprobs, dict):  # each chunk's tokens, in order
                 held = state.setdefault("logprobs", {"content": None, "refusal": None})
@@ -128,6 +149,9 @@ def assemble(events: tuple[bytes, ...] | list[bytes], usage: Usage | None) -> by
         }
         if index in tools:
             message["tool_calls"] = [tools[index][i] for i in sorted(tools[index])]
+        for extra in ("function_call", "annotations"):
+            if extra in state:
+                message[extra] = state[extra]
         out_choices.append(
             {
                 "index": index,
@@ -144,7 +168,7 @@ def assemble(events: tuple[bytes, ...] | list[bytes], usage: Usage | None) -> by
         "choices": out_choices,
     }
     if usage is not None:
-        body["usage"] = usage_json(usage)
+        body["usage"] = usage
     for name in _OPTIONAL_HEAD:
         if name in head:
             body[name] = head[name]
@@ -189,8 +213,10 @@ def synthesise(body: bytes) -> tuple[bytes, ...]:
             one = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             return _event({**base, "choices": [one]})
 
-        events.append(chunk({"role": "assistant", "content": ""}))
         content = message.get("content")
+        # As OpenAI starts a stream: an empty content, or none when the answer is a tool call.
+        first = "" if isinstance(content, str) else None
+        events.append(chunk({"role": "assistant", "content": first, "refusal": None}))
         tokens = _logprob_tokens(choice.get("logprobs"), content)
         if tokens is not None:
             events.extend(chunk({"content": t["token"]}, logprobs={"content": [t]}) for t in tokens)
@@ -198,6 +224,10 @@ def synthesise(body: bytes) -> tuple[bytes, ...]:
             events.extend(chunk({"content": piece}) for piece in _pieces(content))
         for position, call in enumerate(message.get("tool_calls") or ()):
             events.append(chunk({"tool_calls": [{"index": position, **call}]}))
+        if isinstance(message.get("function_call"), dict):
+            events.append(chunk({"function_call": message["function_call"]}))
+        if message.get("annotations"):
+            events.append(chunk({"annotations": message["annotations"]}))
         events.append(chunk({}, choice.get("finish_reason")))
     return tuple(events)
 
@@ -213,5 +243,7 @@ def _logprob_tokens(logprobs: Any, content: Any) -> list[dict[str, Any]] | None:
 
 
 def usage_event(body: bytes, usage: Usage) -> bytes:
-    """The usage-only chunk a client that asked for ``include_usage`` gets last."""
-    return _event({**_chunk_base(orjson.loads(body)), "choices": [], "usage": usage_json(usage)})
+    """The usage-only chunk a client that asked for ``include_usage`` gets last: the stored
+    answer's own usage object (`usage_object`)."""
+    payload = orjson.loads(body)
+    return _event({**_chunk_base(payload), "choices": [], "usage": usage_object(payload, usage)})

@@ -34,6 +34,8 @@ __all__ = [
 
 _MAX_TAGS = 16
 _BAD_FINISH = frozenset({"content_filter", "error"})
+# A tool call, in its current form and in the older one (``functions`` and ``function_call``).
+_TOOL_FINISH = frozenset({"tool_calls", "function_call"})
 
 
 def ttl_for(
@@ -118,10 +120,10 @@ def answer_is_storable(policy: FeatureCache, kind: CallKind, payload: Any) -> bo
         if finish != "stop" and (
             finish in _BAD_FINISH
             or (finish == "length" and not policy.cache_truncated)
-            or (finish == "tool_calls" and not policy.cache_tool_calls)
+            or (finish in _TOOL_FINISH and not policy.cache_tool_calls)
         ):
             return False
-        if message.get("tool_calls") and not policy.cache_tool_calls:
+        if (message.get("tool_calls") or message.get("function_call")) and not policy.cache_tool_calls:
             return False
     return True
 

@@ -85,11 +85,13 @@ def upstream_error(provider: str, response: UpstreamResponse) -> UpstreamError:
     )
 
 
-def deadline_passed(call: Call) -> UpstreamTimeout:
-    """The error of a call whose deadline passed before the upstream answered."""
+def deadline_passed(call: Call, sent: bool = True) -> UpstreamTimeout:
+    """The error of a call whose deadline passed before the upstream answered (``sent``: after
+    the request went upstream)."""
     return UpstreamTimeout(
         f"provider {call.route.provider}: no answer within the request's deadline "
-        f"({call.deadline - call.started:.0f} s from its arrival)"
+        f"({call.deadline - call.started:.0f} s from its arrival)",
+        sent=sent,
     )
 
 
@@ -135,14 +137,14 @@ class Provider:
         if call.deadline != _NO_DEADLINE:
             request.timeout_s = call.deadline - time.perf_counter()
             if request.timeout_s <= 0:
-                raise deadline_passed(call)
+                raise deadline_passed(call, sent=False)
         if call.timeouts is not None:
             request.connect_s, request.first_byte_s = call.timeouts
         try:
             response = await self.transport.send(request)
-        except UpstreamTimeout:
+        except UpstreamTimeout as exc:
             if time.perf_counter() >= call.deadline:
-                raise deadline_passed(call) from None
+                raise deadline_passed(call, exc.sent) from None
             raise
         if response.status >= 400:
             await response.release()

@@ -63,6 +63,8 @@ class Transport(Protocol):
 
 def translate(exc: Exception, what: str) -> SluicegateError | None:
     """The sluicegate error for an aiohttp or asyncio failure; None for anything else."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # no connection: the request never left
+        return UpstreamTimeout(f"{what}: could not connect to the upstream in time", sent=False)
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"{what}: the upstream did not answer in time")
     if isinstance(exc, aiohttp.ClientPayloadError):
