@@ -14,12 +14,13 @@ import pytest
 from redis.asyncio import Redis
 
 from sluicegate import AllUpstreamsFailed, RequestContext, create_gateway
+from sluicegate.accounting.ledger import estimate_prompt_tokens
 from sluicegate.admission.redis_tokens import RedisTokens
 from sluicegate.admission.token_bucket import Taken, token_checks
 from sluicegate.admission.token_stage import LimitTokens
 from sluicegate.calls import Call, Reply, Usage
 from sluicegate.config import TokenLimit
-from sluicegate.errors import TokensLimited
+from sluicegate.errors import TokensLimited, UpstreamTimeout
 from sluicegate.store.redis import create_redis
 from sluicegate.testing import mock_settings
 
@@ -182,3 +183,25 @@ async def test_a_503_after_every_upstream_failed_still_says_what_the_buckets_hol
             await gateway.send(gateway.new_call("chat", body("down", 100), ACME))
     assert failed.value.headers["x-ratelimit-limit-tokens"] == "100000"
     assert "retry-after" in failed.value.headers
+
+
+@pytest.mark.parametrize("sent", [True, False])
+async def test_a_call_that_timed_out_upstream_keeps_its_prompt_taken(sent: bool) -> None:
+    """The provider had the prompt when the gateway stopped waiting: as the ledger bills it,
+    the prompt's tokens stay taken and the rest comes back. A timeout before the request left
+    gives everything back."""
+
+    async def time_out(call: Call) -> Reply:
+        raise UpstreamTimeout("provider p: the upstream did not answer in time", sent=sent)
+
+    rules = [TokenLimit(per="org", tokens_per_minute=1000)]
+    stage = LimitTokens(time_out, rules, None, None, 1.0, 4096)
+    with pytest.raises(UpstreamTimeout):
+        await stage(Call("chat", body("slow " * 100, 500), None, ACME, "r1"))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)  # the give-back runs in the background
+    checks = token_checks(rules, ACME)
+    prompt = estimate_prompt_tokens(body("slow " * 100, 500))
+    assert prompt > 100
+    free = 1000 - (prompt if sent else 0)
+    assert stage._local.take(checks, free, time.time()).admitted
+    assert not stage._local.take(checks, 1, time.time()).admitted

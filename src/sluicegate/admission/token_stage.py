@@ -21,7 +21,7 @@ from ..accounting.ledger import completion_limit, estimate_prompt_tokens, reply_
 from ..background import spawn
 from ..calls import Call, Reply, ReplyStream, Usage
 from ..config import TokenLimit
-from ..errors import SluicegateError, TokensLimited
+from ..errors import SluicegateError, TokensLimited, UpstreamTimeout
 from ..observe.alerts import Alerts
 from .outage import DATABASE_ERRORS, Outage, shared_or_alone
 from .redis_tokens import RedisTokens
@@ -95,7 +95,9 @@ class LimitTokens:
             spawn(self._tasks, self._give_back(checks, cost - estimate_prompt_tokens(body), taken.local))
             raise
         except Exception as exc:  # refused further in (a budget, the stop) or failed: nothing used
-            spawn(self._tasks, self._give_back(checks, cost, taken.local))
+            # ... but for a timeout after the request left: its prompt (as the ledger bills it).
+            used = estimate_prompt_tokens(body) if isinstance(exc, UpstreamTimeout) and exc.sent else 0
+            spawn(self._tasks, self._give_back(checks, cost - used, taken.local))
             if isinstance(exc, SluicegateError):
                 left = {
                     "x-ratelimit-limit-tokens": str(tightest),
