@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sluicegate.accounting.outbox import insert_rows
 from sluicegate.admission.budget_scopes import Budget
 from sluicegate.admission.budgets import BudgetStore
-from sluicegate.admission.redis_budgets import NeedsFloor, RedisBudgets
+from sluicegate.admission.redis_budgets import NeedsFloor, RedisBudgets, book_key
 from sluicegate.calls import RequestContext
 from sluicegate.config import BudgetsConfig
 from sluicegate.errors import BudgetUnavailable
@@ -96,6 +96,20 @@ async def test_a_lease_that_ends_is_released_and_a_late_settlement_still_counts(
     assert admitted and after == [(0, 100)]  # the reservation of "dead" was released first
     [(counted, spent, reserved)] = await budgets.settle([(ORG, PERIOD, 0.0)], "dead", 70)
     assert counted and (spent, reserved) == (70, 100)
+
+
+async def test_a_periods_keys_expire_a_week_after_it_ends(budgets: RedisBudgets) -> None:
+    """The period's hash gets its expiry when it is made, the set of leases each time it is made
+    again (its last lease settled deletes it)."""
+    key = book_key(ORG, PERIOD)
+    for round_ in range(2):
+        await reserve(budgets, [ORG], f"r{round_}")
+        for name in (key, key + ":leases"):
+            ttl = await budgets.redis.ttl(name)
+            assert 3600 + 7 * 86_400 - 60 < ttl <= 3600 + 7 * 86_400, (name, ttl)
+        await budgets.settle([(ORG, PERIOD, 0.0)], f"r{round_}", 5)
+        assert not await budgets.redis.exists(key + ":leases")
+    assert await budgets.read(ORG, PERIOD) == (10, 0)
 
 
 async def test_a_period_redis_does_not_hold_asks_for_its_floor(budgets: RedisBudgets) -> None:

@@ -53,8 +53,7 @@ for i = 1, n do
     if tonumber(floor) > tonumber(redis.call('HGET', book, 'spent')) then
       redis.call('HSET', book, 'spent', floor)
     end
-  elseif redis.call('EXISTS', book) == 0 then
-    return {-1, i}
+    redis.call('EXPIREAT', book, ARGV[3 * i + 7])  -- a period's hash is made here, and only here
   end
   local gone = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 64)
   for _, old in ipairs(gone) do
@@ -65,9 +64,10 @@ for i = 1, n do
     end
     redis.call('ZREM', leases, old)
   end
-  spent[i] = tonumber(redis.call('HGET', book, 'spent'))
-  reserved[i] = tonumber(redis.call('HGET', book, 'reserved'))
-  if redis.call('HEXISTS', book, 'r:' .. rid) == 1 then return {0, i, spent[i], reserved[i], 0} end
+  local held = redis.call('HMGET', book, 'spent', 'reserved', 'r:' .. rid)
+  if not held[1] then return {-1, i} end
+  spent[i], reserved[i] = tonumber(held[1]), tonumber(held[2] or '0')
+  if held[3] then return {0, i, spent[i], reserved[i], 0} end
   local limit = tonumber(ARGV[3 * i + 6])
   if (cap or rate) and spent[i] + reserved[i] >= share * limit then
     if cap and redis.call('ZCARD', leases) >= cap then return {0, i, spent[i], reserved[i], 1} end
@@ -89,12 +89,11 @@ end
 local amount = prompt + math.ceil(tokens * out / 1000000)
 local result = {1, tokens, amount}
 for i = 1, n do
-  local book, leases, expires = KEYS[3 * i - 2], KEYS[3 * i - 1], ARGV[3 * i + 7]
-  redis.call('HINCRBY', book, 'reserved', amount)
-  redis.call('HSET', book, 'r:' .. rid, amount)
+  local book, leases = KEYS[3 * i - 2], KEYS[3 * i - 1]
+  redis.call('HSET', book, 'reserved', string.format('%d', reserved[i] + amount), 'r:' .. rid, amount)
   redis.call('ZADD', leases, now + lease, rid)
-  redis.call('EXPIREAT', book, expires)
-  redis.call('EXPIREAT', leases, expires)
+  -- No lease was open (a settlement or a reap deletes the set with its last one): a new set.
+  if reserved[i] == 0 then redis.call('EXPIREAT', leases, ARGV[3 * i + 7]) end
   if rate then
     redis.call('ZADD', KEYS[3 * i], now, rid)
     redis.call('PEXPIRE', KEYS[3 * i], 60000)
@@ -111,18 +110,20 @@ local rid, cost = ARGV[1], tonumber(ARGV[2])
 local result = {}
 for i = 1, #KEYS / 2 do
   local book, leases = KEYS[2 * i - 1], KEYS[2 * i]
-  local held = redis.call('HGET', book, 'r:' .. rid)
+  local held = redis.call('HMGET', book, 'r:' .. rid, 'spent', 'reserved')
   local counted = 0
-  if held then
-    if held ~= 'x' then redis.call('HINCRBY', book, 'reserved', -tonumber(held)) end
-    redis.call('HINCRBY', book, 'spent', cost)
+  local spent, reserved = tonumber(held[2] or '0'), tonumber(held[3] or '0')
+  if held[1] then
+    if held[1] ~= 'x' then reserved = reserved - tonumber(held[1]) end
+    spent = spent + cost
+    redis.call('HSET', book, 'spent', string.format('%d', spent), 'reserved', string.format('%d', reserved))
     redis.call('HDEL', book, 'r:' .. rid)
     redis.call('ZREM', leases, rid)
     counted = 1
   end
   result[#result + 1] = counted
-  result[#result + 1] = tonumber(redis.call('HGET', book, 'spent') or '0')
-  result[#result + 1] = tonumber(redis.call('HGET', book, 'reserved') or '0')
+  result[#result + 1] = spent
+  result[#result + 1] = reserved
 end
 return result
 """
