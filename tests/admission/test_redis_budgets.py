@@ -240,6 +240,21 @@ async def test_the_database_takes_over_while_redis_is_down_and_hands_back(
         back = await store.reserve(org, "r3:1", 0, 1_000_000, 100)
         assert back.decision.admitted and back.usages[0].spent_micro == 350  # Redis caught up
         assert (await store.usage(org[0])).spent_micro == 350
+        await store.settle("r3:1", 0)
+        now[0] += 10  # Redis is asked again (the first call after the cut may have found it closed)
+        # A budget that changes after the outage still counts its period from the ledger: bob's,
+        # set, deleted (and bob spends meanwhile), then set again.
+        bob = await store.set_limit(Budget("org:acme/user:bob", 10_000, "month"))
+        first = await store.reserve([bob], "r4:1", 0, 1_000_000, 10)
+        assert first.decision.admitted and first.usages[0].spent_micro == 350  # r1 and r2 were bob's
+        assert await client.hexists(book_key(bob, first.books[0][1]), "r:r4:1")  # counted in Redis
+        await store.settle("r4:1", 50)
+        await spend(engine, "r4", 50, user="bob")
+        assert await store.remove_limit(bob.scope) is None
+        await spend(engine, "r5", 25, user="bob")  # no budget of bob's in force
+        await store.set_limit(bob)
+        again = await store.reserve([bob], "r6:1", 0, 1_000_000, 10)
+        assert again.decision.admitted and again.usages[0].spent_micro == 425
         store.close()
         await client.aclose()
 

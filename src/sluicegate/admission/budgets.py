@@ -223,11 +223,16 @@ class BudgetStore:
         lease = self._config.lease_s
         floors: list[int | None] | None = None
         due = self._changes.due(books, now) if self._changes else ()
-        if done is not None:  # back from an outage: catch up with what the database counted
-            floors = await self._floors_or_refuse(books, done, now, "catch_up")
-        elif due:
-            kept = {f"{budget.scope}@{name}" for budget, name, _ in books if budget.scope not in due}
-            floors = await self._floors_or_refuse(books, kept, now, "changed")
+        if done is not None or due:
+            # Back from an outage: catch up with what the database counted, once per period;
+            # and a budget that changed lately is raised to the ledger's sum, outage or not.
+            if done is None:
+                kept = {f"{budget.scope}@{name}" for budget, name, _ in books if budget.scope not in due}
+            else:
+                kept = {period for period in done if period.rpartition("@")[0] not in due}
+            floors = await self._floors_or_refuse(
+                books, kept, now, "catch_up" if done is not None else "changed"
+            )
         try:
             result = await self._redis.reserve(
                 books, rid, prompt_micro, out_pico, asked, lease, floors, now, self._throttle
