@@ -49,6 +49,25 @@ HAMMER = textwrap.dedent(
 )
 
 
+# A separate process that tells of replaced keys: those given, or N of its own.
+REPLACER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from sluicegate.cache.invalidation import FileBus
+
+    async def main():
+        bus = FileBus(Path(sys.argv[1]))
+        keys = sys.argv[2:] if not sys.argv[2].isdigit() else [f"k{n}" for n in range(int(sys.argv[2]))]
+        for key in keys:
+            bus.replaced(key)
+        await bus.stop()
+
+    asyncio.run(main())
+    """
+)
+
+
 def epoch(path: Path) -> int:
     """The epoch stored in the file."""
     value: int = struct.unpack("<Q", path.read_bytes()[:8])[0]
@@ -125,6 +144,52 @@ def test_concurrent_announcements_from_processes_are_all_counted(tmp_path: Path)
         _, err = hammer.communicate(timeout=30)
         assert hammer.returncode == 0, err
     assert epoch(path) == 600
+
+
+def replace_elsewhere(path: Path, *keys: str) -> None:
+    """Another process tells of ``keys`` replaced (a number: that many of its own)."""
+    done = subprocess.run([sys.executable, "-c", REPLACER, str(path), *keys], capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+async def test_file_bus_tells_other_processes_which_keys_were_replaced(tmp_path: Path) -> None:
+    """Keys another process replaced are dropped here at the next poll, once; this process's
+    own are not; a key too long for the ring's slot drops everything (None)."""
+    path = tmp_path / "cache-epoch"
+    bus, dropped = FileBus(path), []
+    await bus.start(lambda: asyncio.sleep(0), dropped.append)
+    bus.drops()
+    assert dropped == []
+    replace_elsewhere(path, "c:v1:org:acme:abc", "c:v1:user:acme/ann:def", "x" * 300)
+    bus.replaced("mine")  # told to the others, not to itself
+    bus.drops()
+    assert dropped == ["c:v1:org:acme:abc", "c:v1:user:acme/ann:def", None]
+    bus.drops()
+    assert len(dropped) == 3
+    assert not bus.check()  # a replacement is not an invalidation
+    await bus.stop()
+
+
+async def test_file_bus_drops_everything_when_more_were_replaced_than_it_can_tell(tmp_path: Path) -> None:
+    path = tmp_path / "cache-epoch"
+    bus, dropped = FileBus(path), []
+    await bus.start(lambda: asyncio.sleep(0), dropped.append)
+    replace_elsewhere(path, "70")
+    bus.drops()
+    assert dropped == [None]
+    replace_elsewhere(path, "3")
+    bus.drops()
+    assert dropped == [None, "k0", "k1", "k2"]
+    await bus.stop()
+
+
+def test_an_epoch_file_of_an_older_version_grows_to_hold_the_ring(tmp_path: Path) -> None:
+    path = tmp_path / "cache-epoch"
+    path.write_bytes(struct.pack("<Q", 7))
+    bus = FileBus(path)
+    assert path.stat().st_size > 8 and epoch(path) == 7
+    assert not bus.check()
+    asyncio.run(bus.stop())
 
 
 # RedisBus, on the real Redis
@@ -215,3 +280,35 @@ async def test_redis_bus_is_private_to_its_database(redis_url: str, clients: Cal
         stray = [k async for k in other.scan_iter(match="sg:ack:*")]
         if stray:
             await other.delete(*stray)
+
+
+@pytest.mark.redis
+@pytest.mark.filterwarnings("default:SKIPPING:pytest.PytestWarning")
+async def test_redis_bus_tells_the_other_processes_which_key_was_replaced(
+    clients: Callable[..., Redis],
+) -> None:
+    """A replaced key reaches the other subscribers' drop, not the sender's, and applies no
+    invalidation; it is told again a second later."""
+    sender, receiver = RedisBus(clients()), RedisBus(clients())
+    sent: list[str | None] = []
+    received: list[str | None] = []
+    arrived = asyncio.Event()
+
+    def drop(key: str | None) -> None:
+        received.append(key)
+        arrived.set()
+
+    applied = Applied()
+    await sender.start(applied, sent.append)
+    await receiver.start(applied, drop)
+    try:
+        sender.replaced("c:v1:org:acme:abc")
+        for _ in range(2):  # at once, then again a second later
+            async with asyncio.timeout(5):
+                await arrived.wait()
+            arrived.clear()
+        assert received == ["c:v1:org:acme:abc"] * 2
+        assert sent == [] and applied.calls == 0
+    finally:
+        await sender.stop()
+        await receiver.stop()

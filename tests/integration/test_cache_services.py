@@ -301,3 +301,29 @@ def test_embedded_workers_share_bumps_without_redis(
         ]
         assert not served_old
         assert 1 <= chat_calls(upstream) - before <= 2  # at most one miss per worker
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("shared", ["redis", "sqlite"])
+def test_a_forced_refresh_reaches_every_workers_memory(
+    gateway_processes: Callable[..., list[GatewayProcess]], redis_url: str, shared: str
+) -> None:
+    """Two workers hold an entry in memory; a `no-cache` request through one stores a fresh
+    answer, and neither worker serves the old one after it (with Redis: a message on the
+    channel; without: the ring in the epoch file). The old entry is more than 3 s old."""
+    with MockUpstream() as upstream:
+        database = "sqlite+aiosqlite:///./data/sluicegate.db"
+        url = redis_url if shared == "redis" else None
+        (server,) = gateway_processes(config(upstream, url, database, data_dir="data"), workers=2)
+        headers = {"x-sluicegate-feature": "insights"}
+        ask = body(f"Refresh me ({shared}, {time.time()})")
+        warm = asyncio.run(post_all([server.url] * 40, [ask] * 40, headers))
+        assert all(r.status_code == 200 for r in warm)
+        time.sleep(3.2)
+        fresh = post(server.url + "/v1/chat/completions", ask, {**headers, "cache-control": "no-cache"})
+        assert fresh.headers["x-sluicegate-cache"] == "miss"
+        time.sleep(0.3)  # the message reaches the other worker
+        after = asyncio.run(post_all([server.url] * 40, [ask] * 40, headers))
+        ages = sorted(int(r.headers.get("age", "0")) for r in after)
+        assert all(r.headers["x-sluicegate-cache"].startswith("hit-") for r in after)
+        assert ages[-1] < 3, ages  # none is the old entry

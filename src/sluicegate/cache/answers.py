@@ -28,6 +28,7 @@ __all__ = [
     "EntryMaker",
     "Flight",
     "etag_matches",
+    "fresh_reply",
     "going_upstream",
     "headers_for",
     "labelled",
@@ -230,6 +231,22 @@ def headers_for(
         keep = remaining if policy.browser_ttl_s is None else min(policy.browser_ttl_s, remaining)
         headers["cache-control"] = f"private, max-age={age + keep if keep else 0}"
     return headers
+
+
+def fresh_reply(
+    reply: Reply, entry: Entry | None, model: str, policy: FeatureCache, control: CacheControl, now: float
+) -> Reply:
+    """The upstream's own answer to a call for ``model``, labelled a miss (or a 304 when the
+    browser already has it). An answer of another model (a fallback's) gets no ETag or browser
+    lifetime: it is not the asked model's answer, so a browser may not keep it as such."""
+    headers = reply.headers
+    if entry is None or control.no_store or entry.model != model:
+        labelled(headers, "miss", control.no_store)
+        return reply
+    if control.if_none_match is not None and etag_matches(control.if_none_match, entry.etag):
+        return not_modified(entry, policy, now)
+    headers_for(entry, "miss", policy, now, headers)
+    return reply
 
 
 def reply_from(

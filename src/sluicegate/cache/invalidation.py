@@ -9,6 +9,13 @@ read on every request. An invalidation reaches the other processes through a bus
 - without Redis, an 8-byte epoch in a memory-mapped file under the data folder, shared by the
   workers of one machine. Every request compares it with the epoch last seen (a memory read),
   and a process that sees it move applies the change before it computes a key.
+
+A forced refresh (``Cache-Control: no-cache``, warming) replaces one entry: the other processes
+drop their in-process copy of that key only (`Bus.replaced`), told at once and again a second
+later (by then the new entry is in the shared tiers, so a copy of the old one read back from
+them in between goes too). With Redis it is a message on the same channel, not acknowledged;
+without, a ring of the last 64 replaced keys in the same file, after the epoch (a process that
+missed more than 64 empties its in-process tier).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import secrets
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 from redis.asyncio import ConnectionPool, Redis
@@ -34,7 +42,14 @@ __all__ = ["Bus", "FileBus", "RedisBus"]
 logger = logging.getLogger("sluicegate.cache")
 CHANNEL = "sg:cache:events"
 _EPOCH = struct.Struct("<Q")
+_SLOTS, _SLOT = 64, 256  # the ring of replaced keys: a slot is the writer's pid, the key's length, the key
+_SLOT_HEAD = struct.Struct("<iH")
+_RING = 2 * _EPOCH.size  # the epoch, the count of keys replaced, then the ring
+_SIZE = _RING + _SLOTS * _SLOT
+_AGAIN_S = 1.0  # a replacement is told again after this long (see the module's docstring)
 Apply = Callable[[], Awaitable[None]]
+# Drop an in-process copy: of one key, or of every key (None: too many were replaced to tell).
+Drop = Callable[[str | None], None]
 
 
 class Bus:
@@ -42,8 +57,16 @@ class Bus:
 
     pending = False
 
-    async def start(self, apply: Apply) -> None:
-        """Start listening; ``apply`` reloads the versions and empties the in-process tier."""
+    async def start(self, apply: Apply, drop: Drop | None = None) -> None:
+        """Start listening; ``apply`` reloads the versions and empties the in-process tier,
+        ``drop`` forgets a key another process replaced."""
+
+    def replaced(self, key: str) -> None:
+        """Tell the other processes that ``key``'s entry was replaced: they drop their copy."""
+
+    def drops(self) -> None:
+        """Apply the replacements announced since the last call (hot path: the file bus is
+        polled here; Redis's messages are applied as they come)."""
 
     async def announce(self) -> int:
         """Tell every process; returns how many acknowledged (this one included)."""
@@ -57,6 +80,23 @@ class Bus:
         """Stop listening."""
 
 
+def _again(timers: set[asyncio.TimerHandle], callback: Callable[[Any], None], value: Any) -> None:
+    """``callback(value)`` in `_AGAIN_S` seconds, its timer kept in ``timers`` until it runs."""
+
+    def run() -> None:
+        timers.discard(handle)
+        callback(value)
+
+    handle = asyncio.get_running_loop().call_later(_AGAIN_S, run)
+    timers.add(handle)
+
+
+def _cancel(timers: set[asyncio.TimerHandle]) -> None:
+    for handle in timers:
+        handle.cancel()
+    timers.clear()
+
+
 class FileBus(Bus):
     """The epoch file shared by the workers of one machine."""
 
@@ -64,13 +104,20 @@ class FileBus(Bus):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size < _EPOCH.size:
-                os.ftruncate(fd, _EPOCH.size)
-            self._map = mmap.mmap(fd, _EPOCH.size)
+            if os.fstat(fd).st_size < _SIZE:
+                os.ftruncate(fd, _SIZE)
+            self._map = mmap.mmap(fd, _SIZE)
         finally:
             os.close(fd)
         self._path = path
         self._seen = self._map[:8]
+        self._drops_seen = self._map[8:16]
+        self._drop: Drop | None = None
+        self._pid = os.getpid()
+        self._later: set[asyncio.TimerHandle] = set()
+
+    async def start(self, apply: Apply, drop: Drop | None = None) -> None:
+        self._drop = drop
 
     def check(self) -> bool:
         current = self._map[:8]
@@ -78,6 +125,44 @@ class FileBus(Bus):
             return False
         self._seen = current
         return True
+
+    def replaced(self, key: str) -> None:
+        self._write_slot(key)
+        _again(self._later, self._write_slot, key)
+
+    def _write_slot(self, key: str) -> None:
+        data = key.encode()
+        if len(data) > _SLOT - _SLOT_HEAD.size:  # too long for a slot: every process empties its tier
+            data = b""
+        with self._path.open("r+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            (count,) = _EPOCH.unpack(self._map[8:16])
+            at = _RING + (count % _SLOTS) * _SLOT
+            self._map[at : at + _SLOT_HEAD.size + len(data)] = _SLOT_HEAD.pack(self._pid, len(data)) + data
+            self._map[8:16] = _EPOCH.pack(count + 1)  # after the slot: a reader never sees it half made
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def drops(self) -> None:
+        current = self._map[8:16]
+        if current == self._drops_seen:
+            return
+        (seen,) = _EPOCH.unpack(self._drops_seen)
+        (count,) = _EPOCH.unpack(current)
+        self._drops_seen = current
+        drop = self._drop
+        if drop is None:
+            return
+        keys: list[str | None] = []
+        for number in range(max(seen, count - _SLOTS), count):
+            at = _RING + (number % _SLOTS) * _SLOT
+            pid, length = _SLOT_HEAD.unpack(self._map[at : at + _SLOT_HEAD.size])
+            if pid != self._pid:
+                keys.append(self._map[at + _SLOT_HEAD.size : at + _SLOT_HEAD.size + length].decode() or None)
+        (now,) = _EPOCH.unpack(self._map[8:16])
+        if count - seen > _SLOTS or now - seen > _SLOTS:  # some were overwritten before they were read
+            keys = [None]
+        for key in keys:
+            drop(key)
 
     async def announce(self) -> int:
         with self._path.open("r+b") as handle:
@@ -89,6 +174,7 @@ class FileBus(Bus):
         return 1
 
     async def stop(self) -> None:
+        _cancel(self._later)
         self._map.close()
 
 
@@ -112,10 +198,15 @@ class RedisBus(Bus):
         self._ack_timeout = ack_timeout_s
         self._task: asyncio.Task[None] | None = None
         self._apply: Apply | None = None
+        self._drop: Drop | None = None
+        self._me = secrets.token_hex(8)  # this process, in the replacements it sends
+        self._sending: set[asyncio.Task[None]] = set()
+        self._later: set[asyncio.TimerHandle] = set()
         self._subscribed = asyncio.Event()
 
-    async def start(self, apply: Apply) -> None:
+    async def start(self, apply: Apply, drop: Drop | None = None) -> None:
         self._apply = apply
+        self._drop = drop
         self._task = asyncio.get_running_loop().create_task(self._listen())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
@@ -151,6 +242,10 @@ class RedisBus(Bus):
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
             return
+        if isinstance(event, dict) and isinstance(event.get("drop"), str):  # one key replaced
+            if event.get("from") != self._me and self._drop is not None:
+                self._drop(event["drop"])
+            return
         await self._run_apply()
         if isinstance(event, dict) and isinstance(event.get("id"), str):
             ack = f"sg:ack:{event['id']}"
@@ -158,6 +253,22 @@ class RedisBus(Bus):
                 pipe.incr(ack)
                 pipe.expire(ack, 60)
                 await pipe.execute()
+
+    def replaced(self, key: str) -> None:
+        message = orjson.dumps({"drop": key, "from": self._me})
+        self._send(message)
+        _again(self._later, self._send, message)
+
+    def _send(self, message: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._publish(message))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish(self, message: bytes) -> None:
+        try:
+            await self._redis.publish(self._channel, message)
+        except Exception as exc:  # Redis is down: the other processes re-apply everything when it returns
+            logger.debug("cache: a replaced key was not announced (%s)", exc)
 
     async def announce(self) -> int:
         event_id = secrets.token_hex(8)
@@ -176,6 +287,9 @@ class RedisBus(Bus):
         return acknowledged
 
     async def stop(self) -> None:
+        _cancel(self._later)
+        for task in list(self._sending):
+            await cancel_and_wait(task)
         await cancel_and_wait(self._task)
         self._task = None
         await self._listener.aclose(close_connection_pool=True)

@@ -132,7 +132,7 @@ class LayeredCache:
     async def start(self) -> None:
         """Load the namespace versions, and start the bus, the counters and the purge."""
         await self.reload()
-        await self.bus.start(self.reload)
+        await self.bus.start(self.reload, self._drop)
         self.stats.start()
         if self.sql is not None:
             self._purger = asyncio.get_running_loop().create_task(self._purge_forever())
@@ -165,9 +165,19 @@ class LayeredCache:
         if self.memory is not None:
             self.memory.clear()  # what was stored meanwhile may be under an old version
 
+    def _drop(self, key: str | None) -> None:
+        """Forget the in-process copy of an entry another process replaced (None: of all)."""
+        if self.memory is not None:
+            if key is None:
+                self.memory.clear()
+            else:
+                self.memory.forget(key)
+
     def pending(self, started: float) -> asyncio.Task[None] | None:
         """The reload every request must wait for, if an invalidation is being applied (hot path;
-        ``started``: the request's start, see `_begin_reload`)."""
+        ``started``: the request's start, see `_begin_reload`). Entries other processes replaced
+        are dropped first."""
+        self.bus.drops()
         if self.bus.check():
             return self._begin_reload(started)
         reloading = self._reloading
@@ -309,10 +319,18 @@ class LayeredCache:
         return started >= self.invalidated_at
 
     async def store(
-        self, key: CacheKey, entry: Entry, policy: FeatureCache, token: str | None = None, *, started: float
+        self,
+        key: CacheKey,
+        entry: Entry,
+        policy: FeatureCache,
+        token: str | None = None,
+        *,
+        started: float,
+        replaces: bool = False,
     ) -> bool:
         """Write ``entry`` to every tier of the feature: memory and Redis now, SQL after the response;
         nothing when an invalidation was applied since the call ``started`` (see `may_store`).
+        With ``replaces`` (a forced refresh), the other processes drop their copy of the key.
 
         With the ``token`` of the single-flight lock, the Redis write also releases the lock, in
         the same round trip; returns whether it was sent to (a failed write leaves the lock to
@@ -339,6 +357,8 @@ class LayeredCache:
                 )
         if self.sql is not None and "sql" in tiers:
             self.sql.enqueue(key.key, entry, keep)
+        if replaces:
+            self.bus.replaced(key.key)
         return bool(released) and token is not None
 
     async def try_lock(self, key: CacheKey, token: str) -> bool:

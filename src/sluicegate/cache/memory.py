@@ -85,6 +85,11 @@ class MemoryTier:
         entry, _ = self._entries.pop(key)
         self.bytes -= entry.size
 
+    def forget(self, key: str) -> None:
+        """Forget ``key``'s entry, if there is one."""
+        if key in self._entries:
+            self._remove(key)
+
     def clear(self) -> None:
         """Forget every entry."""
         self._entries.clear()
@@ -108,8 +113,7 @@ class MemoryTier:
         self.put(key, entry, keep_s)
 
     async def delete(self, key: str) -> None:
-        if key in self._entries:
-            self._remove(key)
+        self.forget(key)
 
     async def touch(self, key: str, hits: int) -> None:
         item = self._entries.get(key)

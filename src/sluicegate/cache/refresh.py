@@ -61,7 +61,8 @@ class Refresher:
                 )
                 if entry is not None and entry.model == key.model:  # not a fallback model's answer
                     lock = token if cache.redis is not None else None
-                    if await cache.store(key, entry, policy, lock, started=plain.started):
+                    # Replaces: the other processes' copies (stale, or about to be) go too.
+                    if await cache.store(key, entry, policy, lock, started=plain.started, replaces=True):
                         locked = False  # released by the store
                     cache.stats.count(call.context.feature, "stores")
                 flight.settle(entry)

@@ -24,8 +24,8 @@ from .answers import (
     EntryMaker,
     Flight,
     etag_matches,
+    fresh_reply,
     going_upstream,
-    headers_for,
     labelled,
     not_modified,
     reached_upstream,
@@ -112,9 +112,11 @@ class ServeFromCache:
             ):
                 memory.keep(key.key, entry, entry.expires_at + plan.grace_s)
                 stored = True
+                if control.no_cache:  # a forced refresh: the other processes drop their copy
+                    cache.bus.replaced(key.key)
             cache.stats.missed(feature, stored)
             flight.settle(entry)
-            return self._fresh_reply(reply, entry, key, policy, control, now)
+            return fresh_reply(reply, entry, key.model, policy, control, now)
         except SluicegateError as exc:
             cache.stats.missed(feature, False, reached_upstream(exc))
             flight.fail(exc)
@@ -265,8 +267,15 @@ class ServeFromCache:
                 if not plan.shared:
                     if plan.memory is not None and cache.may_store(call.started):
                         plan.memory.keep(key.key, entry, entry.expires_at + plan.grace_s)
+                        if control.no_cache:
+                            cache.bus.replaced(key.key)
                 elif await cache.store(
-                    key, entry, policy, token if lock_state == LOCK_TAKEN else None, started=call.started
+                    key,
+                    entry,
+                    policy,
+                    token if lock_state == LOCK_TAKEN else None,
+                    started=call.started,
+                    replaces=control.no_cache,
                 ):
                     lock_state = LOCK_NONE  # released by the store
             if not call.stream:
@@ -274,35 +283,12 @@ class ServeFromCache:
             elif stored:  # a stream request answered without a stream: counted on the way up
                 cache.stats.count(call.context.feature, "stores")
             flight.settle(entry)
-            return self._fresh_reply(reply, entry, key, policy, control, now)
+            return fresh_reply(reply, entry, key.model, policy, control, now)
         finally:
             if not handed_over:
                 flight.end(cache.flights, key.key)
                 if lock_state == LOCK_TAKEN:
                     cache.spawn(cache.unlock(key, token))
-
-    def _fresh_reply(
-        self,
-        reply: Reply,
-        entry: Entry | None,
-        key: CacheKey,
-        policy: FeatureCache,
-        control: CacheControl,
-        now: float | None = None,
-    ) -> Reply:
-        """The upstream's own answer, labelled a miss (or a 304 when the browser already has it).
-        An answer of another model (a fallback's) gets no ETag or browser lifetime: it is not
-        the asked model's answer, so a browser may not keep it as such."""
-        headers = reply.headers
-        if entry is None or control.no_store or entry.model != key.model:
-            labelled(headers, "miss", control.no_store)
-            return reply
-        if now is None:
-            now = self._cache.clock()
-        if control.if_none_match is not None and etag_matches(control.if_none_match, entry.etag):
-            return not_modified(entry, policy, now)
-        headers_for(entry, "miss", policy, now, headers)
-        return reply
 
     async def _follow(
         self,
@@ -347,7 +333,7 @@ class ServeFromCache:
             entry = self._entries.from_body(
                 call, policy, control, reply.body, reply.usage, payload=reply.payload
             )
-            return self._fresh_reply(reply, entry, key, policy, control)
+            return fresh_reply(reply, entry, key.model, policy, control, cache.clock())
         labelled(reply.headers, "miss", control.no_store)
         return reply
 
@@ -397,8 +383,15 @@ class ServeFromCache:
                 flight.settle(entry)
                 flight.end(cache.flights, key.key)
                 if entry is not None and not control.no_store and plan.server and entry.model == key.model:
-                    if await cache.store(key, entry, policy, token if held else None, started=call.started):
-                        held = False
+                    stored = await cache.store(
+                        key,
+                        entry,
+                        policy,
+                        token if held else None,
+                        started=call.started,
+                        replaces=control.no_cache,
+                    )
+                    held = held and not stored
                     cache.stats.count(call.context.feature, "stores")
             finally:
                 flight.end(cache.flights, key.key)
