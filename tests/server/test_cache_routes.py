@@ -166,6 +166,14 @@ def test_invalidate_deletes_and_reports(server: GatewayServer, upstream: MockUps
     assert_openai_error(answer, param="feature")
     assert "insights" in answer["error"]["message"]
     assert chat(server)[1]["x-sluicegate-cache"] == "hit-memory"
+    # So is a model that is not configured; an alias means its model.
+    status, answer = call(server.url + "/api/ai/cache/invalidate", "POST", {"model": "gpt-4o-mni"})
+    assert status == 400 and answer["error"]["code"] == "invalid_match", answer
+    assert_openai_error(answer, param="model")
+    status, result = call(server.url + "/api/ai/cache/invalidate", "POST", {"model": "fast"})
+    assert status == 200 and result["match"] == {"model": "gpt-4o-mini"}
+    assert result["deleted"]["memory"] == 1
+    assert chat(server)[1]["x-sluicegate-cache"] == "miss"
 
 
 def test_bump(server: GatewayServer) -> None:

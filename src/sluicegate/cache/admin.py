@@ -110,6 +110,15 @@ async def invalidate(cache: LayeredCache, **match: str) -> dict[str, Any]:
             param="feature",
             code="invalid_match",
         )
+    if "model" in match:  # an alias means its model, as the keys name it; a typo is refused
+        if match["model"] not in cache.models:
+            raise InvalidRequest(
+                f"model must be a configured model or alias ({', '.join(sorted(cache.models))}); the "
+                "entries of a model no longer configured expire on their own, or go with their feature",
+                param="model",
+                code="invalid_match",
+            )
+        match["model"] = cache.models[match["model"]]
     deleted: dict[str, int] = {}
     if cache.memory is not None:
         deleted["memory"] = cache.memory.delete_where(lambda key, entry: _matches(key, entry, match))

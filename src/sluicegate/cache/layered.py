@@ -67,6 +67,10 @@ class LayeredCache:
         self.config = config
         self.clock = clock
         self.policies = {name: f.cache for name, f in settings.features.items()}
+        # Every name a client may use for a model (its aliases too), with the one the keys hold.
+        self.models = {
+            public: name for name, model in settings.models.items() for public in (name, *model.aliases)
+        }
         self.default_policy = config.default
         self.memory = MemoryTier(config.memory.max_bytes, clock) if config.memory.enabled else None
         self.redis: RedisTier | None = None
