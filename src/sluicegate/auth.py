@@ -286,6 +286,12 @@ class Authenticator:
             if not self._require_keys:
                 return
             raise PermissionDenied(f"admin routes are disabled: set {self._admin_env} to enable them")
+        if not authorization:
+            raise AuthenticationFailed(
+                f"missing admin key: this route needs the admin key (${self._admin_env}) as "
+                "`Authorization: Bearer …`",
+                code="missing_api_key",
+            )
         given = _bearer(authorization).encode()
         if not hmac.compare_digest(given, self._admin_key):
             raise AuthenticationFailed("this route needs the admin key as the Bearer token")

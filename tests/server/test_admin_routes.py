@@ -102,6 +102,9 @@ def test_keys_lifecycle_over_http(
 
         status, body = call(gw.url + "/v1/chat/completions", "POST", chat_body())
         assert status == 401 and body["error"]["code"] == "missing_api_key"
+        status, body = call(gw.url + "/api/ai/keys")  # an admin route names the admin key, not sk-sg-
+        assert status == 401 and body["error"]["code"] == "missing_api_key"
+        assert "admin key" in body["error"]["message"] and "sk-sg-" not in body["error"]["message"]
         status, body = call(gw.url + "/v1/chat/completions", "POST", chat_body(), key="sk-sg-made-up")
         assert status == 401 and body["error"]["type"] == "authentication_error"
         assert call(gw.url + "/v1/chat/completions", "POST", chat_body(), key=created["key"])[0] == 200
