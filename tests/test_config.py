@@ -13,6 +13,7 @@ from sluicegate.config import (
     Latency,
     ServerConfig,
     Settings,
+    default_features,
     load_settings,
 )
 from sluicegate.errors import ConfigError
@@ -146,6 +147,23 @@ def test_environment_beats_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(write("c.yaml", "server:\n  port: 5000\n  host: 0.0.0.0\n"))
     assert settings.server.port == 4123
     assert settings.server.host == "0.0.0.0"
+
+
+def test_a_feature_variable_changes_one_field_of_the_default_features(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without features in the file, a variable changes one field of a default feature: the
+    others stay, and chat stays scoped per user (it once replaced them all, chat shared by org)."""
+    monkeypatch.setenv("SLUICEGATE_FEATURES__CHAT__CACHE__TTL_S", "60")
+    settings = load_settings(write("c.yaml", "server:\n  port: 5000\n"))
+    assert sorted(settings.features) == ["chat", "insights", "okr-template", "preferences"]
+    assert (settings.features["chat"].cache.ttl_s, settings.features["chat"].cache.scope) == (60, "user")
+    assert settings.features["insights"] == default_features()["insights"]
+    # With features in the file, the file's: the variable changes its field, the file's others stay.
+    own = load_settings(
+        write("d.yaml", "features:\n  chat:\n    cache: {scope: user, ttl_s: 10}\n  help: {}\n")
+    )
+    assert sorted(own.features) == ["chat", "help"] and own.features["chat"].cache.ttl_s == 60
 
 
 def test_a_bad_value_from_the_environment_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -356,6 +356,9 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+_FEATURES_ENV = "SLUICEGATE_FEATURES__"
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Load settings from ``path``, ``$SLUICEGATE_CONFIG`` or ``./sluicegate.yaml``, then the environment.
 
@@ -387,6 +390,12 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"config file {chosen} must hold a mapping at the top level")
         data = raw
     data.update(overrides)
+    if "features" not in data and any(name.upper().startswith(_FEATURES_ENV) for name in os.environ):
+        # A variable changes one field of the default features, as it would the file's: without
+        # them here, its feature alone would replace them all (and get every other field's default).
+        data["features"] = {
+            name: feature.model_dump(mode="json") for name, feature in default_features().items()
+        }
     try:
         return Settings(**data)
     except ValidationError as exc:
