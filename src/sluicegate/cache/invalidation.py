@@ -42,7 +42,7 @@ __all__ = ["Bus", "FileBus", "RedisBus"]
 logger = logging.getLogger("sluicegate.cache")
 CHANNEL = "sg:cache:events"
 _EPOCH = struct.Struct("<Q")
-_SLOTS, _SLOT = 64, 256  # the ring of replaced keys: a slot is the writer's pid, the key's length, the key
+_SLOTS, _SLOT = 64, 256  # the ring of replaced keys: a slot is the writer's id, the key's length, the key
 _SLOT_HEAD = struct.Struct("<iH")
 _RING = 2 * _EPOCH.size  # the epoch, the count of keys replaced, then the ring
 _SIZE = _RING + _SLOTS * _SLOT
@@ -113,7 +113,8 @@ class FileBus(Bus):
         self._seen = self._map[:8]
         self._drops_seen = self._map[8:16]
         self._drop: Drop | None = None
-        self._pid = os.getpid()
+        # Not the pid: processes in containers sharing the folder may have the same one.
+        self._id = secrets.randbits(31)
         self._later: set[asyncio.TimerHandle] = set()
 
     async def start(self, apply: Apply, drop: Drop | None = None) -> None:
@@ -138,7 +139,7 @@ class FileBus(Bus):
             fcntl.flock(handle, fcntl.LOCK_EX)
             (count,) = _EPOCH.unpack(self._map[8:16])
             at = _RING + (count % _SLOTS) * _SLOT
-            self._map[at : at + _SLOT_HEAD.size + len(data)] = _SLOT_HEAD.pack(self._pid, len(data)) + data
+            self._map[at : at + _SLOT_HEAD.size + len(data)] = _SLOT_HEAD.pack(self._id, len(data)) + data
             self._map[8:16] = _EPOCH.pack(count + 1)  # after the slot: a reader never sees it half made
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -155,9 +156,10 @@ class FileBus(Bus):
         keys: list[str | None] = []
         for number in range(max(seen, count - _SLOTS), count):
             at = _RING + (number % _SLOTS) * _SLOT
-            pid, length = _SLOT_HEAD.unpack(self._map[at : at + _SLOT_HEAD.size])
-            if pid != self._pid:
-                keys.append(self._map[at + _SLOT_HEAD.size : at + _SLOT_HEAD.size + length].decode() or None)
+            writer, length = _SLOT_HEAD.unpack(self._map[at : at + _SLOT_HEAD.size])
+            if writer != self._id:
+                data = self._map[at + _SLOT_HEAD.size : at + _SLOT_HEAD.size + length]
+                keys.append(data.decode(errors="replace") or None)  # a torn slot: see below
         (now,) = _EPOCH.unpack(self._map[8:16])
         if count - seen > _SLOTS or now - seen > _SLOTS:  # some were overwritten before they were read
             keys = [None]
