@@ -343,3 +343,29 @@ def test_the_wire_works_under_uvloop(redis_url: str) -> None:
             await client.aclose()
 
     assert uvloop.run(main()) == [[b"k", b"v"], b"OK", b"1"]
+
+
+def test_deadlines_less_than_a_millisecond_away_under_uvloop() -> None:
+    """uvloop arms a timer less than 1 ms away as a plain handle, without when(): a command
+    made while such a deadline is armed compares with the time kept beside it (it once failed
+    the request with an AttributeError, under load, when a deadline was that close)."""
+    import uvloop
+
+    async def main() -> list[bool]:
+        server, _ = await fake_server(lambda command: None)
+        wire = Wire({"host": "127.0.0.1", "port": port_of(server)}, timeout_s=5.0)
+        try:
+            first = wire.call(("PING",), timeout_s=0.0001)
+            later = [wire.call(("PING",), timeout_s=t) for t in (0.0002, 0.00005, 0.05)]
+            outcomes = []
+            for future in (first, *later):
+                try:
+                    await future
+                except TimeoutError:
+                    outcomes.append(True)
+            return outcomes
+        finally:
+            await wire.aclose()
+            await stop(server)
+
+    assert uvloop.run(main()) == [True] * 4

@@ -90,10 +90,13 @@ class Wire:
         self._queued: list[Future] = []  # their futures
         # Commands with a timeout, not yet expired or seen answered; the timer armed for them.
         self._deadlines: list[tuple[Future, float]] = []
-        self._deadline_timer: asyncio.TimerHandle | None = None
+        # (uvloop gives a plain Handle, without when(), for a time less than 1 ms away: the
+        # time the timer was armed for is kept beside it.)
+        self._deadline_timer: asyncio.Handle | None = None
+        self._deadline_at = 0.0
         # Each write's check (when, which connection, how many commands by then), in order.
         self._checks: collections.deque[tuple[float, _Protocol, int]] = collections.deque()
-        self._check_timer: asyncio.TimerHandle | None = None
+        self._check_timer: asyncio.Handle | None = None
         self._flush_scheduled = False
 
     def call(self, command: Sequence[Any], timeout_s: float | None = None) -> Future:
@@ -107,7 +110,7 @@ class Wire:
         if timeout_s is not None:
             deadline = loop.time() + timeout_s
             self._deadlines.append((future, deadline))
-            if self._deadline_timer is None or deadline < self._deadline_timer.when():
+            if self._deadline_timer is None or deadline < self._deadline_at:
                 self._arm_deadlines(loop, deadline)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -145,6 +148,7 @@ class Wire:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
         self._deadline_timer = loop.call_at(when, self._expire)
+        self._deadline_at = when
 
     def _expire(self) -> None:
         self._deadline_timer = None
