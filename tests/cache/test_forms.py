@@ -357,8 +357,18 @@ FUNCTION_CALL = {"name": "get_weather", "arguments": '{"city": "Lyon"}'}
             },
             "stop",
         ),
+        (
+            {
+                "role": "assistant",
+                "content": None,
+                "refusal": None,
+                "audio": {"id": "audio_1", "data": "UklGRg==", "expires_at": 1, "transcript": "Sunny."},
+            },
+            "stop",
+        ),
+        ({"role": "assistant", "content": "", "refusal": None}, "stop"),
     ],
-    ids=["function_call", "annotations"],
+    ids=["function_call", "annotations", "audio", "empty"],
 )
 def test_a_legacy_function_call_and_annotations_survive_both_conversions(
     message: dict[str, Any], finish: str
@@ -366,7 +376,11 @@ def test_a_legacy_function_call_and_annotations_survive_both_conversions(
     plain = PLAIN | {"choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
     events = synthesise(orjson.dumps(plain))
     first = parsed(events[0])["choices"][0]["delta"]
-    assert first == {"role": "assistant", "content": "" if message["content"] else None, "refusal": None}
+    assert first == {
+        "role": "assistant",
+        "content": "" if isinstance(message["content"], str) else None,
+        "refusal": None,
+    }
     assert orjson.loads(assemble(events, PLAIN["usage"])) == plain
     # The stream's own deltas: the call's name first, its arguments in pieces.
     split = [

@@ -118,9 +118,10 @@ def assemble(events: tuple[bytes, ...] | list[bytes], usage: dict[str, Any] | No
             index = choice.get("index", 0)
             state = choices.setdefault(index, {"role": "assistant", "content": None, "refusal": None})
             delta = choice.get("delta") or {}
-            for field in ("content", "refusal"):
-                if delta.get(field):
-                    state[field] = (state[field] or "") + delta[field]
+            if isinstance(delta.get("content"), str):  # "" too: an empty answer is not a null one
+                state["content"] = (state["content"] or "") + delta["content"]
+            if delta.get("refusal"):
+                state["refusal"] = (state["refusal"] or "") + delta["refusal"]
             for call in delta.get("tool_calls") or ():
                 _merge_tool_call(tools.setdefault(index, {}), call)
             function = delta.get("function_call")
@@ -131,6 +132,14 @@ def assemble(events: tuple[bytes, ...] | list[bytes], usage: dict[str, Any] | No
                         held_call[part] += function[part]
             if isinstance(delta.get("annotations"), list):  # citations, say
                 state.setdefault("annotations", []).extend(delta["annotations"])
+            audio = delta.get("audio")
+            if isinstance(audio, dict):  # a spoken answer: its id, then its data and transcript in parts
+                held_audio = state.setdefault("audio", {})
+                for part, value in audio.items():
+                    if part in ("data", "transcript") and isinstance(value, str):
+                        held_audio[part] = held_audio.get(part, "") + value
+                    else:
+                        held_audio[part] = value
             logprobs = choice.get("logprobs")
             if isinstance(logprobs, dict):  # each chunk's tokens, in order
                 held = state.setdefault("logprobs", {"content": None, "refusal": None})
@@ -149,7 +158,7 @@ def assemble(events: tuple[bytes, ...] | list[bytes], usage: dict[str, Any] | No
         }
         if index in tools:
             message["tool_calls"] = [tools[index][i] for i in sorted(tools[index])]
-        for extra in ("function_call", "annotations"):
+        for extra in ("function_call", "annotations", "audio"):
             if extra in state:
                 message[extra] = state[extra]
         out_choices.append(
@@ -228,6 +237,8 @@ def synthesise(body: bytes) -> tuple[bytes, ...]:
             events.append(chunk({"function_call": message["function_call"]}))
         if message.get("annotations"):
             events.append(chunk({"annotations": message["annotations"]}))
+        if isinstance(message.get("audio"), dict):
+            events.append(chunk({"audio": message["audio"]}))
         events.append(chunk({}, choice.get("finish_reason")))
     return tuple(events)
 
