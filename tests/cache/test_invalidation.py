@@ -60,7 +60,7 @@ REPLACER = textwrap.dedent(
         bus = FileBus(Path(sys.argv[1]))
         keys = sys.argv[2:] if not sys.argv[2].isdigit() else [f"k{n}" for n in range(int(sys.argv[2]))]
         for key in keys:
-            bus.replaced(key)
+            bus.replaced(key, 1234.5)
         await bus.stop()
 
     asyncio.run(main())
@@ -153,17 +153,18 @@ def replace_elsewhere(path: Path, *keys: str) -> None:
 
 
 async def test_file_bus_tells_other_processes_which_keys_were_replaced(tmp_path: Path) -> None:
-    """Keys another process replaced are dropped here at the next poll, once; this process's
-    own are not; a key too long for the ring's slot drops everything (None)."""
+    """Keys another process replaced (with when the new entry was made) are dropped here at the
+    next poll, once; this process's own are not; a key too long for a slot drops everything."""
     path = tmp_path / "cache-epoch"
-    bus, dropped = FileBus(path), []
-    await bus.start(lambda: asyncio.sleep(0), dropped.append)
+    bus = FileBus(path)
+    dropped: list[tuple[str | None, float]] = []
+    await bus.start(lambda: asyncio.sleep(0), lambda key, since: dropped.append((key, since)))
     bus.drops()
     assert dropped == []
-    replace_elsewhere(path, "c:v1:org:acme:abc", "c:v1:user:acme/ann:def", "x" * 300)
-    bus.replaced("mine")  # told to the others, not to itself
+    replace_elsewhere(path, "c:v1:org:acme:abc", "c:v1:user:acme/ann:def", "x" * 1100)
+    bus.replaced("mine", 1.0)  # told to the others, not to itself
     bus.drops()
-    assert dropped == ["c:v1:org:acme:abc", "c:v1:user:acme/ann:def", None]
+    assert dropped == [("c:v1:org:acme:abc", 1234.5), ("c:v1:user:acme/ann:def", 1234.5), (None, 1234.5)]
     bus.drops()
     assert len(dropped) == 3
     assert not bus.check()  # a replacement is not an invalidation
@@ -172,8 +173,9 @@ async def test_file_bus_tells_other_processes_which_keys_were_replaced(tmp_path:
 
 async def test_file_bus_drops_everything_when_more_were_replaced_than_it_can_tell(tmp_path: Path) -> None:
     path = tmp_path / "cache-epoch"
-    bus, dropped = FileBus(path), []
-    await bus.start(lambda: asyncio.sleep(0), dropped.append)
+    bus = FileBus(path)
+    dropped: list[str | None] = []
+    await bus.start(lambda: asyncio.sleep(0), lambda key, since: dropped.append(key))
     replace_elsewhere(path, "70")
     bus.drops()
     assert dropped == [None]
@@ -287,27 +289,25 @@ async def test_redis_bus_is_private_to_its_database(redis_url: str, clients: Cal
 async def test_redis_bus_tells_the_other_processes_which_key_was_replaced(
     clients: Callable[..., Redis],
 ) -> None:
-    """A replaced key reaches the other subscribers' drop, not the sender's, and applies no
-    invalidation; it is told again a second later."""
+    """A replaced key, with when its new entry was made, reaches the other subscribers' drop,
+    not the sender's, and applies no invalidation."""
     sender, receiver = RedisBus(clients()), RedisBus(clients())
-    sent: list[str | None] = []
-    received: list[str | None] = []
+    sent: list[tuple[str | None, float]] = []
+    received: list[tuple[str | None, float]] = []
     arrived = asyncio.Event()
 
-    def drop(key: str | None) -> None:
-        received.append(key)
+    def drop(key: str | None, since: float) -> None:
+        received.append((key, since))
         arrived.set()
 
     applied = Applied()
-    await sender.start(applied, sent.append)
+    await sender.start(applied, lambda key, since: sent.append((key, since)))
     await receiver.start(applied, drop)
     try:
-        sender.replaced("c:v1:org:acme:abc")
-        for _ in range(2):  # at once, then again a second later
-            async with asyncio.timeout(5):
-                await arrived.wait()
-            arrived.clear()
-        assert received == ["c:v1:org:acme:abc"] * 2
+        sender.replaced("c:v1:org:acme:abc", 1234.5)
+        async with asyncio.timeout(5):
+            await arrived.wait()
+        assert received == [("c:v1:org:acme:abc", 1234.5)]
         assert sent == [] and applied.calls == 0
     finally:
         await sender.stop()

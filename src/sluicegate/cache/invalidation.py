@@ -10,17 +10,18 @@ read on every request. An invalidation reaches the other processes through a bus
   workers of one machine. Every request compares it with the epoch last seen (a memory read),
   and a process that sees it move applies the change before it computes a key.
 
-A forced refresh (``Cache-Control: no-cache``, warming) replaces one entry: the other processes
-drop their in-process copy of that key only (`Bus.replaced`), told at once and again a second
-later (by then the new entry is in the shared tiers, so a copy of the old one read back from
-them in between goes too). With Redis it is a message on the same channel, not acknowledged;
-without, a ring of the last 64 replaced keys in the same file, after the epoch (a process that
-missed more than 64 empties its in-process tier).
+A forced refresh (``Cache-Control: no-cache``, warming) or a background refresh replaces one
+entry: the other processes drop their in-process copy of that key and, from then on, serve no
+entry of it made before the new one, from any tier (`Bus.replaced`; a shared tier the writer
+could not reach, or a write still queued, may hold the old one for a while). With Redis it is a
+message on the same channel, not acknowledged; without, a ring of the last 64 replaced keys in
+the same file, after the epoch (a process that missed more than 64 empties its in-process tier).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import logging
@@ -30,7 +31,6 @@ import secrets
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 from redis.asyncio import ConnectionPool, Redis
@@ -42,14 +42,16 @@ __all__ = ["Bus", "FileBus", "RedisBus"]
 logger = logging.getLogger("sluicegate.cache")
 CHANNEL = "sg:cache:events"
 _EPOCH = struct.Struct("<Q")
-_SLOTS, _SLOT = 64, 256  # the ring of replaced keys: a slot is the writer's id, the key's length, the key
-_SLOT_HEAD = struct.Struct("<iH")
+# The ring of replaced keys: a slot is the writer's id, the key's length, the new entry's
+# creation time, then the key.
+_SLOTS, _SLOT = 64, 1024
+_SLOT_HEAD = struct.Struct("<iHd")
 _RING = 2 * _EPOCH.size  # the epoch, the count of keys replaced, then the ring
 _SIZE = _RING + _SLOTS * _SLOT
-_AGAIN_S = 1.0  # a replacement is told again after this long (see the module's docstring)
 Apply = Callable[[], Awaitable[None]]
-# Drop an in-process copy: of one key, or of every key (None: too many were replaced to tell).
-Drop = Callable[[str | None], None]
+# A key was replaced by an entry made at the given time (None: too many were replaced to tell
+# which: every in-process copy goes).
+Drop = Callable[[str | None, float], None]
 
 
 class Bus:
@@ -61,8 +63,9 @@ class Bus:
         """Start listening; ``apply`` reloads the versions and empties the in-process tier,
         ``drop`` forgets a key another process replaced."""
 
-    def replaced(self, key: str) -> None:
-        """Tell the other processes that ``key``'s entry was replaced: they drop their copy."""
+    def replaced(self, key: str, since: float) -> None:
+        """Tell the other processes that ``key``'s entry was replaced by one made at ``since``:
+        they drop their copy, and serve none made before."""
 
     def drops(self) -> None:
         """Apply the replacements announced since the last call (hot path: the file bus is
@@ -78,23 +81,6 @@ class Bus:
 
     async def stop(self) -> None:
         """Stop listening."""
-
-
-def _again(timers: set[asyncio.TimerHandle], callback: Callable[[Any], None], value: Any) -> None:
-    """``callback(value)`` in `_AGAIN_S` seconds, its timer kept in ``timers`` until it runs."""
-
-    def run() -> None:
-        timers.discard(handle)
-        callback(value)
-
-    handle = asyncio.get_running_loop().call_later(_AGAIN_S, run)
-    timers.add(handle)
-
-
-def _cancel(timers: set[asyncio.TimerHandle]) -> None:
-    for handle in timers:
-        handle.cancel()
-    timers.clear()
 
 
 class FileBus(Bus):
@@ -115,7 +101,6 @@ class FileBus(Bus):
         self._drop: Drop | None = None
         # Not the pid: processes in containers sharing the folder may have the same one.
         self._id = secrets.randbits(31)
-        self._later: set[asyncio.TimerHandle] = set()
 
     async def start(self, apply: Apply, drop: Drop | None = None) -> None:
         self._drop = drop
@@ -127,11 +112,7 @@ class FileBus(Bus):
         self._seen = current
         return True
 
-    def replaced(self, key: str) -> None:
-        self._write_slot(key)
-        _again(self._later, self._write_slot, key)
-
-    def _write_slot(self, key: str) -> None:
+    def replaced(self, key: str, since: float) -> None:
         data = key.encode()
         if len(data) > _SLOT - _SLOT_HEAD.size:  # too long for a slot: every process empties its tier
             data = b""
@@ -139,7 +120,8 @@ class FileBus(Bus):
             fcntl.flock(handle, fcntl.LOCK_EX)
             (count,) = _EPOCH.unpack(self._map[8:16])
             at = _RING + (count % _SLOTS) * _SLOT
-            self._map[at : at + _SLOT_HEAD.size + len(data)] = _SLOT_HEAD.pack(self._id, len(data)) + data
+            head = _SLOT_HEAD.pack(self._id, len(data), since)
+            self._map[at : at + _SLOT_HEAD.size + len(data)] = head + data
             self._map[8:16] = _EPOCH.pack(count + 1)  # after the slot: a reader never sees it half made
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -153,18 +135,18 @@ class FileBus(Bus):
         drop = self._drop
         if drop is None:
             return
-        keys: list[str | None] = []
+        keys: list[tuple[str | None, float]] = []
         for number in range(max(seen, count - _SLOTS), count):
             at = _RING + (number % _SLOTS) * _SLOT
-            writer, length = _SLOT_HEAD.unpack(self._map[at : at + _SLOT_HEAD.size])
+            writer, length, since = _SLOT_HEAD.unpack(self._map[at : at + _SLOT_HEAD.size])
             if writer != self._id:
                 data = self._map[at + _SLOT_HEAD.size : at + _SLOT_HEAD.size + length]
-                keys.append(data.decode(errors="replace") or None)  # a torn slot: see below
+                keys.append((data.decode(errors="replace") or None, since))  # a torn slot: see below
         (now,) = _EPOCH.unpack(self._map[8:16])
         if count - seen > _SLOTS or now - seen > _SLOTS:  # some were overwritten before they were read
-            keys = [None]
-        for key in keys:
-            drop(key)
+            keys = [(None, 0.0)]
+        for key, since in keys:
+            drop(key, since)
 
     async def announce(self) -> int:
         with self._path.open("r+b") as handle:
@@ -176,7 +158,6 @@ class FileBus(Bus):
         return 1
 
     async def stop(self) -> None:
-        _cancel(self._later)
         self._map.close()
 
 
@@ -203,7 +184,7 @@ class RedisBus(Bus):
         self._drop: Drop | None = None
         self._me = secrets.token_hex(8)  # this process, in the replacements it sends
         self._sending: set[asyncio.Task[None]] = set()
-        self._later: set[asyncio.TimerHandle] = set()
+        self._unsent: collections.deque[bytes] = collections.deque(maxlen=1000)
         self._subscribed = asyncio.Event()
 
     async def start(self, apply: Apply, drop: Drop | None = None) -> None:
@@ -222,6 +203,11 @@ class RedisBus(Bus):
                     await pubsub.subscribe(self._channel)
                     if failures:
                         await self._run_apply()  # events may have been missed while Redis was away
+                        if self._unsent:  # and replacements this process could not announce
+                            self._sending.add(
+                                task := asyncio.get_running_loop().create_task(self._publish_unsent())
+                            )
+                            task.add_done_callback(self._sending.discard)
                     failures = 0
                     self._subscribed.set()
                     async for message in pubsub.listen():
@@ -245,8 +231,9 @@ class RedisBus(Bus):
         except orjson.JSONDecodeError:
             return
         if isinstance(event, dict) and isinstance(event.get("drop"), str):  # one key replaced
-            if event.get("from") != self._me and self._drop is not None:
-                self._drop(event["drop"])
+            since = event.get("since")
+            if event.get("from") != self._me and self._drop is not None and isinstance(since, float | int):
+                self._drop(event["drop"], float(since))
             return
         await self._run_apply()
         if isinstance(event, dict) and isinstance(event.get("id"), str):
@@ -256,21 +243,26 @@ class RedisBus(Bus):
                 pipe.expire(ack, 60)
                 await pipe.execute()
 
-    def replaced(self, key: str) -> None:
-        message = orjson.dumps({"drop": key, "from": self._me})
-        self._send(message)
-        _again(self._later, self._send, message)
-
-    def _send(self, message: bytes) -> None:
+    def replaced(self, key: str, since: float) -> None:
+        message = orjson.dumps({"drop": key, "since": since, "from": self._me})
         task = asyncio.get_running_loop().create_task(self._publish(message))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
     async def _publish(self, message: bytes) -> None:
+        """Publish ``message``, after those that could not be sent before (kept, the latest
+        1,000, until Redis takes one: then they all go, in order)."""
+        self._unsent.append(message)
         try:
-            await self._redis.publish(self._channel, message)
-        except Exception as exc:  # Redis is down: the other processes re-apply everything when it returns
-            logger.debug("cache: a replaced key was not announced (%s)", exc)
+            while self._unsent:
+                await self._redis.publish(self._channel, self._unsent[0])
+                self._unsent.popleft()
+        except Exception as exc:  # Redis is down: sent with the next replacement, or on reconnecting
+            logger.debug("cache: %d replaced keys not announced yet (%s)", len(self._unsent), exc)
+
+    async def _publish_unsent(self) -> None:
+        if self._unsent:
+            await self._publish(self._unsent.pop())  # it goes back to the end: sent last, as before
 
     async def announce(self) -> int:
         event_id = secrets.token_hex(8)
@@ -289,7 +281,6 @@ class RedisBus(Bus):
         return acknowledged
 
     async def stop(self) -> None:
-        _cancel(self._later)
         for task in list(self._sending):
             await cancel_and_wait(task)
         await cancel_and_wait(self._task)

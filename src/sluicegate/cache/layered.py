@@ -35,6 +35,7 @@ from .stats import CacheStats
 __all__ = ["LOCK_HELD", "LOCK_NONE", "LOCK_TAKEN", "LayeredCache", "Plan"]
 
 LOCK_HELD, LOCK_TAKEN, LOCK_NONE = 0, 1, 2
+_REPLACED_KEYS = 10_000  # the replaced keys each process remembers (the oldest go first)
 _NO_LOOKUP: tuple[Entry | None, int] = (None, LOCK_NONE)
 
 
@@ -103,6 +104,8 @@ class LayeredCache:
         # when a lookup is answered.
         self._abandoned: collections.deque[tuple[CacheKey, str]] = collections.deque(maxlen=10_000)
         self._releasing: asyncio.Task[None] | None = None
+        # Keys other processes replaced, with when the replacing entry was made (see `_drop`).
+        self._replaced: dict[str, float] = {}
         self._release_timer: asyncio.TimerHandle | None = None
         self.plans = {name: self._plan(policy) for name, policy in self.policies.items()}
         self.default_plan = self._plan(self.default_policy)
@@ -169,13 +172,26 @@ class LayeredCache:
         if self.memory is not None:
             self.memory.clear()  # what was stored meanwhile may be under an old version
 
-    def _drop(self, key: str | None) -> None:
-        """Forget the in-process copy of an entry another process replaced (None: of all)."""
-        if self.memory is not None:
-            if key is None:
+    def _drop(self, key: str | None, since: float) -> None:
+        """Another process replaced ``key``'s entry by one made at ``since``: forget the copy in
+        process, and serve no entry of the key made before it (None: forget every copy)."""
+        if key is None:
+            if self.memory is not None:
                 self.memory.clear()
-            else:
-                self.memory.forget(key)
+            return
+        if self.memory is not None:
+            self.memory.forget(key)
+        replaced = self._replaced
+        if since > replaced.get(key, 0.0):
+            replaced.pop(key, None)  # to the end: the oldest marks go first
+            replaced[key] = since
+            if len(replaced) > _REPLACED_KEYS:
+                del replaced[next(iter(replaced))]
+
+    def outdated(self, key: str, entry: Entry) -> bool:
+        """Whether another process replaced ``entry`` (made before the key's latest replacement)."""
+        replaced = self._replaced
+        return bool(replaced) and entry.created_at < replaced.get(key, 0.0)
 
     def pending(self, started: float) -> asyncio.Task[None] | None:
         """The reload every request must wait for, if an invalidation is being applied (hot path;
@@ -256,13 +272,13 @@ class LayeredCache:
             elif self._abandoned:  # Redis answers again: after any late lookup of a stalled one
                 self._release_soon(0.0)
             entry, lock_state = found
-            if entry is not None:
+            if entry is not None and not self.outdated(key.key, entry):
                 self._promote(key.key, entry, ("memory",), policy)
                 return entry, "redis", lock_state
         if self.sql is not None and self.sql_guard is not None and "sql" in tiers:
             sql = self.sql
             entry = await self.sql_guard.run(lambda: sql.get(key.key), None, timed=False)
-            if entry is not None:
+            if entry is not None and not self.outdated(key.key, entry):
                 self._promote(key.key, entry, ("memory", "redis"), policy)
                 if lock_state == LOCK_TAKEN and lock_token is not None:
                     self.spawn(self.unlock(key, lock_token))
@@ -362,7 +378,7 @@ class LayeredCache:
         if self.sql is not None and "sql" in tiers:
             self.sql.enqueue(key.key, entry, keep)
         if replaces:
-            self.bus.replaced(key.key)
+            self.bus.replaced(key.key, entry.created_at)
         return bool(released) and token is not None
 
     async def try_lock(self, key: CacheKey, token: str) -> bool:
@@ -390,7 +406,7 @@ class LayeredCache:
             delay = min(delay * 1.5, 0.05)
             gone: tuple[Entry | None, bool] = (None, False)
             entry, held = await guard.run(lambda: redis.wait_step(key.key, key.lock), gone, timed=False)
-            if entry is not None:
+            if entry is not None and not self.outdated(key.key, entry):
                 self._promote(key.key, entry, ("memory",), policy)
                 return entry
             if not held:

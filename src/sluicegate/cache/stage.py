@@ -113,7 +113,7 @@ class ServeFromCache:
                 memory.keep(key.key, entry, entry.expires_at + plan.grace_s)
                 stored = True
                 if control.no_cache:  # a forced refresh: the other processes drop their copy
-                    cache.bus.replaced(key.key)
+                    cache.bus.replaced(key.key, entry.created_at)
             cache.stats.missed(feature, stored)
             flight.settle(entry)
             return fresh_reply(reply, entry, key.model, policy, control, now)
@@ -268,7 +268,7 @@ class ServeFromCache:
                     if plan.memory is not None and cache.may_store(call.started):
                         plan.memory.keep(key.key, entry, entry.expires_at + plan.grace_s)
                         if control.no_cache:
-                            cache.bus.replaced(key.key)
+                            cache.bus.replaced(key.key, entry.created_at)
                 elif await cache.store(
                     key,
                     entry,
