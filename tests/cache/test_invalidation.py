@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from redis.asyncio import Redis
 
-from sluicegate.cache.invalidation import Bus, FileBus, RedisBus
+from sluicegate.cache.invalidation import Bus, FileBus, RedisBus, Replacements
 
 # A separate process that opens the bus, says "ready", and on "go" checks it and announces once.
 PEER = textwrap.dedent(
@@ -312,3 +312,17 @@ async def test_redis_bus_tells_the_other_processes_which_key_was_replaced(
     finally:
         await sender.stop()
         await receiver.stop()
+
+
+def test_replacements_keep_the_latest_time_of_the_latest_keys() -> None:
+    """An entry made before its key's latest replacement is outdated; an older notice does not
+    move the time back; past the limit the oldest keys are forgotten first."""
+    replaced = Replacements(kept=2)
+    assert not replaced.outdated("a", 1.0)
+    replaced.note("a", 10.0)
+    replaced.note("a", 5.0)
+    assert replaced.outdated("a", 9.9) and not replaced.outdated("a", 10.0)
+    replaced.note("b", 1.0)
+    replaced.note("a", 11.0)  # a is the latest again: b goes first
+    replaced.note("c", 1.0)
+    assert replaced.outdated("a", 10.5) and not replaced.outdated("b", 0.5) and replaced.outdated("c", 0.5)

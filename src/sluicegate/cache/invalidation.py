@@ -37,7 +37,7 @@ from redis.asyncio import ConnectionPool, Redis
 
 from ..background import cancel_and_wait
 
-__all__ = ["Bus", "FileBus", "RedisBus"]
+__all__ = ["Bus", "FileBus", "RedisBus", "Replacements"]
 
 logger = logging.getLogger("sluicegate.cache")
 CHANNEL = "sg:cache:events"
@@ -52,6 +52,29 @@ Apply = Callable[[], Awaitable[None]]
 # A key was replaced by an entry made at the given time (None: too many were replaced to tell
 # which: every in-process copy goes).
 Drop = Callable[[str | None, float], None]
+
+
+class Replacements:
+    """The keys other processes replaced, with when each replacing entry was made: an entry of
+    such a key made before is outdated, in any tier. The latest ``kept`` keys are remembered."""
+
+    def __init__(self, kept: int = 10_000) -> None:
+        self._kept = kept
+        self._since: dict[str, float] = {}
+
+    def note(self, key: str, since: float) -> None:
+        """``key``'s entry was replaced by one made at ``since``."""
+        known = self._since
+        if since > known.get(key, 0.0):
+            known.pop(key, None)  # to the end: the oldest go first
+            known[key] = since
+            if len(known) > self._kept:
+                del known[next(iter(known))]
+
+    def outdated(self, key: str, created_at: float) -> bool:
+        """Whether an entry of ``key`` made at ``created_at`` was replaced since (hot path)."""
+        known = self._since
+        return bool(known) and created_at < known.get(key, 0.0)
 
 
 class Bus:

@@ -25,7 +25,7 @@ from ..calls import Call
 from ..config import FeatureCache, Settings
 from .entry import Entry
 from .guard import TierGuard
-from .invalidation import Bus, FileBus, RedisBus
+from .invalidation import Bus, FileBus, RedisBus, Replacements
 from .keys import CacheKey, cache_key
 from .memory import MemoryTier
 from .redis_tier import RedisTier
@@ -35,7 +35,6 @@ from .stats import CacheStats
 __all__ = ["LOCK_HELD", "LOCK_NONE", "LOCK_TAKEN", "LayeredCache", "Plan"]
 
 LOCK_HELD, LOCK_TAKEN, LOCK_NONE = 0, 1, 2
-_REPLACED_KEYS = 10_000  # the replaced keys each process remembers (the oldest go first)
 _NO_LOOKUP: tuple[Entry | None, int] = (None, LOCK_NONE)
 
 
@@ -104,8 +103,7 @@ class LayeredCache:
         # when a lookup is answered.
         self._abandoned: collections.deque[tuple[CacheKey, str]] = collections.deque(maxlen=10_000)
         self._releasing: asyncio.Task[None] | None = None
-        # Keys other processes replaced, with when the replacing entry was made (see `_drop`).
-        self._replaced: dict[str, float] = {}
+        self.replaced = Replacements()  # keys other processes replaced (see `_drop`)
         self._release_timer: asyncio.TimerHandle | None = None
         self.plans = {name: self._plan(policy) for name, policy in self.policies.items()}
         self.default_plan = self._plan(self.default_policy)
@@ -175,23 +173,17 @@ class LayeredCache:
     def _drop(self, key: str | None, since: float) -> None:
         """Another process replaced ``key``'s entry by one made at ``since``: forget the copy in
         process, and serve no entry of the key made before it (None: forget every copy)."""
-        if key is None:
-            if self.memory is not None:
-                self.memory.clear()
-            return
+        if key is not None:
+            self.replaced.note(key, since)
         if self.memory is not None:
-            self.memory.forget(key)
-        replaced = self._replaced
-        if since > replaced.get(key, 0.0):
-            replaced.pop(key, None)  # to the end: the oldest marks go first
-            replaced[key] = since
-            if len(replaced) > _REPLACED_KEYS:
-                del replaced[next(iter(replaced))]
+            if key is None:
+                self.memory.clear()
+            else:
+                self.memory.forget(key)
 
     def outdated(self, key: str, entry: Entry) -> bool:
         """Whether another process replaced ``entry`` (made before the key's latest replacement)."""
-        replaced = self._replaced
-        return bool(replaced) and entry.created_at < replaced.get(key, 0.0)
+        return self.replaced.outdated(key, entry.created_at)
 
     def pending(self, started: float) -> asyncio.Task[None] | None:
         """The reload every request must wait for, if an invalidation is being applied (hot path;
