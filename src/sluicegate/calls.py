@@ -140,6 +140,9 @@ class Call:
     # The copies a hedge race left behind once another answered, with the reply each had (None:
     # cancelled while it waited, billed by its prompt's estimate, as the ledger bills it).
     losers: list[tuple[Call, Reply | None]] | None = None
+    # The routes of its attempts that timed out after their request went upstream: each is
+    # billed its prompt's estimate, by the ledger, the budget and the token limits alike.
+    timed_out: tuple[ModelRoute, ...] = ()
 
     def next_attempt(self) -> None:
         """Number the call's next upstream attempt: one more, or, once copies of it race (a

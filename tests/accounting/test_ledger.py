@@ -136,7 +136,7 @@ async def test_an_upstream_failure_is_recorded_unbilled(tmp_path: Path) -> None:
 
 async def test_a_call_that_timed_out_upstream_is_billed_by_estimate(tmp_path: Path) -> None:
     """The upstream had the prompt when the gateway stopped waiting: each attempt that timed out
-    is billed at its prompt's estimate, and the budget settles at the same cost."""
+    is billed at its prompt's estimate, and the budget settles at the same cost (every attempt's)."""
     settings = mock_settings(
         data_dir=tmp_path,
         cache={"enabled": False},
@@ -156,7 +156,36 @@ async def test_a_call_that_timed_out_upstream_is_billed_by_estimate(tmp_path: Pa
         (2, 504, "estimate"),
     ]
     assert all(r["prompt_tokens"] > 0 and r["cost_micro"] > 0 for r in rows)
-    assert (usage.spent_micro, usage.reserved_micro) == (rows[-1]["cost_micro"], 0)
+    assert (usage.spent_micro, usage.reserved_micro) == (sum(r["cost_micro"] for r in rows), 0)
+
+
+async def test_an_answer_after_timeouts_settles_every_attempt_as_the_ledger(tmp_path: Path) -> None:
+    """The asked model times out twice, its fallback answers: the budget settles the three
+    ledger rows' cost, not the answer's alone."""
+    slow = {"kind": "mock", "mock": {"latency": 2000}, "timeouts": {"first_byte": 0.05}}
+    settings = mock_settings(
+        data_dir=tmp_path,
+        cache={"enabled": False},
+        budgets={"orgs": [{"org": "acme", "limit_usd": "5"}]},
+        providers={"slow": slow, "quick": {"kind": "mock"}},
+        models={
+            "gpt-4o-mini": {"provider": "slow", "fallbacks": ["gpt-4o"]},
+            "gpt-4o": {"provider": "quick"},
+        },
+        resilience={"retry": {"max_attempts": 2, "base_ms": 1}},
+    )
+    async with create_gateway(settings) as gateway:
+        await gateway.send(gateway.new_call("chat", body(max_tokens=100), CONTEXT))
+        budget = gateway.budgets.budget_for("acme")
+        assert budget is not None
+        usage = await settled_usage(gateway, budget)
+        rows = await ledger_rows(gateway)
+    assert [(r["status"], r["priced_from"], r["model"]) for r in rows] == [
+        (504, "estimate", "gpt-4o-mini"),
+        (504, "estimate", "gpt-4o-mini"),
+        (200, "usage", "gpt-4o"),
+    ]
+    assert (usage.spent_micro, usage.reserved_micro) == (sum(r["cost_micro"] for r in rows), 0)
 
 
 def test_a_timeout_before_the_request_left_is_not_billed() -> None:

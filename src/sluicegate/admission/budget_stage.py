@@ -20,7 +20,7 @@ from ..background import spawn
 from ..calls import Call, CallKind, ModelRoute, Reply, ReplyStream
 from ..config import BudgetsConfig
 from ..config_money import usd
-from ..errors import BudgetExceeded, UpstreamTimeout
+from ..errors import BudgetExceeded
 from ..upstream.router import ModelCatalog
 from .budget_math import MIN_COMPLETION_TOKENS, PERIOD_ADJECTIVES
 from .budget_scopes import parse_scope
@@ -139,20 +139,18 @@ class ReserveBudget:
             call.clamped = True
         try:
             reply = await self._send(call)
-        except (asyncio.CancelledError, UpstreamTimeout) as exc:
-            if isinstance(exc, UpstreamTimeout) and not exc.sent:  # it never left: unbilled
-                spawn(self._tasks, self._settle(rid, 0))
-                raise
-            # The client left, or the upstream timed out: the provider had the prompt.
+        except asyncio.CancelledError:  # the client left: the provider had the prompt
             left = self._prices.cost_micro(call.route, usage_or_estimate(call.body, None, 499)[0])
-            spawn(self._tasks, self._settle(rid, prompt_micro if left is None else left))  # as the ledger
+            amount = (prompt_micro if left is None else left) + self._timed_out_cost(call)  # as the ledger
+            spawn(self._tasks, self._settle(rid, amount))
             raise
-        except Exception:  # refused further in (an emergency stop, a breaker) or failed: unbilled
-            spawn(self._tasks, self._settle(rid, 0))
+        except Exception:  # refused further in (an emergency stop, a breaker) or failed: unbilled,
+            # but for each attempt that timed out after its request left (at its prompt's estimate)
+            spawn(self._tasks, self._settle(rid, self._timed_out_cost(call)))
             raise
         if reply.stream is None:
             cost = self._prices.cost_micro(call.route, reply_usage(call.body, reply))  # as the ledger
-            amount = decision.reserve_micro if cost is None else cost
+            amount = (decision.reserve_micro if cost is None else cost) + self._timed_out_cost(call)
             if call.losers:
                 amount += self._losers_cost(call.losers)
             # In Redis the settlement is sent, not awaited: it leaves in one write with the
@@ -165,7 +163,7 @@ class ReserveBudget:
             def settle_stream(relay: ReplyStream) -> None:
                 # Cut by the client, it costs what the ledger records: its estimate, not its worst case.
                 cost = self._prices.cost_micro(call.route, stream_usage(call.body, relay))
-                amount = reserved if cost is None else cost
+                amount = (reserved if cost is None else cost) + self._timed_out_cost(call)
                 if call.losers:
                     amount += self._losers_cost(call.losers)
                 if not self._store.settle_soon(rid, amount, self._settled_soon(rid)):
@@ -182,6 +180,14 @@ class ReserveBudget:
             if spent + reserved - held.decision.reserve_micro >= share * budget.limit_micro:
                 return index
         return -1
+
+    def _timed_out_cost(self, call: Call) -> int:
+        """What the call's attempts that timed out after their request left cost, as the ledger
+        bills them: each its prompt's estimate, at its route's prices."""
+        if not call.timed_out:
+            return 0
+        usage = usage_or_estimate(call.body, None, 499)[0]
+        return sum(self._prices.cost_micro(route, usage) or 0 for route in call.timed_out)
 
     def _losers_cost(self, losers: list[tuple[Call, Reply | None]]) -> int:
         """What the copies a hedge race left behind cost, as the ledger records them: one that

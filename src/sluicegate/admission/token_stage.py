@@ -21,7 +21,7 @@ from ..accounting.ledger import completion_limit, estimate_prompt_tokens, reply_
 from ..background import spawn
 from ..calls import Call, Reply, ReplyStream, Usage
 from ..config import TokenLimit
-from ..errors import SluicegateError, TokensLimited, UpstreamTimeout
+from ..errors import SluicegateError, TokensLimited
 from ..observe.alerts import Alerts
 from .outage import DATABASE_ERRORS, Outage, shared_or_alone
 from .redis_tokens import RedisTokens
@@ -92,11 +92,12 @@ class LimitTokens:
         try:
             reply = await self._send(call)
         except asyncio.CancelledError:
-            spawn(self._tasks, self._give_back(checks, cost - estimate_prompt_tokens(body), taken.local))
+            used = estimate_prompt_tokens(body) * (1 + len(call.timed_out))
+            spawn(self._tasks, self._give_back(checks, cost - used, taken.local))
             raise
         except Exception as exc:  # refused further in (a budget, the stop) or failed: nothing used
-            # ... but for a timeout after the request left: its prompt (as the ledger bills it).
-            used = estimate_prompt_tokens(body) if isinstance(exc, UpstreamTimeout) and exc.sent else 0
+            # ... but each attempt that timed out after its request left: its prompt (as the ledger).
+            used = estimate_prompt_tokens(body) * len(call.timed_out)
             spawn(self._tasks, self._give_back(checks, cost - used, taken.local))
             if isinstance(exc, SluicegateError):
                 left = {
@@ -105,13 +106,15 @@ class LimitTokens:
                 }
                 raise exc.with_headers(left) from exc.__cause__
             raise
+        timed_out = estimate_prompt_tokens(body) * len(call.timed_out)  # attempts before this answer
         if reply.stream is None:
-            await self._settle(checks, cost, reply_usage(body, reply), taken.local)
+            await self._settle(checks, cost - timed_out, reply_usage(body, reply), taken.local)
         else:
 
             def settle_stream(relay: ReplyStream) -> None:
                 # Cut by the client: all but what it used (its prompt and the chunks sent) goes back.
-                spawn(self._tasks, self._settle(checks, cost, stream_usage(body, relay), taken.local))
+                usage = stream_usage(body, relay)
+                spawn(self._tasks, self._settle(checks, cost - timed_out, usage, taken.local))
 
             reply.stream.on_close(settle_stream)
         reply.headers["x-ratelimit-limit-tokens"] = str(tightest)

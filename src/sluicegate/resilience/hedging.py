@@ -61,6 +61,7 @@ async def race(
     if call.tries is None:  # from here on, every copy's attempt takes a number of its own
         call.tries = itertools.count(call.attempt + 1)
     primary = replace(call, route=first)
+    copies = [primary]
     first_task = asyncio.ensure_future(send(primary))
     pending = {first_task}
     try:
@@ -71,6 +72,7 @@ async def race(
             pending = set()
             return await first_task, primary, False
         backup = replace(call, route=second, attempt=next(call.tries))
+        copies.append(backup)
         tasks = {first_task: primary, asyncio.ensure_future(send(backup)): backup}
         pending = set(tasks)
         error: BaseException | None = None
@@ -93,6 +95,9 @@ async def race(
     finally:
         for task in pending:
             task.cancel()
+        # The copies' attempts that timed out after their request left are the call's to bill.
+        known = len(call.timed_out)
+        call.timed_out += tuple(route for copy in copies for route in copy.timed_out[known:])
 
 
 def _close_loser(task: asyncio.Future[Reply]) -> None:

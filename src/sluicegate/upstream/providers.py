@@ -143,6 +143,8 @@ class Provider:
         try:
             response = await self.transport.send(request)
         except UpstreamTimeout as exc:
+            if exc.sent:  # billed at its prompt's estimate, as the ledger bills it
+                call.timed_out = (*call.timed_out, call.route)
             if time.perf_counter() >= call.deadline:
                 raise deadline_passed(call, exc.sent) from None
             raise
