@@ -130,6 +130,9 @@ def test_invalidate_needs_a_selection(config: Path) -> None:
     result = run(config, "cache", "invalidate")
     assert result.exit_code == 2
     assert "--tag" in result.output
+    for option, value in (("--feature", "okr-templat"), ("--model", "gpt-4o-mni")):  # typos, as bump's
+        typo = run(config, "cache", "invalidate", option, value)
+        assert typo.exit_code == 2 and "must be a configured" in typo.output, typo.output
 
 
 def test_invalidate_after_warm(config: Path, upstream: MockUpstream, tmp_path: Path) -> None:

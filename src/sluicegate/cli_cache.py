@@ -29,7 +29,9 @@ T = TypeVar("T")
 cache_app = typer.Typer(help="Inspect and invalidate the response cache.", no_args_is_help=True)
 
 
-def _with_cache(settings: Settings, action: Callable[[Gateway, LayeredCache], Awaitable[T]]) -> T:
+def _with_cache(
+    settings: Settings, action: Callable[[Gateway, LayeredCache], Awaitable[T]], invalid: int | None = None
+) -> T:
     if not settings.cache.enabled:
         print_error("the cache is disabled (cache.enabled: false)")
         raise typer.Exit(2)
@@ -39,7 +41,7 @@ def _with_cache(settings: Settings, action: Callable[[Gateway, LayeredCache], Aw
             assert gateway.cache is not None
             return await action(gateway, gateway.cache)
 
-    return run_or_exit(run())
+    return run_or_exit(run(), invalid=invalid)
 
 
 def _print_json(value: Any) -> None:
@@ -82,7 +84,8 @@ def invalidate_command(settings: Settings, match: dict[str, str | None]) -> None
     if not chosen:
         print_error("name what to delete: --key, --tag, --feature, --org, --user or --model")
         raise typer.Exit(2)
-    result = _with_cache(settings, lambda _, cache: admin.invalidate(cache, **chosen))
+    # A match that selects nothing valid (a feature or model not configured) is a usage error, as in bump.
+    result = _with_cache(settings, lambda _, cache: admin.invalidate(cache, **chosen), invalid=2)
     _print_json(result)
 
 

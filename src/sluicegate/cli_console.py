@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import CONFIG_ENV, Settings, load_settings
-from .errors import SluicegateError
+from .errors import InvalidRequest, SluicegateError
 from .store.db import first_line, with_migrated
 
 __all__ = [
@@ -51,9 +51,10 @@ def database_error(error: BaseException) -> str:
     return f"the database is unreachable: {first}"
 
 
-def run_or_exit(work: Awaitable[T], refused: int = 1) -> T:
+def run_or_exit(work: Awaitable[T], refused: int = 1, invalid: int | None = None) -> T:
     """Run ``work`` to its end. A `SluicegateError` is its message on stderr and the exit
-    status ``refused``; a database that cannot be reached or opened, the reason and exit 1."""
+    status ``refused`` (``invalid``, when given, for an `InvalidRequest`: a usage error); a
+    database that cannot be reached or opened, the reason and exit 1."""
 
     async def run() -> T:
         return await work
@@ -62,6 +63,8 @@ def run_or_exit(work: Awaitable[T], refused: int = 1) -> T:
         return uvloop.run(run())
     except SluicegateError as exc:
         print_error(exc.message)
+        if invalid is not None and isinstance(exc, InvalidRequest):
+            raise typer.Exit(invalid) from None
         raise typer.Exit(refused) from None
     except (SQLAlchemyError, OSError) as exc:
         print_error(database_error(exc))

@@ -8,7 +8,6 @@ timeout a few times, and then nothing until it is back.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import secrets
@@ -27,6 +26,7 @@ from .entry import Entry
 from .guard import TierGuard
 from .invalidation import Bus, FileBus, RedisBus, Replacements
 from .keys import CacheKey, cache_key
+from .locks import AbandonedLocks
 from .memory import MemoryTier
 from .redis_tier import RedisTier
 from .sql_tier import SqlTier
@@ -97,14 +97,10 @@ class LayeredCache:
         self._purging = asyncio.Lock()  # held while a purge statement runs: see aclose
         self._reloading: asyncio.Task[None] | None = None
         self.invalidated_at = 0.0  # perf_counter() when this process last applied an invalidation
-        # Locks whose lookup failed or timed out: a stalled Redis may still take them when it
-        # resumes, for their whole lease, with no one to release them. Released (if they were
-        # taken with this token) once Redis answers again: tried every second, and at once
-        # when a lookup is answered.
-        self._abandoned: collections.deque[tuple[CacheKey, str]] = collections.deque(maxlen=10_000)
-        self._releasing: asyncio.Task[None] | None = None
+        self._abandoned: AbandonedLocks | None = None  # lookups Redis did not answer (locks.py)
+        if self.redis is not None and self.redis_guard is not None:
+            self._abandoned = AbandonedLocks(self.redis.unlock, self.redis_guard.timeout_s, self._tasks)
         self.replaced = Replacements()  # keys other processes replaced (see `_drop`)
-        self._release_timer: asyncio.TimerHandle | None = None
         self.plans = {name: self._plan(policy) for name, policy in self.policies.items()}
         self.default_plan = self._plan(self.default_policy)
 
@@ -202,8 +198,8 @@ class LayeredCache:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 async with asyncio.timeout(5):
                     await task
-        if self._release_timer is not None:  # locks still abandoned: their leases free them
-            self._release_timer.cancel()
+        if self._abandoned is not None:  # locks still abandoned: their leases free them
+            self._abandoned.close()
         if self.sql is not None:
             await self.sql.flush()
         await self.stats.stop()
@@ -257,12 +253,12 @@ class LayeredCache:
             found = await guard.run(
                 lambda: redis.lookup(key.key, lock, lock_token or "", lease), _NO_LOOKUP, timed=False
             )
+            abandoned = self._abandoned
             if found is _NO_LOOKUP:  # failed or timed out (or skipped): nothing known of the lock
-                if sent and lock_token is not None:
-                    self._abandoned.append((key, lock_token))
-                    self._release_soon(1.0)
-            elif self._abandoned:  # Redis answers again: after any late lookup of a stalled one
-                self._release_soon(0.0)
+                if sent and lock_token is not None and abandoned is not None and lock is not None:
+                    abandoned.add(lock, lock_token)
+            elif abandoned is not None:
+                abandoned.answered()
             entry, lock_state = found
             if entry is not None and not self.outdated(key.key, entry):
                 self._promote(key.key, entry, ("memory",), policy)
@@ -277,33 +273,6 @@ class LayeredCache:
                     lock_state = LOCK_NONE
                 return entry, "sql", lock_state
         return None, "", lock_state
-
-    def _release_soon(self, delay_s: float) -> None:
-        """Release the abandoned locks in ``delay_s`` (one task at a time; see ``_abandoned``)."""
-        if self._release_timer is not None:
-            if delay_s > 0:
-                return
-            self._release_timer.cancel()
-        self._release_timer = asyncio.get_running_loop().call_later(delay_s, self._start_release)
-
-    def _start_release(self) -> None:
-        self._release_timer = None
-        if self._releasing is None or self._releasing.done():
-            self._releasing = spawn(self._tasks, self._release_abandoned())
-
-    async def _release_abandoned(self) -> None:
-        redis, guard = self.redis, self.redis_guard
-        assert redis is not None
-        assert guard is not None
-        while self._abandoned:
-            key, token = self._abandoned[0]
-            try:
-                async with asyncio.timeout(guard.timeout_s):
-                    await redis.unlock(key.lock, token)
-            except Exception:  # Redis still fails: again in a second
-                self._release_soon(1.0)
-                return
-            self._abandoned.popleft()
 
     def keep_s(self, entry: Entry, policy: FeatureCache, now: float) -> float:
         """How long a tier keeps ``entry``: its freshness plus the stale grace, at least 60 s past expiry."""
