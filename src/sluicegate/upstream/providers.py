@@ -90,7 +90,7 @@ def deadline_passed(call: Call, sent: bool = True) -> UpstreamTimeout:
     the request went upstream)."""
     return UpstreamTimeout(
         f"provider {call.route.provider}: no answer within the request's deadline "
-        f"({call.deadline - call.started:.0f} s from its arrival)",
+        f"({call.deadline - call.started:g} s from its arrival)",
         sent=sent,
     )
 
