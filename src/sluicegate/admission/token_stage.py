@@ -106,7 +106,8 @@ class LimitTokens:
                 }
                 raise exc.with_headers(left) from exc.__cause__
             raise
-        timed_out = estimate_prompt_tokens(body) * len(call.timed_out)  # attempts before this answer
+        # Attempts before this answer that timed out after their request left (rare: no estimate else).
+        timed_out = estimate_prompt_tokens(body) * len(call.timed_out) if call.timed_out else 0
         if reply.stream is None:
             await self._settle(checks, cost - timed_out, reply_usage(body, reply), taken.local)
         else:
