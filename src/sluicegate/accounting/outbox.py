@@ -75,7 +75,7 @@ def _insert_many_sql(rows: int) -> str:
     )
 
 
-def _chunks(rows: Sequence[Row]) -> list[tuple[str, list[Any]]]:
+def _chunks(rows: Sequence[Row]) -> list[tuple[str, tuple[Any, ...]]]:
     """``rows`` as SQLite statements of `_CHUNK`, 32, … or 1 rows, with their flat parameters."""
     statements = []
     start, size = 0, _CHUNK
@@ -83,7 +83,7 @@ def _chunks(rows: Sequence[Row]) -> list[tuple[str, list[Any]]]:
         while size > len(rows) - start:
             size //= 2
         part = rows[start : start + size]
-        statements.append((_insert_many_sql(size), [value for row in part for value in row]))
+        statements.append((_insert_many_sql(size), tuple(value for row in part for value in row)))
         start += size
     return statements
 
@@ -104,7 +104,7 @@ async def insert_rows(engine: AsyncEngine, rows: Sequence[Row]) -> None:
     async with engine.begin() as connection:
         if engine.dialect.name == "sqlite":
             for statement, values in _chunks(rows):
-                await connection.exec_driver_sql(statement, tuple(values))
+                await connection.exec_driver_sql(statement, values)
         else:
             await connection.exec_driver_sql(_insert_sql(engine.dialect.paramstyle), list(rows))
 

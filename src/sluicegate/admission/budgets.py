@@ -18,7 +18,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 
 from redis.asyncio import Redis
 from sqlalchemy import select, text
@@ -226,10 +226,7 @@ class BudgetStore:
         if done is not None or due:
             # Back from an outage: catch up with what the database counted, once per period;
             # and a budget that changed lately is raised to the ledger's sum, outage or not.
-            if done is None:
-                kept = {f"{budget.scope}@{name}" for budget, name, _ in books if budget.scope not in due}
-            else:
-                kept = {period for period in done if period.rpartition("@")[0] not in due}
+            kept = _not_due(done if done is not None else _periods(books), due)
             floors = await self._floors_or_refuse(
                 books, kept, now, "catch_up" if done is not None else "changed"
             )
@@ -243,7 +240,7 @@ class BudgetStore:
                 books, rid, prompt_micro, out_pico, asked, lease, floors, now, self._throttle
             )
         if done is not None:
-            done.update(f"{budget.scope}@{name}" for budget, name, _ in books)
+            done.update(_periods(books))
         return result
 
     async def _reserve_in_sql(
@@ -261,7 +258,7 @@ class BudgetStore:
             # that changed, for a while (`Changes.due`).
             done = self._floored_in_sql
             if self._changes and (due := self._changes.due(books, now)):
-                done = {period for period in done if period.rpartition("@")[0] not in due}
+                done = _not_due(done, due)
             floors = await self._floors(books, done, now)
             lease_end = now + self._config.lease_s
             result = await self._sql.reserve(
@@ -277,7 +274,7 @@ class BudgetStore:
             )
         except (SQLAlchemyError, OSError) as exc:
             raise unavailable(books[0][0], exc, "", self._redis is not None) from exc
-        self._floored_in_sql.update(f"{budget.scope}@{name}" for budget, name, _ in books)
+        self._floored_in_sql.update(_periods(books))
         return result
 
     async def settle(self, rid: str, cost_micro: int) -> list[Usage]:
@@ -392,3 +389,14 @@ class BudgetStore:
             )
         self._alerted.add(seen)
         return bool(result.rowcount)
+
+
+def _periods(books: Sequence[Book]) -> Iterator[str]:
+    """The ``scope@period`` names of ``books``, as the sets of periods raised hold them."""
+    return (f"{budget.scope}@{name}" for budget, name, _ in books)
+
+
+def _not_due(periods: Iterable[str], due: Collection[str]) -> set[str]:
+    """``periods`` (``scope@period`` names) but those of the scopes ``due`` to be raised to the
+    ledger's sum again: a set of periods raised, without them."""
+    return {period for period in periods if period.rpartition("@")[0] not in due}

@@ -7,7 +7,7 @@ emptied its in-process tier (and read the new namespace versions) by then.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 
@@ -92,6 +92,17 @@ async def stats(cache: LayeredCache) -> dict[str, Any]:
     return {"features": features, "tiers": tiers, "namespaces": namespaces}
 
 
+def _check_known(match: dict[str, str], field: str, known: Collection[str], what: str, others: str) -> None:
+    """`InvalidRequest` (``invalid_match``) when ``match`` names a ``field`` not in ``known``."""
+    if field in match and match[field] not in known:
+        raise InvalidRequest(
+            f"{field} must be a configured {what} ({', '.join(sorted(known))}); the entries of a "
+            f"{field} no longer configured expire on their own, or go with their {others}",
+            param=field,
+            code="invalid_match",
+        )
+
+
 async def invalidate(cache: LayeredCache, **match: str) -> dict[str, Any]:
     """Delete the entries of a key, a tag, or a feature, org, user and/or model, in every tier."""
     match = {k: v for k, v in match.items() if v is not None}
@@ -102,22 +113,11 @@ async def invalidate(cache: LayeredCache, **match: str) -> dict[str, Any]:
             param="key",
             code="invalid_match",
         )
-    known = {*cache.policies, "default"}
-    if "feature" in match and match["feature"] not in known:  # a typo would delete nothing, "successfully"
-        raise InvalidRequest(
-            f"feature must be a configured feature name ({', '.join(sorted(known))}); the entries of a "
-            "feature no longer configured expire on their own, or go with their org or model",
-            param="feature",
-            code="invalid_match",
-        )
-    if "model" in match:  # an alias means its model, as the keys name it; a typo is refused
-        if match["model"] not in cache.models:
-            raise InvalidRequest(
-                f"model must be a configured model or alias ({', '.join(sorted(cache.models))}); the "
-                "entries of a model no longer configured expire on their own, or go with their feature",
-                param="model",
-                code="invalid_match",
-            )
+    # A typo would delete nothing, "successfully": a feature or model must be configured (an
+    # alias means its model, as the keys name it).
+    _check_known(match, "feature", {*cache.policies, "default"}, "feature name", "org or model")
+    _check_known(match, "model", cache.models, "model or alias", "feature")
+    if "model" in match:
         match["model"] = cache.models[match["model"]]
     deleted: dict[str, int] = {}
     if cache.memory is not None:

@@ -79,10 +79,9 @@ def usage_json(usage: Usage) -> dict[str, Any]:
     return out
 
 
-def usage_object(body: bytes | dict[str, Any], usage: Usage) -> dict[str, Any]:
-    """The ``usage`` object of a stored answer: the one its body carries (the upstream's own,
-    with every token detail it sent), else one made from ``usage``."""
-    payload = orjson.loads(body) if isinstance(body, bytes) else body
+def usage_object(payload: Any, usage: Usage) -> dict[str, Any]:
+    """The ``usage`` object of a stored answer (``payload``, its parsed body): the one it
+    carries (the upstream's own, with every token detail it sent), else one made from ``usage``."""
     found = payload.get("usage") if isinstance(payload, dict) else None
     return found if isinstance(found, dict) else usage_json(usage)
 

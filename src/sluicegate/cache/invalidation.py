@@ -166,7 +166,7 @@ class FileBus(Bus):
                 data = self._map[at + _SLOT_HEAD.size : at + _SLOT_HEAD.size + length]
                 keys.append((data.decode(errors="replace") or None, since))  # a torn slot: see below
         (now,) = _EPOCH.unpack(self._map[8:16])
-        if count - seen > _SLOTS or now - seen > _SLOTS:  # some were overwritten before they were read
+        if now - seen > _SLOTS:  # some were overwritten before they were read (now >= count)
             keys = [(None, 0.0)]
         for key, since in keys:
             drop(key, since)
@@ -206,7 +206,7 @@ class RedisBus(Bus):
         self._apply: Apply | None = None
         self._drop: Drop | None = None
         self._me = secrets.token_hex(8)  # this process, in the replacements it sends
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: asyncio.Task[None] | None = None  # publishing `_unsent`
         self._unsent: collections.deque[bytes] = collections.deque(maxlen=1000)
         self._subscribed = asyncio.Event()
 
@@ -227,10 +227,7 @@ class RedisBus(Bus):
                     if failures:
                         await self._run_apply()  # events may have been missed while Redis was away
                         if self._unsent:  # and replacements this process could not announce
-                            self._sending.add(
-                                task := asyncio.get_running_loop().create_task(self._publish_unsent())
-                            )
-                            task.add_done_callback(self._sending.discard)
+                            self._send_unsent()
                     failures = 0
                     self._subscribed.set()
                     async for message in pubsub.listen():
@@ -267,25 +264,22 @@ class RedisBus(Bus):
                 await pipe.execute()
 
     def replaced(self, key: str, since: float) -> None:
-        message = orjson.dumps({"drop": key, "since": since, "from": self._me})
-        task = asyncio.get_running_loop().create_task(self._publish(message))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        self._unsent.append(orjson.dumps({"drop": key, "since": since, "from": self._me}))
+        self._send_unsent()
 
-    async def _publish(self, message: bytes) -> None:
-        """Publish ``message``, after those that could not be sent before (kept, the latest
-        1,000, until Redis takes one: then they all go, in order)."""
-        self._unsent.append(message)
+    def _send_unsent(self) -> None:
+        """Publish the replacements not sent yet, in order, by one task at a time (kept, the
+        latest 1,000, while Redis takes none: sent with the next one, or on reconnecting)."""
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.get_running_loop().create_task(self._publish_unsent())
+
+    async def _publish_unsent(self) -> None:
         try:
             while self._unsent:
                 await self._redis.publish(self._channel, self._unsent[0])
                 self._unsent.popleft()
-        except Exception as exc:  # Redis is down: sent with the next replacement, or on reconnecting
+        except Exception as exc:  # Redis is down
             logger.debug("cache: %d replaced keys not announced yet (%s)", len(self._unsent), exc)
-
-    async def _publish_unsent(self) -> None:
-        if self._unsent:
-            await self._publish(self._unsent.pop())  # it goes back to the end: sent last, as before
 
     async def announce(self) -> int:
         event_id = secrets.token_hex(8)
@@ -304,8 +298,7 @@ class RedisBus(Bus):
         return acknowledged
 
     async def stop(self) -> None:
-        for task in list(self._sending):
-            await cancel_and_wait(task)
+        await cancel_and_wait(self._sending)
         await cancel_and_wait(self._task)
         self._task = None
         await self._listener.aclose(close_connection_pool=True)

@@ -255,8 +255,8 @@ class LayeredCache:
             )
             abandoned = self._abandoned
             if found is _NO_LOOKUP:  # failed or timed out (or skipped): nothing known of the lock
-                if sent and lock_token is not None and abandoned is not None and lock is not None:
-                    abandoned.add(lock, lock_token)
+                if sent and lock_token is not None and abandoned is not None:
+                    abandoned.add(key.lock, lock_token)
             elif abandoned is not None:
                 abandoned.answered()
             entry, lock_state = found
@@ -298,6 +298,16 @@ class LayeredCache:
         if self.bus.check():
             self._begin_reload()
         return started >= self.invalidated_at
+
+    def keep_in_memory(self, key: CacheKey, entry: Entry, plan: Plan, started: float, replaces: bool) -> bool:
+        """`store` for a feature whose only tier is this process's: whether ``entry`` was kept."""
+        memory = plan.memory
+        if memory is None or not self.may_store(started):  # no invalidation since the call started
+            return False
+        memory.keep(key.key, entry, entry.expires_at + plan.grace_s)
+        if replaces:  # a forced refresh: the other processes drop their copy
+            self.bus.replaced(key.key, entry.created_at)
+        return True
 
     async def store(
         self,

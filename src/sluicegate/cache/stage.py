@@ -101,19 +101,12 @@ class ServeFromCache:
             entry = self._entries.from_body(
                 call, policy, control, reply.body, reply.usage, hits=hits, payload=reply.payload, now=now
             )
-            memory = plan.memory
-            stored = False
-            if (
+            stored = (
                 entry is not None
-                and memory is not None
                 and not control.no_store
                 and entry.model == key.model
-                and cache.may_store(call.started)  # no invalidation since the call started
-            ):
-                memory.keep(key.key, entry, entry.expires_at + plan.grace_s)
-                stored = True
-                if control.no_cache:  # a forced refresh: the other processes drop their copy
-                    cache.bus.replaced(key.key, entry.created_at)
+                and cache.keep_in_memory(key, entry, plan, call.started, control.no_cache)
+            )
             cache.stats.missed(feature, stored)
             flight.settle(entry)
             return fresh_reply(reply, entry, key.model, policy, control, now)
@@ -265,10 +258,7 @@ class ServeFromCache:
             if entry is not None and plan.server and not control.no_store and entry.model == key.model:
                 stored = True
                 if not plan.shared:
-                    if plan.memory is not None and cache.may_store(call.started):
-                        plan.memory.keep(key.key, entry, entry.expires_at + plan.grace_s)
-                        if control.no_cache:
-                            cache.bus.replaced(key.key, entry.created_at)
+                    cache.keep_in_memory(key, entry, plan, call.started, control.no_cache)
                 elif await cache.store(
                     key,
                     entry,
