@@ -7,7 +7,7 @@ Validation checks only the fields sluicegate uses (``model``, ``messages``, ``st
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -143,6 +143,10 @@ class Call:
     # The routes of its attempts that timed out after their request went upstream: each is
     # billed its prompt's estimate, by the ledger, the budget and the token limits alike.
     timed_out: tuple[ModelRoute, ...] = ()
+    # The request's rate limits, their script already sent (`LimitRequests` with a shared cache
+    # tier: it leaves with the lookup): the cache stage awaits it before it answers or goes on;
+    # it raises the 429. None once awaited, or when the limits were checked before.
+    admit: Callable[[], Awaitable[None]] | None = None
 
     def next_attempt(self) -> None:
         """Number the call's next upstream attempt: one more, or, once copies of it race (a

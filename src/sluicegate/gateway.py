@@ -161,6 +161,8 @@ class Gateway:
                 self._sql_limiter,
                 limits.local_share,
                 self.alerts,
+                # The limits' script leaves with the cache's lookup in Redis (one round trip).
+                defer=self.cache is not None and self.cache.redis is not None,
             )
         # `send` is the pipeline itself, so that a call costs no extra coroutine level.
         self._events = RecordEvents(inner, sink or self.counters)

@@ -8,6 +8,7 @@ script Redis lost (NOSCRIPT, after a restart or a SCRIPT FLUSH) is loaded again 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,13 +57,26 @@ class RedisLimiter:
 
     async def admit(self, checks: Sequence[Check], member: str) -> Verdict:
         """Log the request in every limit if each has room; otherwise refuse and log nothing."""
-        args: list[Any] = [member]
-        for check in checks:
-            args += (check.rule.limit, check.rule.window_s * 1000)
-        result = await self._admit([check.key for check in checks], args)  # integers, from hiredis
-        remaining = tuple([int(left) for left in result[2::2]])
-        resets = tuple([max(0, -(-int(ms) // 1000)) for ms in result[3::2]])
-        if result[0] == 1:
-            return Verdict(True, remaining, resets)
-        index = int(result[1]) - 1
-        return Verdict(False, remaining, resets, index, max(1, resets[index]))
+        return verdict_of(await self._admit(*_script_call(checks, member)))
+
+    def admit_soon(self, checks: Sequence[Check], member: str) -> asyncio.Future[Any]:
+        """`admit`'s script sent at once (with this loop turn's other commands): a future of its
+        reply, which `verdict_of` reads."""
+        return self._admit.soon(*_script_call(checks, member))
+
+
+def _script_call(checks: Sequence[Check], member: str) -> tuple[list[str], list[Any]]:
+    args: list[Any] = [member]
+    for check in checks:
+        args += (check.rule.limit, check.rule.window_s * 1000)
+    return [check.key for check in checks], args
+
+
+def verdict_of(result: Any) -> Verdict:
+    """The verdict in the script's reply (integers, from hiredis)."""
+    remaining = tuple([int(left) for left in result[2::2]])
+    resets = tuple([max(0, -(-int(ms) // 1000)) for ms in result[3::2]])
+    if result[0] == 1:
+        return Verdict(True, remaining, resets)
+    index = int(result[1]) - 1
+    return Verdict(False, remaining, resets, index, max(1, resets[index]))

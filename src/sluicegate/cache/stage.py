@@ -65,7 +65,11 @@ class ServeFromCache:
         plan = cache.plan(call.context.feature)
         policy = plan.policy
         control = call.cache
-        if not request_is_cacheable(policy, call.kind, call.body):
+        cacheable = request_is_cacheable(policy, call.kind, call.body)
+        looks_up = cacheable and plan.shared and not control.no_cache
+        if call.admit is not None and not looks_up:
+            await call.admit()  # the rate limits: no lookup in a shared tier for them to leave with
+        if not cacheable:
             return await self._bypass(call, control)
         reloading = cache.pending(call.started)
         if reloading is not None:
@@ -75,6 +79,8 @@ class ServeFromCache:
         if plan.server and not control.no_cache:
             memory = plan.memory
             entry = memory.peek(key.key) if memory is not None else None
+            if call.admit is not None and (entry is not None or key.key in cache.flights):
+                await call.admit()
             if entry is not None:
                 reply = self._from_entry(call, key, entry, "memory", policy, control)
                 if reply is not None:
@@ -198,6 +204,13 @@ class ServeFromCache:
             if plan.shared and not control.no_cache:
                 token = cache.new_token() if cache.redis is not None else ""
                 entry, tier, lock_state = await cache.lookup(key, policy, token or None)
+                if call.admit is not None:  # sent before the lookup, answered before it
+                    try:
+                        await call.admit()
+                    except SluicegateError:  # refused: what it found still answers the followers
+                        if entry is not None and answering(entry, policy, control, cache.clock()):
+                            flight.settle(entry, tier)
+                        raise
                 if entry is not None and answering(entry, policy, control, cache.clock()) is not None:
                     flight.settle(entry, tier)
                     if cache.flights.get(key.key) is flight:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -70,13 +70,37 @@ class LuaScript:
         self._wire = _wire(redis)  # set once, when the client is made
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Awaitable[Any]:
+        """The script's result, to await; an error reply raised. On the wire, the command is
+        sent at once, with this loop turn's others (a plain function: no coroutine level more)."""
         wire = self._wire
         if wire is None:
-            async with asyncio.timeout(self._timeout):
-                return await self._fallback(keys=list(keys), args=list(args))
+            return self._through_pool(keys, args)
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
-        result = await wire.call(command, self._timeout)
+        return self._result(wire, command, wire.call(command, self._timeout))
+
+    def soon(self, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future[Any]:
+        """The script run now, with this loop turn's other commands (`send`), and a future of its
+        result (or error) to read later; cancel it to drop the result."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if future.done():  # cancelled: nobody reads it
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        self.send(keys, args, done)
+        return future
+
+    async def _through_pool(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        async with asyncio.timeout(self._timeout):
+            return await self._fallback(keys=list(keys), args=list(args))
+
+    async def _result(self, wire: Wire, command: tuple[Any, ...], sent: asyncio.Future[Any]) -> Any:
+        result = await sent
         if isinstance(result, NoScriptError):
             await self.redis.script_load(self.source)
             result = await wire.call(command, self._timeout)
