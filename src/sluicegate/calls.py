@@ -196,7 +196,9 @@ class Reply:
 
 # Fields budgets and limits rely on (the reservation is max tokens times n): null or a positive integer.
 _POSITIVE_INTEGERS = ("max_tokens", "max_completion_tokens", "n")
-_MOST = 2**31 - 1  # beyond any model's limit; its worst-case cost must fit the ledger's integers
+# Beyond any model's limit (and, for n, OpenAI's own 128): a worst case of the largest of both
+# at the dearest price a config accepts still fits the ledger's 64-bit integers.
+_MOST = {"max_tokens": 2**31 - 1, "max_completion_tokens": 2**31 - 1, "n": 128}
 
 
 def _check_positive_integer(name: str, value: object) -> None:
@@ -209,9 +211,10 @@ def _check_positive_integer(name: str, value: object) -> None:
         raise InvalidRequest(
             f"invalid type for '{name}': expected an integer, got {shown}", param=name, code="invalid_type"
         )
-    if not 1 <= value <= _MOST:
+    most = _MOST[name]
+    if not 1 <= value <= most:
         raise InvalidRequest(
-            f"invalid '{name}': expected an integer from 1 to {_MOST:,}, got {shown}",
+            f"invalid '{name}': expected an integer from 1 to {most:,}, got {shown}",
             param=name,
             code="integer_below_min_value" if value < 1 else "integer_above_max_value",
         )

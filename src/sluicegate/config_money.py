@@ -30,17 +30,27 @@ __all__ = [
 ]
 
 
+MAX_PRICE = 1_000_000  # US dollars a million tokens
+
+
 class PriceConfig(Frozen):
     """A model's price in US dollars per million tokens (a custom or self-hosted model, or an
     override of genai-prices)."""
 
-    input_per_mtok: Decimal = Field(ge=0, description="prompt tokens not served from the provider's cache")
-    output_per_mtok: Decimal = Field(ge=0, description="completion tokens")
+    # At most $1,000,000 a million tokens (no model comes near): the dearest worst case the
+    # request fields allow then still fits the ledger's 64-bit integers of micro-USD.
+    input_per_mtok: Decimal = Field(
+        ge=0, le=MAX_PRICE, description="prompt tokens not served from the provider's cache"
+    )
+    output_per_mtok: Decimal = Field(ge=0, le=MAX_PRICE, description="completion tokens")
     cached_input_per_mtok: Decimal | None = Field(
-        None, ge=0, description="prompt tokens the provider served from its cache (default: input)"
+        None,
+        ge=0,
+        le=MAX_PRICE,
+        description="prompt tokens the provider served from its cache (default: input)",
     )
     reasoning_per_mtok: Decimal | None = Field(
-        None, ge=0, description="reasoning tokens, part of the completion (default: output)"
+        None, ge=0, le=MAX_PRICE, description="reasoning tokens, part of the completion (default: output)"
     )
 
 

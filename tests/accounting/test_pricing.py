@@ -153,6 +153,28 @@ def test_the_config_refuses_negative_prices() -> None:
         PriceConfig(input_per_mtok=Decimal(-1), output_per_mtok=Decimal(1))
 
 
+@pytest.mark.parametrize(
+    "field", ["input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "reasoning_per_mtok"]
+)
+def test_the_config_refuses_prices_no_ledger_integer_could_hold(field: str) -> None:
+    """1e30 dollars a million tokens made every call of the model a 500 (its worst case
+    overflowed the ledger's 64-bit integers); it is refused at start-up instead."""
+    prices = {"input_per_mtok": Decimal(1), "output_per_mtok": Decimal(1), field: Decimal("1e30")}
+    with pytest.raises(ValueError, match="less than or equal to 1000000"):
+        PriceConfig(**prices)
+
+
+def test_the_dearest_worst_case_the_fields_allow_fits_the_ledger() -> None:
+    most = Decimal(1_000_000)
+    book = PriceBook.from_settings(
+        _settings(
+            {"dear": {"provider": "openai", "price": {"input_per_mtok": most, "output_per_mtok": most}}}
+        )
+    )
+    worst = book.cost_micro(ModelRoute("dear", "openai", "dear"), Usage(2_000_000, (2**31 - 1) * 128, 0))
+    assert worst is not None and worst < 2**63
+
+
 tokens = st.integers(min_value=0, max_value=10**9)
 rates_strategy = st.builds(
     Rates,

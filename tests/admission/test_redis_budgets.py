@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sluicegate.accounting.outbox import insert_rows
-from sluicegate.admission.budget_scopes import Budget
+from sluicegate.admission.budget_scopes import Budget, scope_of
 from sluicegate.admission.budgets import BudgetStore
 from sluicegate.admission.redis_budgets import NeedsFloor, RedisBudgets, book_key
 from sluicegate.calls import RequestContext
@@ -430,3 +430,14 @@ async def test_a_budget_that_comes_back_counts_spend_the_ledger_records_late(
     assert await reserved("r4") == 252  # raised again: r1's 250, r2 and r3
     assert held.decision.admitted
     store.close()
+
+
+def test_no_two_tenants_share_a_budget_hash() -> None:
+    """An org named ``theta}:user:evil`` and the user ``evil}`` of org ``theta`` had one hash in
+    Redis: one tenant's calls spent the other's budget."""
+    org = Budget(scope_of("theta}:user:evil"), 1_000, "day")
+    user = Budget(scope_of("theta", "user", "evil}"), 1_000, "day")
+    assert org.scope != user.scope
+    assert book_key(org, "2026-11-26") != book_key(user, "2026-11-26")
+    assert book_key(ORG, "2026-11") == "sg:budget:{acme}:2026-11"  # plain names keep their keys
+    assert book_key(ANN, "2026-11-26") == "sg:budget:{acme}:user:ann:2026-11-26"

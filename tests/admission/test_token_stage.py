@@ -208,3 +208,27 @@ async def test_a_call_that_timed_out_upstream_keeps_its_prompt_taken(sent: bool)
     free = 1000 - (2 * prompt if sent else 0)
     assert stage._local.take(checks, free, time.time()).admitted
     assert not stage._local.take(checks, 1, time.time()).admitted
+
+
+async def test_a_huge_call_holds_one_bucket_and_cannot_lock_the_org_out(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """max_tokens 2,147,483,647 times n 128 is let through on a full bucket; it holds at most
+    the bucket, the settlement charges what it used, and the next call is admitted (before, its
+    worst case sank the bucket into a debt of centuries, and Redis's PEXPIRE overflowed)."""
+    settings = mock_settings(
+        data_dir=tmp_path,
+        redis={"url": redis_url},
+        limits={"tokens": [{"per": "org", "tokens_per_minute": 3000}]},
+        cache={"enabled": False},
+    )
+    async with create_gateway(settings) as gateway:
+        huge = {**body("huge", 2**31 - 1), "n": 128}
+        first = await gateway.send(gateway.new_call("chat", huge, ACME))
+        assert first.headers["x-ratelimit-remaining-tokens"] == "0"
+        for _ in range(50):  # the settlement gives back what it did not use
+            second = await gateway.send(gateway.new_call("chat", body("small", 10), ACME))
+            if int(second.headers["x-ratelimit-remaining-tokens"]) > 1000:
+                break
+            await asyncio.sleep(0.05)
+        assert int(second.headers["x-ratelimit-remaining-tokens"]) > 1000

@@ -144,6 +144,12 @@ def nested(depth: int) -> Any:
             "stream",
             "invalid_type",
         ),
+        (  # OpenAI's limit; with max_tokens at its own, the worst case still fits the ledger
+            {"model": "gpt-4o-mini", "messages": [{"role": "user"}], "n": 129},
+            400,
+            "n",
+            "integer_above_max_value",
+        ),
         (
             {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]},
             404,

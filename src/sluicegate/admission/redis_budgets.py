@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from ..cache.keys import escape
 from ..store.redis import LuaScript
 from .budget_alerts import Usage
 from .budget_math import Decision, Outcome, Throttle
@@ -136,10 +137,11 @@ class NeedsFloor(Exception):
 
 
 def book_key(budget: Budget, period: str) -> str:
-    """The hash of a budget's period; the org in braces keeps an org's budgets in one slot."""
+    """The hash of a budget's period; the org in braces keeps an org's budgets in one slot.
+    Names are escaped (``}``, ``:``…), so that no two tenants' budgets share a hash."""
     org, kind, name = parse_scope(budget.scope)
-    tail = "" if kind is None else f":{kind}:{name}"
-    return f"sg:budget:{{{org}}}{tail}:{period}"
+    tail = "" if kind is None else f":{kind}:{escape(name)}"
+    return f"sg:budget:{{{escape(org)}}}{tail}:{period}"
 
 
 # What `RedisBudgets.settle_soon` calls: the periods the settlement counted in, or the error.

@@ -5,7 +5,8 @@ A limit of N tokens a minute is a bucket that holds N tokens and refills at N/60
 Before a call goes upstream its worst case (the prompt's estimate plus ``max_tokens`` times
 ``n``) is taken from every bucket it counts against, or from none; after the call, what it
 did not use is given back. A call asking for more than a whole bucket is let through when
-the bucket is full (it then owes the difference), so that no request is refused forever.
+the bucket is full, so that no request is refused forever: the stage holds at most its
+tightest bucket, and the settlement takes what the call used beyond.
 """
 
 from __future__ import annotations

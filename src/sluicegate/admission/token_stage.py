@@ -67,9 +67,13 @@ class LimitTokens:
         body = call.body
         # An embedding has no completion: its input is all it uses.
         asked = 0 if call.kind == "embeddings" else completion_limit(body, self._default_max_tokens)
-        cost = estimate_prompt_tokens(body) + asked
-        taken = await self._take(checks, cost)
+        worst = estimate_prompt_tokens(body) + asked
         tightest = min(check.rule.tokens_per_minute for check in checks)
+        # At most the tightest bucket is held: a call asking for more is let through when it is
+        # full, and its settlement takes what it used beyond (a give-back that fails then costs
+        # a bucket a minute's refill at most, never a debt of hours).
+        cost = min(worst, tightest)
+        taken = await self._take(checks, cost)
         if not taken.admitted:
             assert taken.blocked is not None
             rule = checks[taken.blocked].rule
@@ -82,7 +86,7 @@ class LimitTokens:
             raise TokensLimited(
                 f"token limit reached: at most {rule.tokens_per_minute:,} tokens a minute for each "
                 f"{rule.per}{' in feature ' + rule.feature if rule.feature else ''}, and this call "
-                f"may use {cost:,} ({uses}); try again in {wait} s, or send {smaller}",
+                f"may use {worst:,} ({uses}); try again in {wait} s, or send {smaller}",
                 headers={
                     "retry-after": str(wait),
                     "x-ratelimit-limit-tokens": str(tightest),
