@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 
 from sluicegate import create_gateway
-from sluicegate.cache.admin import stats
+from sluicegate.cache.admin import invalidate, stats
 from sluicegate.cache.answers import Flight
+from sluicegate.cache.entry import Entry
 from sluicegate.cache.refresh import Refresher
 from sluicegate.testing import mock_settings
 
-from .test_stage import ACME_ANN, MESSAGES, chat_calls, engine_of, features, send
+from .test_stage import ACME_ANN, MESSAGES, chat_calls, engine_of, features, read, send
 
 
 async def test_a_stream_prompts_a_plain_refresh_counted_as_no_miss(tmp_path: Path) -> None:
@@ -29,6 +30,7 @@ async def test_a_stream_prompts_a_plain_refresh_counted_as_no_miss(tmp_path: Pat
             entry.expires_at = time.time() - 100
         stale = await send(gateway, stream=True)
         assert stale.headers["x-sluicegate-cache"] == "stale"
+        await read(stale)  # an unread stream is a call under way: closing would wait 30 s for it
         await asyncio.sleep(0.1)
         refresh = engine_of(gateway).calls[-1]
         assert refresh.body is not None and "stream" not in refresh.body
@@ -47,6 +49,30 @@ async def test_no_refresh_while_the_key_is_in_flight(tmp_path: Path) -> None:
         policy = cache.policy("chat")
         key = cache.key(call, policy)
         cache.flights[key.key] = Flight()
-        refresher.start(call, key, policy, hits=0)
+        refresher.start(call, key, policy, Entry("chat", b"{}", 0.0, 1.0, '"e"', "chat", "acme", "ann", "m"))
         await asyncio.sleep(0.05)
         assert chat_calls(gateway) == 0
+
+
+async def test_a_refreshed_entry_keeps_its_tags(tmp_path: Path) -> None:
+    """The tags a request gave an entry survive its background refresh (prompted by a request
+    without them): invalidating the tag still deletes the refreshed entry."""
+    settings = mock_settings(data_dir=tmp_path / "data", features=features(stale_while_revalidate_s=600))
+    async with create_gateway(settings) as gateway:
+        cache = gateway.cache
+        assert cache is not None and cache.memory is not None and cache.sql is not None
+        body = {"model": "gpt-4o-mini", "messages": MESSAGES, "cache": {"tags": ["q3-report"]}}
+        await gateway.send(gateway.new_call("chat", body, ACME_ANN))
+        await cache.sql.flush()
+        await cache.sql.delete_where(org="acme")
+        for entry in cache.memory.entries():
+            entry.expires_at = time.time() - 100
+        assert (await send(gateway)).headers["x-sluicegate-cache"] == "stale"
+        for _ in range(50):
+            if chat_calls(gateway) == 2 and not cache.flights:
+                break
+            await asyncio.sleep(0.02)
+        assert [entry.tags for entry in cache.memory.entries()] == [("q3-report",)]
+        deleted = await invalidate(cache, tag="q3-report")
+        assert deleted["deleted"]["memory"] == 1
+        assert (await send(gateway)).headers["x-sluicegate-cache"] == "miss"

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
-from ..calls import Call, Reply
+from ..calls import CacheControl, Call, Reply
 from ..config import FeatureCache
 from ..errors import SluicegateError
 from .answers import EntryMaker, Flight, send_counted
+from .entry import Entry
 from .keys import CacheKey
 from .layered import LayeredCache
 
@@ -29,17 +31,28 @@ class Refresher:
         self._cache = cache
         self._entries = entries
 
-    def start(self, call: Call, key: CacheKey, policy: FeatureCache, hits: int) -> None:
-        """Refresh ``key`` for ``call`` unless an identical call is already in flight here."""
+    def start(self, call: Call, key: CacheKey, policy: FeatureCache, old: Entry) -> None:
+        """Refresh ``key``'s ``old`` entry for ``call`` unless an identical call is already in
+        flight here. The new entry keeps the old one's hits and tags (with the request's)."""
         cache = self._cache
         if key.key in cache.flights:
             return
         flight = Flight()
         cache.flights[key.key] = flight
-        cache.spawn(self._refresh(call, key, policy, hits, flight))
+        control = call.cache
+        tags = old.tags + tuple(tag for tag in control.tags if tag not in old.tags)
+        if tags != control.tags:
+            control = replace(control, tags=tags)
+        cache.spawn(self._refresh(call, control, key, policy, old.hits, flight))
 
     async def _refresh(
-        self, call: Call, key: CacheKey, policy: FeatureCache, hits: int, flight: Flight
+        self,
+        call: Call,
+        control: CacheControl,
+        key: CacheKey,
+        policy: FeatureCache,
+        hits: int,
+        flight: Flight,
     ) -> None:
         cache = self._cache
         token = cache.new_token()
@@ -57,7 +70,7 @@ class Refresher:
                 return
             with contextlib.suppress(SluicegateError):
                 entry = self._entries.from_body(
-                    plain, policy, call.cache, reply.body, reply.usage, hits=hits, payload=reply.payload
+                    plain, policy, control, reply.body, reply.usage, hits=hits, payload=reply.payload
                 )
                 if entry is not None and entry.model == key.model:  # not a fallback model's answer
                     lock = token if cache.redis is not None else None

@@ -146,7 +146,7 @@ class ServeFromCache:
         if state == "fresh":
             return self._hit(call, key, entry, tier, policy, control, now)
         if state == "stale":
-            self._refresher.start(call, key, policy, entry.hits)
+            self._refresher.start(call, key, policy, entry)
             self._saved(call, entry.usage, "stale")
             return reply_from(call, entry, "stale", policy, now, control.no_store)
         return None
@@ -176,7 +176,7 @@ class ServeFromCache:
         if self._ledger is not None:
             self._ledger.served(call, usage, label)
         if refresh_ahead(entry, policy, self._cache.config.refresh_ahead_s, now):
-            self._refresher.start(call, key, policy, entry.hits)
+            self._refresher.start(call, key, policy, entry)
         return reply_from(call, entry, label, policy, now, control.no_store)
 
     async def _bypass(self, call: Call, control: CacheControl) -> Reply:
