@@ -265,6 +265,30 @@ async def test_concurrent_identical_requests_make_one_upstream_call(tmp_path: Pa
         assert sum(r.headers.get("x-sluicegate-coalesced") == "true" for r in replies) == 99
 
 
+async def test_a_no_store_call_leads_no_identical_call(tmp_path: Path) -> None:
+    """An identical call arriving while a no-store call is upstream makes its own call and
+    stores its answer (before, it was handed the no-store answer, with an ETag and a browser
+    lifetime, and nothing was stored)."""
+    settings = mock_settings(
+        data_dir=tmp_path / "data",
+        features=features(),
+        providers={"upstream": {"kind": "mock", "mock": {"latency": 100}}},
+    )
+    async with create_gateway(settings) as gateway:
+
+        async def later() -> Reply:
+            await asyncio.sleep(0.02)
+            return await send(gateway)
+
+        private, shared = await asyncio.gather(send(gateway, cache_control="no-store"), later())
+        assert private.headers["cache-control"] == "no-store"
+        assert (
+            shared.headers["x-sluicegate-cache"] == "miss" and "x-sluicegate-coalesced" not in shared.headers
+        )
+        assert chat_calls(gateway) == 2
+        assert (await send(gateway)).headers["x-sluicegate-cache"] == "hit-memory"
+
+
 async def test_concurrent_streams_share_one_upstream_stream(tmp_path: Path) -> None:
     """Identical concurrent streamed requests join the leader's stream as it arrives."""
     settings = mock_settings(

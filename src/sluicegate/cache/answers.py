@@ -55,9 +55,20 @@ class Flight:
     Its future is made only when a follower waits: most flights have none.
     """
 
-    __slots__ = ("_error", "_future", "_settled", "_started", "_value", "joining", "stream", "tier")
+    __slots__ = (
+        "_error",
+        "_future",
+        "_settled",
+        "_started",
+        "_value",
+        "joining",
+        "no_store",
+        "stream",
+        "tier",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, no_store: bool = False) -> None:
+        self.no_store = no_store  # a no-store call's: its answer is for no-store calls only
         self._future: asyncio.Future[Entry | None] | None = None
         self._started: asyncio.Future[None] | None = None  # made when a stream waits for one
         self._settled = False

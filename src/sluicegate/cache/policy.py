@@ -153,7 +153,7 @@ def parse_body_cache(value: Any, header: CacheControl) -> CacheControl:
     if value is None:
         return header
     if not isinstance(value, dict):
-        raise InvalidRequest("cache must be an object", param="cache", code="invalid_type")
+        raise InvalidRequest("cache must be an object (or null)", param="cache", code="invalid_type")
     unknown = set(value) - {"no_cache", "no_store", "max_age", "ttl", "tags"}
     if unknown:
         raise InvalidRequest(

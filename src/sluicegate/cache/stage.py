@@ -87,9 +87,10 @@ class ServeFromCache:
                     return reply
                 stale = entry
             flight = cache.flights.get(key.key)
-            if flight is not None:
+            # A no-store call's answer is stored nowhere: only no-store calls wait for it.
+            if flight is not None and (control.no_store or not flight.no_store):
                 return await self._follow(call, key, flight, policy, control, stale)
-        flight = Flight()
+        flight = Flight(control.no_store)
         if not control.no_cache:
             # Registered before the first await, so that identical calls in this process wait for
             # this one's lookup and upstream call instead of repeating them.
@@ -202,7 +203,8 @@ class ServeFromCache:
         handed_over = False
         try:
             if plan.shared and not control.no_cache:
-                token = cache.new_token() if cache.redis is not None else ""
+                # A no-store call takes no lock: the other processes' identical calls lead their own.
+                token = cache.new_token() if cache.redis is not None and not control.no_store else ""
                 entry, tier, lock_state = await cache.lookup(key, policy, token or None)
                 if call.admit is not None:  # sent before the lookup, answered before it
                     try:

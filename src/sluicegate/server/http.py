@@ -78,13 +78,19 @@ class Request:
                 request.feature = value.decode("latin-1") or None
             elif name == b"x-sluicegate-user":
                 request.user = value.decode("latin-1") or None
+            # Lists: lines sent more than once make one comma-separated list (RFC 9110, 5.3).
             elif name == b"cache-control":
-                request.cache_control = value.decode("latin-1")
+                request.cache_control = _listed(request.cache_control, value)
             elif name == b"if-none-match":
-                request.if_none_match = value.decode("latin-1")
+                request.if_none_match = _listed(request.if_none_match, value)
             elif name == b"origin":
                 request.origin = value.decode("latin-1")
         return request
+
+
+def _listed(known: str | None, value: bytes) -> str:
+    text = value.decode("latin-1")
+    return text if known is None else f"{known}, {text}"
 
 
 async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
