@@ -87,6 +87,26 @@ async def test_max_tokens_is_clamped_to_what_is_left(tmp_path: Path) -> None:
         assert len(gateway.cache.memory) == 0
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"max_tokens": 5000, "max_completion_tokens": 5000},
+        {"max_tokens": 5000, "max_completion_tokens": None},
+    ],
+)
+async def test_the_clamp_lowers_every_limit_a_provider_may_read(tmp_path: Path, fields: Any) -> None:
+    """Both fields set (or one set and the other null): the reservation counts the larger, and
+    the clamp lowers each one set, so that a provider reading only max_tokens cannot overspend."""
+    async with create_gateway(
+        settings(tmp_path, "0.0001", throttle_at=1.0, default_max_tokens=16)
+    ) as gateway:
+        call = gateway.new_call("chat", body("long one", **fields), ACME)
+        await gateway.send(call)
+        lowered = [call.body[name] for name in ("max_tokens", "max_completion_tokens") if call.body[name]]
+        assert lowered and all(16 < value < 5000 for value in lowered)
+        assert len(lowered) == len([value for value in fields.values() if value])
+
+
 async def test_an_answer_the_clamp_did_not_cut_is_cached(tmp_path: Path) -> None:
     """With less left than the worst case (4,096 tokens), max_tokens is clamped; an answer that
     ended by itself under the clamp is the full answer, stored and served again from the cache."""

@@ -88,9 +88,11 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
 
 
 def completion_limit(body: dict[str, Any], default: int) -> int:
-    """The completion tokens a request may use in all: ``max_completion_tokens`` or
-    ``max_tokens`` (else ``default``) for each of its ``n`` choices."""
-    return (body.get("max_completion_tokens") or body.get("max_tokens") or default) * (body.get("n") or 1)
+    """The completion tokens a request may use in all: the larger of ``max_completion_tokens``
+    and ``max_tokens`` (a provider may read either; else ``default``) for each of its ``n``
+    choices."""
+    most = max(body.get("max_completion_tokens") or 0, body.get("max_tokens") or 0)
+    return (most or default) * (body.get("n") or 1)
 
 
 def row(

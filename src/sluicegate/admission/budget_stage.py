@@ -14,7 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from ..accounting.ledger import prompt_bytes, reply_usage, stream_usage, usage_or_estimate
+from ..accounting.ledger import completion_limit, prompt_bytes, reply_usage, stream_usage, usage_or_estimate
 from ..accounting.pricing import PriceBook
 from ..background import spawn
 from ..calls import Call, CallKind, ModelRoute, Reply, ReplyStream
@@ -43,6 +43,13 @@ def worst_prompt_tokens(body: dict[str, Any]) -> int:
 def _not_settled(rid: str, error: BaseException) -> None:
     """A settlement failed: its lease releases the reservation, and the ledger has the cost."""
     logger.warning("budgets: could not settle %s (%s); its lease will release it", rid, error)
+
+
+def _limit_fields(body: dict[str, Any]) -> tuple[str, ...]:
+    """The fields a clamp lowers: each one set (a provider may read either), else the one the
+    request named (``max_completion_tokens`` even as null), else ``max_tokens``."""
+    named = tuple(field for field in ("max_completion_tokens", "max_tokens") if body.get(field) is not None)
+    return named or (("max_completion_tokens",) if "max_completion_tokens" in body else ("max_tokens",))
 
 
 def _without(usage: Usage, reserved_micro: int) -> Usage:
@@ -83,11 +90,8 @@ class ReserveBudget:
         rid = f"{call.request_id}:{call.attempt}"
         body = call.body
         choices = body.get("n") or 1
-        field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-        if call.kind == "embeddings":  # no completion: its input is its whole cost
-            asked = 0
-        else:
-            asked = (body.get(field) or self._config.default_max_tokens) * choices
+        # An embedding has no completion: its input is its whole cost.
+        asked = 0 if call.kind == "embeddings" else completion_limit(body, self._config.default_max_tokens)
         in_pico, out_pico = self._dearest(call.route.name)
         prompt_pico = worst_prompt_tokens(body) * in_pico
         prompt_micro = math.ceil(prompt_pico / 1_000_000)
@@ -135,7 +139,7 @@ class ReserveBudget:
                 await self._store.settle(rid, 0)
                 mine = _without(min(held.usages, key=_room), decision.reserve_micro)
                 raise self._refusal(mine, "budget_exceeded", call.kind)
-            call.body = {**body, field: max(1, each)}
+            call.body = {**body, **dict.fromkeys(_limit_fields(body), max(1, each))}
             call.clamped = True
         try:
             reply = await self._send(call)
