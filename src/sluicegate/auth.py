@@ -275,8 +275,9 @@ class Authenticator:
         given = token.strip().encode() if scheme.lower() == "bearer" else b""
         return hmac.compare_digest(given, self._admin_key)
 
-    def check_admin(self, authorization: str | None) -> None:
-        """Allow admin routes: with the admin key, or freely in local development mode.
+    def check_admin(self, authorization: str | None, origin: str | None = None) -> None:
+        """Allow admin routes: with the admin key, or freely in local development mode, but for
+        a browser's request there (``origin``: any web page the developer opens could send it).
 
         A browser token is refused in every mode.
         """
@@ -284,6 +285,12 @@ class Authenticator:
             raise PermissionDenied("browser tokens cannot call admin routes; use the admin key")
         if self._admin_key is None:
             if not self._require_keys:
+                if origin is not None:
+                    raise PermissionDenied(
+                        f"admin routes refuse requests from web pages (Origin: {origin[:100]}) in local "
+                        f"development mode, where they need no key; use the CLI or curl, or set "
+                        f"{self._admin_env} and send it"
+                    )
                 return
             raise PermissionDenied(f"admin routes are disabled: set {self._admin_env} to enable them")
         if not authorization:

@@ -214,6 +214,15 @@ async def test_if_none_match_compares_whole_tags(gw: Gateway, header: str, expec
     assert (await send(gw, if_none_match=header.format(etag=etag))).status == expected
 
 
+async def test_if_none_match_any_never_turns_a_miss_into_a_304(gw: Gateway) -> None:
+    """``*`` on a request never seen before: the client has no copy, and the answer it paid for
+    comes whole (a 304 left it with nothing); asked again, its entry answers 304."""
+    first = await send(gw, if_none_match="*")
+    assert (first.status, first.headers["x-sluicegate-cache"]) == (200, "miss") and first.body
+    assert (await send(gw, if_none_match="*")).status == 304
+    assert chat_calls(gw) == 1
+
+
 async def test_every_answer_to_a_no_store_request_says_no_store(tmp_path: Path) -> None:
     """A 304, a stale answer and one that waited for another request's upstream call are no
     more for the browser to keep than a hit or a miss."""

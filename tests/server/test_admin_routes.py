@@ -19,10 +19,12 @@ from sluicegate.testing import GatewayServer, MockUpstream, mock_settings
 from tests.conftest import chat_body
 
 
-def call(url: str, method: str = "GET", body: Any = None, key: str | None = None) -> tuple[int, Any]:
+def call(
+    url: str, method: str = "GET", body: Any = None, key: str | None = None, **headers: str
+) -> tuple[int, Any]:
     """One request; the status and the parsed JSON body."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     request.add_header("content-type", "application/json")
     if key:
         request.add_header("authorization", f"Bearer {key}")
@@ -71,6 +73,19 @@ async def test_status_does_not_wait_for_a_hanging_probe(tmp_path: Path) -> None:
     release.set()
     await probing
     await gateway.aclose()
+
+
+def test_open_admin_routes_refuse_web_pages(server: GatewayServer) -> None:
+    """With no admin key (local development), a web page the developer opens must not reach the
+    admin routes: a request with an Origin gets a 403, and nothing changed."""
+    status, body = call(
+        server.url + "/api/ai/stop", "POST", {"reason": "csrf"}, Origin="https://evil.example"
+    )
+    assert status == 403 and "web pages" in body["error"]["message"]
+    status, body = call(server.url + "/api/ai/cache/bump", "POST", {"feature": "chat"}, Origin="null")
+    assert status == 403
+    assert call(server.url + "/api/ai/stop")[1]["stops"] == []
+    assert call(server.url + "/api/ai/status")[0] == 200  # the CLI and curl send no Origin
 
 
 def test_traffic_counts_requests(server: GatewayServer) -> None:

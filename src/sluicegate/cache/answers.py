@@ -254,7 +254,10 @@ def fresh_reply(
     if entry is None or control.no_store or entry.model != model:
         labelled(headers, "miss", control.no_store)
         return reply
-    if control.if_none_match is not None and etag_matches(control.if_none_match, entry.etag):
+    # ``*`` asks whether the client's copy still stands: after a miss it has none (a 304 would
+    # leave it with nothing for the call it paid for); only the answer's own ETag matches.
+    inm = control.if_none_match
+    if inm is not None and inm.strip() != "*" and etag_matches(inm, entry.etag):
         return not_modified(entry, policy, now)
     headers_for(entry, "miss", policy, now, headers)
     return reply

@@ -76,14 +76,14 @@ async def status(gateway: Gateway, request: Request) -> None:
 
 async def list_keys(gateway: Gateway, request: Request) -> None:
     """``GET /api/ai/keys``: the live virtual keys (admin)."""
-    gateway.authenticator.check_admin(request.authorization)
+    gateway.authenticator.check_admin(request.authorization, request.origin)
     records = await gateway.keys.list_keys()
     await send_json(request, 200, orjson.dumps({"data": [r.to_dict() for r in records]}))
 
 
 async def create_key(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/keys`` with ``{"org", "user"?, "name"?}``: a new key, shown once (admin)."""
-    gateway.authenticator.check_admin(request.authorization)
+    gateway.authenticator.check_admin(request.authorization, request.origin)
     body = json_object(await _read(gateway, request), ("org", "user", "name"))
     if not isinstance(body.get("org"), str):
         raise InvalidRequest("send the key's org as a string in org", param="org")
@@ -97,7 +97,7 @@ async def create_key(gateway: Gateway, request: Request) -> None:
 
 async def revoke_key(gateway: Gateway, request: Request) -> None:
     """``DELETE /api/ai/keys/{id}``: revoke a key (admin)."""
-    gateway.authenticator.check_admin(request.authorization)
+    gateway.authenticator.check_admin(request.authorization, request.origin)
     path = request.scope["path"]
     key_id = path.removeprefix("/api/ai/keys/")
     if not key_id or "/" in key_id:  # /api/ai/keys/x/ID must not revoke ID
@@ -110,7 +110,7 @@ async def revoke_key(gateway: Gateway, request: Request) -> None:
 async def rotate_key(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/keys/{id}/rotate`` with ``{"grace_s"?}`` (default 24 h): a new key for the
     same org, user and name, shown once; the old one works until the grace ends (admin)."""
-    gateway.authenticator.check_admin(request.authorization)
+    gateway.authenticator.check_admin(request.authorization, request.origin)
     path = request.scope["path"]
     key_id, _, action = path.removeprefix("/api/ai/keys/").partition("/")
     if action != "rotate" or not key_id:
@@ -146,7 +146,7 @@ def _is_number(value: Any) -> TypeGuard[int | float]:
 
 async def list_stops(gateway: Gateway, request: Request) -> None:
     """``GET /api/ai/stop``: the emergency stops in force (admin)."""
-    gateway.authenticator.check_admin(request.authorization)
+    gateway.authenticator.check_admin(request.authorization, request.origin)
     stops = await stop_controls.list_stops(gateway.engine)
     await send_json(request, 200, orjson.dumps({"stops": [s.to_dict() for s in stops]}))
 
@@ -163,7 +163,7 @@ async def _org_and_reason(
 async def set_stop(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/stop`` with ``{"org"?, "reason"}``: stop upstream calls for the org, or
     for everyone; every replica obeys within ``controls.poll_interval_s`` (admin)."""
-    gateway.authenticator.check_admin(request.authorization)
+    gateway.authenticator.check_admin(request.authorization, request.origin)
     org, reason = await _org_and_reason(gateway, request, ("org", "reason"))
     if not isinstance(reason, str):
         raise InvalidRequest("say why in reason: it is shown to every refused caller", param="reason")
@@ -174,7 +174,7 @@ async def set_stop(gateway: Gateway, request: Request) -> None:
 
 async def resume(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/resume`` with ``{"org"?}``: lift the org's stop, or the global one (admin)."""
-    gateway.authenticator.check_admin(request.authorization)
+    gateway.authenticator.check_admin(request.authorization, request.origin)
     org, _ = await _org_and_reason(gateway, request, ("org",))
     lifted = await stop_controls.clear_stop(gateway.engine, org)
     await gateway.controls.refresh()
@@ -183,7 +183,7 @@ async def resume(gateway: Gateway, request: Request) -> None:
 
 async def list_budgets(gateway: Gateway, request: Request) -> None:
     """``GET /api/ai/budgets``: every budget in force and its current period (admin)."""
-    gateway.authenticator.check_admin(request.authorization)
+    gateway.authenticator.check_admin(request.authorization, request.origin)
     store = gateway.budgets
     await store.refresh()
     periods = [(await store.usage(budget)).to_dict() for budget in store.budgets.values()]
@@ -194,7 +194,7 @@ async def set_budget(gateway: Gateway, request: Request) -> None:
     """``POST /api/ai/budgets`` with ``{"org", "limit_usd", "period"?}`` and at most one of
     ``user``, ``feature`` and ``key``: set a budget; every worker applies it within
     ``controls.poll_interval_s`` (admin)."""
-    gateway.authenticator.check_admin(request.authorization)
+    gateway.authenticator.check_admin(request.authorization, request.origin)
     body = json_object(
         await _read(gateway, request), ("org", "limit_usd", "period", "user", "feature", "key")
     )
@@ -224,7 +224,7 @@ async def delete_budget(gateway: Gateway, request: Request) -> None:
     """``DELETE /api/ai/budgets?org=ORG`` and at most one of ``user``, ``feature`` and ``key``:
     remove a budget set at run time (the config's budget of the same scope, if any, applies
     again); every worker stops applying it within ``controls.poll_interval_s`` (admin)."""
-    gateway.authenticator.check_admin(request.authorization)
+    gateway.authenticator.check_admin(request.authorization, request.origin)
     raw = request.scope.get("query_string", b"").decode("latin-1")
     params = dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
     unknown = sorted(set(params) - {"org", *KINDS})

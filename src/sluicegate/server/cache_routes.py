@@ -19,7 +19,7 @@ _MAX_WARM = 10_000
 
 
 def _cache(gateway: Gateway, request: Request) -> LayeredCache:
-    gateway.authenticator.check_admin(request.authorization)
+    gateway.authenticator.check_admin(request.authorization, request.origin)
     if gateway.cache is None:
         raise NotFound("the cache is disabled on this gateway (cache.enabled: false)", code="cache_disabled")
     return gateway.cache
