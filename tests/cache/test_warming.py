@@ -72,13 +72,14 @@ def test_parse_bad_lines_name_the_line(lines: list[bytes], message: str) -> None
 
 
 def test_estimated_tokens() -> None:
-    """The estimate is the prompt's JSON characters over 4, plus the token limit when set."""
+    """The estimate is the ledger's: the prompt's JSON characters over 4, plus the completion
+    limit (times n) when set."""
     messages = [{"role": "user", "content": "x" * 100}]
-    prompt = -(-len(orjson.dumps(messages)) // 4)
+    prompt = -(-len(orjson.dumps([messages, None, None])) // 4)
     item = WarmItem(1, "chat", {"messages": messages}, RequestContext("o"))
-    limited = WarmItem(1, "chat", {"messages": messages, "max_tokens": 50}, RequestContext("o"))
+    limited = WarmItem(1, "chat", {"messages": messages, "max_tokens": 50, "n": 2}, RequestContext("o"))
     assert item.estimated_tokens() == prompt
-    assert limited.estimated_tokens() == prompt + 50
+    assert limited.estimated_tokens() == prompt + 100
 
 
 # warm, through a started gateway over the in-process mock
@@ -237,6 +238,17 @@ async def test_unknown_features_are_refused(gateway: Gateway) -> None:
     assert (report.fetched, report.failed) == (0, 1)
     assert "unknown feature 'okr-templates'" in report.errors[0]
     assert upstream_calls(gateway) == 0
+
+
+async def test_browser_only_features_are_refused(tmp_path: Path) -> None:
+    """A feature whose answers live in browsers only has no entry on the gateway to warm: the
+    line fails, and pays for no upstream call."""
+    features = {"prefs": {"cache": {"scope": "user", "ttl_s": 600, "tiers": ["browser"]}}}
+    async with create_gateway(mock_settings(data_dir=tmp_path / "data", features=features)) as gateway:
+        report = await warm(gateway, requests(1, feature="prefs"))
+        assert (report.fetched, report.failed) == (0, 1)
+        assert "keeps its answers in browsers only" in report.errors[0]
+        assert upstream_calls(gateway) == 0
 
 
 def test_report_keeps_at_most_twenty_errors() -> None:

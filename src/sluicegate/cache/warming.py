@@ -10,13 +10,13 @@ itself, either under ``request`` or as the remaining fields::
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
 
+from ..accounting.ledger import completion_limit, estimate_prompt_tokens
 from ..calls import Call, CallKind, Reply, RequestContext
 from ..errors import InvalidRequest, SluicegateError
 from .layered import LayeredCache
@@ -56,10 +56,10 @@ class WarmItem:
     context: RequestContext
 
     def estimated_tokens(self) -> int:
-        """A rough token count: the prompt's characters over 4, plus ``max_tokens`` if set."""
-        prompt = self.body.get("messages", self.body.get("input", ""))
-        limit = self.body.get("max_completion_tokens") or self.body.get("max_tokens") or 0
-        return math.ceil(len(orjson.dumps(prompt)) / 4) + (limit if isinstance(limit, int) else 0)
+        """A rough token count, as the ledger estimates a call: the prompt's JSON (messages or
+        input, tools, response format) over 4, plus its completion limit (``max_tokens`` or
+        ``max_completion_tokens`` times ``n``) when it sets one."""
+        return estimate_prompt_tokens(self.body) + completion_limit(self.body, 0)
 
 
 @dataclass(slots=True)
@@ -146,6 +146,11 @@ async def warm(
                 if known is not None and feature not in known:
                     raise InvalidRequest(
                         f"unknown feature {feature!r}; configured: {', '.join(sorted(known))}"
+                    )
+                if runner.cache is not None and not runner.cache.plan(feature).server:
+                    raise InvalidRequest(  # it would pay for an answer that nothing keeps
+                        f"feature {feature!r} keeps its answers in browsers only: the gateway has "
+                        "no entry to warm"
                     )
                 call = runner.new_call(item.kind, dict(item.body), item.context, cache_control="no-cache")
                 call.warming = True
