@@ -130,6 +130,9 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="REF", help="also run each variant on the code of revision REF")
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="run only these variants")
     parser.add_argument("--workers", type=int, default=1, help="server workers per variant (CPU: all)")
+    parser.add_argument(
+        "--connections", type=int, default=50, help="wrk's connections (1: each request's own latency)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("install wrk first (make wrk)")
@@ -206,7 +209,7 @@ def main() -> None:
                     [
                         "wrk",
                         "-t1",
-                        "-c50",
+                        f"-c{args.connections}",
                         f"-d{args.duration}s",
                         "--latency",
                         "-s",
