@@ -124,3 +124,34 @@ async def test_with_redis_unreachable_the_deferred_limits_count_locally(tmp_path
             except RateLimited:
                 refused += 1
     assert (answered, refused) == (2, 3)
+
+
+async def test_identical_calls_waiting_on_a_refused_leader_share_one_call(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The leader of identical calls is refused by its rate limit after they joined it (its
+    lookup was slow): they look again, one leads, the others wait for it, and its answer is
+    stored (before, each went upstream alone and nothing was stored)."""
+    async with create_gateway(settings_for(tmp_path, redis_url, 1)) as gateway:
+        cache = gateway.cache
+        assert cache is not None
+        await ask(gateway, ANN, "ann's one request")
+        original = cache.lookup
+
+        async def slow_lookup(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0.05)
+            return await original(*args, **kwargs)
+
+        cache.lookup = slow_lookup  # type: ignore[method-assign]
+        before = upstream_calls(gateway)
+        refused = asyncio.ensure_future(ask(gateway, ANN, "the same question"))
+        await asyncio.sleep(0.01)
+        others = [RequestContext("acme", f"user{n}", "insights") for n in range(5)]
+        replies = await asyncio.gather(*(ask(gateway, other, "the same question") for other in others))
+        with pytest.raises(RateLimited):
+            await refused
+        assert upstream_calls(gateway) == before + 1
+        assert sum(reply.headers.get("x-sluicegate-coalesced") == "true" for reply in replies) == 4
+        cache.lookup = original  # type: ignore[method-assign]
+        again = await ask(gateway, RequestContext("acme", "zoe", "insights"), "the same question")
+        assert again.headers["x-sluicegate-cache"] == "hit-memory"

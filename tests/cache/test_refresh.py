@@ -76,3 +76,31 @@ async def test_a_refreshed_entry_keeps_its_tags(tmp_path: Path) -> None:
         deleted = await invalidate(cache, tag="q3-report")
         assert deleted["deleted"]["memory"] == 1
         assert (await send(gateway)).headers["x-sluicegate-cache"] == "miss"
+
+
+async def test_identical_calls_during_a_refresh_get_the_stale_entry_at_once(tmp_path: Path) -> None:
+    """With no in-process copy (the feature keeps its entries in SQL only), identical calls
+    arriving while an entry is refreshed in the background are answered from the stale entry
+    at once, not after the refresh's upstream call (nor, when another process holds the
+    refresh, with upstream calls of their own)."""
+    settings = mock_settings(
+        data_dir=tmp_path / "data",
+        features={
+            "chat": {
+                "cache": {"ttl_s": 1, "cost_aware": False, "stale_while_revalidate_s": 600, "tiers": ["sql"]}
+            }
+        },
+        cache={"ttl": {"min_ttl_s": 1}},
+        providers={"upstream": {"kind": "mock", "mock": {"latency": 1000}}},
+    )
+    async with create_gateway(settings) as gateway:
+        await send(gateway)
+        await asyncio.sleep(1.1)  # its TTL, 1 s from its store
+        first = await send(gateway)
+        assert first.headers["x-sluicegate-cache"] == "stale"
+        started = time.perf_counter()
+        replies = await asyncio.gather(*(send(gateway) for _ in range(5)))
+        assert time.perf_counter() - started < 0.5  # not after the refresh's 1 s
+        assert {reply.headers["x-sluicegate-cache"] for reply in replies} == {"stale"}
+        await asyncio.sleep(1.2)
+        assert chat_calls(gateway) == 2  # the first answer and one refresh

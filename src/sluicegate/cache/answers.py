@@ -61,6 +61,7 @@ class Flight:
         "_settled",
         "_started",
         "_value",
+        "handed_back",
         "joining",
         "no_store",
         "stream",
@@ -77,6 +78,7 @@ class Flight:
         self.stream: StreamFlight | None = None
         self.tier = ""  # the tier the answer came from; empty when it came from the upstream
         self.joining = 0  # streamed followers waiting for the leader's stream to begin
+        self.handed_back = False  # the leader was refused before it tried: followers look again
 
     def settle(self, entry: Entry | None, tier: str = "") -> None:
         """Hand the answer (None: followers go upstream themselves) to the followers."""
@@ -86,11 +88,18 @@ class Flight:
                 self._future.set_result(entry)
             self._wake()
 
+    def hand_back(self) -> None:
+        """The leader was refused before its upstream call (its rate limit, budget, token limit
+        or stop): the followers look the key up again, one of them leading."""
+        if not self._settled:
+            self.handed_back = True
+            self.settle(None)
+
     def fail(self, error: SluicegateError) -> None:
         """Hand the leader's error to the followers; when it is a refusal of the leader's own
-        (its budget, token limit or stop), they go on their own instead."""
+        (its budget, token limit or stop), they look again instead (`hand_back`)."""
         if not reached_upstream(error):
-            self.settle(None)
+            self.hand_back()
         elif not self._settled:
             self._settled, self._error = True, error.without_headers(_CALLERS_HEADERS)
             if self._future is not None:

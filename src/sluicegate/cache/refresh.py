@@ -31,13 +31,18 @@ class Refresher:
         self._cache = cache
         self._entries = entries
 
-    def start(self, call: Call, key: CacheKey, policy: FeatureCache, old: Entry) -> None:
-        """Refresh ``key``'s ``old`` entry for ``call`` unless an identical call is already in
-        flight here. The new entry keeps the old one's hits and tags (with the request's)."""
+    def start(
+        self, call: Call, key: CacheKey, policy: FeatureCache, old: Entry, tier: str = "memory"
+    ) -> None:
+        """Refresh ``key``'s ``old`` entry (found in ``tier``) for ``call`` unless an identical
+        call is already in flight here. The new entry keeps the old one's hits and tags (with
+        the request's). Identical calls meanwhile are answered from ``old`` at once, as it is
+        (stale, or, refreshed ahead, fresh), whether or not this process gets to refresh it."""
         cache = self._cache
         if key.key in cache.flights:
             return
         flight = Flight()
+        flight.settle(old, tier)
         cache.flights[key.key] = flight
         control = call.cache
         tags = old.tags + tuple(tag for tag in control.tags if tag not in old.tags)

@@ -60,7 +60,9 @@ class ServeFromCache:
         self._ledger = ledger
         self._refresher = Refresher(send, cache, self._entries)
 
-    async def __call__(self, call: Call) -> Reply:
+    async def __call__(self, call: Call, rejoin: bool = True) -> Reply:
+        """Answer ``call`` (``rejoin``: it may look again, once, when the identical call it
+        waited for was refused before it tried)."""
         cache = self._cache
         plan = cache.plan(call.context.feature)
         policy = plan.policy
@@ -89,7 +91,7 @@ class ServeFromCache:
             flight = cache.flights.get(key.key)
             # A no-store call's answer is stored nowhere: only no-store calls wait for it.
             if flight is not None and (control.no_store or not flight.no_store):
-                return await self._follow(call, key, flight, policy, control, stale)
+                return await self._follow(call, key, flight, policy, control, stale, rejoin)
         flight = Flight(control.no_store)
         if not control.no_cache:
             # Registered before the first await, so that identical calls in this process wait for
@@ -147,7 +149,7 @@ class ServeFromCache:
         if state == "fresh":
             return self._hit(call, key, entry, tier, policy, control, now)
         if state == "stale":
-            self._refresher.start(call, key, policy, entry)
+            self._refresher.start(call, key, policy, entry, tier)
             self._saved(call, entry.usage, "stale")
             return reply_from(call, entry, "stale", policy, now, control.no_store)
         return None
@@ -177,7 +179,7 @@ class ServeFromCache:
         if self._ledger is not None:
             self._ledger.served(call, usage, label)
         if refresh_ahead(entry, policy, self._cache.config.refresh_ahead_s, now):
-            self._refresher.start(call, key, policy, entry)
+            self._refresher.start(call, key, policy, entry, tier)
         return reply_from(call, entry, label, policy, now, control.no_store)
 
     async def _bypass(self, call: Call, control: CacheControl) -> Reply:
@@ -212,6 +214,7 @@ class ServeFromCache:
                     except SluicegateError:  # refused: what it found still answers the followers
                         if entry is not None and answering(entry, policy, control, cache.clock()):
                             flight.settle(entry, tier)
+                        flight.hand_back()  # else one of them leads
                         raise
                 if entry is not None and answering(entry, policy, control, cache.clock()) is not None:
                     flight.settle(entry, tier)
@@ -303,6 +306,7 @@ class ServeFromCache:
         policy: FeatureCache,
         control: CacheControl,
         stale: Entry | None,
+        rejoin: bool,
     ) -> Reply:
         cache = self._cache
         feature = call.context.feature
@@ -331,6 +335,8 @@ class ServeFromCache:
             reply = reply_from(call, entry, label, policy, now, control.no_store or substitute)
             reply.headers[COALESCED_HEADER] = "true"
             return reply
+        if rejoin and flight.handed_back:  # the leader was refused before it tried: look again
+            return await self(call, rejoin=False)
         # The leader could not answer for us: go alone.
         call.outcome = "miss"  # its usage chunk, if it did not ask for one, is stripped upstream
         reply = await send_counted(self._send, call, self._cache.stats, miss=True)
