@@ -71,6 +71,19 @@ def test_a_range_that_is_not_finite_is_refused(params: dict[str, str]) -> None:
     assert refused.value.code == "invalid_range"
 
 
+@pytest.mark.parametrize(
+    "params", [{"days": "1e12"}, {"days": "1e300"}, {"since": "-1e300", "until": "1e300"}]
+)
+async def test_a_range_past_what_the_ledger_holds_is_clamped(
+    engine: AsyncEngine, params: dict[str, str]
+) -> None:
+    """Was a 503 "database unreachable" on PostgreSQL (its days overflowed an integer): the
+    range is clamped to 1970-9999, and the report answers on both databases."""
+    query = UsageQuery.parse(params, now=1e9, org=None)
+    assert query.since == 0.0 and query.until <= 253_402_300_799.0
+    assert (await report(engine, query))["since"] == 0.0
+
+
 async def test_the_report_sums_per_day_on_the_database(engine: AsyncEngine) -> None:
     at = dt.datetime(2026, 11, 25, 23, 59, tzinfo=dt.UTC).timestamp()
     rows = [make_row("a"), make_row("b"), make_row("b", attempt=0, cost=0)]

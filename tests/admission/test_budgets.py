@@ -194,6 +194,30 @@ async def test_settlements_count_once_and_leases_release_the_dead(tmp_path: Path
         assert [s for (s,) in states] == ["settled", "settled"]
 
 
+async def test_a_dead_process_s_calls_in_the_ledger_are_not_counted_twice(tmp_path: Path) -> None:
+    """A process dies with a reservation open; its spool, replayed, puts the call's row in the
+    ledger; a new process's first reservation raises the period to the ledger's sum; the reaper
+    then charges the dead reservation at the ledger's cost. The call counts once (it counted
+    twice: in the floor, and in the reaper's charge)."""
+    now = [1_800_000_000.0]
+    config = BudgetsConfig(orgs=({"org": "acme", "limit_usd": Decimal("1")},), lease_s=60)  # type: ignore[arg-type]
+    async with clocked_store(tmp_path, now, config) as (dead, engine):
+        budget = dead.budget_for("acme")
+        assert budget is not None
+        assert (await dead.reserve(budget, "r1:1", 100, 600_000, 1000)).decision.admitted
+        await _ledger_row(engine, "r1", now[0], 0, 300)  # replayed: interrupted, at its estimate
+        fresh = BudgetStore(engine, config, clock=lambda: now[0])
+        try:
+            assert (await fresh.reserve(budget, "r2:1", 100, 600_000, 1000)).decision.admitted
+            await fresh.settle("r2:1", 200)
+            now[0] += 61
+            assert await fresh.reap() == 1
+            after = await fresh.usage(budget)
+        finally:
+            fresh.close()
+    assert (after.spent_micro, after.reserved_micro) == (500, 0)
+
+
 async def test_the_alert_is_posted_to_the_webhook_once(tmp_path: Path) -> None:
     received: list[bytes] = []
 

@@ -23,6 +23,8 @@ from .rollups import purged_through
 
 __all__ = ["DIMENSIONS", "PERIODS", "UsageQuery", "fold", "query_days", "report"]
 
+_LAST_S = 253_402_300_799.0  # 9999-12-31 23:59:59 UTC
+
 DIMENSIONS = ("org", "user", "key_id", "feature", "model")
 PERIODS = ("day", "week", "month", "all")
 Period = Literal["day", "week", "month", "all"]
@@ -72,6 +74,9 @@ class UsageQuery:
                 "since, until and days are finite numbers (days=3650 reaches ten years back)",
                 code="invalid_range",
             )
+        # The ledger holds nothing before 1970 or past 9999: a wider range is clamped to that
+        # (the days of a range of 1e300 s overflowed PostgreSQL's integers, a 503).
+        since, until = max(since, 0.0), min(until, _LAST_S)
         if not since < until:
             raise InvalidRequest("the range is empty: since must be before until", code="invalid_range")
         group_by = tuple(g for g in params.get("group_by", "org").split(",") if g)

@@ -13,6 +13,7 @@ of it still adds its cost to ``spent``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -52,6 +53,21 @@ _SETTLE = "UPDATE budget_periods SET spent_micro = :sp, reserved_micro = :r WHER
 _RECENT = "SELECT count(*) FROM budget_reservations WHERE scope = :s AND period = :p AND expires_at > :after"
 _OPEN = "SELECT count(*) FROM budget_reservations WHERE state = 'open' AND scope = :s AND period = :p"
 _FLOOR = "UPDATE budget_periods SET spent_micro = :f WHERE scope = :s AND period = :p AND spent_micro < :f"
+_OPEN_IDS = "SELECT id FROM budget_reservations WHERE state = 'open' AND scope = :s AND period = :p"
+
+
+def _attempt_of(rid: str) -> dict[str, Any]:
+    """The ledger's request id and first attempt of a reservation's row id (`_BILLED`'s)."""
+    request_id, _, attempt = rid.split("#")[0].rstrip("~").rpartition(":")
+    return {"r": request_id, "a": int(attempt) if attempt.isdigit() else 1 << 30}
+
+
+def _held(q: Query, scope: str, period: str) -> int:
+    """What the ledger already has of the calls whose reservations under a period are still
+    open: their settlement, or the reaper, counts it; a floor from the ledger must not too (a
+    dead process's calls, replayed from its spool, were counted twice)."""
+    rows, _ = q(_OPEN_IDS, {"s": scope, "p": period})
+    return sum(int(q(_BILLED, _attempt_of(str(rid)))[0][0][0]) for (rid,) in rows)
 
 
 def reservation_id(rid: str, index: int) -> str:
@@ -96,9 +112,11 @@ class SqlBudgets:
             state: dict[int, tuple[int, int]] = {}
             for i in order:
                 budget, period = books[i]
-                if floors[i] is not None:
+                floor = floors[i]
+                if floor is not None:
                     q(_NEW_PERIOD, {"s": budget.scope, "p": period})
-                    q(_FLOOR, {"f": floors[i], "s": budget.scope, "p": period})
+                    floor -= _held(q, budget.scope, period)
+                    q(_FLOOR, {"f": floor, "s": budget.scope, "p": period})
                 state[i] = self._period_row(q, budget.scope, period)
             after = [state[i] for i in range(len(books))]
             if throttle is not None:
@@ -178,8 +196,7 @@ class SqlBudgets:
         def work(q: Query) -> int:
             rows, _ = q(_EXPIRED, {"now": now})
             for rid, scope, period, amount in rows:
-                request_id, _, attempt = str(rid).split("#")[0].rstrip("~").rpartition(":")
-                billed, _ = q(_BILLED, {"r": request_id, "a": int(attempt) if attempt.isdigit() else 1 << 30})
+                billed, _ = q(_BILLED, _attempt_of(str(rid)))
                 if int(billed[0][1]):
                     q(_CHARGE, {"c": int(billed[0][0]), "a": int(amount), "s": scope, "p": period})
                     q(_SETTLED, {"id": rid})
