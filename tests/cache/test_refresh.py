@@ -49,7 +49,9 @@ async def test_no_refresh_while_the_key_is_in_flight(tmp_path: Path) -> None:
         policy = cache.policy("chat")
         key = cache.key(call, policy)
         cache.flights[key.key] = Flight()
-        refresher.start(call, key, policy, Entry("chat", b"{}", 0.0, 1.0, '"e"', "chat", "acme", "ann", "m"))
+        refresher.start(
+            call, key, policy, Entry("chat", b"{}", 0.0, 1.0, '"e"', "chat", "acme", "ann", "m"), "memory"
+        )
         await asyncio.sleep(0.05)
         assert chat_calls(gateway) == 0
 

@@ -31,9 +31,7 @@ class Refresher:
         self._cache = cache
         self._entries = entries
 
-    def start(
-        self, call: Call, key: CacheKey, policy: FeatureCache, old: Entry, tier: str = "memory"
-    ) -> None:
+    def start(self, call: Call, key: CacheKey, policy: FeatureCache, old: Entry, tier: str) -> None:
         """Refresh ``key``'s ``old`` entry (found in ``tier``) for ``call`` unless an identical
         call is already in flight here. The new entry keeps the old one's hits and tags (with
         the request's). Identical calls meanwhile are answered from ``old`` at once, as it is
@@ -83,7 +81,6 @@ class Refresher:
                     if await cache.store(key, entry, policy, lock, started=plain.started, replaces=True):
                         locked = False  # released by the store
                     cache.stats.count(call.context.feature, "stores")
-                flight.settle(entry)
         finally:
             flight.end(cache.flights, key.key)
             if locked and cache.redis is not None:
