@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -70,14 +70,19 @@ class LuaScript:
         self._wire = _wire(redis)  # set once, when the client is made
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Awaitable[Any]:
-        """The script's result, to await; an error reply raised. On the wire, the command is
-        sent at once, with this loop turn's others (a plain function: no coroutine level more)."""
+    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         wire = self._wire
         if wire is None:
-            return self._through_pool(keys, args)
+            async with asyncio.timeout(self._timeout):
+                return await self._fallback(keys=list(keys), args=list(args))
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
-        return self._result(wire, command, wire.call(command, self._timeout))
+        result = await wire.call(command, self._timeout)
+        if isinstance(result, NoScriptError):
+            await self.redis.script_load(self.source)
+            result = await wire.call(command, self._timeout)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def soon(self, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future[Any]:
         """The script run now, with this loop turn's other commands (`send`), and a future of its
@@ -94,19 +99,6 @@ class LuaScript:
 
         self.send(keys, args, done)
         return future
-
-    async def _through_pool(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        async with asyncio.timeout(self._timeout):
-            return await self._fallback(keys=list(keys), args=list(args))
-
-    async def _result(self, wire: Wire, command: tuple[Any, ...], sent: asyncio.Future[Any]) -> Any:
-        result = await sent
-        if isinstance(result, NoScriptError):
-            await self.redis.script_load(self.source)
-            result = await wire.call(command, self._timeout)
-        if isinstance(result, Exception):
-            raise result
-        return result
 
     def send(self, keys: Sequence[Any], args: Sequence[Any], done: Done) -> None:
         """Run the script without waiting for it: the command leaves with this loop turn's
