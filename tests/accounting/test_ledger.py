@@ -36,6 +36,13 @@ async def ledger_rows(gateway: Gateway) -> list[dict[str, Any]]:
         return [dict(row._mapping) for row in result]
 
 
+async def acme_spent_and_rows(gateway: Gateway) -> tuple[Any, list[dict[str, Any]]]:
+    """The acme budget's usage once every call settled, and the ledger's rows."""
+    budget = gateway.budgets.budget_for("acme")
+    assert budget is not None
+    return await settled_usage(gateway, budget), await ledger_rows(gateway)
+
+
 def body(content: str = "Draft three OKRs", **extra: Any) -> dict[str, Any]:
     return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **extra}
 
@@ -108,10 +115,7 @@ async def test_a_plain_answer_without_usage_is_billed_for_its_text_too(tmp_path:
     )
     async with create_gateway(settings) as gateway:
         await gateway.send(gateway.new_call("chat", body("no usage please", max_tokens=500), CONTEXT))
-        budget = gateway.budgets.budget_for("acme")
-        assert budget is not None
-        usage = await settled_usage(gateway, budget)
-        (row,) = await ledger_rows(gateway)
+        usage, (row,) = await acme_spent_and_rows(gateway)
     assert (row["priced_from"], row["status"]) == ("estimate", 200)
     assert row["completion_tokens"] >= 60  # 80 words, about 4 characters a token
     assert (usage.spent_micro, usage.reserved_micro) == (row["cost_micro"], 0)
@@ -147,10 +151,7 @@ async def test_a_call_that_timed_out_upstream_is_billed_by_estimate(tmp_path: Pa
     async with create_gateway(settings) as gateway:
         with pytest.raises(AllUpstreamsFailed):
             await gateway.send(gateway.new_call("chat", body(max_tokens=100), CONTEXT))
-        budget = gateway.budgets.budget_for("acme")
-        assert budget is not None
-        usage = await settled_usage(gateway, budget)
-        rows = await ledger_rows(gateway)
+        usage, rows = await acme_spent_and_rows(gateway)
     assert [(r["attempt"], r["status"], r["priced_from"]) for r in rows] == [
         (1, 504, "estimate"),
         (2, 504, "estimate"),
@@ -176,10 +177,7 @@ async def test_an_answer_after_timeouts_settles_every_attempt_as_the_ledger(tmp_
     )
     async with create_gateway(settings) as gateway:
         await gateway.send(gateway.new_call("chat", body(max_tokens=100), CONTEXT))
-        budget = gateway.budgets.budget_for("acme")
-        assert budget is not None
-        usage = await settled_usage(gateway, budget)
-        rows = await ledger_rows(gateway)
+        usage, rows = await acme_spent_and_rows(gateway)
     assert [(r["status"], r["priced_from"], r["model"]) for r in rows] == [
         (504, "estimate", "gpt-4o-mini"),
         (504, "estimate", "gpt-4o-mini"),
